@@ -1,0 +1,196 @@
+"""Groups as data: which elements of which variables form each group of a scope.
+
+A :class:`GroupScope` is one envelope: ``m`` groups with weights ``d_j`` and one ``k``. Its groups
+may span several variables (coupled groups: a filter's kernel slice, its bias and the following
+BatchNorm's gamma/beta). Each variable contributes a :class:`Member`:
+
+* ``axis`` an int: ``index`` has length ``shape[axis]``; the slice at position ``i`` along
+  ``axis`` belongs to group ``index[i]`` (output channels, input channels, blocks of channels,
+  channel offsets after a Concatenate);
+* ``axis`` None: ``index`` has the variable's full shape and names the group of every element
+  (filter shapes, whole layers, single weights).
+
+The members of a scope must partition their variables' elements into exactly ``m`` nonempty
+groups; :meth:`GroupScope.validate` checks it against the real shapes. Scopes serialize to plain
+JSON-able dicts (``get_config`` / ``from_config``), so an optimizer that holds them survives
+``model.save`` / ``keras.models.load_model``.
+
+Example:
+  >>> s = GroupScope("conv", (Member("m/conv/kernel", 3, np.arange(4)), Member("m/conv/bias", 0, np.arange(4))))
+  >>> s.num_groups, s.sizes({"m/conv/kernel": (3, 3, 2, 4), "m/conv/bias": (4,)}).tolist()
+  (4, [19.0, 19.0, 19.0, 19.0])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Member", "GroupScope", "merge_scopes"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Member:
+    """One variable's share of a scope's groups.
+
+    Attributes:
+      path: the variable's ``variable.path`` (e.g. ``"sequential/conv2d/kernel"``).
+      axis: axis along which ``index`` assigns groups, or None for an element-wise ``index``.
+      index: int group ids in ``[0, m)``: shape ``(shape[axis],)``, or the full shape if axis is None.
+    """
+
+    path: str
+    axis: int | None
+    index: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", np.asarray(self.index, dtype=np.int64))
+        if self.axis is not None and self.index.ndim != 1:
+            raise ValueError(f"{self.path}: with axis={self.axis} the index must be 1-D, got shape {self.index.shape}.")
+
+    def element_counts(self, shape: Sequence[int], num_groups: int) -> np.ndarray:
+        """How many elements of the variable fall in each group (length ``num_groups``)."""
+        shape = tuple(int(s) for s in shape)
+        if self.axis is None:
+            if tuple(self.index.shape) != shape:
+                raise ValueError(
+                    f"{self.path}: element-wise group index has shape {self.index.shape}, variable has {shape}."
+                )
+            return np.bincount(self.index.reshape(-1), minlength=num_groups).astype(np.float64)
+        axis = self.axis % len(shape) if shape else 0
+        if not shape or self.index.shape[0] != shape[axis]:
+            raise ValueError(
+                f"{self.path}: group index along axis {self.axis} has length {self.index.shape[0]}, "
+                f"variable shape is {shape}."
+            )
+        per_slice = int(np.prod(shape)) // shape[axis]
+        return np.bincount(self.index, minlength=num_groups).astype(np.float64) * per_slice
+
+    def get_config(self) -> dict[str, Any]:
+        return {"path": self.path, "axis": self.axis, "index": self.index.tolist()}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "Member":
+        return cls(config["path"], config["axis"], np.asarray(config["index"], dtype=np.int64))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GroupScope:
+    """One envelope: ``m`` groups over one or more variables, with weights and an optional k.
+
+    Attributes:
+      name: scope name, matched by the patterns of a ``k`` mapping (usually the layer path).
+      members: the variables and their group indices.
+      num_groups: ``m``; inferred from the indices when not given.
+      weights: ``d_j`` (length m, > 0), or None for the group sizes (known once shapes are).
+      k: number of groups to keep in this scope, or None to take it from the optimizer.
+      labels: optional human-readable label per group (e.g. ``"conv2d:3"``), for reports.
+    """
+
+    name: str
+    members: tuple[Member, ...]
+    num_groups: int | None = None
+    weights: np.ndarray | None = None
+    k: int | float | None = None
+    labels: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        members = tuple(self.members)
+        if not members:
+            raise ValueError(f"scope {self.name!r} has no members.")
+        object.__setattr__(self, "members", members)
+        m = self.num_groups
+        if m is None:
+            m = 1 + max(int(mb.index.max()) for mb in members if mb.index.size)
+        object.__setattr__(self, "num_groups", int(m))
+        if self.weights is not None:
+            w = np.asarray(self.weights, dtype=np.float64).reshape(-1)
+            if w.size != m or not np.all(np.isfinite(w)) or np.any(w <= 0):
+                raise ValueError(f"scope {self.name!r}: weights must be {m} finite values > 0.")
+            object.__setattr__(self, "weights", w)
+        paths = [mb.path for mb in members]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"scope {self.name!r}: a variable appears twice: {paths}.")
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(mb.path for mb in self.members)
+
+    def sizes(self, shapes: Mapping[str, Sequence[int]]) -> np.ndarray:
+        """Elements per group across all members (float64, length m)."""
+        total = np.zeros(self.num_groups)
+        for mb in self.members:
+            if mb.path not in shapes:
+                raise ValueError(f"scope {self.name!r}: no variable with path {mb.path!r} among the trained variables.")
+            total += mb.element_counts(shapes[mb.path], self.num_groups)
+        return total
+
+    def validate(self, shapes: Mapping[str, Sequence[int]]) -> None:
+        """Raises unless the members partition their variables into ``m`` nonempty groups."""
+        for mb in self.members:
+            if mb.index.size and (mb.index.min() < 0 or mb.index.max() >= self.num_groups):
+                raise ValueError(
+                    f"scope {self.name!r}: {mb.path} has group ids outside [0, {self.num_groups})."
+                )
+        sizes = self.sizes(shapes)
+        empty = np.flatnonzero(sizes == 0)
+        if empty.size:
+            raise ValueError(
+                f"scope {self.name!r}: groups {empty[:8].tolist()} have no elements; group ids must be 0..m-1 "
+                "with every group used (the groups must partition the variables)."
+            )
+
+    def resolved_weights(self, shapes: Mapping[str, Sequence[int]]) -> np.ndarray:
+        """``d_j``: the given weights, or the group sizes."""
+        return self.weights if self.weights is not None else self.sizes(shapes)
+
+    def replace(self, **changes: Any) -> "GroupScope":
+        return dataclasses.replace(self, **changes)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "members": [mb.get_config() for mb in self.members],
+            "num_groups": self.num_groups,
+            "weights": None if self.weights is None else self.weights.tolist(),
+            "k": self.k,
+            "labels": None if self.labels is None else list(self.labels),
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "GroupScope":
+        return cls(
+            name=config["name"],
+            members=tuple(Member.from_config(m) for m in config["members"]),
+            num_groups=config["num_groups"],
+            weights=None if config.get("weights") is None else np.asarray(config["weights"]),
+            k=config.get("k"),
+            labels=None if config.get("labels") is None else tuple(config["labels"]),
+        )
+
+
+def merge_scopes(scopes: Sequence[GroupScope], name: str = "model", shapes: Mapping[str, Sequence[int]] | None = None) -> GroupScope:
+    """One scope holding every group of ``scopes`` (a global budget across layers).
+
+    Group ids are offset so they stay disjoint. Weights: each scope's own ``d_j`` (given, or its
+    group sizes, which then needs ``shapes``).
+    """
+    members: list[Member] = []
+    weights: list[np.ndarray] = []
+    labels: list[str] = []
+    offset = 0
+    for s in scopes:
+        for mb in s.members:
+            members.append(Member(mb.path, mb.axis, mb.index + offset))
+        if s.weights is not None:
+            weights.append(s.weights)
+        elif shapes is not None:
+            weights.append(s.sizes(shapes))
+        else:
+            raise ValueError(f"merge_scopes: scope {s.name!r} has no weights; pass the variable shapes.")
+        labels.extend(s.labels if s.labels is not None else [f"{s.name}:{j}" for j in range(s.num_groups)])
+        offset += s.num_groups
+    return GroupScope(name, tuple(members), offset, np.concatenate(weights), None, tuple(labels))

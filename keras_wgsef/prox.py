@@ -1,0 +1,252 @@
+"""The WGSEF regularizer on NumPy: value, proximal operator and the linear-time root finder.
+
+These are pure functions on float64 arrays, the reference for everything else in the library
+(the tensor version in :mod:`keras_wgsef.prox_ops` is tested against them).
+
+Notation (``shared/design/wgsef-math.md``): ``x`` is split into disjoint groups ``G_1..G_m`` with
+weights ``d_j > 0`` (default: the group sizes). With ``w_j = sqrt(d_j) * ||x_{G_j}||``::
+
+    WGSEF_k(x) = 1/2 * ||w||_(k)^2          (half the squared k-support norm of w)
+
+and the prox of ``lam * WGSEF_k`` only rescales each group::
+
+    prox(z)_{G_j} = theta_j / (theta_j + lam * d_j) * z_{G_j},
+    theta_j = clip(alpha * c_j - L_j, 0, 1),  c_j = sqrt(d_j) ||z_{G_j}||,  L_j = lam * d_j,
+
+with ``alpha`` the root of ``phi(alpha) = sum_j clip(alpha c_j - L_j, 0, 1) = k`` found by
+:func:`solve_alpha` in worst-case linear time (median selection, no sort).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "group_norms",
+    "group_weights",
+    "solve_alpha",
+    "prox_scales",
+    "wgsef_value",
+    "wgsef_prox",
+]
+
+
+def _validate_groups(n: int, groups: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Checks that ``groups`` partition ``range(n)`` and returns them as int arrays."""
+    if len(groups) == 0:
+        raise ValueError("groups is empty: give at least one group (a sequence of index arrays).")
+    idx = [np.asarray(g, dtype=np.int64).reshape(-1) for g in groups]
+    seen = np.zeros(n, dtype=np.int64)
+    for j, g in enumerate(idx):
+        if g.size == 0:
+            raise ValueError(f"group {j} is empty: every group needs at least one index.")
+        if g.min() < 0 or g.max() >= n:
+            raise ValueError(f"group {j} has indices outside range({n}).")
+        np.add.at(seen, g, 1)
+    if np.any(seen != 1):
+        missing = np.flatnonzero(seen == 0)[:5].tolist()
+        repeated = np.flatnonzero(seen > 1)[:5].tolist()
+        raise ValueError(
+            "groups must partition range(len(x)): "
+            f"indices not covered {missing}, indices in several groups {repeated} (first 5 shown)."
+        )
+    return idx
+
+
+def group_norms(x: np.ndarray, groups: Sequence[np.ndarray]) -> np.ndarray:
+    """Euclidean norm of each group, ``a_j = ||x_{G_j}||`` (float64, length m)."""
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    idx = _validate_groups(x.size, groups)
+    return np.array([np.sqrt(np.sum(x[g] ** 2)) for g in idx], dtype=np.float64)
+
+
+def group_weights(groups: Sequence[np.ndarray], weights: Sequence[float] | np.ndarray | None) -> np.ndarray:
+    """The weights ``d_j``: the given ones (checked > 0 and finite) or the group sizes."""
+    if weights is None:
+        return np.array([np.asarray(g).size for g in groups], dtype=np.float64)
+    d = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if d.size != len(groups):
+        raise ValueError(f"weights has {d.size} entries but there are {len(groups)} groups.")
+    if not np.all(np.isfinite(d)) or np.any(d <= 0):
+        raise ValueError("weights d_j must be finite and > 0 (the count is never weighted).")
+    return d
+
+
+def _phi(alpha: float, c: np.ndarray, L: np.ndarray) -> float:
+    return float(np.sum(np.clip(alpha * c - L, 0.0, 1.0)))
+
+
+def solve_alpha(c: np.ndarray, L: np.ndarray, k: int) -> float:
+    """Root ``alpha > 0`` of ``phi(alpha) = sum_j clip(alpha c_j - L_j, 0, 1) = k``, worst-case O(m).
+
+    ``phi`` is continuous, nondecreasing and piecewise linear with breakpoints ``lo_j = L_j/c_j``
+    and ``hi_j = (1 + L_j)/c_j``. The bracket ``[aL, aU]`` with ``phi(aL) <= k <= phi(aU)`` is
+    halved by the median of the breakpoints inside it (linear-time selection); groups whose piece
+    is settled on the bracket are folded into running sums (``S1`` saturated count, ``C`` and
+    ``Ls`` slope and offset of the linear pieces), so the total work is O(m). Runs in float64 and
+    clamps the final linear solve to the bracket (tiny norms can round outside it).
+
+    Args:
+      c: positive values ``c_j`` (length m, every entry > 0).
+      L: offsets ``L_j >= 0`` (same length).
+      k: integer with ``1 <= k < m``.
+
+    Returns:
+      ``alpha`` with ``phi(alpha) = k`` up to rounding.
+
+    Example:
+      >>> solve_alpha(np.array([3.0, 1.0, 1.0]), np.zeros(3), 2)   # 3a clipped + 2a = 2 -> 0.5 (1 + 0.5 + 0.5)
+      0.5
+    """
+    c = np.asarray(c, dtype=np.float64)
+    L = np.asarray(L, dtype=np.float64)
+    m = c.size
+    if not (1 <= k < m):
+        raise ValueError(f"solve_alpha needs 1 <= k < m = {m}, got k = {k}.")
+    if np.any(c <= 0):
+        raise ValueError("solve_alpha needs every c_j > 0 (drop zero groups first).")
+    lo = L / c
+    hi = (1.0 + L) / c
+    U = np.arange(m)
+    S1 = 0.0
+    C = 0.0
+    Ls = 0.0
+    aL = 0.0
+    aU = np.inf
+    while True:
+        B = np.concatenate([lo[U], hi[U]])
+        B = B[(B > aL) & (B < aU)]
+        if B.size == 0:
+            break
+        mid = B.size // 2
+        beta = float(np.partition(B, mid)[mid])  # introselect: linear time
+        v = S1 + beta * C - Ls + float(np.sum(np.clip(beta * c[U] - L[U], 0.0, 1.0)))
+        if v == k:
+            return beta
+        if v < k:
+            aL = beta
+        else:
+            aU = beta
+        loU, hiU = lo[U], hi[U]
+        sat = hiU <= aL
+        dead = lo[U] >= aU
+        lin = (loU <= aL) & (hiU >= aU) & ~sat & ~dead
+        S1 += float(np.count_nonzero(sat))
+        C += float(np.sum(c[U][lin]))
+        Ls += float(np.sum(L[U][lin]))
+        U = U[~(sat | dead | lin)]
+    # No breakpoint is strictly inside the bracket: every remaining group is saturated,
+    # dead or linear on it.
+    if U.size:
+        loU, hiU = lo[U], hi[U]
+        sat = hiU <= aL
+        dead = (loU >= aU) & ~sat
+        lin = ~sat & ~dead
+        S1 += float(np.count_nonzero(sat))
+        C += float(np.sum(c[U][lin]))
+        Ls += float(np.sum(L[U][lin]))
+    if C > 0:
+        alpha = (k - S1 + Ls) / C
+        return float(min(max(alpha, aL), aU))
+    return float(aL)
+
+
+def prox_scales(a: np.ndarray, d: np.ndarray, k: int, lam: float) -> np.ndarray:
+    """Per-group factors ``s_j`` of ``prox_{lam WGSEF_k}``: ``prox(z)_{G_j} = s_j z_{G_j}``.
+
+    Args:
+      a: group norms ``||z_{G_j}||`` (length m, >= 0).
+      d: group weights ``d_j > 0``.
+      k: number of groups allowed to stay nonzero, ``k >= 0``.
+      lam: strength ``>= 0``.
+
+    Returns:
+      ``s_j = theta_j / (theta_j + lam d_j)`` in ``[0, 1]``; exactly 0 where ``theta_j = 0``.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    d = np.asarray(d, dtype=np.float64)
+    m = a.size
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}.")
+    if lam < 0 or not np.isfinite(lam):
+        raise ValueError(f"lam must be a finite number >= 0, got {lam}.")
+    if k == 0:
+        return np.zeros(m)
+    if lam == 0:
+        return np.ones(m)
+    L = lam * d
+    theta = np.zeros(m)
+    P = a > 0
+    if np.count_nonzero(P) <= k:
+        theta[P] = 1.0
+    else:
+        c = np.sqrt(d[P]) * a[P]
+        alpha = solve_alpha(c, L[P], k)
+        theta[P] = np.clip(alpha * c - L[P], 0.0, 1.0)
+    out = np.zeros(m)
+    nz = theta > 0
+    out[nz] = theta[nz] / (theta[nz] + L[nz])
+    return out
+
+
+def wgsef_value(
+    x: np.ndarray,
+    groups: Sequence[np.ndarray],
+    k: int,
+    weights: Sequence[float] | np.ndarray | None = None,
+) -> float:
+    """WGSEF value ``1/2 ||w||_(k)^2`` with ``w_j = sqrt(d_j) ||x_{G_j}||``.
+
+    If at most k entries of ``w`` are nonzero the value is ``1/2 sum w_j^2``; otherwise, with
+    ``tau > 0`` solving ``sum_j min(1, w_j/tau) = k``,
+    ``1/2 (sum_{w_j >= tau} w_j^2 + tau sum_{w_j < tau} w_j)``. ``k = 0`` is the indicator of
+    ``x = 0`` (0 or ``inf``).
+
+    Example:
+      >>> x = np.array([1, -2, 0.5, 3, 1, -0.2]); groups = [[0, 1], [2], [3, 4], [5]]
+      >>> round(wgsef_value(x, groups, k=2, weights=[2, 1, 0.5, 1]), 10)
+      9.3102475842
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}.")
+    a = group_norms(x, groups)
+    d = group_weights(groups, weights)
+    w = np.sqrt(d) * a
+    if k == 0:
+        return 0.0 if not np.any(w > 0) else float("inf")
+    pos = w[w > 0]
+    if pos.size <= k:
+        return 0.5 * float(np.sum(pos**2))
+    tau = 1.0 / solve_alpha(pos, np.zeros_like(pos), k)
+    top = pos >= tau
+    return 0.5 * float(np.sum(pos[top] ** 2) + tau * np.sum(pos[~top]))
+
+
+def wgsef_prox(
+    x: np.ndarray,
+    groups: Sequence[np.ndarray],
+    k: int,
+    lam: float,
+    weights: Sequence[float] | np.ndarray | None = None,
+) -> np.ndarray:
+    """``prox_{lam WGSEF_k}(x) = argmin_u lam WGSEF_k(u) + 1/2 ||u - x||^2`` (float64 copy).
+
+    The prox never rotates a group, it shortens it: group j is scaled by
+    ``theta_j / (theta_j + lam d_j)`` and is exactly zero iff ``||x_j|| / sqrt(d_j) <= lam/alpha``.
+    With more than k nonzero input groups at least k stay nonzero.
+
+    Example:
+      >>> x = np.array([1, -2, 0.5, 3, 1, -0.2]); groups = [[0, 1], [2], [3, 4], [5]]
+      >>> wgsef_prox(x, groups, k=2, lam=0.5, weights=[2, 1, 0.5, 1]).round(6).tolist()
+      [0.5, -1.0, 0.0, 2.4, 0.8, 0.0]
+    """
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    a = group_norms(x, groups)
+    d = group_weights(groups, weights)
+    s = prox_scales(a, d, k, lam)
+    out = x.copy()
+    for j, g in enumerate(groups):
+        out[np.asarray(g, dtype=np.int64)] *= s[j]
+    return out
