@@ -107,8 +107,9 @@ def solve_alpha(c: np.ndarray, L: np.ndarray, k: int) -> float:
         raise ValueError(f"solve_alpha needs 1 <= k < m = {m}, got k = {k}.")
     if np.any(c <= 0):
         raise ValueError("solve_alpha needs every c_j > 0 (drop zero groups first).")
-    lo = L / c
-    hi = (1.0 + L) / c
+    with np.errstate(over="ignore"):  # tiny c: breakpoints at +inf are never selected
+        lo = L / c
+        hi = (1.0 + L) / c
     U = np.arange(m)
     S1 = 0.0
     C = 0.0
@@ -178,13 +179,13 @@ def prox_scales(a: np.ndarray, d: np.ndarray, k: int, lam: float) -> np.ndarray:
         return np.ones(m)
     L = lam * d
     theta = np.zeros(m)
-    P = a > 0
+    c = np.sqrt(d) * a
+    P = c > 0  # also drops subnormal norms whose c underflows to 0
     if np.count_nonzero(P) <= k:
         theta[P] = 1.0
     else:
-        c = np.sqrt(d[P]) * a[P]
-        alpha = solve_alpha(c, L[P], k)
-        theta[P] = np.clip(alpha * c - L[P], 0.0, 1.0)
+        alpha = solve_alpha(c[P], L[P], k)
+        theta[P] = np.clip(alpha * c[P] - L[P], 0.0, 1.0)
     out = np.zeros(m)
     nz = theta > 0
     out[nz] = theta[nz] / (theta[nz] + L[nz])

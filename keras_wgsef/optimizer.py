@@ -1,0 +1,332 @@
+"""``WGSEF``: a Keras 3 optimizer wrapper that follows every inner step with the WGSEF prox.
+
+Proximal gradient with any Keras optimizer inside::
+
+    x <- inner_step(x, grad)                       # Adam, SGD, ... (its own state)
+    x <- prox_{eta_t * lam_s * WGSEF_{k_s}}(x)     # per scope s, eta_t the current learning rate
+
+The prox acts on each scope's groups (:class:`keras_wgsef.GroupScope`) and only rescales them
+(group j by ``theta_j / (theta_j + eta_t lam_s d_j)``, exactly zero when ``theta_j = 0``). With
+SGD this is the proximal gradient method of the paper; after Adam it is a heuristic (a Euclidean
+prox after a preconditioned step) that works in practice but carries no convergence guarantee.
+
+Per scope the optimizer keeps variables that the controller callbacks
+(:mod:`keras_wgsef.callbacks`) drive and read: ``strength`` (``lam_s``; 0 turns the penalty off),
+``mask`` (1 keeps a group, 0 pins it at zero: the frozen support), ``shrink`` (the product of
+the prox factors since the last reset, used to undo the shrink of kept groups at projection) and
+``nonzero`` (groups left nonzero by the last prox).
+
+Example:
+  >>> import keras, keras_wgsef as kw
+  >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, name="h"), keras.layers.Dense(2)])
+  >>> opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=4, lam=1e-3)
+  >>> model.compile(optimizer=opt, loss="mse")
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_wgsef import prox_ops
+from keras_wgsef.groups import GroupScope, merge_scopes
+from keras_wgsef.path_groups import groups_from_paths
+
+__all__ = ["WGSEF", "KSpec", "resolve_k"]
+
+KSpec = int | float | Mapping[str, int | float]
+
+
+def _lookup(spec: Any, name: str, what: str) -> Any:
+    """Value of a scalar-or-{regex: value} spec for one scope name."""
+    if isinstance(spec, Mapping):
+        for pattern, value in spec.items():
+            if re.search(pattern, name):
+                return value
+        raise ValueError(
+            f"{what}: no pattern of {list(spec)} matches scope {name!r}; add a pattern for it "
+            "(e.g. '.*' as a catch-all)."
+        )
+    return spec
+
+
+def resolve_k(k: int | float, scope: GroupScope) -> int:
+    """The integer k of a scope: an int as given, a float in (0, 1) as a fraction of its groups.
+
+    Raises with the legal range unless ``1 <= k <= m - 1`` (``k >= m`` would regularize without
+    sparsity and ``k <= 0`` would zero the scope).
+    """
+    m = scope.num_groups
+    paths = ", ".join(scope.paths[:3])
+    if isinstance(k, bool) or not isinstance(k, (int, float, np.integer, np.floating)):
+        raise TypeError(f"k for scope {scope.name!r} must be an int or a float fraction, got {type(k).__name__}.")
+    if isinstance(k, (float, np.floating)):
+        if not 0.0 < float(k) < 1.0:
+            raise ValueError(
+                f"k = {k} for scope {scope.name!r} ({paths}): a float k is the fraction of groups kept "
+                "and must lie in (0, 1); use an int for a count."
+            )
+        k = max(1, min(m - 1, int(round(float(k) * m))))
+    k = int(k)
+    if not 1 <= k <= m - 1:
+        raise ValueError(
+            f"k = {k} is out of range for scope {scope.name!r} ({paths}): it has m = {m} groups, "
+            f"so k must be in [1, {m - 1}]."
+        )
+    return k
+
+
+@keras.saving.register_keras_serializable(package="keras_wgsef")
+class WGSEF(keras.optimizers.Optimizer):
+    """Wraps a Keras optimizer and applies the WGSEF prox after each of its steps.
+
+    Args:
+      inner_optimizer: any ``keras.optimizers.Optimizer`` (Adam, SGD, AdamW, ...).
+      k: groups kept per scope: an int, a float fraction in (0, 1), or ``{path-regex: k}``
+        (first match wins). Scopes built with their own ``k`` keep it.
+      lam: initial strength ``lam_s`` per scope (float or ``{path-regex: lam}``), ``>= 0``. The
+        prox step is ``learning_rate * lam``. Controllers raise or lower it during training.
+      groups: the scopes to regularize: a list of :class:`GroupScope` (e.g. from
+        :func:`keras_wgsef.make_groups`, which couples biases and BatchNorm and follows residual
+        connections), or None for output-channel groups inferred from the variable paths
+        (kernel + bias of each layer, classifier head excluded; see
+        :func:`keras_wgsef.path_groups.groups_from_paths`).
+      scope: ``"layer"`` (one envelope per scope, the paper's per-layer k) or ``"model"`` (all
+        scopes merged into one envelope: a global budget; pass an int k or a fraction).
+      ridge: False leaves groups with ``theta = 1`` unshrunk (a heuristic that helps SGD); True is
+        the exact prox.
+      include / exclude: regexes on variable paths used when ``groups`` is None.
+      name: optimizer name.
+    """
+
+    def __init__(
+        self,
+        inner_optimizer: keras.optimizers.Optimizer,
+        k: KSpec = 0.5,
+        lam: float | Mapping[str, float] = 1e-3,
+        groups: Sequence[GroupScope] | None = None,
+        scope: str = "layer",
+        ridge: bool = True,
+        include: str | None = None,
+        exclude: str | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs:
+            raise ValueError(f"WGSEF does not take {sorted(kwargs)}; set them on the inner optimizer.")
+        if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
+            raise TypeError(f"inner_optimizer must be a keras.optimizers.Optimizer, got {type(inner_optimizer).__name__}.")
+        if scope not in ("layer", "model"):
+            raise ValueError(f"scope must be 'layer' or 'model', got {scope!r}.")
+        for value in (lam.values() if isinstance(lam, Mapping) else [lam]):
+            if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+                raise ValueError(f"lam must be a finite number >= 0 (or a mapping to such numbers), got {value!r}.")
+        super().__init__(learning_rate=0.0, name=name)
+        self.inner_optimizer = inner_optimizer
+        self.k = k
+        self.lam = lam
+        self.groups = None if groups is None else list(groups)
+        self.scope = scope
+        self.ridge = bool(ridge)
+        self.include = include
+        self.exclude = exclude
+        self.scopes: list[GroupScope] = []
+        self.scope_k: list[int] = []
+        self.scope_weights: list[np.ndarray] = []
+
+    # ------------------------------------------------------------------ build
+    def _resolve_scopes(self, var_list: Sequence[keras.Variable]) -> list[GroupScope]:
+        shapes = {v.path: tuple(v.shape) for v in var_list}
+        scopes = self.groups
+        if scopes is None:
+            scopes = groups_from_paths(var_list, include=self.include, exclude=self.exclude)
+        if not scopes:
+            raise ValueError(
+                "WGSEF found no variable to regularize: the include/exclude patterns or groups select nothing "
+                f"among {len(var_list)} trainable variables (e.g. {list(shapes)[:4]}). Nothing would be sparse."
+            )
+        seen: dict[str, str] = {}
+        for s in scopes:
+            for p in s.paths:
+                if p not in shapes:
+                    raise ValueError(
+                        f"scope {s.name!r} refers to variable {p!r}, which is not among the trainable variables "
+                        f"being optimized (e.g. {list(shapes)[:4]}). Build the groups from this model."
+                    )
+                if p in seen:
+                    raise ValueError(f"variable {p!r} is in scopes {seen[p]!r} and {s.name!r}; each variable may be in one scope.")
+                seen[p] = s.name
+            s.validate(shapes)
+        if self.scope == "model" and len(scopes) > 1:
+            scopes = [merge_scopes(scopes, "model", shapes)]
+        return list(scopes)
+
+    @keras.src.utils.tracking.no_automatic_dependency_tracking
+    def build(self, var_list: Sequence[keras.Variable]) -> None:
+        scopes = self._resolve_scopes(var_list)
+        shapes = {v.path: tuple(v.shape) for v in var_list}
+        self.scopes = scopes
+        self.scope_k = [resolve_k(s.k if s.k is not None else _lookup(self.k, s.name, "k"), s) for s in scopes]
+        self.scope_weights = [s.resolved_weights(shapes) for s in scopes]
+        by_path = {v.path: v for v in var_list}
+        self._scope_vars = [[by_path[p] for p in s.paths] for s in scopes]
+        self.strength, self.mask, self.shrink, self.nonzero = [], [], [], []
+        for i, s in enumerate(scopes):
+            lam0 = float(_lookup(self.lam, s.name, "lam"))
+            self.strength.append(
+                self.add_variable((), initializer=keras.initializers.Constant(lam0), dtype="float32", name=f"strength_{i}")
+            )
+            self.mask.append(self.add_variable((s.num_groups,), initializer="ones", dtype="float32", name=f"mask_{i}"))
+            self.shrink.append(self.add_variable((s.num_groups,), initializer="ones", dtype="float32", name=f"shrink_{i}"))
+            self.nonzero.append(
+                self.add_variable((), initializer=keras.initializers.Constant(s.num_groups), dtype="int32", name=f"nonzero_{i}")
+            )
+        self.skipped_steps = self.add_variable((), initializer="zeros", dtype="int64", name="skipped_steps")
+        self.inner_optimizer.build(var_list)
+        super().build(var_list)
+
+    @property
+    def variables(self) -> list[keras.Variable]:
+        return self._variables + self.inner_optimizer.variables
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, grads, trainable_variables=None):  # noqa: D102 (keras signature)
+        if not self.built:
+            with keras.src.backend.name_scope(self.name, caller=self):
+                self.build(trainable_variables)
+            self.built = True
+        if keras.backend.backend() == "tensorflow":
+            self._tf_apply(grads, trainable_variables)
+        else:
+            self._common_apply(grads, trainable_variables)
+
+    def check_finite(self, grads):
+        finite = [ops.all(ops.isfinite(g)) for g in grads if g is not None]
+        return ops.all(ops.convert_to_tensor(finite))
+
+    def _common_apply(self, grads, trainable_variables=None):
+        ops.cond(
+            self.check_finite(grads),
+            lambda: self._handle_finite(grads, trainable_variables),
+            self._handle_non_finite,
+        )
+
+    def _handle_finite(self, grads, trainable_variables):
+        lr = ops.convert_to_tensor(self.learning_rate, "float64")  # before the inner step advances iterations
+        self.inner_optimizer.apply(grads, trainable_variables=trainable_variables)
+        self._apply_prox(lr)
+
+    def _handle_non_finite(self):
+        self.skipped_steps.assign_add(1)
+
+    def _tf_apply(self, grads, trainable_variables=None):
+        import tensorflow as tf
+
+        if tf.distribute.in_cross_replica_context():
+            raise ValueError("apply() must be called in a replica context.")
+        if tf.__internal__.distribute.strategy_supports_no_merge_call():
+            self._common_apply(grads, trainable_variables)
+            return
+
+        def cross_replica(distribution, grads, trainable_variables):
+            finite = distribution.experimental_local_results(
+                distribution.extended.call_for_each_replica(self.check_finite, args=(grads,))
+            )[0]
+
+            def finite_fn():
+                distribution.extended.call_for_each_replica(self._handle_finite, args=(grads, trainable_variables))
+
+            ops.cond(finite, finite_fn, self._handle_non_finite)
+
+        tf.distribute.get_replica_context().merge_call(cross_replica, args=(grads, trainable_variables))
+
+    def _scope_scales(self, i: int, values, lr):
+        """Per-group factors of scope i (prox, then the frozen mask) and the group norms."""
+        s = self.scopes[i]
+        axes = [mb.axis for mb in s.members]
+        idx = [mb.index for mb in s.members]
+        sq = prox_ops.group_sq_norms(values, axes, idx, s.num_groups)
+        a = ops.sqrt(sq)
+        step = lr * ops.cast(self.strength[i], "float64")
+        scales = prox_ops.prox_scales(a, self.scope_weights[i], self.scope_k[i], step, ridge=self.ridge)
+        scales = ops.where(step > 0, scales, ops.ones_like(scales))
+        return scales * ops.cast(self.mask[i], "float64"), a
+
+    def _apply_prox(self, lr):
+        """Runs the prox on every scope; under tf.distribute it updates each replica's copy alike."""
+        if keras.backend.backend() != "tensorflow":
+            self._prox_assign(lr, lambda var, factor: var.assign(var * factor))
+            return
+        import tensorflow as tf
+
+        def update(distribution, lr):
+            def assign(var, factor):
+                distribution.extended.update(
+                    var.value, lambda v, f: v.assign(v * tf.cast(f, v.dtype)), args=(factor,), group=False
+                )
+
+            self._prox_assign(lr, assign)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(update, tf.distribute.get_strategy(), lr)
+
+    def _prox_assign(self, lr, assign) -> None:
+        for i, s in enumerate(self.scopes):
+            variables = self._scope_vars[i]
+            values = [ops.convert_to_tensor(v) for v in variables]
+            scales, norms = self._scope_scales(i, values, lr)
+            for var, mb in zip(variables, s.members):
+                factor = prox_ops.expand_scales(scales, tuple(var.shape), mb.axis, mb.index)
+                assign(var, ops.cast(factor, var.dtype))
+            self.shrink[i].assign(self.shrink[i] * ops.cast(scales, "float32"))
+            self.nonzero[i].assign(ops.sum(ops.cast(norms * scales > 0, "int32")))
+
+    # ------------------------------------------------------------- forwarding
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        self.inner_optimizer.learning_rate = learning_rate
+
+    @property
+    def iterations(self):
+        return self.inner_optimizer.iterations
+
+    def scale_loss(self, loss):
+        return self.inner_optimizer.scale_loss(loss)
+
+    def finalize_variable_values(self, var_list):
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        raise NotImplementedError("WGSEF is stateful (it assigns the prox in place); stateless_apply is not supported.")
+
+    # ----------------------------------------------------------------- config
+    def get_config(self) -> dict[str, Any]:
+        groups = self.groups
+        return {
+            "name": self.name,
+            "inner_optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
+            "k": dict(self.k) if isinstance(self.k, Mapping) else self.k,
+            "lam": dict(self.lam) if isinstance(self.lam, Mapping) else self.lam,
+            "groups": None if groups is None else [g.get_config() for g in groups],
+            "scope": self.scope,
+            "ridge": self.ridge,
+            "include": self.include,
+            "exclude": self.exclude,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects=None) -> "WGSEF":
+        config = dict(config)
+        inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
+        groups = config.pop("groups", None)
+        if groups is not None:
+            groups = [GroupScope.from_config(g) for g in groups]
+        return cls(inner, groups=groups, **config)

@@ -1,0 +1,87 @@
+"""Output-channel groups inferred from variable paths alone (the optimizer's default).
+
+When ``WGSEF`` gets no ``groups`` it only sees the trainable variables, so it groups what the
+paths make unambiguous: per layer (the path without its last component), the output channels of
+``kernel`` (Dense, Conv*: last axis), of ``pointwise_kernel`` (SeparableConv: last axis) or of a
+lone ``depthwise_kernel`` (DepthwiseConv2D: channel ``c * multiplier + q``), each coupled with
+the layer's ``bias``. The last such layer (the classifier head: its channels are the classes) is
+left out unless ``include`` names it.
+
+What paths cannot tell (a following BatchNorm, residual partners, concatenations) needs the
+model: build the groups with :func:`keras_wgsef.make_groups` so a zeroed filter really emits
+zero and the exporter can remove it.
+
+Example:
+  >>> import keras
+  >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a"), keras.layers.Dense(2, name="b")])
+  >>> [s.name for s in groups_from_paths(m.trainable_variables)]
+  ['sequential/a']
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from keras_wgsef.groups import GroupScope, Member
+
+__all__ = ["groups_from_paths"]
+
+_OUTPUT_KERNELS = ("kernel", "pointwise_kernel")
+
+
+def _layer_and_name(path: str) -> tuple[str, str]:
+    layer, _, name = path.rpartition("/")
+    return layer, name
+
+
+def groups_from_paths(
+    variables: Sequence, include: str | None = None, exclude: str | None = None
+) -> list[GroupScope]:
+    """One output-channel scope per layer that owns a kernel, from ``variable.path`` only.
+
+    Args:
+      variables: trainable variables (with ``.path`` and ``.shape``).
+      include: regex on variable paths; when given, only layers with a matching kernel are taken
+        (the head too, if it matches).
+      exclude: regex on variable paths; layers with a matching kernel are skipped.
+
+    Returns:
+      One :class:`GroupScope` per selected layer, named by the layer path.
+    """
+    by_layer: dict[str, dict[str, object]] = {}
+    for v in variables:
+        layer, name = _layer_and_name(v.path)
+        by_layer.setdefault(layer, {})[name] = v
+    candidates: list[tuple[str, Member]] = []
+    for layer, vs in by_layer.items():
+        kernel_name = next((n for n in _OUTPUT_KERNELS if n in vs), None)
+        if kernel_name is not None:
+            kernel = vs[kernel_name]
+            width = int(kernel.shape[-1])
+            candidates.append((layer, Member(kernel.path, -1, np.arange(width))))
+        elif "depthwise_kernel" in vs:
+            kernel = vs["depthwise_kernel"]
+            shape = tuple(int(s) for s in kernel.shape)
+            cin, mult = shape[-2], shape[-1]
+            index = np.broadcast_to(np.arange(cin * mult).reshape(cin, mult), shape).copy()
+            candidates.append((layer, Member(kernel.path, None, index)))
+    if include is None and candidates:
+        candidates = candidates[:-1]  # the classifier head
+    scopes = []
+    for layer, member in candidates:
+        if include is not None and not re.search(include, member.path):
+            continue
+        if exclude is not None and re.search(exclude, member.path):
+            continue
+        members = [member]
+        width = int(member.index.max()) + 1
+        bias = by_layer[layer].get("bias")
+        if bias is not None and tuple(bias.shape) == (width,):
+            members.append(Member(bias.path, 0, np.arange(width)))
+        scopes.append(
+            GroupScope(layer, tuple(members), width, labels=tuple(f"{layer}:{c}" for c in range(width)))
+        )
+    return scopes

@@ -1,0 +1,211 @@
+"""The WGSEF math on NumPy: worked vectors, an independent solver, optimality, regimes."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keras_wgsef import prox as P
+
+X = np.array([1, -2, 0.5, 3, 1, -0.2])
+G = [[0, 1], [2], [3, 4], [5]]
+D = [2, 1, 0.5, 1]
+
+
+# ---------------------------------------------------------------- worked vectors (spec)
+@pytest.mark.parametrize("k,value", [(1, 18.5949097582), (2, 9.3102475842), (3, 7.745), (4, 7.645)])
+def test_value_worked_vectors(k, value):
+    assert P.wgsef_value(X, G, k, D) == pytest.approx(value, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "k,lam,expected",
+    [
+        (2, 0.5, [0.5, -1, 0, 2.4, 0.8, 0]),
+        (2, 0.05, [0.90909, -1.81818, 0.36951, 2.91246, 0.97082, -0.06951]),
+        (1, 0.5, [0.241286, -0.482572, 0, 2.195262, 0.731754, 0]),
+    ],
+)
+def test_prox_worked_vectors(k, lam, expected):
+    np.testing.assert_allclose(P.wgsef_prox(X, G, k, lam, D), expected, atol=6e-6)
+
+
+def test_prox_exactly_two_groups_at_lam_half():
+    out = P.wgsef_prox(X, G, 2, 0.5, D)
+    assert np.count_nonzero(P.group_norms(out, G)) == 2
+
+
+def test_sef_tie_keeps_three():
+    out = P.wgsef_prox(np.array([3, -1, 1, 0.2]), [[0], [1], [2], [3]], 2, 0.5, [1, 1, 1, 1])
+    np.testing.assert_allclose(out, [2, -0.5, 0.5, 0], atol=1e-12)
+    assert np.count_nonzero(out) == 3  # a tie at the k-th place: fractional theta
+
+
+def test_sef_value():
+    assert P.wgsef_value(np.array([3, -1, 1.0]), [[0], [1], [2]], 2, [1, 1, 1]) == pytest.approx(6.5)
+
+
+# ---------------------------------------------------------------- independent reference
+def sorted_alpha(c, L, k):
+    """Independent solver: evaluate phi at every breakpoint, interpolate on the bracketing piece."""
+    with np.errstate(over="ignore"):
+        b = np.unique(np.concatenate([L / c, (1 + L) / c]))
+    phi = np.array([np.clip(a * c - L, 0, 1).sum() for a in b])
+    i = int(np.argmax(phi >= k))
+    a0, a1, p0, p1 = b[i - 1], b[i], phi[i - 1], phi[i]
+    return a0 + (k - p0) * (a1 - a0) / (p1 - p0)
+
+
+def brute_prox_scales(a, d, k, lam):
+    """Reference from the definition: theta via the sorted solver, then theta / (theta + lam d)."""
+    P_ = np.sqrt(d) * a > 0
+    theta = np.zeros_like(a)
+    if P_.sum() <= k:
+        theta[P_] = 1
+    else:
+        c = np.sqrt(d[P_]) * a[P_]
+        alpha = sorted_alpha(c, lam * d[P_], k)
+        theta[P_] = np.clip(alpha * c - lam * d[P_], 0, 1)
+    return np.where(theta > 0, theta / np.where(theta > 0, theta + lam * d, 1), 0)
+
+
+def test_solve_alpha_matches_sorted_solver_random():
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        m = int(rng.integers(2, 60))
+        c = np.abs(rng.normal(size=m)) * 10 ** rng.uniform(-3, 3) + 1e-9
+        L = np.abs(rng.normal(size=m)) * rng.uniform(0, 2)
+        k = int(rng.integers(1, m))
+        a1 = P.solve_alpha(c, L, k)
+        assert np.clip(a1 * c - L, 0, 1).sum() == pytest.approx(k, abs=1e-7)
+        a2 = sorted_alpha(c, L, k)  # phi may be flat at k: compare what alpha decides, theta
+        np.testing.assert_allclose(np.clip(a1 * c - L, 0, 1), np.clip(a2 * c - L, 0, 1), atol=1e-7)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(0, 1e3), min_size=1, max_size=25),
+    st.floats(1e-4, 10),
+    st.integers(0, 30),
+    st.floats(0.1, 5),
+)
+def test_prox_scales_match_reference(norms, lam, k, dscale):
+    a = np.array(norms)
+    d = np.linspace(0.5, 2, a.size) * dscale
+    s = P.prox_scales(a, d, k, lam)
+    ref = brute_prox_scales(a, d, k, lam) if k > 0 else np.zeros_like(a)
+    np.testing.assert_allclose(s * a, ref * a, rtol=1e-7, atol=1e-9 * max(1, a.max()))
+
+
+# ---------------------------------------------------------------- optimality conditions
+def value_of_scaled(z, groups, d, k, lam, s):
+    """Objective lam*WGSEF(x) + 1/2||x - z||^2 at x = s * z (group-wise)."""
+    x = z.copy()
+    for j, g in enumerate(groups):
+        x[g] *= s[j]
+    return lam * P.wgsef_value(x, groups, k, d) + 0.5 * np.sum((x - z) ** 2), x
+
+
+def test_prox_minimizes_objective_against_perturbations():
+    rng = np.random.default_rng(2)
+    for _ in range(40):
+        m = int(rng.integers(3, 9))
+        sizes = rng.integers(1, 4, size=m)
+        groups = np.split(np.arange(sizes.sum()), np.cumsum(sizes)[:-1])
+        d = rng.uniform(0.5, 3, size=m)
+        z = rng.normal(size=sizes.sum()) * 2
+        k = int(rng.integers(1, m))
+        lam = float(10 ** rng.uniform(-2, 0.5))
+        x = P.wgsef_prox(z, groups, k, lam, d)
+        best = lam * P.wgsef_value(x, groups, k, d) + 0.5 * np.sum((x - z) ** 2)
+        for _ in range(60):  # any other point is no better (convex objective)
+            y = x + rng.normal(size=x.size) * 10 ** rng.uniform(-3, 0)
+            other = lam * P.wgsef_value(y, groups, k, d) + 0.5 * np.sum((y - z) ** 2)
+            assert other >= best - 1e-9
+
+
+def test_prox_keeps_at_least_k_groups():
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        m = int(rng.integers(2, 40))
+        z = rng.normal(size=m) * 10 ** rng.uniform(-2, 2)
+        k = int(rng.integers(1, m))
+        out = P.wgsef_prox(z, [[j] for j in range(m)], k, float(10 ** rng.uniform(-2, 2)))
+        assert np.count_nonzero(out) >= k
+
+
+def test_zeroed_iff_below_threshold():
+    """Group j is zeroed iff a_j / sqrt(d_j) <= lam / alpha."""
+    rng = np.random.default_rng(4)
+    a = np.abs(rng.normal(size=30)) + 0.01
+    d = rng.uniform(0.5, 4, size=30)
+    lam, k = 0.3, 5
+    c = np.sqrt(d) * a
+    alpha = P.solve_alpha(c, lam * d, k)
+    s = P.prox_scales(a, d, k, lam)
+    np.testing.assert_array_equal(s == 0, a / np.sqrt(d) <= lam / alpha + 1e-15)
+
+
+# ---------------------------------------------------------------- regimes
+def test_k_zero_gives_zero_and_infinite_value():
+    assert np.all(P.wgsef_prox(X, G, 0, 0.1, D) == 0)
+    assert P.wgsef_value(X, G, 0, D) == np.inf
+    assert P.wgsef_value(np.zeros(6), G, 0, D) == 0.0
+
+
+def test_k_at_least_m_is_weighted_ridge():
+    out = P.wgsef_prox(X, G, 4, 0.2, D)
+    expected = np.concatenate([X[g] / (1 + 0.2 * D[j]) for j, g in enumerate(G)])
+    np.testing.assert_allclose(out, expected)
+    assert P.wgsef_value(X, G, 10, D) == pytest.approx(7.645)
+
+
+def test_k_one_value_is_squared_weighted_sum():
+    w = np.sqrt(D) * P.group_norms(X, G)
+    assert P.wgsef_value(X, G, 1, D) == pytest.approx(0.5 * w.sum() ** 2)
+
+
+def test_lam_zero_is_identity():
+    np.testing.assert_array_equal(P.wgsef_prox(X, G, 2, 0.0, D), X)
+
+
+def test_zero_groups_stay_zero_and_never_divide_by_zero():
+    z = np.array([0.0, 0, 1, 2, 0, 0])
+    with np.errstate(all="raise"):
+        out = P.wgsef_prox(z, G, 1, 0.5, D)
+    assert np.all(np.isfinite(out)) and out[0] == out[1] == out[5] == 0
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-12, 1e12])
+def test_tiny_and_huge_norms_scale_covariantly(scale):
+    """prox_{lam}(s z) with lam scaled... the support is decided by ratios: same support at any scale
+    when lam is scaled consistently (d fixed, lam -> lam, values -> scale): check finiteness and k."""
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=20) * scale
+    out = P.wgsef_prox(z, [[j] for j in range(20)], 4, 1e-3)
+    assert np.all(np.isfinite(out))
+    assert np.count_nonzero(out) >= 4
+
+
+def test_tiny_norms_do_not_zero_everything():
+    """The bracket clamp: tiny group norms must not round alpha to 0 and kill every group."""
+    a = np.full(10, 1e-7) * np.linspace(1, 2, 10)
+    s = P.prox_scales(a, np.ones(10), 3, 1e-9)
+    assert np.count_nonzero(s) >= 3
+
+
+# ---------------------------------------------------------------- bad input
+def test_groups_must_partition():
+    with pytest.raises(ValueError, match="partition"):
+        P.wgsef_prox(X, [[0, 1], [1, 2], [3, 4, 5]], 1, 0.1)
+    with pytest.raises(ValueError, match="partition"):
+        P.wgsef_value(X, [[0, 1], [3, 4, 5]], 1)
+
+
+def test_bad_weights_and_strength():
+    with pytest.raises(ValueError, match="> 0"):
+        P.wgsef_prox(X, G, 1, 0.1, [1, 0, 1, 1])
+    with pytest.raises(ValueError, match="lam"):
+        P.wgsef_prox(X, G, 1, -0.1, D)
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        P.wgsef_value(X, G, -1, D)
