@@ -9,7 +9,9 @@ in float64 whatever the variables' dtype.
 Prefix scan: sweeping the sorted breakpoints, a ``lo`` event adds slope ``c_j`` and offset ``L_j``,
 a ``hi`` event removes them and adds one saturated group. After the first ``i`` events
 ``phi(b_i) = S1_i + b_i C_i - Ls_i``; the first ``i`` with ``phi(b_i) >= k`` brackets the root in
-``[b_{i-1}, b_i]``, where ``alpha = (k - S1_{i-1} + Ls_{i-1}) / C_{i-1}`` (clamped to the bracket).
+``[b_{i-1}, b_i]``; there ``alpha = (k - S1 + Ls) / C`` with the saturated count and the linear
+pieces' sums recomputed directly on the bracket (the prefix sums cancel and lose digits), clamped
+to the bracket.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def prox_scales(a, d, k: int, lam, ridge: bool = True):
     m = int(a.shape[0])
     if k <= 0:
         return ops.zeros((m,), "float64")
-    lam = ops.cast(lam, "float64")
+    lam = ops.convert_to_tensor(lam, "float64") if isinstance(lam, (int, float)) else ops.cast(lam, "float64")
     L = lam * d
     pos = a > 0
     posf = ops.cast(pos, "float64")
@@ -72,13 +74,26 @@ def prox_scales(a, d, k: int, lam, ridge: bool = True):
     im1 = ops.maximum(i - 1, 0)
     first = ops.equal(i, 0)
     zero = ops.zeros((), "float64")
-    s1p = ops.where(first, zero, ops.take(s1, im1))
-    ccp = ops.where(first, zero, ops.take(cc, im1))
-    lsp = ops.where(first, zero, ops.take(ls, im1))
     a_lo = ops.where(first, zero, ops.take(bs, im1))
     a_hi = ops.take(bs, i)
-    alpha = (kf - s1p + lsp) / ops.where(ccp > 0, ccp, ops.ones_like(ccp))
-    alpha = ops.where(ccp > 0, ops.clip(alpha, a_lo, a_hi), a_lo)
+    # Refine on the bracket with direct sums (the prefix sums cancel and lose digits): no
+    # breakpoint lies strictly inside (a_lo, a_hi), so the midpoint classifies every group.
+    mid = 0.5 * (a_lo + ops.where(ops.isfinite(a_hi), a_hi, a_lo + 1.0))
+    sat = ops.cast(hi <= mid, "float64") * posf
+    lin = ops.cast((lo <= mid) & (hi > mid), "float64") * posf
+    n_sat = ops.sum(sat)
+    slope = ops.sum(lin * c)
+    offset = ops.sum(lin * L)
+    alpha = (kf - n_sat + offset) / ops.where(slope > 0, slope, ops.ones_like(slope))
+    alpha = ops.where(slope > 0, ops.clip(alpha, a_lo, a_hi), a_lo)
+    # The scan's phi(b_i) can round across k and pick a neighbouring piece: two Newton steps on
+    # the exact, piecewise-linear phi (direct O(m) sums) land on the true piece.
+    for _ in range(2):
+        t = alpha * c - L
+        phi_a = ops.sum(ops.clip(t, 0.0, 1.0) * posf)
+        grad = ops.sum(ops.cast((t > 0) & (t < 1), "float64") * posf * c)
+        step = (kf - phi_a) / ops.where(grad > 0, grad, ops.ones_like(grad))
+        alpha = ops.where(grad > 0, ops.maximum(alpha + step, 0.0), alpha)
     theta = ops.clip(alpha * c - L, 0.0, 1.0)
     theta = ops.where(npos <= kf, ops.ones_like(theta), theta) * posf
     nz = theta > 0

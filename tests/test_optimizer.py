@@ -1,0 +1,220 @@
+"""The WGSEF optimizer wrapper: one step by hand, fit modes, save/load/resume, bad input."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_wgsef as kw
+from keras_wgsef import prox as P
+from keras_wgsef import prox_ops
+from keras_wgsef.stats import scope_norms
+
+
+def small_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inp)
+    h = keras.layers.BatchNormalization(name="bn1")(h)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.Conv2D(6, 3, name="c2")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inp, keras.layers.Dense(3, name="head")(h))
+
+
+def data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 6, 6, 2)).astype("float32"), rng.integers(0, 3, size=n)
+
+
+def c1_scope(model):
+    c1, bn = model.get_layer("c1"), model.get_layer("bn1")
+    idx = np.arange(8)
+    return kw.GroupScope(
+        "c1",
+        (kw.Member(c1.kernel.path, -1, idx), kw.Member(c1.bias.path, 0, idx),
+         kw.Member(bn.gamma.path, 0, idx), kw.Member(bn.beta.path, 0, idx)),
+    )
+
+
+def test_tensor_prox_matches_numpy_reference():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        m = int(rng.integers(1, 40))
+        a = np.abs(rng.normal(size=m)) * 10 ** rng.uniform(-8, 4)
+        a[rng.random(m) < 0.2] = 0
+        d = rng.uniform(0.1, 50, size=m)
+        k = int(rng.integers(0, m + 2))
+        lam = float(10 ** rng.uniform(-5, 1))
+        ref = P.prox_scales(a, d, k, lam)
+        got = ops.convert_to_numpy(prox_ops.prox_scales(a, d, k, lam))
+        np.testing.assert_allclose(got * a, ref * a, rtol=1e-6, atol=1e-12 * max(1.0, a.max()))
+
+
+def test_tensor_prox_worked_vector():
+    a = P.group_norms(np.array([1, -2, 0.5, 3, 1, -0.2]), [[0, 1], [2], [3, 4], [5]])
+    s = ops.convert_to_numpy(prox_ops.prox_scales(a, np.array([2, 1, 0.5, 1.0]), 2, 0.5))
+    np.testing.assert_allclose(s, [0.5, 0, 0.8, 0], atol=1e-12)
+
+
+def test_one_step_equals_inner_step_then_numpy_prox():
+    """SGD step by hand, then the reference prox on the coupled group (kernel+bias+gamma+beta)."""
+    x, y = data()
+    model = small_model()
+    ref = small_model()
+    scope = c1_scope(model)
+    lr, lam = 0.05, 2.0
+    opt = kw.WGSEF(keras.optimizers.SGD(lr), k=3, lam=lam, groups=[scope])
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        loss = loss_fn(y, ref(x, training=True))
+    grads = tape.gradient(loss, ref.trainable_variables)
+    expected = {v.path: v.numpy() - lr * g.numpy() for v, g in zip(ref.trainable_variables, grads)}
+    # reference prox on the flattened coupled group vector
+    parts = [expected[p] for p in scope.paths]
+    flat = np.concatenate([np.moveaxis(p, -1, 0).reshape(8, -1) for p in parts], axis=1)
+    groups = [np.arange(j * flat.shape[1], (j + 1) * flat.shape[1]) for j in range(8)]
+    d = np.full(8, flat.shape[1], dtype=float)
+    proxed = P.wgsef_prox(flat.reshape(-1), groups, 3, lr * lam, d).reshape(8, -1)
+    s = np.linalg.norm(proxed, axis=1) / np.linalg.norm(flat, axis=1)
+
+    with tf.GradientTape() as tape:
+        loss = loss_fn(y, model(x, training=True))
+    opt.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+    for p in scope.paths:
+        got = next(v for v in model.trainable_variables if v.path == p).numpy()
+        np.testing.assert_allclose(got, expected[p] * s, rtol=2e-5, atol=1e-6)
+    other = next(v for v in model.trainable_variables if v.path.endswith("c2/kernel"))
+    np.testing.assert_allclose(other.numpy(), expected[other.path], rtol=1e-5, atol=1e-7)
+    assert int(opt.nonzero[0].numpy()) == np.count_nonzero(s)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_fit_reaches_k_with_strong_lam(jit):
+    x, y = data(128)
+    model = small_model()
+    opt = kw.WGSEF(keras.optimizers.Adam(1e-2), k=3, lam=50.0, groups=[c1_scope(model)])
+    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    values = {v.path: v.numpy() for v in model.variables}
+    norms = scope_norms(opt.scopes[0], values)
+    assert np.count_nonzero(norms) == 3
+    assert int(opt.nonzero[0].numpy()) == 3
+
+
+def test_default_groups_from_paths_exclude_head():
+    model = small_model()
+    opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=0.5)
+    model.compile(optimizer=opt, loss="mse")
+    opt.build(model.trainable_variables)
+    assert [s.name.split("/")[-1] for s in opt.scopes] == ["c1", "c2"]
+    assert list(opt.scope_k) == [4, 3]
+
+
+def test_model_scope_merges_into_one_envelope():
+    model = small_model()
+    opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=5, scope="model")
+    opt.build(model.trainable_variables)
+    assert len(opt.scopes) == 1 and opt.scopes[0].num_groups == 14 and opt.scope_k[0] == 5
+
+
+def test_k_mapping_by_pattern():
+    model = small_model()
+    opt = kw.WGSEF(keras.optimizers.SGD(0.1), k={"c1": 2, ".*": 0.5})
+    opt.build(model.trainable_variables)
+    assert list(opt.scope_k) == [2, 3]
+
+
+def test_mixed_float16_trains_and_sparsifies():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        x, y = data(64)
+        model = small_model()
+        opt = kw.WGSEF(keras.optimizers.Adam(1e-2), k=2, lam=50.0, groups=[c1_scope(model)])
+        model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert kw.nonzero_groups(model)[opt.scopes[0].name] == 2
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_save_load_resume_identical(tmp_path):
+    x, y = data(64)
+    model = small_model()
+    opt = kw.WGSEF(keras.optimizers.Adam(1e-2), k=4, lam=5.0, groups=[c1_scope(model)], ridge=False)
+    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    kw.callbacks.freeze_scope(opt, 0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    lopt = loaded.optimizer
+    assert isinstance(lopt, kw.WGSEF) and lopt.ridge is False and lopt.scopes[0].name == "c1"
+    for a, b in zip(opt.variables, lopt.variables):
+        np.testing.assert_array_equal(np.asarray(a.numpy()), np.asarray(b.numpy()))
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, shuffle=False)
+    loaded.fit(x, y, epochs=1, batch_size=16, verbose=0, shuffle=False)
+    for a, b in zip(model.trainable_variables, loaded.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    assert kw.nonzero_groups(loaded)["c1"] == 4  # the frozen mask survived
+
+
+def test_config_round_trip():
+    model = small_model()
+    opt = kw.WGSEF(keras.optimizers.SGD(0.1, momentum=0.9), k={"c1": 2}, lam=0.3, groups=[c1_scope(model)])
+    again = kw.WGSEF.from_config(opt.get_config())
+    assert again.get_config() == opt.get_config()
+    assert isinstance(again.inner_optimizer, keras.optimizers.SGD) and again.inner_optimizer.momentum == 0.9
+
+
+def test_non_finite_gradients_skip_the_step():
+    model = small_model()
+    opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=2, lam=1.0, groups=[c1_scope(model)])
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    grads = [np.full(v.shape, np.nan, "float32") for v in model.trainable_variables]
+    opt.apply(grads, model.trainable_variables)
+    assert int(opt.skipped_steps.numpy()) == 1
+    for b, v in zip(before, model.trainable_variables):
+        np.testing.assert_array_equal(b, v.numpy())
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize("k,match", [(0, r"\[1, 7\]"), (8, r"\[1, 7\]"), (1.5, r"\(0, 1\)"), ("3", "int or a float")])
+def test_bad_k_names_scope_and_range(k, match):
+    model = small_model()
+    opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=k, groups=[c1_scope(model)])
+    with pytest.raises((ValueError, TypeError), match=match):
+        opt.build(model.trainable_variables)
+
+
+def test_negative_lam_rejected():
+    with pytest.raises(ValueError, match="lam must be"):
+        kw.WGSEF(keras.optimizers.SGD(0.1), lam=-1.0)
+
+
+def test_pattern_selecting_nothing_raises():
+    model = small_model()
+    opt = kw.WGSEF(keras.optimizers.SGD(0.1), include="no_such_layer")
+    with pytest.raises(ValueError, match="no variable to regularize"):
+        opt.build(model.trainable_variables)
+
+
+def test_groups_that_do_not_partition_raise():
+    model = small_model()
+    c1 = model.get_layer("c1")
+    bad = kw.GroupScope("c1", (kw.Member(c1.kernel.path, -1, np.array([0, 1, 2, 3, 4, 5, 6, 8])),), num_groups=9)
+    opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=2, groups=[bad])
+    with pytest.raises(ValueError, match="partition"):
+        opt.build(model.trainable_variables)
+
+
+def test_unknown_variable_in_groups_raises():
+    model = small_model()
+    bad = kw.GroupScope("x", (kw.Member("nope/kernel", 0, np.arange(3)),))
+    with pytest.raises(ValueError, match="nope/kernel"):
+        kw.WGSEF(keras.optimizers.SGD(0.1), k=1, groups=[bad]).build(model.trainable_variables)
