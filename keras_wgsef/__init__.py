@@ -14,6 +14,7 @@ Public API (one name per line)::
 
 from keras_wgsef import callbacks as callbacks
 from keras_wgsef import datasets as datasets
+from keras_wgsef import training as training
 from keras_wgsef._version import __version__ as __version__
 from keras_wgsef.batchnorm import recalibrate_batchnorm as recalibrate_batchnorm
 from keras_wgsef.groups import GroupScope as GroupScope

@@ -87,35 +87,54 @@ def freeze_scope(opt, i: int, undo_shrink: float = 1.0) -> np.ndarray:
 class ReachK(keras.callbacks.Callback):
     """Drives a WGSEF optimizer to exactly k groups per scope, then fine-tunes the survivors.
 
+    Unset knobs come from a preset chosen by the inner optimizer (``preset="auto"``), each the
+    recipe measured best on the anchor task:
+
+    * ``"adaptive"`` (Adam & co.): mild ramp from 1e-4 growing by e^0.01 per step, projection at
+      45 % of the epochs, kept groups de-biased up to 10x (Adam needs ~1000 steps to regrow a
+      crushed BatchNorm gamma);
+    * ``"sgd"``: a fixed strong prox (0.03 per step, no growth; use ``WGSEF(..., ridge=False)``),
+      scopes freeze as they reach k, projection of the rest at 8/15 of the epochs, no de-biasing
+      (undoing the shrink made the loss spike under SGD).
+
     Args:
       start_epoch: epochs trained dense before the penalty starts (may be fractional).
       project_epoch: epoch at which every scope not yet at k is projected to its top k and
-        frozen; default ``0.45 * epochs`` of the ``fit`` call. The rest is fine-tuning.
+        frozen (default from the preset). The rest is fine-tuning.
+      preset: ``"auto"``, ``"adaptive"`` or ``"sgd"``.
       initial: per-step ridge rate ``learning_rate * lam * mean(d_j)`` of the scope when the
         penalty starts (scale-free: the same for a scope of 3x3x1 filters and of 3x3x64 ones).
       growth: log-growth of the strength per step while a scope is behind the cubic schedule.
       undo_shrink: cap of the de-biasing factor applied to kept groups at freeze; 1 disables.
-        ``"auto"``: 10 for adaptive inner optimizers (Adam & co.: they need ~1000 steps to
-        regrow a crushed BatchNorm gamma), 1 for SGD (where undoing made the loss spike).
       verbose: 1 prints each freeze.
     """
+
+    #: Measured defaults per kind of inner optimizer (anchor task, 15 epochs; see README).
+    PRESETS = {
+        "adaptive": {"project_fraction": 0.45, "initial": 1e-4, "growth": 0.01, "undo_shrink": 10.0},
+        "sgd": {"project_fraction": 8 / 15, "initial": 0.03, "growth": 0.0, "undo_shrink": 1.0},
+    }
 
     def __init__(
         self,
         start_epoch: float = 1.0,
         project_epoch: float | None = None,
-        initial: float = 1e-4,
-        growth: float = 0.01,
-        undo_shrink: float | str = "auto",
+        initial: float | None = None,
+        growth: float | None = None,
+        undo_shrink: float | str | None = None,
+        preset: str = "auto",
         verbose: int = 1,
     ) -> None:
         super().__init__()
+        if preset not in ("auto", *self.PRESETS):
+            raise ValueError(f"preset must be 'auto' or one of {sorted(self.PRESETS)}, got {preset!r}.")
         if project_epoch is not None and project_epoch <= start_epoch:
             raise ValueError(f"project_epoch ({project_epoch}) must come after start_epoch ({start_epoch}).")
-        if not (initial > 0 and growth >= 0):
+        if (initial is not None and not initial > 0) or (growth is not None and growth < 0):
             raise ValueError(f"initial must be > 0 and growth >= 0, got initial={initial}, growth={growth}.")
-        if undo_shrink != "auto" and not (isinstance(undo_shrink, (int, float)) and undo_shrink >= 1):
+        if undo_shrink not in (None, "auto") and not (isinstance(undo_shrink, (int, float)) and undo_shrink >= 1):
             raise ValueError(f"undo_shrink must be 'auto' or a number >= 1, got {undo_shrink!r}.")
+        self.preset = preset
         self.start_epoch = start_epoch
         self.project_epoch = project_epoch
         self.initial = initial
@@ -125,18 +144,28 @@ class ReachK(keras.callbacks.Callback):
         self.frozen: set[int] = set()
         self.freeze_log: list[tuple[float, str, int]] = []
 
-    def _undo_cap(self, opt) -> float:
-        if self.undo_shrink != "auto":
-            return float(self.undo_shrink)
-        return 1.0 if isinstance(opt.inner_optimizer, keras.optimizers.SGD) else 10.0
+    def _resolve(self, opt, epochs: int) -> None:
+        """Fills the unset knobs from the preset of the inner optimizer's kind."""
+        kind = self.preset
+        if kind == "auto":
+            kind = "sgd" if isinstance(opt.inner_optimizer, keras.optimizers.SGD) else "adaptive"
+        p = self.PRESETS[kind]
+        self._initial = self.initial if self.initial is not None else p["initial"]
+        self._growth = self.growth if self.growth is not None else p["growth"]
+        undo = self.undo_shrink
+        self._undo = p["undo_shrink"] if undo in (None, "auto") else float(undo)
+        self._project = self.project_epoch if self.project_epoch is not None else p["project_fraction"] * epochs
+        self.resolved = {"preset": kind, "initial": self._initial, "growth": self._growth,
+                         "undo_shrink": self._undo, "project_epoch": self._project, "start_epoch": self.start_epoch}
+        if self.verbose:
+            print(f"[ReachK] {self.resolved}")
 
     def on_train_begin(self, logs=None) -> None:
         self.opt = _wgsef_of(self.model)
         self.steps = int(self.params.get("steps") or 0)
         if self.steps <= 0:
             raise ValueError("ReachK needs a known number of steps per epoch (pass arrays or a sized dataset / steps_per_epoch).")
-        epochs = int(self.params.get("epochs") or 1)
-        self._project = self.project_epoch if self.project_epoch is not None else 0.45 * epochs
+        self._resolve(self.opt, int(self.params.get("epochs") or 1))
         if self._project <= self.start_epoch:
             raise ValueError(
                 f"ReachK: the projection (epoch {self._project:g}) must come after the dense warm-up "
@@ -169,7 +198,7 @@ class ReachK(keras.callbacks.Callback):
             lr = float(keras.ops.convert_to_numpy(opt.learning_rate))
             for i in live:
                 mean_d = float(np.mean(opt.scope_weights[i]))
-                opt.strength[i].assign(self.initial / max(lr * mean_d, 1e-30))
+                opt.strength[i].assign(self._initial / max(lr * mean_d, 1e-30))
             self._started = True
 
     def on_train_batch_end(self, batch, logs=None) -> None:
@@ -188,10 +217,10 @@ class ReachK(keras.callbacks.Callback):
                 continue
             target = k + (m - k) * (1.0 - frac) ** 3
             if n > target:
-                opt.strength[i].assign(float(opt.strength[i].numpy()) * math.exp(self.growth))
+                opt.strength[i].assign(float(opt.strength[i].numpy()) * math.exp(self._growth))
 
     def _freeze(self, i: int, t: float, why: str) -> None:
-        freeze_scope(self.opt, i, self._undo_cap(self.opt))
+        freeze_scope(self.opt, i, self._undo)
         self.frozen.add(i)
         self.freeze_log.append((t, self.opt.scopes[i].name, self.opt.scope_k[i]))
         if self.verbose:

@@ -1,0 +1,94 @@
+"""The exact-k controller, freeze/projection and the sparsity logger."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_wgsef as kw
+from keras_wgsef.callbacks import freeze_scope
+from keras_wgsef.stats import scope_norms
+
+
+def digits_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(12, 3, padding="same", name="c1"),
+            keras.layers.BatchNormalization(name="bn1"),
+            keras.layers.ReLU(),
+            keras.layers.Conv2D(16, 3, padding="same", name="c2"),
+            keras.layers.ReLU(),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10, name="head"),
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def digits():
+    (x, y), (xt, yt) = kw.datasets.load_digits8x8()
+    return x, y, xt, yt
+
+
+@pytest.mark.parametrize("inner", ["adam", "sgd"])
+def test_reachk_ends_with_exactly_k_and_learns(digits, inner, tmp_path):
+    x, y, xt, yt = digits
+    model = digits_model()
+    opt_inner = keras.optimizers.Adam(1e-2) if inner == "adam" else keras.optimizers.SGD(0.05, momentum=0.9)
+    opt = kw.WGSEF(opt_inner, k={"c1": 3, "c2": 5}, groups=kw.make_groups(model), ridge=inner == "adam")
+    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    ctl = kw.callbacks.ReachK(start_epoch=1, project_epoch=4, verbose=0)
+    log = kw.callbacks.SparsityLogger(log_dir=str(tmp_path / "tb"), verbose=0)
+    hist = model.fit(x, y, epochs=8, batch_size=32, callbacks=[ctl, log], verbose=0)
+    counts = kw.nonzero_groups(model)
+    assert sorted(counts.values()) == [3, 5]
+    assert hist.history["wgsef_nonzero"][-1] == 8.0 and hist.history["wgsef_k"][-1] == 8.0
+    assert ctl.resolved["preset"] == ("sgd" if inner == "sgd" else "adaptive")
+    assert all(float(s.numpy()) == 0.0 for s in opt.strength)  # penalty off while fine-tuning
+    kw.recalibrate_batchnorm(model, x)
+    _, acc = model.evaluate(xt, yt, verbose=0)
+    assert acc > 0.35, acc  # 10 classes: chance is 0.1 (8 short epochs on 1,400 digits)
+    assert any(p.name.startswith("events") for p in (tmp_path / "tb").iterdir())
+    assert log.history[-1][opt.scopes[0].name]["tau"] == 0.0  # exactly k: tau = 0
+
+
+def test_freeze_scope_keeps_top_k_by_weighted_norm_and_undoes_shrink():
+    model = digits_model()
+    opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=2, groups=kw.make_groups(model, weights="uniform"))
+    opt.build(model.trainable_variables)
+    c1 = model.get_layer("c1")
+    kernel = c1.kernel.numpy()
+    scale = np.linspace(0.1, 1.2, 12).astype("float32")
+    c1.kernel.assign(kernel * scale)
+    values = {v.path: v.numpy() for v in model.variables}
+    norms = scope_norms(opt.scopes[0], values)
+    expected = set(np.argsort(-norms)[:2].tolist())
+    opt.shrink[0].assign(np.full(12, 0.5, "float32"))
+    before = {v.path: v.numpy().copy() for v in model.variables}
+    keep = freeze_scope(opt, 0, undo_shrink=10.0)
+    assert set(np.flatnonzero(keep).tolist()) == expected
+    after = {v.path: v.numpy() for v in model.variables}
+    for mb in opt.scopes[0].members:
+        b, a = np.moveaxis(before[mb.path], mb.axis, 0), np.moveaxis(after[mb.path], mb.axis, 0)
+        for j in range(12):
+            np.testing.assert_allclose(a[j], b[j] * 2.0 if keep[j] else 0.0, rtol=1e-6)
+    assert np.array_equal(opt.mask[0].numpy(), keep.astype("float32"))
+    assert float(opt.strength[0].numpy()) == 0.0
+
+
+def test_reachk_without_wgsef_optimizer_raises(digits):
+    x, y, _, _ = digits
+    model = digits_model()
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match="WGSEF"):
+        model.fit(x[:64], y[:64], epochs=1, callbacks=[kw.callbacks.ReachK(verbose=0)], verbose=0)
+
+
+def test_reachk_argument_checks():
+    with pytest.raises(ValueError, match="project_epoch"):
+        kw.callbacks.ReachK(start_epoch=3, project_epoch=2)
+    with pytest.raises(ValueError, match="preset"):
+        kw.callbacks.ReachK(preset="fast")
+    with pytest.raises(ValueError, match="undo_shrink"):
+        kw.callbacks.ReachK(undo_shrink=0.5)
