@@ -4,6 +4,9 @@ Public API (one name per line)::
 
     WGSEF                 optimizer wrapper: inner step, then the WGSEF prox per scope
     make_groups           group definitions for a model (output channel, block, filter shape, ...)
+    channel_groups        dependency-aware, zero-invariant output-channel groups (graph analysis)
+    register_channel_rule teach the graph analysis a custom layer
+    count_macs, count_params  cost of a Keras model per layer
     GroupScope, Member    groups as data
     wgsef_value, wgsef_prox   the math on NumPy (reference)
     callbacks.ReachK      controller: exactly k groups per scope, then fine-tuning
@@ -17,6 +20,11 @@ from keras_wgsef import datasets as datasets
 from keras_wgsef import training as training
 from keras_wgsef._version import __version__ as __version__
 from keras_wgsef.batchnorm import recalibrate_batchnorm as recalibrate_batchnorm
+from keras_wgsef.channel_graph import channel_groups as channel_groups
+from keras_wgsef.channel_rules import UnsupportedLayerError as UnsupportedLayerError
+from keras_wgsef.channel_rules import register_channel_rule as register_channel_rule
+from keras_wgsef.costs import count_macs as count_macs
+from keras_wgsef.costs import count_params as count_params
 from keras_wgsef.groups import GroupScope as GroupScope
 from keras_wgsef.groups import Member as Member
 from keras_wgsef.groups import merge_scopes as merge_scopes

@@ -265,6 +265,8 @@ class WGSEF(keras.optimizers.Optimizer):
         import tensorflow as tf
 
         def update(distribution, lr):
+            lr = distribution.experimental_local_results(lr)[0]  # identical on every replica
+
             def assign(var, factor):
                 distribution.extended.update(
                     var.value, lambda v, f: v.assign(v * tf.cast(f, v.dtype)), args=(factor,), group=False

@@ -1,0 +1,530 @@
+"""Channel graph of a Keras model and its dependency-aware, zero-invariant channel groups.
+
+The model (Sequential or Functional, nested models flattened) is read from public data: the
+Functional ``get_config()`` inbound nodes and ``model.get_layer``. Every tensor gets one channel
+id per position of its last axis. Layer rules (:mod:`keras_wgsef.channel_rules`) create ids
+(a producer's output channels), share them (passthrough layers, per-channel carriers) or tie them
+together (residual ``Add``: input ``a`` channel ``c`` and input ``b`` channel ``c`` become one
+class, via union-find). A *channel class* is a set of ids that can only be removed together.
+
+A class's **group** holds every trainable parameter that produces or carries it: the producers'
+kernel slices ``kernel[..., c]`` and biases, BatchNorm ``gamma[c]``/``beta[c]``, a depthwise
+kernel's ``[:, :, c, :]`` and bias. With the whole group at zero, the channel is exactly zero
+wherever a later layer reads it (``relu(0*x + 0) = 0``), so it can be cut out: the group is
+zero-invariant. The consumers' input slices are *not* in the group (they belong to the consumer's
+own output groups; groups must partition the variables).
+
+Example:
+  >>> scopes = channel_groups(model)                      # one GroupScope per producer (or coupled set)
+  >>> [(s.name, s.num_groups) for s in scopes]
+  [('conv2d', 16), ('conv2d_1', 32), ('conv2d_2', 64)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from keras_wgsef import channel_rules as cr
+from keras_wgsef.groups import GroupScope, Member
+
+__all__ = [
+    "Node", "Graph", "ChannelAnalysis", "flatten_model", "analyze", "channel_groups", "layer_variables", "matches",
+]
+
+
+@dataclasses.dataclass
+class Node:
+    """One call of a layer: ``outputs = layer(*inputs)`` (tensor ids)."""
+
+    path: str
+    layer: Any
+    inputs: list[int]
+    outputs: list[int]
+
+
+@dataclasses.dataclass
+class Graph:
+    """A flat, topologically ordered view of a model (nested models expanded)."""
+
+    nodes: list[Node]
+    shapes: list[tuple]
+    inputs: list[int]
+    outputs: list[int]
+    layers: dict[str, Any]
+    submodel_inputs: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+
+    def new_tensor(self, shape: Sequence[Any]) -> int:
+        self.shapes.append(tuple(shape))
+        return len(self.shapes) - 1
+
+
+def _is_model(layer: Any) -> bool:
+    import keras
+
+    return isinstance(layer, keras.Model)
+
+
+def _keras_tensors(obj: Any) -> list[dict]:
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "__keras_tensor__":
+            return [obj["config"]]
+        return [t for v in obj.values() for t in _keras_tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _keras_tensors(v)]
+    return []
+
+
+def _as_refs(x: Any) -> list[tuple]:
+    """``input_layers`` / ``output_layers``: one ``[name, node, tensor]`` or a list of them."""
+    if isinstance(x, (list, tuple)) and len(x) == 3 and isinstance(x[0], str):
+        return [tuple(x)]
+    return [tuple(r) for r in x]
+
+
+def _output_shapes(layer: Any, shapes: list[tuple]) -> list[tuple]:
+    import keras
+
+    arg = shapes[0] if len(shapes) == 1 else list(shapes)
+    try:
+        out = layer.compute_output_shape(arg)
+    except Exception:
+        specs = [keras.KerasTensor(s) for s in shapes]
+        out = layer.compute_output_spec(specs[0] if len(specs) == 1 else specs)
+        out = [o.shape for o in out] if isinstance(out, (list, tuple)) else out.shape
+    if isinstance(out, (list, tuple)) and out and isinstance(out[0], (list, tuple)):
+        return [tuple(o) for o in out]
+    return [tuple(out)]
+
+
+def flatten_model(model: Any) -> Graph:
+    """The flat graph of a Sequential or Functional model; raises for subclassed models."""
+    g = Graph([], [], [], [], {})
+    if not _is_model(model):
+        raise TypeError(f"expected a keras.Model, got {type(model).__name__}.")
+    g.inputs = [g.new_tensor(t.shape) for t in model.inputs] if _has_graph(model) else []
+    g.outputs = _expand(model, "", g.inputs, g, {})
+    return g
+
+
+def _has_graph(model: Any) -> bool:
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        return True
+    try:
+        cfg = model.get_config()
+    except Exception:
+        cfg = {}
+    return isinstance(cfg, dict) and "layers" in cfg and "input_layers" in cfg
+
+
+def _expand(model: Any, prefix: str, bound: list[int], g: Graph, calls: dict) -> list[int]:
+    import keras
+
+    name = model.name
+    if not _has_graph(model):
+        where = f" (at {prefix.rstrip('/')!r})" if prefix else ""
+        raise TypeError(
+            f"Model {name!r}{where} of class {type(model).__name__} is subclassed: it has no layer graph to "
+            "read. Build it as a Functional or Sequential model (keras.Model(inputs, outputs)), or analyse "
+            "a Functional copy of it."
+        )
+    if isinstance(model, keras.Sequential):
+        t = bound
+        for layer in model.layers:
+            t = _call(layer, prefix + layer.name, t, g, calls)
+        return t
+    cfg = model.get_config()
+    hist: dict[tuple, int] = {}
+    for ref, tid in zip(_as_refs(cfg["input_layers"]), bound):
+        hist[(ref[0], int(ref[1]), int(ref[2]))] = tid
+    pending = [(lc, i, nd) for lc in cfg["layers"] if lc["class_name"] != "InputLayer"
+               for i, nd in enumerate(lc.get("inbound_nodes", []))]
+    while pending:
+        progress, rest = False, []
+        for lc, idx, nd in pending:
+            args = _keras_tensors(nd.get("args", [])) + _keras_tensors(nd.get("kwargs", {}))
+            keys = [(a["keras_history"][0], int(a["keras_history"][1]), int(a["keras_history"][2])) for a in args]
+            if not all(k in hist for k in keys):
+                rest.append((lc, idx, nd))
+                continue
+            ins = [hist[k] for k in keys]
+            for k, a in zip(ins, args):
+                if g.shapes[k] is None or g.shapes[k] == ():
+                    g.shapes[k] = tuple(a["shape"])
+            layer = model.get_layer(lc["config"]["name"])
+            outs = _call(layer, prefix + layer.name, ins, g, calls)
+            for j, o in enumerate(outs):
+                hist[(layer.name, idx, j)] = o
+            progress = True
+        if not progress:
+            raise ValueError(f"model {name!r}: could not order the layer graph (unresolved inbound tensors).")
+        pending = rest
+    return [hist[(r[0], int(r[1]), int(r[2]))] for r in _as_refs(cfg["output_layers"])]
+
+
+def _call(layer: Any, path: str, ins: list[int], g: Graph, calls: dict) -> list[int]:
+    if _is_model(layer):
+        g.submodel_inputs[path + "/"] = list(ins)
+        return _expand(layer, path + "/", ins, g, calls)
+    if path in g.layers and g.layers[path] is not layer:
+        raise ValueError(f"two different layers share the path {path!r}.")
+    g.layers[path] = layer
+    outs = [g.new_tensor(s) for s in _output_shapes(layer, [g.shapes[i] for i in ins])]
+    g.nodes.append(Node(path, layer, ins, outs))
+    return outs
+
+
+def layer_variables(layer: Any) -> dict[str, Any]:
+    """``{short name: variable}`` of a layer (``"kernel"``, ``"bias"``, ``"gamma"``, ...)."""
+    return {w.path.rsplit("/", 1)[-1]: w for w in layer.weights}
+
+
+def matches(patterns: str | Iterable[str] | None, path: str) -> bool:
+    if patterns is None:
+        return False
+    pats = [patterns] if isinstance(patterns, str) else list(patterns)
+    return any(re.search(p, path) for p in pats)
+
+
+@dataclasses.dataclass
+class ChannelAnalysis:
+    """Channel ids of every tensor and of every weighted layer, with union-find classes and pins.
+
+    Attributes:
+      graph: the flat graph.
+      rules: resolved rule per layer path.
+      tensor_ids: channel ids along the last axis of each tensor.
+      out_ids: a producer's (Produce/Separable) output channels; ``in_ids``: the input channels its
+        kernel reads (Produce/Separable); ``carry_ids``: a carrier's channels.
+      pins: id -> reason the channel can never be removed (model input/output, opaque layer, ...).
+    """
+
+    graph: Graph
+    rules: dict[str, cr.ChannelRule]
+    tensor_ids: list[np.ndarray]
+    out_ids: dict[str, np.ndarray]
+    in_ids: dict[str, np.ndarray]
+    carry_ids: dict[str, np.ndarray]
+    parent: list[int]
+    pins: dict[int, str]
+
+    def new(self, n: int) -> np.ndarray:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        return np.arange(start, start + n, dtype=np.int64)
+
+    def find(self, i: int) -> int:
+        p = self.parent
+        while p[i] != i:
+            p[i] = p[p[i]]
+            i = p[i]
+        return i
+
+    def union(self, a: np.ndarray, b: np.ndarray, where: str) -> None:
+        if len(a) != len(b):
+            raise ValueError(f"{where}: cannot tie {len(a)} channels to {len(b)} channels.")
+        for x, y in zip(a.tolist(), b.tolist()):
+            rx, ry = self.find(x), self.find(y)
+            if rx != ry:
+                self.parent[max(rx, ry)] = min(rx, ry)
+
+    def roots(self, ids: np.ndarray) -> np.ndarray:
+        return np.array([self.find(int(i)) for i in ids], dtype=np.int64)
+
+    def pin(self, ids: np.ndarray, reason: str) -> None:
+        for i in ids.tolist():
+            self.pins.setdefault(int(i), reason)
+
+    def pinned_roots(self) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for i, why in self.pins.items():
+            out.setdefault(self.find(i), why)
+        return out
+
+
+def analyze(model: Any, *, exclude: str | Iterable[str] | None = None) -> ChannelAnalysis:
+    """Builds the channel classes of ``model``.
+
+    Args:
+      model: a Sequential or Functional Keras model (built).
+      exclude: regexes on layer paths; a matching layer without a rule is treated as opaque (its
+        input and output channels are kept).
+    """
+    g = flatten_model(model)
+    a = ChannelAnalysis(g, {}, [np.zeros(0, np.int64)] * len(g.shapes), {}, {}, {}, [], {})
+    for t in g.inputs:
+        a.tensor_ids[t] = a.new(int(g.shapes[t][-1]))
+        a.pin(a.tensor_ids[t], "model input")
+    for node in g.nodes:
+        _apply(a, node, exclude)
+    for t in g.outputs:
+        a.pin(a.tensor_ids[t], "model output")
+    return a
+
+
+def _resolve_rule(node: Node, g: Graph, exclude: Any) -> cr.ChannelRule:
+    try:
+        rule = cr.rule_for(node.layer, node.path)
+    except cr.UnsupportedLayerError:
+        if matches(exclude, node.path):
+            return cr.Opaque(f"excluded {type(node.layer).__name__} layer")
+        raise
+    in_shape = g.shapes[node.inputs[0]] if node.inputs else ()
+    out_shape = g.shapes[node.outputs[0]]
+    if isinstance(rule, cr.Reshape):
+        if len(out_shape) == 2 and len(in_shape) > 2:
+            return cr.Flatten(resize_key=rule.resize_key)
+        if in_shape and in_shape[-1] == out_shape[-1]:
+            return cr.Passthrough(resize_key=rule.resize_key)
+        return cr.Opaque("Reshape that moves the channel axis")
+    if isinstance(rule, cr.Carry) and rule.channel_axis not in (-1, len(in_shape) - 1):
+        return cr.Opaque(f"per-channel axis {rule.channel_axis} is not the last axis")
+    if len(node.outputs) != 1 and not isinstance(rule, cr.Opaque):
+        return cr.Opaque("layer with several outputs")
+    return rule
+
+
+def _apply(a: ChannelAnalysis, node: Node, exclude: Any) -> None:
+    g, path, layer = a.graph, node.path, node.layer
+    rule = _resolve_rule(node, g, exclude)
+    a.rules[path] = rule
+    ins = [a.tensor_ids[t] for t in node.inputs]
+    where = f"layer {path!r} ({type(layer).__name__})"
+    out_width = g.shapes[node.outputs[0]][-1] if g.shapes[node.outputs[0]] else None
+    if isinstance(rule, cr.Opaque):
+        for ids in ins:
+            a.pin(ids, f"read by {path} ({type(layer).__name__}: {rule.reason})")
+        for t in node.outputs:
+            a.tensor_ids[t] = a.new(int(g.shapes[t][-1]) if g.shapes[t] else 1)
+            a.pin(a.tensor_ids[t], f"made by {path} ({type(layer).__name__}: {rule.reason})")
+        return
+    out = node.outputs[0]
+    if isinstance(rule, (cr.Produce, cr.Separable)):
+        v = layer_variables(layer)
+        if isinstance(rule, cr.Produce):
+            shape = v[rule.kernel].shape
+            n_out, n_in = int(shape[rule.out_axis]), int(shape[rule.in_axis])
+        else:
+            n_out, n_in = int(v[rule.pointwise].shape[-1]), int(v[rule.depthwise].shape[-2])
+        if path not in a.out_ids:
+            a.out_ids[path], a.in_ids[path] = a.new(n_out), a.new(n_in)
+        a.union(ins[0], a.in_ids[path], where)
+        a.tensor_ids[out] = a.out_ids[path]
+        if getattr(rule, "mixes_output", False):
+            a.pin(a.out_ids[path], f"made by {path} (its activation mixes channels)")
+    elif isinstance(rule, cr.Carry):
+        if path not in a.carry_ids:
+            a.carry_ids[path] = a.new(len(ins[0]))
+        a.union(ins[0], a.carry_ids[path], where)
+        a.tensor_ids[out] = a.carry_ids[path]
+    elif isinstance(rule, cr.Passthrough):
+        if len(ins[0]) != out_width:
+            raise ValueError(f"{where}: a passthrough rule, but it changes the channel count.")
+        a.tensor_ids[out] = ins[0]
+    elif isinstance(rule, cr.Merge):
+        full = [ids for ids in ins if len(ids) == out_width]
+        for ids in full[1:]:
+            a.union(full[0], ids, where)
+        if len(full) < len(ins) and rule.op != "product":
+            a.pin(full[0], f"{path}: a one-channel input is broadcast onto every channel")
+        a.tensor_ids[out] = full[0]
+    elif isinstance(rule, cr.Concat):
+        rank = len(g.shapes[out])
+        if rule.axis in (-1, rank - 1):
+            a.tensor_ids[out] = np.concatenate(ins)
+        else:
+            for ids in ins[1:]:
+                a.union(ins[0], ids, where)
+            a.tensor_ids[out] = ins[0]
+    elif isinstance(rule, cr.Flatten):
+        in_shape = g.shapes[node.inputs[0]]
+        reps = int(np.prod(in_shape[1:-1])) if len(in_shape) > 2 else 1
+        a.tensor_ids[out] = np.tile(ins[0], reps)
+    else:
+        raise TypeError(f"{where}: unknown rule type {type(rule).__name__}.")
+
+
+def _group_params(a: ChannelAnalysis) -> list[tuple[str, int, np.ndarray, int]]:
+    """(variable path, axis, channel ids along the axis, variable size) for every grouped parameter."""
+    out = []
+    for path, layer in a.graph.layers.items():
+        rule, v = a.rules.get(path), layer_variables(layer)
+        entries: list[tuple[str, int, np.ndarray]] = []
+        if isinstance(rule, cr.Produce):
+            entries = [(rule.kernel, rule.out_axis, a.out_ids[path])]
+            if rule.bias:
+                entries.append((rule.bias, 0, a.out_ids[path]))
+        elif isinstance(rule, cr.Separable):
+            entries = [(rule.pointwise, -1, a.out_ids[path])]
+            if rule.bias:
+                entries.append((rule.bias, 0, a.out_ids[path]))
+            entries.append((rule.depthwise, -2, a.in_ids[path]))
+        elif isinstance(rule, cr.Carry):
+            entries = [(n, ax, a.carry_ids[path]) for n, ax in rule.params]
+            if rule.bias:
+                entries.append((rule.bias, 0, a.carry_ids[path]))
+        for name, axis, ids in entries:
+            var = v[name]
+            if var.trainable:
+                ax = axis % len(var.shape)
+                if int(var.shape[ax]) != len(ids):
+                    raise ValueError(f"{var.path}: axis {ax} has {var.shape[ax]} entries, expected {len(ids)}.")
+                out.append((var.path, ax, ids, int(np.prod(var.shape))))
+    return out
+
+
+def channel_groups(
+    model: Any,
+    *,
+    include: str | Iterable[str] | None = None,
+    exclude: str | Iterable[str] | None = None,
+    exclude_outputs: bool = True,
+    block: int = 1,
+    weights: str | Callable[[GroupScope, Any], Any] = "size",
+) -> list[GroupScope]:
+    """Dependency-aware, zero-invariant output-channel groups of a model.
+
+    Each group holds, for one channel class, the producers' kernel slices ``kernel[..., c]`` and
+    biases, and the per-channel parameters that carry it (BatchNorm gamma/beta, depthwise kernel
+    slices and biases). Producers whose channels are tied (residual ``Add``, ``Multiply``) share
+    group ids; producers whose channels meet in one variable (a BatchNorm after a ``Concatenate``)
+    share a scope (with offsets). Scopes name their producers: ``"conv2d"``, ``"conv_a+conv_b"``.
+
+    Args:
+      model: a built Sequential or Functional model.
+      include: regexes on layer paths; when given, only matching producers get groups.
+      exclude: regexes on layer paths; matching producers get no groups, matching layers without a
+        rule are treated as opaque.
+      exclude_outputs: no groups for channels that reach a model output (the classes).
+      block: group runs of ``block`` consecutive channels (hardware blocks).
+      weights: ``"size"`` (``d_j = |G_j|``, left as None), ``"uniform"`` (1), ``"macs"`` (the MACs
+        removed with the channel: producer MACs per output channel plus consumer MACs per input
+        channel), or ``fn(scope, model) -> d`` (length ``num_groups``).
+
+    Returns:
+      A list of :class:`GroupScope`; each validates against the real variable shapes.
+    """
+    if int(block) < 1:
+        raise ValueError(f"block must be >= 1, got {block}.")
+    a = analyze(model, exclude=exclude)
+    if not exclude_outputs:
+        a.pins = {i: r for i, r in a.pins.items() if r != "model output"}
+    producers = list(a.out_ids)
+    for path in producers:
+        if (include is not None and not matches(include, path)) or matches(exclude, path):
+            a.pin(a.out_ids[path], f"producer {path} is not included")
+    pinned_now = set(a.pinned_roots())
+    for path in producers:
+        ids = a.out_ids[path]
+        if block > 1 and not set(a.roots(ids).tolist()) <= pinned_now:
+            if len(ids) % block:
+                raise ValueError(f"layer {path!r} has {len(ids)} output channels, not a multiple of block={block}.")
+            for s in range(0, len(ids), block):
+                a.union(np.repeat(ids[s], block - 1), ids[s + 1:s + block], path)
+    params = _group_params(a)
+    pinned = set(a.pinned_roots())
+    changed = True
+    while changed:  # a variable touching any pinned class cannot be grouped: pin all its classes
+        changed = False
+        for _, _, ids, _ in params:
+            r = set(a.roots(ids).tolist())
+            if r & pinned and not r <= pinned:
+                pinned |= r
+                changed = True
+    params = [(p, ax, a.roots(ids), n) for p, ax, ids, n in params]
+    params = [q for q in params if not (set(q[2].tolist()) & pinned)]
+    # scopes: classes linked by a shared variable
+    scope_of = {int(r): int(r) for _, _, rr, _ in params for r in rr}
+
+    def top(x: int) -> int:
+        while scope_of[x] != x:
+            x = scope_of[x]
+        return x
+
+    for _, _, rr, _ in params:
+        t0 = top(int(rr[0]))
+        for r in rr.tolist():
+            t = top(r)
+            if t != t0:
+                scope_of[max(t, t0)] = min(t, t0)
+                t0 = min(t, t0)
+    label: dict[int, tuple[str, int, int]] = {}
+    owner: dict[int, list[str]] = {}
+    for path in producers:
+        for c, r in enumerate(a.roots(a.out_ids[path]).tolist()):
+            if r not in scope_of:
+                continue
+            paths = owner.setdefault(top(r), [])
+            if path not in paths:
+                paths.append(path)
+            first = label.setdefault(r, (path, c, c))
+            if first[0] == path:
+                label[r] = (path, first[1], c)
+    scopes: list[GroupScope] = []
+    by_scope: dict[int, list] = {}
+    for q in params:
+        by_scope.setdefault(top(int(q[2][0])), []).append(q)
+    for s, qs in by_scope.items():
+        order: dict[int, int] = {}
+        for path in owner.get(s, []):
+            for r in a.roots(a.out_ids[path]).tolist():
+                order.setdefault(r, len(order))
+        for _, _, rr, _ in qs:
+            for r in rr.tolist():
+                order.setdefault(r, len(order))
+        members = tuple(Member(p, ax, np.array([order[r] for r in rr.tolist()])) for p, ax, rr, _ in qs)
+        labels = tuple(_label(label.get(r), r) for r in order)
+        name = "+".join(owner.get(s, [])) or qs[0][0].rsplit("/", 1)[0]
+        scopes.append(GroupScope(name, members, len(order), None, None, labels))
+    shapes = {w.path: tuple(w.shape) for w in model.weights}
+    for s in scopes:
+        s.validate(shapes)
+    return [_weighted(s, weights, model, a, shapes) for s in scopes]
+
+
+def _label(entry: tuple | None, root: int) -> str:
+    if entry is None:
+        return f"channel:{root}"
+    path, c0, c1 = entry
+    return f"{path}:{c0}" if c0 == c1 else f"{path}:{c0}-{c1}"
+
+
+def _weighted(s: GroupScope, weights: Any, model: Any, a: ChannelAnalysis, shapes: dict) -> GroupScope:
+    if callable(weights):
+        return s.replace(weights=np.asarray(weights(s, model), dtype=np.float64))
+    if weights == "size":
+        return s
+    if weights == "uniform":
+        return s.replace(weights=np.ones(s.num_groups))
+    if weights == "macs":
+        return s.replace(weights=_mac_weights(s, model, a))
+    raise ValueError(f"weights must be 'size', 'uniform', 'macs' or a callable, got {weights!r}.")
+
+
+def _mac_weights(s: GroupScope, model: Any, a: ChannelAnalysis) -> np.ndarray:
+    from keras_wgsef.costs import count_macs
+
+    macs = count_macs(model)
+    group_of_root: dict[int, int] = {}
+    var_to_layer = {w.path: p for p, layer in a.graph.layers.items() for w in layer.weights}
+    for mb in s.members:
+        layer_path = var_to_layer[mb.path]
+        ids = a.out_ids.get(layer_path, a.carry_ids.get(layer_path))
+        if mb.path.endswith("depthwise_kernel"):
+            ids = a.in_ids[layer_path]
+        for r, gid in zip(a.roots(ids).tolist(), mb.index.tolist()):
+            group_of_root[r] = gid
+    d = np.zeros(s.num_groups)
+    for table in (a.out_ids, a.in_ids, a.carry_ids):
+        for path, ids in table.items():
+            per = macs.get(path, 0) / max(len(ids), 1)
+            for r in a.roots(ids).tolist():
+                if r in group_of_root:
+                    d[group_of_root[r]] += per
+    return np.maximum(d, 1.0)

@@ -1,0 +1,485 @@
+"""shrink: exact removal of dead channels, reports, rounding, real architectures and bad input."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from keras_wgsef import channel_rules as cr  # noqa: E402
+from keras_wgsef.channel_graph import channel_groups  # noqa: E402
+from keras_wgsef.costs import count_macs, count_params  # noqa: E402
+from tflite_export.shrink import ShrinkError, plan_shrink, shrink  # noqa: E402
+
+L = keras.layers
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def anchor_cnn():
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        L.Conv2D(16, 3, padding="same", name="conv2d"), L.BatchNormalization(name="bn"),
+        L.ReLU(name="re_lu"), L.MaxPooling2D(name="pool"),
+        L.Conv2D(32, 3, padding="same", name="conv2d_1"), L.BatchNormalization(name="bn_1"),
+        L.ReLU(name="re_lu_1"), L.MaxPooling2D(name="pool_1"),
+        L.Conv2D(64, 3, padding="same", name="conv2d_2"), L.BatchNormalization(name="bn_2"),
+        L.ReLU(name="re_lu_2"), L.GlobalAveragePooling2D(name="gap"), L.Dense(10, name="dense"),
+    ])
+
+
+def randomize(model, seed=0, shift=0.3, variance=(0.5, 1.5)):
+    """Nonzero biases, BN gamma/beta and statistics, so that only real zeros are dead."""
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        name = w.path.rsplit("/", 1)[-1]
+        if name in ("bias", "beta", "moving_mean"):
+            w.assign(rng.normal(0, shift, w.shape).astype("float32"))
+        elif name == "gamma":
+            w.assign(rng.uniform(0.5, 1.5, w.shape).astype("float32"))
+        elif name == "moving_variance":
+            w.assign(rng.uniform(*variance, w.shape).astype("float32"))
+
+
+def zero_groups(model, scope, groups, kernel_only=False):
+    vals = {w.path: w.numpy().copy() for w in model.weights}
+    for mb in scope.members:
+        if kernel_only and not mb.path.endswith("kernel"):
+            continue
+        idx = [slice(None)] * vals[mb.path].ndim
+        idx[mb.axis] = np.flatnonzero(np.isin(mb.index, list(groups)))
+        vals[mb.path][tuple(idx)] = 0
+    for w in model.weights:
+        w.assign(vals[w.path])
+
+
+def zero_random(model, frac, seed, scopes=None):
+    """Zeroes a random subset of every scope's groups; returns {producer layer: kept width}."""
+    rng = np.random.default_rng(seed)
+    kept = {}
+    for s in scopes if scopes is not None else channel_groups(model):
+        dead = np.flatnonzero(rng.random(s.num_groups) < frac)
+        zero_groups(model, s, dead)
+        for producer in s.name.split("+"):
+            kernel = next(mb for mb in s.members if mb.path.rsplit("/", 1)[0].endswith(producer)
+                          and mb.path.endswith(("/kernel", "pointwise_kernel")))
+            kept[producer] = max(1, int(np.sum(~np.isin(kernel.index, dead))))
+    return kept
+
+
+def snapshot(model):
+    return [w.numpy().copy() for w in model.weights]
+
+
+def assert_unchanged(model, before):
+    after = snapshot(model)
+    assert len(after) == len(before) and all(np.array_equal(a, b) for a, b in zip(after, before))
+
+
+def assert_same_outputs(model, new, x, rtol=1e-5):
+    y0, y1 = model(x, training=False), new(x, training=False)
+    y0 = y0 if isinstance(y0, (list, tuple)) else [y0]
+    y1 = y1 if isinstance(y1, (list, tuple)) else [y1]
+    for a, b in zip(y0, y1):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.shape == b.shape
+        assert np.max(np.abs(a - b)) <= rtol * max(1.0, np.max(np.abs(a)))
+
+
+def sample(shape, seed=1, n=3):
+    return np.random.default_rng(seed).standard_normal((n, *shape)).astype("float32")
+
+
+def out_width(model, name):
+    layer = model.get_layer(name)
+    return int(layer.get_config().get("filters") or layer.get_config().get("units"))
+
+
+# ------------------------------------------------------------------------------------ fixtures
+def test_anchor_cnn_to_4_8_16_exact_params_and_macs():
+    m = anchor_cnn()
+    randomize(m)
+    scopes = channel_groups(m)
+    rng = np.random.default_rng(0)
+    for s, k in zip(scopes, (4, 8, 16)):
+        zero_groups(m, s, rng.permutation(s.num_groups)[k:])
+    before = snapshot(m)
+    new, report = shrink(m, sample((28, 28, 1)), return_report=True)
+    assert_unchanged(m, before)
+    assert [out_width(new, n) for n in ("conv2d", "conv2d_1", "conv2d_2")] == [4, 8, 16]
+    assert [layer.name for layer in new.layers] == [layer.name for layer in m.layers]
+    expected = (9 * 4 + 4) + 16 + (9 * 4 * 8 + 8) + 32 + (9 * 8 * 16 + 16) + 64 + (16 * 10 + 10)
+    assert new.count_params() == expected == report.params["total"][1] == 1786
+    assert report.params["total"][0] == 24_394
+    assert report.macs["total"] == (1_919_872, 141_280)  # the 4/8/16 row of the anchors table
+    assert report.plan.widths["bn_1"] == (32, 8)
+    text = str(report)
+    assert "conv2d_1" in text and "24394" in text and "141280" in text
+    assert_same_outputs(m, new, sample((28, 28, 1), seed=5))
+
+
+def test_bn_with_zero_gamma_beta_removes_a_live_filter():
+    m = anchor_cnn()
+    randomize(m)
+    bn = m.get_layer("bn")
+    g, b, mu, var = bn.get_weights()
+    g[[2, 9]] = 0
+    b[[2, 9]] = 0
+    bn.set_weights([g, b, mu, var])
+    new = shrink(m)
+    assert out_width(new, "conv2d") == 14
+    assert_same_outputs(m, new, sample((28, 28, 1)))
+
+
+def padded_pair():
+    x = keras.Input((8, 8, 2))
+    h = L.Conv2D(4, 3, padding="same", activation="relu", name="a")(x)
+    h = L.Conv2D(3, 3, padding="same", name="b")(h)
+    return keras.Model(x, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(h)))
+
+
+def test_zero_filter_with_nonzero_bias_is_kept_and_explained():
+    m = padded_pair()
+    randomize(m)
+    a = m.get_layer("a")
+    k, bias = a.get_weights()
+    k[..., [1, 2]] = 0
+    bias[1], bias[2] = 0.7, 0.0   # channel 1 emits relu(0.7) into a padded conv; channel 2 is dead
+    a.set_weights([k, bias])
+    plan = plan_shrink(m)
+    assert plan.widths["a"] == (4, 3)
+    assert any(lab == "a:1" and "b (Conv2D)" in why for lab, why in plan.kept)
+    new = shrink(m)
+    assert out_width(new, "a") == 3
+    assert_same_outputs(m, new, sample((8, 8, 2)))
+
+
+def residual_model():
+    x = keras.Input((8, 8, 3))
+    a = L.Conv2D(6, 3, padding="same", name="a")(x)
+    b = L.BatchNormalization(name="bn_b")(L.Conv2D(6, 1, name="b")(x))
+    h = L.ReLU(name="r")(L.Add(name="add")([a, b]))
+    return keras.Model(x, L.Dense(4, name="out")(L.GlobalAveragePooling2D()(L.Conv2D(5, 3, name="c")(h))))
+
+
+def test_residual_add_one_branch_zero_is_kept_both_zero_is_removed():
+    m = residual_model()
+    randomize(m)
+    scope = next(s for s in channel_groups(m) if "+" in s.name)
+    zero_groups(m, scope, [0, 4])
+    a = m.get_layer("a")
+    k, bias = a.get_weights()
+    k[..., 2], bias[2] = 0, 0     # only branch a of channel 2 is zero
+    a.set_weights([k, bias])
+    new, report = shrink(m, return_report=True)
+    assert out_width(new, "a") == out_width(new, "b") == 4
+    assert any(lab in ("a:2", "b:2") and "c (Conv2D)" in why for lab, why in report.plan.kept)
+    expected = (27 * 4 + 4) + (3 * 4 + 4) + 16 + (9 * 4 * 5 + 5) + (5 * 4 + 4)
+    assert new.count_params() == expected
+    assert_same_outputs(m, new, sample((8, 8, 3)))
+
+
+def test_concatenate_bn_offsets():
+    x = keras.Input((6, 6, 2))
+    c = L.Concatenate(name="cat")([L.Conv2D(3, 1, name="p")(x), L.Conv2D(5, 1, name="q")(x)])
+    h = L.Conv2D(4, 3, name="next")(L.ReLU()(L.BatchNormalization(name="bn")(c)))
+    m = keras.Model(x, L.Dense(2, name="out")(L.Flatten()(h)))
+    randomize(m)
+    scope = next(s for s in channel_groups(m) if s.name == "p+q")
+    zero_groups(m, scope, [1, 3, 6])     # p:1, q:0, q:3
+    new = shrink(m)
+    assert (out_width(new, "p"), out_width(new, "q")) == (2, 3)
+    assert new.get_layer("next").get_weights()[0].shape == (3, 3, 5, 4)
+    expected = (2 * 2 + 2) + (2 * 3 + 3) + 4 * 5 + (9 * 5 * 4 + 4) + (16 * 4 * 2 + 2)
+    assert new.count_params() == expected
+    assert_same_outputs(m, new, sample((6, 6, 2)))
+
+
+def test_flatten_dense_rows_follow_s_times_c_plus_c():
+    x = keras.Input((3, 3, 1))
+    h = L.Conv2D(4, 2, name="conv")(x)                              # (2, 2, 4)
+    m = keras.Model(x, L.Dense(3, name="dense")(L.Flatten(name="flat")(h)))
+    randomize(m)
+    zero_groups(m, channel_groups(m)[0], [1, 2])
+    new = shrink(m)
+    rows = [s * 4 + c for s in range(4) for c in (0, 3)]
+    np.testing.assert_array_equal(new.get_layer("dense").get_weights()[0], m.get_layer("dense").get_weights()[0][rows])
+    assert_same_outputs(m, new, sample((3, 3, 1)))
+
+
+def test_depthwise_chain_and_separable():
+    x = keras.Input((8, 8, 3))
+    h = L.ReLU()(L.BatchNormalization(name="bn0")(L.Conv2D(8, 3, use_bias=False, name="c0")(x)))
+    h = L.ReLU(6.0)(L.BatchNormalization(name="bn1")(L.DepthwiseConv2D(3, padding="same", name="dw1")(h)))
+    h = L.BatchNormalization(name="bn2")(L.DepthwiseConv2D(3, strides=2, padding="same", name="dw2")(h))
+    h = L.SeparableConv2D(6, 3, depth_multiplier=2, padding="same", name="sep")(h)
+    h = L.Conv2D(4, 1, name="c1")(L.ReLU()(h))
+    m = keras.Model(x, L.Dense(2, name="out")(L.GlobalMaxPooling2D()(h)))
+    randomize(m)
+    scopes = {s.name: s for s in channel_groups(m)}
+    zero_groups(m, scopes["c0"], [0, 5, 6])
+    zero_groups(m, scopes["sep"], [2])
+    new = shrink(m)
+    assert out_width(new, "c0") == 5 and out_width(new, "sep") == 5
+    assert new.get_layer("sep").get_weights()[1].shape == (1, 1, 10, 5)
+    expected = 27 * 8 - 27 * 3 + 4 * 5 + (9 * 5 + 5) + 20 + (9 * 5 + 5) + 20 + (9 * 5 * 2 + 10 * 5 + 5) \
+        + (5 * 4 + 4) + (4 * 2 + 2)
+    assert new.count_params() == expected
+    assert_same_outputs(m, new, sample((8, 8, 3)))
+
+
+def squeeze_excite():
+    x = keras.Input((8, 8, 3))
+    h = L.Conv2D(8, 3, padding="same", activation="relu", name="feat")(x)
+    s = L.Dense(2, activation="relu", name="fc1")(L.GlobalAveragePooling2D(name="sq")(h))
+    s = L.Reshape((1, 1, 8), name="rs")(L.Dense(8, activation="sigmoid", name="fc2")(s))
+    h = L.Multiply(name="gate")([h, s])
+    return keras.Model(x, L.Dense(3, name="out")(L.GlobalAveragePooling2D()(L.Conv2D(4, 1, name="c2")(h))))
+
+
+def test_squeeze_excitation():
+    m = squeeze_excite()
+    randomize(m)
+    scope = next(s for s in channel_groups(m) if s.name == "feat+fc2")
+    zero_groups(m, scope, [0, 3, 4])
+    new = shrink(m)
+    assert out_width(new, "feat") == out_width(new, "fc2") == 5
+    assert tuple(new.get_layer("rs").get_config()["target_shape"]) == (1, 1, 5)
+    assert_same_outputs(m, new, sample((8, 8, 3)))
+
+
+def test_multiple_rounds_widths_up_and_keeps_at_least_one():
+    m = anchor_cnn()
+    randomize(m)
+    scopes = channel_groups(m)
+    for s, k in zip(scopes, (5, 9, 17)):
+        zero_groups(m, s, range(k, s.num_groups))
+    for multiple, widths in ((4, [8, 12, 20]), (8, [8, 16, 24]), (1, [5, 9, 17])):
+        new = shrink(m, multiple=multiple)
+        assert [out_width(new, n) for n in ("conv2d", "conv2d_1", "conv2d_2")] == widths
+        assert_same_outputs(m, new, sample((28, 28, 1)))
+    zero_groups(m, scopes[1], range(32))
+    new, report = shrink(m, return_report=True)
+    assert out_width(new, "conv2d_1") == 1
+    assert any("at least 1" in why for _, why in report.plan.kept)
+    with pytest.raises(ValueError, match="multiple"):
+        shrink(m, multiple=0)
+
+
+# ---------------------------------------------------------------------- keras.applications
+def expected_params(model, kept):
+    """Parameter count from the layer configs and the expected producer widths (independent walk)."""
+    layers = {lc["config"]["name"]: lc for lc in model.get_config()["layers"]}
+
+    def width(name):
+        if name in kept:
+            return kept[name]
+        lc = layers[name]
+        if lc["class_name"] == "InputLayer":
+            return lc["config"]["batch_shape"][-1]
+        if lc["class_name"] in ("Conv2D", "Dense"):
+            return lc["config"].get("filters") or lc["config"]["units"]
+        arg = lc["inbound_nodes"][0]["args"][0]
+        arg = arg[0] if isinstance(arg, (list, tuple)) else arg
+        return width(arg["config"]["keras_history"][0])
+
+    total = 0
+    for name, lc in layers.items():
+        cfg = lc["config"]
+        if lc["class_name"] not in ("Conv2D", "Dense", "DepthwiseConv2D", "BatchNormalization"):
+            continue
+        src = lc["inbound_nodes"][0]["args"][0]["config"]["keras_history"][0]
+        c_in = width(src)
+        ks = int(np.prod(cfg.get("kernel_size", (1,))))
+        if lc["class_name"] == "BatchNormalization":
+            total += 4 * c_in
+        elif lc["class_name"] == "DepthwiseConv2D":
+            total += ks * c_in + (c_in if cfg["use_bias"] else 0)
+        else:
+            c_out = width(name)
+            total += ks * c_in * c_out + (c_out if cfg["use_bias"] else 0)
+    return total
+
+
+@pytest.mark.parametrize("arch", ["mobilenet", "resnet50"])
+def test_keras_applications_shrink_exactly(arch):
+    if arch == "mobilenet":
+        m = keras.applications.MobileNet(input_shape=(32, 32, 3), alpha=0.25, weights=None, classes=10,
+                                         classifier_activation=None)
+    else:
+        m = keras.applications.ResNet50(input_shape=(32, 32, 3), weights=None, classes=10, classifier_activation=None)
+    # BN statistics that keep the signal alive through the untrained depth (else outputs are constant)
+    randomize(m, seed=3, shift=0.02, variance=(0.02, 0.05) if arch == "mobilenet" else (0.2, 0.5))
+    kept = zero_random(m, 0.4, seed=4)
+    x = sample((32, 32, 3), seed=7)
+    assert np.mean(np.std(m(x, training=False), axis=0)) > 1e-2  # the outputs depend on the input
+    before = snapshot(m)
+    new, report = shrink(m, return_report=True)
+    assert_unchanged(m, before)
+    for name, k in kept.items():
+        assert out_width(new, name) == k, name
+    assert new.count_params() == expected_params(m, kept) == report.params["total"][1]
+    assert report.params["total"][0] == m.count_params()
+    assert report.macs["total"][1] == count_macs(new)["total"] < count_macs(m)["total"]
+    assert_same_outputs(m, new, x)
+
+
+# ------------------------------------------------------------------------------- bad input
+class Doubler(keras.layers.Layer):
+    def call(self, x):
+        return 2.0 * x
+
+
+def test_lambda_and_unknown_layers_raise_or_work_when_excluded():
+    for bad in (L.Lambda(lambda t: t * 2.0, name="lam"), Doubler(name="lam")):
+        x = keras.Input((6, 6, 2))
+        h = L.Conv2D(4, 3, name="c")(x)
+        m = keras.Model(x, L.Dense(2, name="out")(L.Flatten()(L.Conv2D(3, 1, name="d")(bad(h)))))
+        randomize(m)
+        zero_groups(m, channel_groups(m, exclude="lam")[0], [1])  # only "d" has groups; zero its channel 1
+        before = snapshot(m)
+        with pytest.raises(cr.UnsupportedLayerError, match=rf"'lam' of class {type(bad).__name__}.*exclude"):
+            shrink(m)
+        assert_unchanged(m, before)
+        new = shrink(m, exclude="lam")
+        assert out_width(new, "c") == 4 and out_width(new, "d") == 2
+        assert_same_outputs(m, new, sample((6, 6, 2)))
+
+
+def test_subclassed_model_is_refused():
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = L.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    m = Sub()
+    m(np.zeros((1, 3), "float32"))
+    with pytest.raises(TypeError, match="subclassed.*Functional"):
+        shrink(m)
+
+
+def test_shared_layer_multiple_inputs_and_outputs():
+    a, b = keras.Input((6, 6, 2), name="a_in"), keras.Input((6, 6, 2), name="b_in")
+    ca, cb = L.Conv2D(4, 3, name="ca")(a), L.Conv2D(4, 3, name="cb")(b)
+    shared = L.Conv2D(3, 1, name="shared")
+    ya, yb = shared(ca), shared(cb)
+    m = keras.Model([a, b], [L.Flatten(name="fa")(ya), L.GlobalAveragePooling2D(name="gb")(yb)])
+    randomize(m)
+    scopes = {s.name: s for s in channel_groups(m)}
+    assert "+" in next(iter(scopes))  # ca and cb feed the shared conv at the same positions: tied
+    zero_groups(m, next(iter(scopes.values())), [0, 2])
+    ca_k, ca_b = m.get_layer("ca").get_weights()
+    ca_k[..., 3], ca_b[3] = 0, 0       # channel 3 zero in ca only: cb still feeds the shared kernel
+    m.get_layer("ca").set_weights([ca_k, ca_b])
+    before = snapshot(m)
+    new = shrink(m, [sample((6, 6, 2)), sample((6, 6, 2), seed=2)])
+    assert_unchanged(m, before)
+    assert out_width(new, "ca") == out_width(new, "cb") == 2
+    assert new.get_layer("shared").get_weights()[0].shape == (1, 1, 2, 3)
+    assert_same_outputs(m, new, [sample((6, 6, 2), seed=3), sample((6, 6, 2), seed=4)])
+
+
+class AddOne(keras.layers.Layer):
+    def call(self, x):
+        return x + 1.0
+
+
+def test_a_wrong_rule_is_caught_by_the_check_and_nothing_is_returned():
+    cr.register_channel_rule(AddOne, cr.Passthrough())   # a lie: f(0) = 1, not 0
+    x = keras.Input((6, 6, 2))
+    h = AddOne(name="plus1")(L.Conv2D(4, 3, name="c")(x))
+    m = keras.Model(x, L.Dense(2, name="out")(L.Flatten()(L.Conv2D(3, 1, name="d")(h))))
+    randomize(m)
+    zero_groups(m, channel_groups(m)[0], [0])
+    before = snapshot(m)
+    with pytest.raises(ShrinkError, match="differs from the original"):
+        shrink(m)
+    assert_unchanged(m, before)
+    cr.register_channel_rule(AddOne, cr.Passthrough(zero_preserving=False))   # the truth
+    new = shrink(m)
+    assert out_width(new, "c") == 4
+    assert_same_outputs(m, new, sample((6, 6, 2)))
+
+
+# ---------------------------------------------------------------------------- property tests
+def build_random_graph(ops, widths, head):
+    x = keras.Input((6, 6, 2))
+    h = L.Conv2D(widths[0], 3, padding="same", name="stem")(x)
+    for i, (op, w) in enumerate(zip(ops, widths)):
+        c = h.shape[-1]
+        if op == "conv_bn":
+            h = L.ReLU()(L.BatchNormalization(name=f"bn{i}")(L.Conv2D(w, 3, padding="same", name=f"conv{i}")(h)))
+        elif op == "residual":
+            y = L.ReLU()(L.Conv2D(w, 1, name=f"r1_{i}")(h))
+            y = L.BatchNormalization(name=f"rbn{i}")(L.Conv2D(c, 3, padding="same", name=f"r2_{i}")(y))
+            h = L.ReLU()(L.Add(name=f"add{i}")([h, y]))
+        elif op == "concat":
+            h = L.Concatenate(name=f"cat{i}")([L.Conv2D(w, 1, name=f"p{i}")(h),
+                                                L.Conv2D(w + 1, 3, padding="same", name=f"q{i}")(h)])
+            h = L.BatchNormalization(name=f"cbn{i}")(h)
+        elif op == "depthwise":
+            h = L.ReLU()(L.BatchNormalization(name=f"dbn{i}")(L.DepthwiseConv2D(3, padding="same", name=f"dw{i}")(h)))
+        elif op == "pool":
+            h = L.MaxPooling2D(2, padding="same", name=f"pool{i}")(h)
+        elif op == "se":
+            s = L.Dense(2, activation="relu", name=f"se1_{i}")(L.GlobalAveragePooling2D(name=f"sq{i}")(h))
+            s = L.Reshape((1, 1, c), name=f"rs{i}")(L.Dense(c, activation="sigmoid", name=f"se2_{i}")(s))
+            h = L.Multiply(name=f"gate{i}")([h, s])
+    h = L.GlobalAveragePooling2D(name="gap")(h) if head == "gap" else L.Flatten(name="flat")(h)
+    return keras.Model(x, L.Dense(3, name="out")(h))
+
+
+@settings(max_examples=int(os.environ.get("WGSEF_HYPOTHESIS_EXAMPLES", "18")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ops=st.lists(st.sampled_from(["conv_bn", "residual", "concat", "depthwise", "pool", "se"]), min_size=1, max_size=4),
+    widths=st.lists(st.sampled_from([2, 3, 4, 6]), min_size=5, max_size=5),
+    head=st.sampled_from(["gap", "flatten"]),
+    frac=st.floats(0.0, 1.0),
+    partial=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_random_graphs_shrink_to_an_equal_model(ops, widths, head, frac, partial, seed):
+    m = build_random_graph(ops, widths, head)
+    randomize(m, seed)
+    scopes = channel_groups(m)
+    kept = zero_random(m, frac, seed, scopes)
+    if partial:  # also zero only the kernels of some other channels: their biases keep them alive
+        rng = np.random.default_rng(seed + 1)
+        for s in scopes:
+            zero_groups(m, s, np.flatnonzero(rng.random(s.num_groups) < 0.3), kernel_only=True)
+    before = snapshot(m)
+    try:
+        new = shrink(m)
+    except ShrinkError as e:  # a refusal is allowed, a wrong model is not
+        assert "differs" in str(e) or "rebuild" in str(e)
+        assert_unchanged(m, before)
+        return
+    assert_unchanged(m, before)
+    assert_same_outputs(m, new, sample((6, 6, 2), seed=seed + 2, n=4))
+    for name, k in kept.items():
+        assert out_width(new, name) == k, name
+    assert count_params(new)["total"] <= count_params(m)["total"]
+
+
+def test_nested_sequential_is_rebuilt_with_its_thinner_input():
+    inner = keras.Sequential([keras.Input((8, 8, 4)), L.Conv2D(4, 3, padding="same", name="ic"),
+                              L.BatchNormalization(name="ibn"), L.ReLU(name="ir")], name="inner")
+    x = keras.Input((8, 8, 3))
+    h = inner(L.Conv2D(4, 3, padding="same", name="c1")(x))
+    m = keras.Model(x, L.Dense(2, name="out")(L.Flatten()(L.Conv2D(3, 1, name="last")(h))))
+    randomize(m)
+    scopes = {s.name: s for s in channel_groups(m)}
+    zero_groups(m, scopes["c1"], [1])
+    zero_groups(m, scopes["inner/ic"], [0, 3])
+    new, report = shrink(m, return_report=True)
+    ic = new.get_layer("inner").get_layer("ic")
+    assert ic.get_weights()[0].shape == (3, 3, 3, 2)
+    assert report.params["inner/ibn"] == (16, 8)
+    assert new.count_params() == (27 * 3 + 3) + (27 * 2 + 2) + 8 + (2 * 3 + 3) + (64 * 3 * 2 + 2)
+    assert_same_outputs(m, new, sample((8, 8, 3)))

@@ -1,0 +1,388 @@
+"""Physical removal of dead channels: a new, thinner Keras model with the same outputs.
+
+A channel class (see :mod:`keras_wgsef.channel_graph`) is **dead** when every place that reads it
+through a kernel (a Conv/Dense input slice, a Dense after Flatten at positions ``s*C + c``) sees an
+exact zero, and it is neither a model input/output channel nor read by an opaque layer. Exact zeros
+are propagated through the graph from the weights alone:
+
+* producer channel ``c``: ``bias[c] = 0``, ``kernel[..., i, c] = 0`` for every input channel ``i``
+  not known to be zero, and ``act(0) = 0``;
+* BatchNorm: ``gamma = beta = 0``, or a zero input with ``beta = 0`` and ``gamma*mean = 0``;
+  depthwise: (zero input or zero kernel slice) and zero bias;
+* ``Add``/``Average``/``Maximum``: all inputs zero; ``Multiply``: any input zero; ``f(0) = 0`` layers
+  pass zeros on, others (``sigmoid``) make them nonzero.
+
+So a channel whose whole WGSEF group is zero is dead, and so is, e.g., a nonzero filter whose
+BatchNorm has ``gamma = beta = 0``. A zero filter with a nonzero bias (or BN beta) emits a constant:
+it is kept, and the report says where the constant is read (folding it into the next bias is exact
+only without zero padding, so it is not done). Removing dead channels changes no output; the new
+model is checked against the original on ``sample`` (or random normal input):
+``max |y_new - y| <= rtol * max(1, max |y|)``, else :class:`ShrinkError` is raised.
+
+Example:
+  >>> small, report = shrink(model, x[:32], multiple=4, return_report=True)
+  >>> print(report)          # per layer: channels, params and MACs before -> after, and what stayed and why
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from keras_wgsef import channel_rules as cr
+from keras_wgsef.channel_graph import ChannelAnalysis, analyze, flatten_model, layer_variables, matches
+from keras_wgsef.costs import count_macs, count_params
+
+__all__ = ["ShrinkError", "ShrinkPlan", "ShrinkReport", "plan_shrink", "shrink"]
+
+
+class ShrinkError(RuntimeError):
+    """The shrunk model would differ from the original (or could not be built)."""
+
+
+@dataclasses.dataclass
+class ShrinkPlan:
+    """What :func:`shrink` removes: per layer the output channels kept, and what stays and why.
+
+    Attributes:
+      keep: layer path -> indices of the output channels kept (every layer with an output).
+      widths: layer path -> (channels before, channels after).
+      kept: ``(channel label, reason)`` for channels that look prunable (some part is zero) but stay.
+      analysis: the channel analysis the plan is based on.
+      dead: the dead channel classes (roots).
+    """
+
+    keep: dict[str, np.ndarray]
+    widths: dict[str, tuple[int, int]]
+    kept: list[tuple[str, str]]
+    analysis: ChannelAnalysis
+    dead: set[int]
+
+    def table(self) -> str:
+        rows = [f"{p:40s} {b:6d} -> {a:6d}" for p, (b, a) in self.widths.items() if b != a]
+        notes = [f"  kept {lab}: {why}" for lab, why in self.kept]
+        return "\n".join(["layer                                    channels", *rows, *notes])
+
+    __str__ = table
+
+
+@dataclasses.dataclass
+class ShrinkReport:
+    """Per-layer channels, parameters and MACs before and after, plus the verification result."""
+
+    plan: ShrinkPlan
+    params: dict[str, tuple[int, int]]
+    macs: dict[str, tuple[int, int]]
+    max_abs_diff: float
+    tolerance: float
+
+    def table(self) -> str:
+        lines = [f"{'layer':36s} {'channels':>13s} {'params':>19s} {'MACs':>25s}"]
+        for path, (b, a) in self.params.items():
+            if path == "total":
+                continue
+            wb, wa = self.plan.widths.get(path, (0, 0))
+            mb, ma = self.macs.get(path, (0, 0))
+            if (wb, mb, b) != (wa, ma, a):
+                lines.append(f"{path:36s} {wb:5d} -> {wa:5d} {b:8d} -> {a:8d} {mb:11d} -> {ma:11d}")
+        pb, pa = self.params["total"]
+        mb, ma = self.macs["total"]
+        lines.append(f"{'total':36s} {'':13s} {pb:8d} -> {pa:8d} {mb:11d} -> {ma:11d}")
+        lines += [f"  kept {lab}: {why}" for lab, why in self.plan.kept]
+        lines.append(f"max |output difference| {self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g})")
+        return "\n".join(lines)
+
+    __str__ = table
+
+
+def _act_zero(layer: Any) -> bool:
+    fn = getattr(layer, "activation", None)
+    return True if fn is None else bool(np.all(cr.value_at_zero(fn) == 0))
+
+
+def _zero_status(a: ChannelAnalysis) -> list[np.ndarray]:
+    """Per tensor, which channels are exactly zero for every input (from the weights alone)."""
+    import keras
+
+    g = a.graph
+    zero: list[np.ndarray] = [np.zeros(len(ids), bool) for ids in a.tensor_ids]
+    for node in g.nodes:
+        rule, layer = a.rules[node.path], node.layer
+        v = {k: np.asarray(w.numpy()) for k, w in layer_variables(layer).items()}
+        ins = [zero[t] for t in node.inputs]
+        out_n = len(a.tensor_ids[node.outputs[0]])
+        if isinstance(rule, cr.Opaque):
+            continue
+        if isinstance(rule, (cr.Produce, cr.Separable)):
+            if isinstance(rule, cr.Produce):
+                w = np.moveaxis(v[rule.kernel], [rule.in_axis % v[rule.kernel].ndim, rule.out_axis % v[rule.kernel].ndim], [-2, -1])
+                live = ~ins[0]
+            else:
+                dw, dm = v[rule.depthwise], rule.depth_multiplier
+                mid_zero = np.repeat(ins[0], dm) | np.all(dw == 0, axis=tuple(range(dw.ndim - 2))).reshape(-1)
+                w, live = v[rule.pointwise], ~mid_zero
+            out = np.all(w[..., live, :] == 0, axis=tuple(range(w.ndim - 1)))
+            if rule.bias:
+                out &= v[rule.bias] == 0
+            out &= _act_zero(layer)
+        elif isinstance(rule, cr.Carry):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                n = len(ins[0])
+                gamma, beta = v.get("gamma", np.ones(n)), v.get("beta", np.zeros(n))
+                mean = v.get("moving_mean", np.zeros(n))
+                out = ((gamma == 0) & (beta == 0)) | (ins[0] & (beta == 0) & ((gamma == 0) | (mean == 0)))
+            else:
+                out = ins[0].copy()
+                if isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
+                    k = v["kernel"]
+                    out |= np.all(np.moveaxis(k, -2, -1) == 0, axis=tuple(range(k.ndim - 1)))
+                    out &= _act_zero(layer)
+                if rule.bias:
+                    out &= v[rule.bias] == 0
+        elif isinstance(rule, cr.Passthrough):
+            out = ins[0] if rule.zero_preserving else np.zeros(out_n, bool)
+        elif isinstance(rule, cr.Merge):
+            full = [z for z in ins if len(z) == out_n]
+            bcast = [bool(z[0]) for z in ins if len(z) != out_n]
+            if rule.op == "product":
+                out = np.logical_or.reduce(full) | any(bcast)
+            else:
+                out = np.logical_and.reduce(full) & all(bcast)
+        elif isinstance(rule, cr.Concat):
+            same = len(ins[0]) == out_n and len(ins) > 1 and sum(len(z) for z in ins) != out_n
+            out = np.logical_and.reduce(ins) if same else np.concatenate(ins)
+        elif isinstance(rule, cr.Flatten):
+            out = np.tile(ins[0], out_n // max(len(ins[0]), 1))
+        else:
+            raise TypeError(f"{node.path}: unknown rule {type(rule).__name__}")
+        zero[node.outputs[0]] = np.asarray(out, bool)
+    return zero
+
+
+def plan_shrink(model: Any, *, multiple: int = 1, exclude: str | Iterable[str] | None = None) -> ShrinkPlan:
+    """Finds the dead channels of ``model`` (see the module docstring); builds nothing.
+
+    Args:
+      model: a built Sequential or Functional model.
+      multiple: round every kept producer width up to a multiple of this (4 or 8 for SIMD kernels),
+        keeping the largest-norm dead channels as padding; a producer keeps at least one channel.
+      exclude: regexes on layer paths: matching producers keep all channels; matching layers without
+        a channel rule are treated as opaque.
+    """
+    if int(multiple) < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}.")
+    a = analyze(model, exclude=exclude)
+    g = a.graph
+    for path in a.out_ids:
+        if matches(exclude, path):
+            a.pin(a.out_ids[path], f"producer {path} is excluded")
+    zero = _zero_status(a)
+    pinned = a.pinned_roots()
+    nonzero_at: dict[int, str] = {}
+    seen: set[int] = set()
+    for node in g.nodes:
+        if isinstance(a.rules[node.path], (cr.Produce, cr.Separable)):
+            t = node.inputs[0]
+            for r, z in zip(a.roots(a.tensor_ids[t]).tolist(), zero[t].tolist()):
+                seen.add(r)
+                if not z:
+                    nonzero_at.setdefault(r, f"nonzero where {node.path} ({type(node.layer).__name__}) reads it")
+    candidates: set[int] = set()
+    for node in g.nodes:
+        for t in node.outputs:
+            candidates |= {r for r, z in zip(a.roots(a.tensor_ids[t]).tolist(), zero[t].tolist()) if z}
+    for path, ids in a.out_ids.items():  # a zero filter (even with a nonzero bias) is worth a note
+        rule = a.rules[path]
+        k = np.asarray(layer_variables(a.graph.layers[path])[getattr(rule, "kernel", getattr(rule, "pointwise", ""))].numpy())
+        k = np.moveaxis(k, getattr(rule, "out_axis", -1) % k.ndim, -1).reshape(-1, k.shape[getattr(rule, "out_axis", -1)])
+        candidates |= {r for r, z in zip(a.roots(ids).tolist(), np.all(k == 0, axis=0).tolist()) if z}
+    dead = {r for r in seen if r not in pinned and r not in nonzero_at}
+    kept = [(r, pinned.get(r) or nonzero_at.get(r, "")) for r in sorted(candidates - dead)]
+    dead, padded = _round_widths(a, dead, int(multiple))
+    kept += [(r, why) for r, why in padded]
+    keep = {}
+    widths = {}
+    for node in g.nodes:
+        ids = a.roots(a.tensor_ids[node.outputs[0]])
+        mask = np.array([r not in dead for r in ids.tolist()], bool)
+        keep.setdefault(node.path, np.flatnonzero(mask))
+        widths.setdefault(node.path, (len(ids), int(mask.sum())))
+    return ShrinkPlan(keep, widths, [(_label(a, r), why) for r, why in kept if why], a, dead)
+
+
+def _label(a: ChannelAnalysis, root: int) -> str:
+    for path, ids in a.out_ids.items():
+        for c, r in enumerate(a.roots(ids).tolist()):
+            if r == root:
+                return f"{path}:{c}"
+    return f"channel {root}"
+
+
+def _round_widths(a: ChannelAnalysis, dead: set[int], multiple: int) -> tuple[set[int], list[tuple[int, str]]]:
+    dead, padded = set(dead), []
+    changed = True
+    while changed:
+        changed = False
+        for path, ids in a.out_ids.items():
+            roots = a.roots(ids).tolist()
+            n_keep = sum(r not in dead for r in roots)
+            target = min(len(roots), max(multiple, -(-n_keep // multiple) * multiple))
+            if n_keep >= target:
+                continue
+            w = layer_variables(a.graph.layers[path])
+            rule = a.rules[path]
+            kernel = np.asarray(w[getattr(rule, "kernel", getattr(rule, "pointwise", "kernel"))].numpy())
+            k = np.moveaxis(kernel, getattr(rule, "out_axis", -1) % kernel.ndim, -1)
+            norms = np.sqrt((k.reshape(-1, k.shape[-1]) ** 2).sum(0))
+            for c in sorted((c for c, r in enumerate(roots) if r in dead), key=lambda c: -norms[c]):
+                if n_keep >= target:
+                    break
+                if roots[c] in dead:
+                    dead.discard(roots[c])
+                    padded.append((roots[c], f"kept to round {path} up to a multiple of {multiple} (or at least 1)"))
+                    n_keep = sum(r not in dead for r in roots)
+                    changed = True
+    return dead, padded
+
+
+def _mask(a: ChannelAnalysis, ids: np.ndarray, dead: set[int]) -> np.ndarray:
+    return np.array([r not in dead for r in a.roots(ids).tolist()], bool)
+
+
+def _sliced_weights(a: ChannelAnalysis, path: str, dead: set[int]) -> dict[str, np.ndarray] | None:
+    layer, rule = a.graph.layers[path], a.rules[path]
+    v = {k: np.asarray(w.numpy()) for k, w in layer_variables(layer).items()}
+    if isinstance(rule, cr.Produce):
+        out_m, in_m = _mask(a, a.out_ids[path], dead), _mask(a, a.in_ids[path], dead)
+        k = v[rule.kernel]
+        v[rule.kernel] = np.compress(in_m, np.compress(out_m, k, axis=rule.out_axis % k.ndim), axis=rule.in_axis % k.ndim)
+        if rule.bias:
+            v[rule.bias] = v[rule.bias][out_m]
+    elif isinstance(rule, cr.Separable):
+        out_m, in_m = _mask(a, a.out_ids[path], dead), _mask(a, a.in_ids[path], dead)
+        v[rule.depthwise] = np.compress(in_m, v[rule.depthwise], axis=-2)
+        pw = np.compress(np.repeat(in_m, rule.depth_multiplier), v[rule.pointwise], axis=-2)
+        v[rule.pointwise] = np.compress(out_m, pw, axis=-1)
+        if rule.bias:
+            v[rule.bias] = v[rule.bias][out_m]
+    elif isinstance(rule, cr.Carry):
+        m = _mask(a, a.carry_ids[path], dead)
+        for name, axis in rule.params + (((rule.bias, 0),) if rule.bias else ()):
+            v[name] = np.compress(m, v[name], axis=axis % v[name].ndim)
+    else:
+        return None
+    return v
+
+
+def _edit_config(cfg: dict, prefix: str, plan: ShrinkPlan, nested_inputs: dict[str, list[int]]) -> None:
+    a = plan.analysis
+    cfg.pop("build_input_shape", None)
+    input_refs = [] if "input_layers" not in cfg else _refs(cfg["input_layers"])
+    for lc in cfg["layers"]:
+        lc.pop("build_config", None)
+        lc.pop("compile_config", None)
+        name = lc["config"]["name"]
+        path = prefix + name
+        if lc["class_name"] == "InputLayer":
+            if prefix:
+                idx = next((i for i, r in enumerate(input_refs) if r[0] == name), 0)
+                t = nested_inputs[prefix][idx]
+                width = int(_mask(a, a.tensor_ids[t], plan.dead).sum())
+                shape = list(lc["config"]["batch_shape"])
+                lc["config"]["batch_shape"] = [*shape[:-1], width]
+            continue
+        if "layers" in lc["config"]:
+            _edit_config(lc["config"], path + "/", plan, nested_inputs)
+            continue
+        rule = a.rules.get(path)
+        if path not in plan.keep or rule is None:
+            continue
+        width = len(plan.keep[path])
+        if isinstance(rule, (cr.Produce, cr.Separable)):
+            lc["config"][rule.width_key] = width
+        elif isinstance(rule, cr.Passthrough) and rule.resize_key:
+            lc["config"][rule.resize_key] = [*list(lc["config"][rule.resize_key])[:-1], width]
+        elif isinstance(rule, cr.Flatten) and rule.resize_key:
+            lc["config"][rule.resize_key] = [width]
+
+
+def _refs(x: Any) -> list:
+    return [x] if isinstance(x, (list, tuple)) and len(x) == 3 and isinstance(x[0], str) else list(x)
+
+
+def _predict(model: Any, x: Any) -> list[np.ndarray]:
+    import keras
+
+    y = model(x, training=False)
+    y = y if isinstance(y, (list, tuple)) else [y]
+    return [np.asarray(keras.ops.convert_to_numpy(t), np.float64) for t in y]
+
+
+def shrink(
+    model: Any,
+    sample: Any = None,
+    *,
+    multiple: int = 1,
+    rtol: float = 1e-5,
+    exclude: str | Iterable[str] | None = None,
+    return_report: bool = False,
+) -> Any:
+    """A new model without the dead channels of ``model``, checked to give the same outputs.
+
+    Args:
+      model: a built Sequential or Functional model; never modified.
+      sample: inputs for the check (an array, or a list for several inputs); None draws 4 random
+        normal inputs (seed 0) of the model's input shapes.
+      multiple: round kept producer widths up to a multiple of this (see :func:`plan_shrink`).
+      rtol: the check passes when ``max |y_new - y| <= rtol * max(1, max |y|)``.
+      exclude: regexes on layer paths (see :func:`plan_shrink`).
+      return_report: also return a :class:`ShrinkReport`.
+
+    Returns:
+      The new model (same layer names), or ``(model, report)`` with ``return_report=True``.
+
+    Raises:
+      ShrinkError: if the rebuilt model's outputs differ beyond the tolerance.
+      keras_wgsef.channel_rules.UnsupportedLayerError: a layer without a channel rule.
+    """
+    import keras
+
+    plan = plan_shrink(model, multiple=multiple, exclude=exclude)
+    a = plan.analysis
+    serialized = copy.deepcopy(keras.saving.serialize_keras_object(model))
+    _edit_config(serialized["config"], "", plan, a.graph.submodel_inputs)
+    classes = {type(layer).__name__: type(layer) for layer in a.graph.layers.values()}
+    try:
+        # safe_mode=False: the config comes from the caller's own in-memory model (Lambda layers included)
+        new = keras.saving.deserialize_keras_object(serialized, custom_objects=classes, safe_mode=False)
+        new_layers = flatten_model(new).layers
+        for path in a.graph.layers:
+            sliced = _sliced_weights(a, path, plan.dead)
+            old_layer = a.graph.layers[path]
+            values = [np.asarray(w.numpy()) for w in old_layer.weights] if sliced is None else \
+                [sliced[w.path.rsplit("/", 1)[-1]] for w in old_layer.weights]
+            if values:
+                new_layers[path].set_weights(values)
+    except Exception as e:  # noqa: BLE001  (rebuild failures become one clear error)
+        raise ShrinkError(f"could not rebuild the thinner model: {type(e).__name__}: {e}") from e
+    if sample is None:
+        rng = np.random.default_rng(0)
+        sample = [rng.standard_normal((4, *[int(s) for s in t.shape[1:]])).astype(np.float32) for t in model.inputs]
+        sample = sample[0] if len(sample) == 1 else sample
+    y0, y1 = _predict(model, sample), _predict(new, sample)
+    diff = max(float(np.max(np.abs(p - q))) if p.size else 0.0 for p, q in zip(y0, y1))
+    tol = rtol * max(1.0, max(float(np.max(np.abs(p))) if p.size else 0.0 for p in y0))
+    if not diff <= tol:
+        raise ShrinkError(
+            f"the shrunk model differs from the original: max |difference| {diff:.3g} > tolerance {tol:.3g}. "
+            "This is a bug or a layer rule that does not hold; please report it with the model."
+        )
+    if not return_report:
+        return new
+    p0, p1, m0, m1 = count_params(model), count_params(new), count_macs(model), count_macs(new)
+    report = ShrinkReport(plan, {k: (p0[k], p1.get(k, 0)) for k in p0}, {k: (m0[k], m1.get(k, 0)) for k in m0}, diff, tol)
+    return new, report
