@@ -343,7 +343,8 @@ def shrink(
       return_report: also return a :class:`ShrinkReport`.
 
     Returns:
-      The new model (same layer names), or ``(model, report)`` with ``return_report=True``.
+      The new model (same layer names, uncompiled: the training optimizer's groups belong to the
+      old shapes), or ``(model, report)`` with ``return_report=True``.
 
     Raises:
       ShrinkError: if the rebuilt model's outputs differ beyond the tolerance.
@@ -354,6 +355,9 @@ def shrink(
     plan = plan_shrink(model, multiple=multiple, exclude=exclude)
     a = plan.analysis
     serialized = copy.deepcopy(keras.saving.serialize_keras_object(model))
+    # The new model is returned uncompiled: the training optimizer's groups describe the old
+    # shapes (compile it again to fine-tune).
+    serialized.pop("compile_config", None)
     _edit_config(serialized["config"], "", plan, a.graph.submodel_inputs)
     classes = {type(layer).__name__: type(layer) for layer in a.graph.layers.values()}
     try:
