@@ -1,7 +1,7 @@
 """How each Keras layer class treats channels: one declarative registry.
 
 Channels are the last axis of a tensor (Keras ``channels_last``). Every layer class that may sit in
-a model analysed by :mod:`keras_wgsef.channel_graph` (or shrunk by ``tflite_export.shrink``) has a
+a model analysed by :mod:`keras_wgsef.channel_graph` (or shrunk by ``tflite_export.surgery``) has a
 rule here; a class without one raises :class:`UnsupportedLayerError`. Rule kinds:
 
 * :class:`Produce` -- makes new channels from a kernel (Dense, Conv1D/2D/3D, Conv*Transpose):

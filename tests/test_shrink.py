@@ -13,7 +13,7 @@ from hypothesis import strategies as st  # noqa: E402
 from keras_wgsef import channel_rules as cr  # noqa: E402
 from keras_wgsef.channel_graph import channel_groups  # noqa: E402
 from keras_wgsef.costs import count_macs, count_params  # noqa: E402
-from tflite_export.shrink import ShrinkError, plan_shrink, shrink  # noqa: E402
+from tflite_export.surgery import ShrinkError, plan_shrink, shrink  # noqa: E402
 
 L = keras.layers
 

@@ -1,0 +1,220 @@
+"""The ``wgsef-export`` command: outputs that agree with each other, and its error paths."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from tflite_export.cli import main  # noqa: E402
+from tflite_export.firmware import parse_c_array  # noqa: E402
+from tflite_export.flatbuffer import summarize  # noqa: E402
+from tflite_export.report import Report  # noqa: E402
+
+HAVE_SHRINK = importlib.util.find_spec("tflite_export.surgery") is not None
+
+
+def _cnn() -> keras.Model:
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(8, 3, padding="same")(inp)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inp, keras.layers.Dense(10)(h))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    x = rng.random((120, 8, 8, 1), dtype=np.float32)
+    _cnn().save(d / "cnn.keras")
+    np.savez(d / "calib.npz", x=x[:80])
+    np.save(d / "calib.npy", x[:80])
+    np.savez(d / "eval.npz", x=x[80:], y=rng.integers(0, 10, 40))
+    np.save(d / "wrong_shape.npy", x[:10, :7])
+    np.save(d / "uint8.npy", (x[:10] * 255).astype(np.uint8))
+    np.save(d / "empty.npy", x[:0])
+    np.savez(d / "eval_no_y.npz", x=x[80:])
+    (d / "corrupt.keras").write_bytes(b"this is not a zip archive")
+    (d / "notes.txt").write_text("not an array")
+
+    @keras.saving.register_keras_serializable(package="wgsef_test")
+    class Doubler(keras.layers.Layer):
+        def call(self, t):
+            return t * 2.0
+
+    inp = keras.Input((8, 8, 1))
+    keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(Doubler()(inp)))).save(d / "custom.keras")
+    keras.saving.get_custom_objects().pop("wgsef_test>Doubler")  # as in a fresh process
+
+    inp = keras.Input((8, 8, 1))
+    lam = keras.layers.Lambda(lambda t: t * 2.0)(inp)
+    keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(lam))).save(d / "lambda.keras")
+
+    inp = keras.Input((8, 8, 1))
+    gelu = keras.layers.Dense(4, activation="gelu")(keras.layers.Flatten()(inp))
+    keras.Model(inp, gelu).save(d / "gelu.keras")
+    return {p.name: p for p in d.iterdir()}
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+def test_export_writes_consistent_outputs(files, tmp_path, capsys):
+    out = tmp_path / "build"
+    rc = main([str(files["cnn.keras"]), "--calibration", str(files["calib.npz"]), "--eval",
+               str(files["eval.npz"]), "--out", str(out), "--no-shrink", "--no-instructions",
+               "--runs", "5"])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model_data.cc", "model_data.h", "model_int8.tflite", "report.json", "report.md"]
+    tfl = (out / "model_int8.tflite").read_bytes()
+    assert parse_c_array((out / "model_data.cc").read_text()) == tfl
+    report = Report.load(out / "report.json")
+    assert report.file_bytes == len(tfl) and report.macs == summarize(tfl).macs
+    assert f"g_model_arena_size = {report.tflm_arena_bytes}u;" in (out / "model_data.h").read_text()
+    assert report.n_eval == 40 and report.float_accuracy is not None
+    assert report.int8_vs_float_argmax_agreement >= 0.9
+    assert report.tflm_vs_litert_max_lsb <= 2
+    assert summarize(tfl).input_types == ("INT8",)
+    assert "| .tflite bytes |" in (out / "report.md").read_text()
+    assert "| .tflite bytes |" in capsys.readouterr().out
+    assert _leftovers(tmp_path) == []
+    assert oct(out.stat().st_mode & 0o777) != oct(0o700)  # an ordinary folder, not mkdtemp's
+
+
+def test_float_io_force_and_npy_calibration(files, tmp_path):
+    out = tmp_path / "build"
+    out.mkdir()
+    (out / "old.txt").write_text("previous export")
+    args = [str(files["cnn.keras"]), "--calibration", str(files["calib.npy"]), "--out", str(out),
+            "--no-shrink", "--no-instructions", "--float-io", "--runs", "2", "--quiet"]
+    assert main(args) == 1  # non-empty folder without --force
+    assert (out / "old.txt").exists()
+    assert main(args + ["--force"]) == 0
+    assert not (out / "old.txt").exists()
+    assert summarize((out / "model_int8.tflite").read_bytes()).input_types == ("FLOAT32",)
+    assert _leftovers(tmp_path) == []
+
+
+def _half_dead(model: keras.Model) -> keras.Model:
+    """Zero the WGSEF groups of half the channels of each conv (as training to k would)."""
+    conv1, bn, conv2 = (model.get_layer(index=i) for i in (1, 2, 5))
+    k, b = conv1.get_weights()
+    k[..., 4:], b[4:] = 0.0, 0.0
+    conv1.set_weights([k, b])
+    gamma, beta, mean, var = bn.get_weights()
+    gamma[4:], beta[4:] = 0.0, 0.0
+    bn.set_weights([gamma, beta, mean, var])
+    k, b = conv2.get_weights()
+    k[..., 8:], b[8:] = 0.0, 0.0
+    conv2.set_weights([k, b])
+    return model
+
+
+@pytest.mark.skipif(not HAVE_SHRINK, reason="tflite_export.surgery not written yet")
+def test_export_with_shrink_and_dense_comparison(tmp_path):
+    x = np.random.default_rng(1).random((60, 8, 8, 1), dtype=np.float32)
+    _half_dead(_cnn()).save(tmp_path / "sparse.keras")
+    np.save(tmp_path / "calib.npy", x)
+    out = tmp_path / "build"
+    rc = main([str(tmp_path / "sparse.keras"), "--calibration", str(tmp_path / "calib.npy"),
+               "--out", str(out), "--compare-dense", "--no-instructions", "--runs", "2", "--quiet"])
+    assert rc == 0
+    dense, shrunk = Report.load(out / "report_dense.json"), Report.load(out / "report.json")
+    conv_macs = 8 * 8 * 8 * 9 + 4 * 4 * 16 * 9 * 8  # dense convolutions: 4,608 + 18,432
+    assert dense.macs == conv_macs + 16 * 10
+    assert shrunk.macs == 8 * 8 * 4 * 9 + 4 * 4 * 8 * 9 * 4 + 8 * 10  # half the channels
+    assert shrunk.tflm_arena_bytes < dense.tflm_arena_bytes
+    assert shrunk.file_bytes < dense.file_bytes
+    assert shrunk.int8_vs_float_argmax_agreement >= 0.9
+    md = (out / "report.md").read_text()
+    assert "## dense vs shrunk" in md and "## shrink (Keras model)" in md
+
+
+@pytest.mark.skipif(HAVE_SHRINK, reason="tflite_export.surgery exists")
+def test_missing_shrink_says_use_no_shrink(files, tmp_path, capsys):
+    out = tmp_path / "build"
+    rc = main([str(files["cnn.keras"]), "--calibration", str(files["calib.npz"]), "--out", str(out),
+               "--quiet"])
+    assert rc == 1
+    assert "--no-shrink" in capsys.readouterr().err
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("model", "calib", "extra", "code", "message"),
+    [
+        ("missing.keras", "calib.npz", [], 2, "model file not found"),
+        ("corrupt.keras", "calib.npz", [], 2, "corrupt or not a Keras archive"),
+        ("notes.txt", "calib.npz", [], 2, "not a .keras"),
+        ("custom.keras", "calib.npz", [], 2, "custom object 'Doubler' (registered as 'wgsef_test>Doubler') that is not registered"),
+        ("lambda.keras", "calib.npz", [], 2, "--unsafe-load"),
+        ("cnn.keras", "wrong_shape.npy", [], 2, "shape (10, 7, 8, 1) but the model expects (N, 8, 8, 1)"),
+        ("cnn.keras", "uint8.npy", [], 2, "dtype uint8; it must be floating point"),
+        ("cnn.keras", "empty.npy", [], 2, "calibration data is empty"),
+        ("cnn.keras", "notes.txt", [], 2, "is not a .npy or .npz file"),
+        ("cnn.keras", "nothere.npy", [], 2, "calibration file not found"),
+        ("cnn.keras", "calib.npz", ["--eval", "EVAL_NO_Y"], 2, "needs arrays 'x' and 'y'"),
+        ("gelu.keras", "calib.npz", [], 1, "operator GELU is not supported by TFLite Micro"),
+        ("cnn.keras", "calib.npz", ["--array-name", "my-model"], 2, "is not a valid C identifier"),
+        ("cnn.keras", "calib.npz", ["--multiple", "0"], 2, "must be >= 1"),
+    ],
+)
+def test_error_paths(files, tmp_path, capsys, model, calib, extra, code, message):
+    out = tmp_path / "build"
+    path = lambda name: str(files.get(name, tmp_path / name))  # noqa: E731
+    extra = [str(files["eval_no_y.npz"]) if e == "EVAL_NO_Y" else e for e in extra]
+    rc = main([path(model), "--calibration", path(calib), "--out", str(out), "--no-shrink",
+               "--no-instructions", "--runs", "2", "--quiet", *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == code
+    assert message in err
+    assert len(err.splitlines()) == 1 and err.startswith("wgsef-export: error: ")
+    assert "Traceback" not in err
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_unsafe_load_flag_loads_lambda_models(files, tmp_path):
+    out = tmp_path / "build"
+    rc = main([str(files["lambda.keras"]), "--calibration", str(files["calib.npz"]), "--out",
+               str(out), "--no-shrink", "--no-instructions", "--runs", "2", "--quiet", "--unsafe-load"])
+    assert rc == 0 and (out / "model_int8.tflite").exists()
+
+
+def test_unwritable_output(files, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    rc = main([str(files["cnn.keras"]), "--calibration", str(files["calib.npz"]), "--out",
+               str(blocker / "build"), "--no-shrink", "--quiet"])
+    assert rc == 1
+    assert "does not exist" in capsys.readouterr().err
+    rc = main([str(files["cnn.keras"]), "--calibration", str(files["calib.npz"]), "--out",
+               str(blocker), "--no-shrink", "--quiet"])
+    assert rc == 1 and "is a file" in capsys.readouterr().err
+
+
+def test_module_entry_point_and_exit_code(tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    run = subprocess.run([sys.executable, "-m", "tflite_export", "--help"], capture_output=True,
+                         text=True, env=env, check=False)
+    assert run.returncode == 0 and "--calibration" in run.stdout and "--unsafe-load" in run.stdout
+    run = subprocess.run([sys.executable, "-m", "tflite_export", str(tmp_path / "nope.keras"),
+                          "--calibration", "c.npz", "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, env=env, check=False)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()  # (importing the package may log TensorFlow start-up lines)
+    assert lines[-1] == f"wgsef-export: error: model file not found: {tmp_path / 'nope.keras'}; check the path"
+    assert sum("wgsef-export" in ln for ln in lines) == 1 and "Traceback" not in run.stderr

@@ -1,0 +1,197 @@
+"""Measurement: flatbuffer counts, LiteRT vs TFLM agreement, arena and instruction counts."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+pytest.importorskip("tflite_micro")
+
+# the TFLM helpers live in tflite_export.micro (valgrind lookup patched there)
+micro_mod = importlib.import_module("tflite_export.micro")
+from tflite_export.convert import run_litert, to_tflite_int8  # noqa: E402
+from tflite_export.flatbuffer import summarize  # noqa: E402
+from tflite_export.micro import (  # noqa: E402
+    UnsupportedOpError,
+    count_instructions_many,
+    run_tflm,
+    tflm_arena_fits,
+    tflm_min_arena,
+)
+from tflite_export.report import Report, compare, measure  # noqa: E402
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.images[..., None] / 16.0).astype(np.float32), d.target.astype(np.int64)
+
+
+def _cnn(widths: tuple[int, int], seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((8, 8, 1))
+    h = inp
+    for j, c in enumerate(widths):
+        h = keras.layers.Conv2D(c, 3, padding="same")(h)
+        h = keras.layers.BatchNormalization(momentum=0.5)(h)
+        h = keras.layers.ReLU()(h)
+        if j == 0:
+            h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inp, keras.layers.Dense(10)(h))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return _digits()
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    x, y = digits
+    model = _cnn((16, 32))
+    model.compile(keras.optimizers.Adam(3e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:1400], y[:1400], epochs=10, batch_size=32, verbose=0)
+    return model, to_tflite_int8(model, x[:1400:5])
+
+
+@pytest.fixture(scope="module")
+def half(digits):
+    x, _ = digits
+    return to_tflite_int8(_cnn((8, 16)), x[:200:2])
+
+
+def test_flatbuffer_macs_and_params_by_hand():
+    keras.utils.set_random_seed(1)
+    init = keras.initializers.RandomNormal(stddev=0.1)  # non-zero biases are kept by the converter
+    inp = keras.Input((10, 10, 3))
+    h = keras.layers.Conv2D(4, 3, bias_initializer=init)(inp)  # valid: 8x8x4
+    h = keras.layers.DepthwiseConv2D(3, padding="same", bias_initializer=init)(h)  # 8x8x4
+    h = keras.layers.Flatten()(h)  # 256
+    out = keras.layers.Dense(5, bias_initializer=init)(h)
+    x = np.random.default_rng(0).random((20, 10, 10, 3), dtype=np.float32)
+    s = summarize(to_tflite_int8(keras.Model(inp, out), x, check=False))
+    conv, dw, fc = 8 * 8 * 4 * (3 * 3 * 3), 8 * 8 * 4 * (3 * 3), 256 * 5
+    by_op = {op.name: op.macs for op in s.ops}
+    assert by_op["CONV_2D"] == conv == 6912
+    assert by_op["DEPTHWISE_CONV_2D"] == dw == 2304
+    assert by_op["FULLY_CONNECTED"] == fc == 1280
+    assert s.macs == conv + dw + fc
+    assert s.params == (4 * 27 + 4) + (36 + 4) + (256 * 5 + 5)  # = the Keras count, 1437
+    assert s.op_names[0] == "CONV_2D" and s.input_shapes == ((1, 10, 10, 3),)
+
+
+def test_measure_accuracy_and_tflm_agreement(trained, digits):
+    model, tfl = trained
+    x, y = digits
+    r = measure(tfl, x[1400:], y[1400:], name="dense", runs=20, warmup=2, instructions=False,
+                tflm_samples=200)
+    float_acc = float(np.mean(np.asarray(model(x[1400:])).argmax(1) == y[1400:]))
+    assert r.file_bytes == len(tfl) and r.macs == summarize(tfl).macs > 0
+    assert r.n_eval == 397 and r.n_tflm == 200
+    assert abs(r.accuracy_litert - float_acc) <= 0.03
+    assert abs(r.accuracy_tflm - r.accuracy_litert) <= 0.03
+    assert r.tflm_vs_litert_max_lsb <= 2 and r.tflm_vs_litert_argmax_agreement >= 0.98
+    assert 0 < r.litert_xnnpack_median_us <= r.litert_xnnpack_p90_us
+    assert r.tflm_instructions is None and "instruction count not requested" in r.notes
+
+
+def test_tflm_output_matches_litert_reference_kernels(trained, digits):
+    _, tfl = trained
+    x, _ = digits
+    micro = run_tflm(tfl, x[1400:1450])
+    ref, _, _ = run_litert(tfl, x[1400:1450], resolver="ref")
+    assert micro.dtype == np.int8 and micro.shape == (50, 10)
+    assert np.abs(micro.astype(int) - ref.astype(int)).max() <= 2
+    assert np.mean(micro.argmax(1) == ref.argmax(1)) >= 0.98
+
+
+def test_float_io_model_on_tflm(trained, digits):
+    model, tfl = trained
+    x, y = digits
+    float_io = to_tflite_int8(model, x[:1400:5], int8_io=False)
+    kw = dict(latency=False, instructions=False, tflm_samples=100)
+    r = measure(float_io, x[1400:1500], y[1400:1500], **kw)
+    r8 = measure(tfl, x[1400:1500], y[1400:1500], **kw)
+    assert r.input_type == "FLOAT32" and r8.input_type == "INT8"
+    assert r.tflm_vs_litert_max_lsb <= 2  # counted in steps of the int8 output before DEQUANTIZE
+    assert abs(r.accuracy_tflm - r8.accuracy_tflm) <= 0.02
+
+
+def test_min_arena_is_minimal(trained, digits):
+    _, tfl = trained
+    arena, reported = tflm_min_arena(tfl)
+    assert reported is not None and abs(arena - reported) <= 512
+    assert tflm_arena_fits(tfl, arena) and not tflm_arena_fits(tfl, arena - 1)
+    x, _ = digits
+    assert run_tflm(tfl, x[:3], arena_size=arena).shape == (3, 10)  # invoke works in it
+
+
+def _zero_input() -> np.ndarray:
+    return np.full((1, 8, 8, 1), -128, np.int8)  # 0.0 in the input scale of [0, 1] images
+
+
+def test_half_width_model_needs_less_arena_and_instructions(trained, half):
+    _, full = trained
+    arena_full, _ = tflm_min_arena(full)
+    arena_half, _ = tflm_min_arena(half)
+    assert arena_half < arena_full
+    assert summarize(half).macs < summarize(full).macs
+    if micro_mod.shutil.which("valgrind") is None:
+        pytest.skip("valgrind not installed")
+    # one valgrind process (its start-up dominates): half, full, and full again
+    counts = count_instructions_many(
+        [(half, _zero_input(), None), (full, _zero_input(), arena_full), (full, _zero_input(), None)]
+    )
+    assert 0 < counts[0] < counts[1]
+    assert counts[1] == counts[2]  # deterministic, and independent of the arena size
+
+
+@pytest.mark.slow
+def test_measure_counts_instructions_deterministically(trained):
+    _, full = trained
+    if micro_mod.shutil.which("valgrind") is None:
+        pytest.skip("valgrind not installed")
+    r = measure(full, latency=False, instructions=True)  # x=None: zeros, quantized
+    assert r.tflm_instructions == count_instructions_many([(full, _zero_input(), None)])[0] > 0
+
+
+def test_instructions_auto_without_valgrind(trained, monkeypatch):
+    _, tfl = trained
+    monkeypatch.setattr(micro_mod.shutil, "which", lambda name: None)
+    r = measure(tfl, latency=False, arena=False, instructions="auto")
+    assert r.tflm_instructions is None
+    assert any("valgrind" in n and "not found" in n for n in r.notes)
+    with pytest.raises(FileNotFoundError, match="install valgrind"):
+        measure(tfl, latency=False, arena=False, instructions=True)
+
+
+def test_unsupported_operator_is_named(digits):
+    inp = keras.Input((8,))
+    model = keras.Model(inp, keras.layers.Dense(4, activation="gelu")(inp))
+    x = np.random.default_rng(0).random((20, 8), dtype=np.float32)
+    tfl = to_tflite_int8(model, x, check=False)
+    assert "GELU" in summarize(tfl).op_names
+    with pytest.raises(UnsupportedOpError, match="operator GELU is not supported by TFLite Micro"):
+        measure(tfl, latency=False, instructions=False)
+
+
+def test_report_round_trip_table_and_compare(tmp_path, trained, half):
+    _, full = trained
+    a = measure(full, name="dense", runs=5, warmup=1, instructions=False)
+    b = measure(half, name="sparse", runs=5, warmup=1, instructions=False)
+    a.save(tmp_path / "a.json")
+    assert Report.load(tmp_path / "a.json") == a
+    table = str(a)
+    assert "| .tflite bytes | " + f"{len(full):,} |" in table
+    assert f"| TFLM arena bytes (minimal) | {a.tflm_arena_bytes:,} |" in table
+    assert "host" in table and "not MCU" in table
+    side = compare(a, b)
+    ratio = f"{b.macs / a.macs:.3f}"
+    assert f"| MACs / inference | {a.macs:,} | {b.macs:,} | {ratio} |" in side
+    assert float(ratio) < 0.5  # half the channels: about a quarter of the MACs

@@ -1,0 +1,293 @@
+"""Measure an int8 ``.tflite`` model the way a firmware engineer needs it.
+
+:func:`measure` gathers, into a :class:`Report` (TFLM parts from :mod:`tflite_export.micro`):
+
+* from the flatbuffer: file bytes, parameters, MACs, operator list;
+* on LiteRT (host CPU, 1 thread by default): latency median and p90 after a warm-up, with
+  XNNPACK (``OpResolverType.AUTO``) and with the reference kernels (``BUILTIN_REF``).
+  These are *host* figures; they do not predict microcontroller time;
+* on TFLite Micro (reference kernels, as on a microcontroller): the smallest tensor arena
+  with which the interpreter can be built (binary search; the allocator's own total is
+  recorded too), and the instruction count of one ``MicroInterpreter::Invoke()`` under
+  valgrind callgrind: deterministic, the figure to compare models by;
+* with labels: int8 accuracy on LiteRT and on TFLM, and how closely TFLM's outputs follow
+  LiteRT's (in output LSBs; kernels may round differently by 1-2 LSB).
+
+Arena sizes are measured on a 64-bit host; a 32-bit microcontroller build needs a little less
+for the interpreter's own structures, so they are safe upper bounds (add the usual margin).
+
+Example:
+    >>> r = measure(tfl, x_test, y_test)             # doctest: +SKIP
+    >>> print(r)                                      # doctest: +SKIP
+    >>> r.save("report.json"); Report.load("report.json")   # doctest: +SKIP
+    >>> print(compare(dense_report, sparse_report))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from tflite_export.convert import _dequantized_output_scale, _quiet_fds, quantize, run_litert
+from tflite_export.flatbuffer import read_tflite, summarize
+
+from tflite_export.micro import (
+    _ArenaProbe,
+    _tflm_build,
+    _working_arena,
+    count_instructions,
+    run_tflm,
+    tflm_min_arena,
+)
+
+__all__ = ["Report", "measure", "compare"]
+
+def _latency_us(tflite: bytes, sample: np.ndarray, resolver: str, runs: int, warmup: int,
+                threads: int) -> tuple[float, float]:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    kind = {"auto": OpResolverType.AUTO, "ref": OpResolverType.BUILTIN_REF}[resolver]
+    with _quiet_fds():
+        interp = Interpreter(model_content=tflite, num_threads=threads,
+                             experimental_op_resolver_type=kind)
+        interp.allocate_tensors()
+    inp = interp.get_input_details()[0]
+    interp.set_tensor(inp["index"], quantize(sample.reshape(inp["shape"]), inp))
+    for _ in range(warmup):
+        interp.invoke()
+    times = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter()
+        interp.invoke()
+        times[i] = time.perf_counter() - t0
+    return float(np.median(times) * 1e6), float(np.percentile(times, 90) * 1e6)
+
+
+@dataclass
+class Report:
+    """Figures of one int8 model. Prints as a Markdown table; saves and loads as JSON.
+
+    Latencies are host figures (this machine's CPU through LiteRT), not MCU figures; the
+    TFLM arena and instruction count are what to compare models by.
+    """
+
+    name: str = "model"
+    file_bytes: int = 0
+    params: int = 0
+    macs: int = 0
+    weight_bytes: int = 0
+    ops: list[str] = field(default_factory=list)
+    input_shape: list[int] = field(default_factory=list)
+    input_type: str = ""
+    output_type: str = ""
+    host: str = ""
+    latency_runs: int = 0
+    latency_warmup: int = 0
+    num_threads: int = 1
+    litert_xnnpack_median_us: float | None = None
+    litert_xnnpack_p90_us: float | None = None
+    litert_ref_median_us: float | None = None
+    litert_ref_p90_us: float | None = None
+    tflm_arena_bytes: int | None = None
+    tflm_arena_reported: int | None = None
+    tflm_instructions: int | None = None
+    n_eval: int = 0
+    accuracy_litert: float | None = None
+    n_tflm: int = 0
+    accuracy_tflm: float | None = None
+    tflm_vs_litert_max_lsb: int | None = None
+    tflm_vs_litert_argmax_agreement: float | None = None
+    float_accuracy: float | None = None
+    int8_vs_float_argmax_agreement: float | None = None
+    int8_vs_float_max_steps: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    _ROWS = (
+        ("file_bytes", ".tflite bytes", "int"),
+        ("params", "parameters", "int"),
+        ("macs", "MACs / inference", "int"),
+        ("float_accuracy", "float accuracy %", "pct"),
+        ("accuracy_litert", "int8 accuracy % (LiteRT)", "pct"),
+        ("accuracy_tflm", "int8 accuracy % (TFLM)", "pct"),
+        ("int8_vs_float_argmax_agreement", "int8 vs float argmax agreement %", "pct"),
+        ("int8_vs_float_max_steps", "int8 vs float max diff (output steps)", "f1"),
+        ("tflm_vs_litert_max_lsb", "TFLM vs LiteRT max diff (LSB)", "int"),
+        ("tflm_arena_bytes", "TFLM arena bytes (minimal)", "int"),
+        ("tflm_instructions", "TFLM instructions / inference", "int"),
+        ("litert_xnnpack_median_us", "host latency LiteRT XNNPACK median us", "f1"),
+        ("litert_xnnpack_p90_us", "host latency LiteRT XNNPACK p90 us", "f1"),
+        ("litert_ref_median_us", "host latency LiteRT reference median us", "f1"),
+        ("litert_ref_p90_us", "host latency LiteRT reference p90 us", "f1"),
+    )
+
+    @staticmethod
+    def _fmt(value: Any, kind: str) -> str:
+        if value is None:
+            return "n/a"
+        if kind == "int":
+            return f"{int(value):,}"
+        if kind == "pct":
+            return f"{100 * value:.2f}"
+        return f"{value:.1f}"
+
+    def to_markdown(self) -> str:
+        """The report as a Markdown table (plus notes)."""
+        lines = [f"| {self.name} | value |", "|---|---|"]
+        for attr, label, kind in self._ROWS:
+            lines.append(f"| {label} | {self._fmt(getattr(self, attr), kind)} |")
+        lines.append(f"| operators | {', '.join(self.ops)} |")
+        extra = [f"host: {self.host}; latency over {self.latency_runs} runs after "
+                 f"{self.latency_warmup} warm-up, {self.num_threads} thread(s); "
+                 f"accuracy on {self.n_eval} samples (TFLM: {self.n_tflm})"]
+        return "\n".join(lines + [""] + [f"- {n}" for n in extra + self.notes]) + "\n"
+
+    __str__ = to_markdown
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the report as JSON."""
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Report:
+        """Read a report written by :meth:`save` (unknown keys are ignored)."""
+        with open(path) as f:
+            data = json.load(f)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def compare(a: Report, b: Report) -> str:
+    """Side-by-side Markdown table of two reports with the ratio ``b / a`` per figure.
+
+    Example:
+        >>> print(compare(dense, sparse))   # doctest: +SKIP
+        | metric | dense | sparse | sparse / dense |
+    """
+    lines = [f"| metric | {a.name} | {b.name} | {b.name} / {a.name} |", "|---|---|---|---|"]
+    for attr, label, kind in Report._ROWS:
+        va, vb = getattr(a, attr), getattr(b, attr)
+        if va is None and vb is None:
+            continue
+        ratio = f"{vb / va:.3f}" if va and vb is not None and kind != "pct" else ""
+        lines.append(f"| {label} | {Report._fmt(va, kind)} | {Report._fmt(vb, kind)} | {ratio} |")
+    return "\n".join(lines) + "\n\nLatencies are host (LiteRT on this CPU) figures, not MCU figures.\n"
+
+
+def _labels(y: np.ndarray) -> np.ndarray:
+    y = np.asarray(y)
+    return y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(len(y)).astype(np.int64)
+
+
+def measure(
+    tflite: bytes | str | os.PathLike,
+    x: np.ndarray | None = None,
+    y: np.ndarray | None = None,
+    *,
+    name: str = "model",
+    runs: int = 100,
+    warmup: int = 10,
+    num_threads: int = 1,
+    latency: bool = True,
+    arena: bool = True,
+    instructions: bool | Literal["auto"] = "auto",
+    tflm_samples: int = 1000,
+    lsb_tolerance: int = 2,
+) -> Report:
+    """Measure a ``.tflite`` model: size, MACs, host latency, TFLM arena and instructions.
+
+    Args:
+        tflite: model bytes or path.
+        x: real-valued inputs ``(N, ...)`` (quantized here); the first sample drives the
+            latency and instruction runs (zeros when omitted).
+        y: labels (class indices or one-hot) for the int8 accuracy.
+        name: the model's name in tables.
+        runs, warmup: timed and warm-up invokes per LiteRT latency figure.
+        num_threads: LiteRT threads.
+        latency, arena: measure these (both on by default).
+        instructions: ``True`` counts (error if valgrind is missing), ``"auto"`` counts when
+            valgrind is installed and notes the skip otherwise, ``False`` skips.
+        tflm_samples: at most this many samples run on TFLM (one invoke each).
+        lsb_tolerance: TFLM vs LiteRT output difference that is noted as acceptable.
+
+    Raises:
+        UnsupportedOpError (tflite_export.micro): an operator has no TFLite Micro kernel.
+
+    Example:
+        >>> print(measure(tfl, x_test, y_test, name="sparse"))   # doctest: +SKIP
+    """
+    data = read_tflite(tflite)
+    summary = summarize(data)
+    report = Report(
+        name=name, file_bytes=len(data), params=summary.params, macs=summary.macs,
+        weight_bytes=summary.weight_bytes, ops=summary.op_names,
+        input_shape=list(summary.input_shapes[0]), input_type=summary.input_types[0],
+        output_type=summary.output_types[0], host=f"{platform.machine()} {platform.system()} "
+        f"({os.cpu_count()} CPUs), LiteRT host figures, not MCU figures",
+        latency_runs=runs if latency else 0, latency_warmup=warmup, num_threads=num_threads,
+    )  # fmt: skip
+    if x is not None:
+        x = np.asarray(x)
+        if len(x) == 0:
+            raise ValueError("measure: x is empty; pass at least one sample or None")
+    sample = x[:1] if x is not None else np.zeros(summary.input_shapes[0], np.float32)
+    if latency:
+        report.litert_xnnpack_median_us, report.litert_xnnpack_p90_us = _latency_us(
+            data, sample, "auto", runs, warmup, num_threads)
+        report.litert_ref_median_us, report.litert_ref_p90_us = _latency_us(
+            data, sample, "ref", max(1, runs // 4), max(1, warmup // 4), num_threads)
+    arena_size = None
+    if arena:
+        arena_size, report.tflm_arena_reported = tflm_min_arena(data)
+        report.tflm_arena_bytes = arena_size
+    else:
+        with _ArenaProbe(data) as probe:  # still fail early on unsupported operators
+            arena_size = _working_arena(probe, data)
+    if x is not None and y is not None:
+        labels = _labels(y)
+        if len(labels) != len(x):
+            raise ValueError(f"measure: {len(x)} inputs but {len(labels)} labels; pass matching x and y")
+        with _quiet_fds():
+            raw, _, _ = run_litert(data, x, num_threads=num_threads)
+        pred = raw.reshape(len(x), -1)
+        report.n_eval = len(x)
+        report.accuracy_litert = float(np.mean(pred.argmax(1) == labels))
+        n = min(len(x), tflm_samples)
+        micro = run_tflm(data, x[:n], arena_size=arena_size).reshape(n, -1)
+        report.n_tflm = n
+        report.accuracy_tflm = float(np.mean(micro.argmax(1) == labels[:n]))
+        if micro.dtype.kind == "f":  # float outputs: count in steps of the int8 tensor before DEQUANTIZE
+            step = _dequantized_output_scale(data) or 1.0
+            diff = np.rint(np.abs(micro.astype(np.float64) - pred[:n]) / step).astype(np.int64)
+        else:
+            diff = np.abs(micro.astype(np.int64) - pred[:n].astype(np.int64))
+        report.tflm_vs_litert_max_lsb = int(diff.max())
+        report.tflm_vs_litert_argmax_agreement = float(np.mean(micro.argmax(1) == pred[:n].argmax(1)))
+        if diff.max() > lsb_tolerance:
+            report.notes.append(f"TFLM and LiteRT outputs differ by up to {int(diff.max())} LSB "
+                                f"(tolerance {lsb_tolerance})")
+    if instructions:
+        inp = summary.input_shapes[0]
+        details = _tflm_build(data, arena_size).get_input_details(0)
+        xq = quantize(np.asarray(sample).reshape(inp), details)
+        try:
+            report.tflm_instructions = count_instructions(data, xq, arena_size=arena_size)
+        except FileNotFoundError as exc:
+            if instructions is True:
+                raise
+            report.notes.append(f"instruction count skipped: {exc}")
+    else:
+        report.notes.append("instruction count not requested")
+    return report
