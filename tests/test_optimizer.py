@@ -1,6 +1,5 @@
 """The WGSEF optimizer wrapper: one step by hand, fit modes, save/load/resume, bad input."""
 
-import os
 
 import keras
 import numpy as np
