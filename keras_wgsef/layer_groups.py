@@ -49,7 +49,9 @@ _KERNEL_LAYERS = (
     keras.layers.Conv1D,
     keras.layers.Conv2D,
     keras.layers.Conv3D,
+    keras.layers.DepthwiseConv1D,
     keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv1D,
     keras.layers.SeparableConv2D,
 )
 
@@ -72,9 +74,13 @@ def _output_layers(model: keras.Model) -> set[int]:
     return out
 
 
+_DEPTHWISE = (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)
+
+
 def _kernel_members(layer: keras.layers.Layer, kind: str) -> list[Member]:
     """Members of one layer for the non-channel kinds (input channel, filter shape, unstructured)."""
     members = []
+    depthwise_layer = isinstance(layer, _DEPTHWISE)
     for var in layer.trainable_weights:
         name = var.path.rsplit("/", 1)[-1]
         if not name.endswith("kernel"):
@@ -87,14 +93,14 @@ def _kernel_members(layer: keras.layers.Layer, kind: str) -> list[Member]:
             ax = 0 if len(shape) == 2 else len(shape) - 2
             members.append(Member(var.path, ax, np.arange(shape[ax])))
         elif kind == "filter_shape":
-            if name == "depthwise_kernel":  # a kernel position across channels
+            if name == "depthwise_kernel" or depthwise_layer:  # a kernel position across channels
                 pos = np.arange(int(np.prod(shape[:-2]))).reshape(shape[:-2] + (1, 1))
             elif name == "pointwise_kernel":
                 continue  # 1x1: its only position is the whole filter, grouped through the depthwise part
             else:
                 pos = np.arange(int(np.prod(shape[:-1]))).reshape(shape[:-1] + (1,))
             members.append(Member(var.path, None, np.broadcast_to(pos, shape).copy()))
-    if kind == "input_channel" and isinstance(layer, keras.layers.SeparableConv2D):
+    if kind == "input_channel" and isinstance(layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)):
         # input channel c owns depthwise[..., c, :] and pointwise rows c*q .. c*q+q-1
         dw, pw = members
         q = int(layer.depth_multiplier)

@@ -2,10 +2,12 @@
 
 When ``WGSEF`` gets no ``groups`` it only sees the trainable variables, so it groups what the
 paths make unambiguous: per layer (the path without its last component), the output channels of
-``kernel`` (Dense, Conv*: last axis), of ``pointwise_kernel`` (SeparableConv: last axis) or of a
-lone ``depthwise_kernel`` (DepthwiseConv2D: channel ``c * multiplier + q``), each coupled with
-the layer's ``bias``. The last such layer (the classifier head: its channels are the classes) is
-left out unless ``include`` names it.
+``kernel`` (Dense, Conv*: last axis) or of ``pointwise_kernel`` (SeparableConv: last axis), each
+coupled with the layer's ``bias``. A kernel whose last axis has length 1 is skipped: one group
+cannot be made sparse per layer, and it is usually a DepthwiseConv (whose Keras 3 ``kernel`` is
+``(*spatial, channels, multiplier)`` and whose channels belong to the layer before it). The last
+layer with a kernel (the classifier head: its channels are the classes) is left out unless
+``include`` names it.
 
 What paths cannot tell (a following BatchNorm, residual partners, concatenations) needs the
 model: build the groups with :func:`keras_wgsef.make_groups` so a zeroed filter really emits
@@ -60,16 +62,10 @@ def groups_from_paths(
         kernel_name = next((n for n in _OUTPUT_KERNELS if n in vs), None)
         if kernel_name is not None:
             kernel = vs[kernel_name]
-            width = int(kernel.shape[-1])
-            candidates.append((layer, Member(kernel.path, -1, np.arange(width))))
-        elif "depthwise_kernel" in vs:
-            kernel = vs["depthwise_kernel"]
-            shape = tuple(int(s) for s in kernel.shape)
-            cin, mult = shape[-2], shape[-1]
-            index = np.broadcast_to(np.arange(cin * mult).reshape(cin, mult), shape).copy()
-            candidates.append((layer, Member(kernel.path, None, index)))
+            candidates.append((layer, Member(kernel.path, -1, np.arange(int(kernel.shape[-1])))))
     if include is None and candidates:
         candidates = candidates[:-1]  # the classifier head
+    candidates = [(layer, member) for layer, member in candidates if member.index.size > 1]
     scopes = []
     for layer, member in candidates:
         if include is not None and not re.search(include, member.path):

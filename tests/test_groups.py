@@ -1,0 +1,105 @@
+"""Groups as data: scopes, partitions, built-in kinds, path inference, serialization."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_wgsef as kw
+from keras_wgsef.path_groups import groups_from_paths
+from keras_wgsef.stats import scope_norms
+
+
+def cnn():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inp)
+    h = keras.layers.BatchNormalization(name="bn1")(h)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(h)
+    h = keras.layers.SeparableConv2D(16, 3, depth_multiplier=2, name="sep")(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(12, name="fc")(h)
+    return keras.Model(inp, keras.layers.Dense(4, name="head")(h))
+
+
+def shapes(model):
+    return {v.path: tuple(v.shape) for v in model.variables}
+
+
+@pytest.mark.parametrize("kind", ["input_channel", "filter_shape", "unstructured", "layer"])
+def test_kinds_partition_their_variables(kind):
+    model = cnn()
+    scopes = kw.make_groups(model, kind)
+    assert "head" not in {s.name.split("/")[-1] for s in scopes}
+    for s in scopes:
+        s.validate(shapes(model))  # raises unless a partition into m nonempty groups
+
+
+def test_kind_group_counts_by_hand():
+    model = cnn()
+    by = {s.name.split("/")[-1]: s for s in kw.make_groups(model, "filter_shape")}
+    assert by["c1"].num_groups == 3 * 3 * 3  # one kernel position (h, w, c_in) across filters
+    assert by["dw"].num_groups == 9  # depthwise: a position across channels
+    ic = {s.name.split("/")[-1]: s for s in kw.make_groups(model, "input_channel")}
+    assert ic["c1"].num_groups == 3 and ic["fc"].num_groups == 6 * 6 * 16
+    assert ic["sep"].num_groups == 8  # input channel c owns depthwise[..., c, :] and pointwise rows 2c, 2c+1
+    sizes = ic["sep"].sizes(shapes(model))
+    assert np.all(sizes == 3 * 3 * 2 + 2 * 16)
+    un = {s.name.split("/")[-1]: s for s in kw.make_groups(model, "unstructured")}
+    assert un["c1"].num_groups == 3 * 3 * 3 * 8
+
+
+def test_output_channel_groups_couple_bias_and_batchnorm():
+    model = cnn()
+    s = next(s for s in kw.make_groups(model) if "c1" in s.name)
+    paths = {p.split("/")[-2] + "/" + p.split("/")[-1] for p in s.paths}
+    assert {"c1/kernel", "c1/bias", "bn1/gamma", "bn1/beta"} <= paths
+    # zeroing one group zeroes that channel after BN
+    values = {v.path: v.numpy().copy() for v in model.variables}
+    for mb in s.members:
+        x = values[mb.path]
+        idx = [slice(None)] * x.ndim
+        idx[mb.axis] = np.flatnonzero(mb.index == 3)
+        x[tuple(idx)] = 0
+    assert scope_norms(s, values)[3] == 0
+
+
+def test_block_groups_and_mac_weights():
+    model = cnn()
+    scopes = kw.make_groups(model, "block", block=4, weights="macs")
+    c1 = next(s for s in scopes if s.name.split("/")[-1] == "c1" or s.name.startswith("c1"))
+    assert c1.num_groups == 2 and c1.weights is not None and np.all(c1.weights > 0)
+    with pytest.raises(ValueError, match="multiple"):
+        kw.make_groups(model, "block", block=3)
+
+
+def test_path_groups_default_output_channels():
+    model = cnn()
+    scopes = groups_from_paths(model.trainable_variables)
+    names = [s.name.split("/")[-1] for s in scopes]
+    assert names == ["c1", "sep", "fc"]  # head excluded; the depthwise kernel (last axis 1) skipped
+    sep = scopes[1]
+    assert sep.members[0].path.endswith("pointwise_kernel") and sep.num_groups == 16
+
+
+def test_scope_config_round_trip_and_merge():
+    model = cnn()
+    scopes = kw.make_groups(model)
+    again = [kw.GroupScope.from_config(s.get_config()) for s in scopes]
+    for a, b in zip(scopes, again):
+        assert a.get_config() == b.get_config()
+    merged = kw.merge_scopes(scopes, shapes=shapes(model))
+    assert merged.num_groups == sum(s.num_groups for s in scopes)
+    merged.validate(shapes(model))
+
+
+def test_bad_group_definitions():
+    with pytest.raises(ValueError, match="no members"):
+        kw.GroupScope("x", ())
+    with pytest.raises(ValueError, match="appears twice"):
+        kw.GroupScope("x", (kw.Member("a/kernel", 0, np.arange(2)), kw.Member("a/kernel", 1, np.arange(2))))
+    s = kw.GroupScope("x", (kw.Member("a/kernel", 0, np.array([0, 2])),), num_groups=3)
+    with pytest.raises(ValueError, match="no elements"):
+        s.validate({"a/kernel": (2, 5)})
+    with pytest.raises(ValueError, match="unknown group kind"):
+        kw.make_groups(cnn(), "rows")
