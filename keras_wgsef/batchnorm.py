@@ -34,6 +34,12 @@ def _input_of(layer: keras.layers.Layer) -> keras.KerasTensor:
         ) from None
 
 
+def _probe(model: keras.Model, tensor) -> keras.Model:
+    """A model from ``model``'s inputs to ``tensor`` (a single input unwrapped, as callers pass it)."""
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, tensor)
+
+
 def _batches(x, batch_size: int):
     many = isinstance(x, (list, tuple))
     n = len(x[0]) if many else len(x)
@@ -57,7 +63,7 @@ def _channel_stats(probe: keras.Model, x, axis: int, batch_size: int) -> tuple[n
 
 
 def _inputs_to(model: keras.Model, layer: keras.layers.Layer, x, batch_size: int):
-    probe = keras.Model(model.inputs, _input_of(layer))
+    probe = _probe(model, _input_of(layer))
     return np.concatenate([np.asarray(probe(xb, training=False)) for xb in _batches(x, batch_size)])
 
 
@@ -81,7 +87,7 @@ def recalibrate_batchnorm(model: keras.Model, x, batch_size: int = 256) -> dict[
                 if len(axis) != 1:
                     raise ValueError(f"BatchNormalization {layer.path!r} normalizes over axes {axis}; one channel axis is supported.")
                 axis = axis[0]
-            probe = keras.Model(model.inputs, _input_of(layer))
+            probe = _probe(model, _input_of(layer))
             mean, var = _channel_stats(probe, x, axis, batch_size)
             changes[layer.path] = float(np.max(np.abs(layer.moving_mean.numpy() - mean)))
             layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype))
