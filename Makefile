@@ -28,6 +28,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/prox_scaling.py
+	$(PY) benchmarks/step_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

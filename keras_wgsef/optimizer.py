@@ -253,8 +253,11 @@ class WGSEF(keras.optimizers.Optimizer):
         sq = prox_ops.group_sq_norms(values, axes, idx, s.num_groups)
         a = ops.sqrt(sq)
         step = lr * ops.cast(self.strength[i], "float64")
-        scales = prox_ops.prox_scales(a, self.scope_weights[i], self.scope_k[i], step, ridge=self.ridge)
-        scales = ops.where(step > 0, scales, ops.ones_like(scales))
+        scales = ops.cond(  # penalty off (warm-up, fine-tuning): skip the prox's ~300 small ops
+            step > 0,
+            lambda: prox_ops.prox_scales(a, self.scope_weights[i], self.scope_k[i], step, ridge=self.ridge),
+            lambda: ops.ones_like(a),
+        )
         return scales * ops.cast(self.mask[i], "float64"), a
 
     def _apply_prox(self, lr):

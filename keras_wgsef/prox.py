@@ -33,18 +33,18 @@ __all__ = [
 ]
 
 
-def _validate_groups(n: int, groups: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Checks that ``groups`` partition ``range(n)`` and returns them as int arrays."""
+def _validate_groups(n: int, groups: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Checks that ``groups`` partition ``range(n)``; returns the group id of every element and the sizes."""
     if len(groups) == 0:
         raise ValueError("groups is empty: give at least one group (a sequence of index arrays).")
     idx = [np.asarray(g, dtype=np.int64).reshape(-1) for g in groups]
-    seen = np.zeros(n, dtype=np.int64)
-    for j, g in enumerate(idx):
-        if g.size == 0:
-            raise ValueError(f"group {j} is empty: every group needs at least one index.")
-        if g.min() < 0 or g.max() >= n:
-            raise ValueError(f"group {j} has indices outside range({n}).")
-        np.add.at(seen, g, 1)
+    sizes = np.array([g.size for g in idx], dtype=np.int64)
+    if np.any(sizes == 0):
+        raise ValueError(f"group {int(np.argmin(sizes))} is empty: every group needs at least one index.")
+    flat = np.concatenate(idx)
+    if flat.min() < 0 or flat.max() >= n:
+        raise ValueError(f"groups have indices outside range({n}).")
+    seen = np.bincount(flat, minlength=n)
     if np.any(seen != 1):
         missing = np.flatnonzero(seen == 0)[:5].tolist()
         repeated = np.flatnonzero(seen > 1)[:5].tolist()
@@ -52,14 +52,16 @@ def _validate_groups(n: int, groups: Sequence[np.ndarray]) -> list[np.ndarray]:
             "groups must partition range(len(x)): "
             f"indices not covered {missing}, indices in several groups {repeated} (first 5 shown)."
         )
-    return idx
+    owner = np.empty(n, dtype=np.int64)
+    owner[flat] = np.repeat(np.arange(len(idx)), sizes)
+    return owner, sizes
 
 
 def group_norms(x: np.ndarray, groups: Sequence[np.ndarray]) -> np.ndarray:
     """Euclidean norm of each group, ``a_j = ||x_{G_j}||`` (float64, length m)."""
     x = np.asarray(x, dtype=np.float64).reshape(-1)
-    idx = _validate_groups(x.size, groups)
-    return np.array([np.sqrt(np.sum(x[g] ** 2)) for g in idx], dtype=np.float64)
+    owner, sizes = _validate_groups(x.size, groups)
+    return np.sqrt(np.bincount(owner, weights=x**2, minlength=sizes.size))
 
 
 def group_weights(groups: Sequence[np.ndarray], weights: Sequence[float] | np.ndarray | None) -> np.ndarray:
@@ -244,10 +246,7 @@ def wgsef_prox(
       [0.5, -1.0, 0.0, 2.4, 0.8, 0.0]
     """
     x = np.asarray(x, dtype=np.float64).reshape(-1)
-    a = group_norms(x, groups)
+    owner, sizes = _validate_groups(x.size, groups)
+    a = np.sqrt(np.bincount(owner, weights=x**2, minlength=sizes.size))
     d = group_weights(groups, weights)
-    s = prox_scales(a, d, k, lam)
-    out = x.copy()
-    for j, g in enumerate(groups):
-        out[np.asarray(g, dtype=np.int64)] *= s[j]
-    return out
+    return x * prox_scales(a, d, k, lam)[owner]
