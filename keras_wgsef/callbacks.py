@@ -231,7 +231,8 @@ class SparsityLogger(keras.callbacks.Callback):
     """Logs per scope, at each epoch end: nonzero groups, k, tau and lam (and TensorBoard).
 
     Adds ``wgsef_nonzero`` (total nonzero groups) and ``wgsef_k`` (total k) to the epoch logs so
-    Keras' progress bar and ``History`` show them.
+    Keras' progress bar and ``History`` show them, and reports steps the optimizer skipped for
+    non-finite gradients (``wgsef_skipped_steps``).
 
     Args:
       log_dir: a TensorBoard directory; scalars ``wgsef/<scope>/{nonzero,tau,lam}`` are written.
@@ -244,6 +245,7 @@ class SparsityLogger(keras.callbacks.Callback):
         self.verbose = verbose
         self.history: list[dict[str, dict[str, float]]] = []
         self._writer = None
+        self._skipped_reported = 0
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         """``{scope: {nonzero, k, tau, lam}}`` for the current weights."""
@@ -263,9 +265,16 @@ class SparsityLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None) -> None:
         rows = self.snapshot()
         self.history.append(rows)
+        skipped = int(_wgsef_of(self.model).skipped_steps.numpy())
         if logs is not None:
             logs["wgsef_nonzero"] = float(sum(r["nonzero"] for r in rows.values()))
             logs["wgsef_k"] = float(sum(r["k"] for r in rows.values()))
+            if skipped:
+                logs["wgsef_skipped_steps"] = float(skipped)
+        if skipped > self._skipped_reported:
+            print(f"\n[WGSEF] {skipped - self._skipped_reported} step(s) skipped this epoch: non-finite gradients "
+                  "(no inner step, no prox).")
+            self._skipped_reported = skipped
         if self.verbose:
             print(f"\n[WGSEF] epoch {epoch + 1}: " + "  ".join(f"{n.split('/')[-1]} {r['nonzero']}/{r['m']} (k={r['k']}, tau={r['tau']:.3g}, lam={r['lam']:.3g})" for n, r in rows.items()))
         if self.log_dir is not None:

@@ -92,3 +92,17 @@ def test_reachk_argument_checks():
         kw.callbacks.ReachK(preset="fast")
     with pytest.raises(ValueError, match="undo_shrink"):
         kw.callbacks.ReachK(undo_shrink=0.5)
+
+
+def test_logger_reports_skipped_non_finite_steps(digits, capsys):
+    x, y, _, _ = digits
+    model = digits_model()
+    opt = kw.WGSEF(keras.optimizers.SGD(0.01), k=3, groups=kw.make_groups(model))
+    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x_bad = x[:64].copy()
+    x_bad[:32] = np.nan  # the first batch gives NaN gradients
+    hist = model.fit(x_bad, y[:64], epochs=1, batch_size=32, shuffle=False, verbose=0,
+                     callbacks=[kw.callbacks.SparsityLogger(verbose=1)])
+    assert hist.history["wgsef_skipped_steps"] == [1.0]
+    assert "non-finite gradients" in capsys.readouterr().out
+    assert all(np.all(np.isfinite(v.numpy())) for v in model.trainable_variables)
