@@ -29,7 +29,7 @@ import numpy as np
 
 from keras_wgsef.stats import find_wgsef, scope_norms, scope_tau
 
-__all__ = ["ReachK", "SparsityLogger", "freeze_scope"]
+__all__ = ["ReachK", "SparsityLogger", "freeze_scope", "top_k_support"]
 
 
 def _wgsef_of(model: keras.Model):
@@ -46,11 +46,34 @@ def _values(opt, i: int) -> dict[str, np.ndarray]:
     return {v.path: v.numpy() for v in opt._scope_vars[i]}
 
 
+def top_k_support(rank: np.ndarray, k: int, segments: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of the k largest ``rank`` entries, keeping the best of every segment first.
+
+    With ``segments`` (a merged, global scope) each segment (layer) keeps its best group before
+    the rest is filled by global rank, so a global budget never removes a whole layer.
+
+    Example:
+      >>> top_k_support(np.array([5., 4., 3., 0.1]), 2, np.array([0, 0, 0, 1])).tolist()
+      [True, False, False, True]
+    """
+    keep = np.zeros(rank.size, dtype=bool)
+    if segments is not None:
+        ids = np.unique(segments)
+        if ids.size > k:
+            raise ValueError(f"a global budget of k = {k} groups cannot keep one group in each of {ids.size} layers; raise k.")
+        for sid in ids:
+            members = np.flatnonzero(segments == sid)
+            keep[members[np.argmax(rank[members])]] = True
+    rest = [j for j in np.argsort(-rank, kind="stable") if not keep[j]]
+    keep[rest[: k - int(keep.sum())]] = True
+    return keep
+
+
 def freeze_scope(opt, i: int, undo_shrink: float = 1.0) -> np.ndarray:
     """Projects scope ``i`` of a built WGSEF optimizer to exactly its k groups and freezes it.
 
-    Keeps the k groups with the largest ``||x_j|| / sqrt(d_j)`` (the prox's own ranking), zeroes
-    the others, multiplies each kept group by ``min(1 / shrink_j, undo_shrink)`` (undoing the
+    Keeps the k groups with the largest ``||x_j|| / sqrt(d_j)`` (the prox's own ranking; in a
+    merged global scope every layer first keeps its best group), zeroes the others, multiplies each kept group by ``min(1 / shrink_j, undo_shrink)`` (undoing the
     prox's accumulated shrink, never shrinking further), pins the support with the scope's mask
     and sets its strength to 0 (penalty off).
 
@@ -61,8 +84,7 @@ def freeze_scope(opt, i: int, undo_shrink: float = 1.0) -> np.ndarray:
     values = _values(opt, i)
     d = opt.scope_weights[i]
     rank = scope_norms(scope, values) / np.sqrt(d)
-    keep = np.zeros(scope.num_groups, dtype=bool)
-    keep[np.argsort(-rank, kind="stable")[:k]] = True
+    keep = top_k_support(rank, k, scope.segments)
     undo = np.ones(scope.num_groups)
     if undo_shrink > 1.0:
         shrink = np.asarray(opt.shrink[i].numpy(), dtype=np.float64)
@@ -212,12 +234,20 @@ class ReachK(keras.callbacks.Callback):
                 continue
             m, k = opt.scopes[i].num_groups, opt.scope_k[i]
             n = int(opt.nonzero[i].numpy())
-            if n <= k:
+            if n <= k and self._all_segments_alive(i):
                 self._freeze(i, t, "reached k")
                 continue
             target = k + (m - k) * (1.0 - frac) ** 3
             if n > target:
                 opt.strength[i].assign(float(opt.strength[i].numpy()) * math.exp(self._growth))
+
+    def _all_segments_alive(self, i: int) -> bool:
+        """In a global scope, a layer with no nonzero group left is not a valid end point."""
+        segments = self.opt.scopes[i].segments
+        if segments is None:
+            return True
+        norms = scope_norms(self.opt.scopes[i], _values(self.opt, i))
+        return bool(np.all([np.any(norms[segments == s] > 0) for s in np.unique(segments)]))
 
     def _freeze(self, i: int, t: float, why: str) -> None:
         freeze_scope(self.opt, i, self._undo)

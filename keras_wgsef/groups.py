@@ -88,6 +88,8 @@ class GroupScope:
       weights: ``d_j`` (length m, > 0), or None for the group sizes (known once shapes are).
       k: number of groups to keep in this scope, or None to take it from the optimizer.
       labels: optional human-readable label per group (e.g. ``"conv2d:3"``), for reports.
+      segments: for a merged scope (a global budget), the index of the source scope of each
+        group, so a projection can keep at least one group of every layer; None otherwise.
     """
 
     name: str
@@ -96,6 +98,7 @@ class GroupScope:
     weights: np.ndarray | None = None
     k: int | float | None = None
     labels: tuple[str, ...] | None = None
+    segments: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         members = tuple(self.members)
@@ -111,6 +114,11 @@ class GroupScope:
             if w.size != m or not np.all(np.isfinite(w)) or np.any(w <= 0):
                 raise ValueError(f"scope {self.name!r}: weights must be {m} finite values > 0.")
             object.__setattr__(self, "weights", w)
+        if self.segments is not None:
+            seg = np.asarray(self.segments, dtype=np.int64).reshape(-1)
+            if seg.size != m:
+                raise ValueError(f"scope {self.name!r}: segments must have one entry per group ({m}).")
+            object.__setattr__(self, "segments", seg)
         paths = [mb.path for mb in members]
         if len(set(paths)) != len(paths):
             raise ValueError(f"scope {self.name!r}: a variable appears twice: {paths}.")
@@ -158,6 +166,7 @@ class GroupScope:
             "weights": None if self.weights is None else self.weights.tolist(),
             "k": self.k,
             "labels": None if self.labels is None else list(self.labels),
+            "segments": None if self.segments is None else self.segments.tolist(),
         }
 
     @classmethod
@@ -169,6 +178,7 @@ class GroupScope:
             weights=None if config.get("weights") is None else np.asarray(config["weights"]),
             k=config.get("k"),
             labels=None if config.get("labels") is None else tuple(config["labels"]),
+            segments=None if config.get("segments") is None else np.asarray(config["segments"]),
         )
 
 
@@ -176,13 +186,16 @@ def merge_scopes(scopes: Sequence[GroupScope], name: str = "model", shapes: Mapp
     """One scope holding every group of ``scopes`` (a global budget across layers).
 
     Group ids are offset so they stay disjoint. Weights: each scope's own ``d_j`` (given, or its
-    group sizes, which then needs ``shapes``).
+    group sizes, which then needs ``shapes``). ``segments`` records which scope each group came
+    from (a projection keeps at least one group per segment: no layer is cut out entirely).
     """
     members: list[Member] = []
     weights: list[np.ndarray] = []
     labels: list[str] = []
+    segments: list[np.ndarray] = []
     offset = 0
-    for s in scopes:
+    for number, s in enumerate(scopes):
+        segments.append(np.full(s.num_groups, number))
         for mb in s.members:
             members.append(Member(mb.path, mb.axis, mb.index + offset))
         if s.weights is not None:
@@ -193,4 +206,4 @@ def merge_scopes(scopes: Sequence[GroupScope], name: str = "model", shapes: Mapp
             raise ValueError(f"merge_scopes: scope {s.name!r} has no weights; pass the variable shapes.")
         labels.extend(s.labels if s.labels is not None else [f"{s.name}:{j}" for j in range(s.num_groups)])
         offset += s.num_groups
-    return GroupScope(name, tuple(members), offset, np.concatenate(weights), None, tuple(labels))
+    return GroupScope(name, tuple(members), offset, np.concatenate(weights), None, tuple(labels), np.concatenate(segments))

@@ -106,3 +106,28 @@ def test_logger_reports_skipped_non_finite_steps(digits, capsys):
     assert hist.history["wgsef_skipped_steps"] == [1.0]
     assert "non-finite gradients" in capsys.readouterr().out
     assert all(np.all(np.isfinite(v.numpy())) for v in model.trainable_variables)
+
+
+def test_global_budget_projection_keeps_every_layer():
+    from keras_wgsef.callbacks import top_k_support
+
+    rank = np.array([9.0, 8.0, 7.0, 6.0, 0.5, 0.2, 0.1])
+    segments = np.array([0, 0, 0, 0, 1, 1, 2])
+    keep = top_k_support(rank, 4, segments)
+    assert keep.tolist() == [True, True, False, False, True, False, True]
+    assert top_k_support(rank, 3).tolist() == [True, True, True, False, False, False, False]
+    with pytest.raises(ValueError, match="raise k"):
+        top_k_support(rank, 2, segments)
+
+
+def test_merged_scope_freeze_keeps_a_channel_per_layer():
+    model = digits_model()
+    opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=3, groups=kw.make_groups(model), scope="model")
+    opt.build(model.trainable_variables)
+    c2 = model.get_layer("c2")
+    c2.kernel.assign(c2.kernel.numpy() * 1e-6)  # layer c2 ranks last everywhere
+    keep = freeze_scope(opt, 0)
+    segments = opt.scopes[0].segments
+    assert keep.sum() == 3 and all(keep[segments == s].any() for s in np.unique(segments))
+    again = kw.GroupScope.from_config(opt.scopes[0].get_config())
+    assert np.array_equal(again.segments, segments)
