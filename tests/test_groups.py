@@ -103,3 +103,4 @@ def test_bad_group_definitions():
         s.validate({"a/kernel": (2, 5)})
     with pytest.raises(ValueError, match="unknown group kind"):
         kw.make_groups(cnn(), "rows")
+
