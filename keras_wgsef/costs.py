@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_wgsef.channel_graph import flatten_model, layer_variables
+from keras_wgsef.model_graph import flatten_model, layer_variables
 
 __all__ = ["count_macs", "count_params", "layer_macs"]
 

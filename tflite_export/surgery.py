@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from keras_wgsef import channel_rules as cr
-from keras_wgsef.channel_graph import ChannelAnalysis, analyze, flatten_model, layer_variables, matches
+from keras_wgsef.channel_graph import ChannelAnalysis, analyze
+from keras_wgsef.model_graph import flatten_model, layer_variables, matches
 from keras_wgsef.costs import count_macs, count_params
 
 __all__ = ["ShrinkError", "ShrinkPlan", "ShrinkReport", "plan_shrink", "shrink"]

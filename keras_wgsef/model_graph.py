@@ -1,0 +1,176 @@
+"""The layer graph of a Keras model, read from public data (nested models flattened).
+
+:func:`flatten_model` turns a Sequential or Functional model (nested models included) into a
+:class:`Graph` of :class:`Node` s, one per layer call, from the Functional ``get_config()``
+inbound nodes and ``model.get_layer``; shapes come from each layer's ``compute_output_shape``.
+:mod:`keras_wgsef.channel_graph` runs the channel rules over it; :mod:`tflite_export.surgery`
+rebuilds models from it.
+
+Example:
+  >>> g = flatten_model(model)        # doctest: +SKIP
+  >>> [n.path for n in g.nodes]       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+__all__ = ["Node", "Graph", "flatten_model", "layer_variables", "matches"]
+
+
+@dataclasses.dataclass
+class Node:
+    """One call of a layer: ``outputs = layer(*inputs)`` (tensor ids)."""
+
+    path: str
+    layer: Any
+    inputs: list[int]
+    outputs: list[int]
+
+
+@dataclasses.dataclass
+class Graph:
+    """A flat, topologically ordered view of a model (nested models expanded)."""
+
+    nodes: list[Node]
+    shapes: list[tuple]
+    inputs: list[int]
+    outputs: list[int]
+    layers: dict[str, Any]
+    submodel_inputs: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+
+    def new_tensor(self, shape: Sequence[Any]) -> int:
+        self.shapes.append(tuple(shape))
+        return len(self.shapes) - 1
+
+
+def _is_model(layer: Any) -> bool:
+    import keras
+
+    return isinstance(layer, keras.Model)
+
+
+def _keras_tensors(obj: Any) -> list[dict]:
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "__keras_tensor__":
+            return [obj["config"]]
+        return [t for v in obj.values() for t in _keras_tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _keras_tensors(v)]
+    return []
+
+
+def _as_refs(x: Any) -> list[tuple]:
+    """``input_layers`` / ``output_layers``: one ``[name, node, tensor]`` or a list of them."""
+    if isinstance(x, (list, tuple)) and len(x) == 3 and isinstance(x[0], str):
+        return [tuple(x)]
+    return [tuple(r) for r in x]
+
+
+def _output_shapes(layer: Any, shapes: list[tuple]) -> list[tuple]:
+    import keras
+
+    arg = shapes[0] if len(shapes) == 1 else list(shapes)
+    try:
+        out = layer.compute_output_shape(arg)
+    except Exception:
+        specs = [keras.KerasTensor(s) for s in shapes]
+        out = layer.compute_output_spec(specs[0] if len(specs) == 1 else specs)
+        out = [o.shape for o in out] if isinstance(out, (list, tuple)) else out.shape
+    if isinstance(out, (list, tuple)) and out and isinstance(out[0], (list, tuple)):
+        return [tuple(o) for o in out]
+    return [tuple(out)]
+
+
+def flatten_model(model: Any) -> Graph:
+    """The flat graph of a Sequential or Functional model; raises for subclassed models."""
+    g = Graph([], [], [], [], {})
+    if not _is_model(model):
+        raise TypeError(f"expected a keras.Model, got {type(model).__name__}.")
+    g.inputs = [g.new_tensor(t.shape) for t in model.inputs] if _has_graph(model) else []
+    g.outputs = _expand(model, "", g.inputs, g, {})
+    return g
+
+
+def _has_graph(model: Any) -> bool:
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        return True
+    try:
+        cfg = model.get_config()
+    except Exception:
+        cfg = {}
+    return isinstance(cfg, dict) and "layers" in cfg and "input_layers" in cfg
+
+
+def _expand(model: Any, prefix: str, bound: list[int], g: Graph, calls: dict) -> list[int]:
+    import keras
+
+    name = model.name
+    if not _has_graph(model):
+        where = f" (at {prefix.rstrip('/')!r})" if prefix else ""
+        raise TypeError(
+            f"Model {name!r}{where} of class {type(model).__name__} is subclassed: it has no layer graph to "
+            "read. Build it as a Functional or Sequential model (keras.Model(inputs, outputs)), or analyse "
+            "a Functional copy of it."
+        )
+    if isinstance(model, keras.Sequential):
+        t = bound
+        for layer in model.layers:
+            t = _call(layer, prefix + layer.name, t, g, calls)
+        return t
+    cfg = model.get_config()
+    hist: dict[tuple, int] = {}
+    for ref, tid in zip(_as_refs(cfg["input_layers"]), bound):
+        hist[(ref[0], int(ref[1]), int(ref[2]))] = tid
+    pending = [(lc, i, nd) for lc in cfg["layers"] if lc["class_name"] != "InputLayer"
+               for i, nd in enumerate(lc.get("inbound_nodes", []))]
+    while pending:
+        progress, rest = False, []
+        for lc, idx, nd in pending:
+            args = _keras_tensors(nd.get("args", [])) + _keras_tensors(nd.get("kwargs", {}))
+            keys = [(a["keras_history"][0], int(a["keras_history"][1]), int(a["keras_history"][2])) for a in args]
+            if not all(k in hist for k in keys):
+                rest.append((lc, idx, nd))
+                continue
+            ins = [hist[k] for k in keys]
+            for k, a in zip(ins, args):
+                if g.shapes[k] is None or g.shapes[k] == ():
+                    g.shapes[k] = tuple(a["shape"])
+            layer = model.get_layer(lc["config"]["name"])
+            outs = _call(layer, prefix + layer.name, ins, g, calls)
+            for j, o in enumerate(outs):
+                hist[(layer.name, idx, j)] = o
+            progress = True
+        if not progress:
+            raise ValueError(f"model {name!r}: could not order the layer graph (unresolved inbound tensors).")
+        pending = rest
+    return [hist[(r[0], int(r[1]), int(r[2]))] for r in _as_refs(cfg["output_layers"])]
+
+
+def _call(layer: Any, path: str, ins: list[int], g: Graph, calls: dict) -> list[int]:
+    if _is_model(layer):
+        g.submodel_inputs[path + "/"] = list(ins)
+        return _expand(layer, path + "/", ins, g, calls)
+    if path in g.layers and g.layers[path] is not layer:
+        raise ValueError(f"two different layers share the path {path!r}.")
+    g.layers[path] = layer
+    outs = [g.new_tensor(s) for s in _output_shapes(layer, [g.shapes[i] for i in ins])]
+    g.nodes.append(Node(path, layer, ins, outs))
+    return outs
+
+
+def layer_variables(layer: Any) -> dict[str, Any]:
+    """``{short name: variable}`` of a layer (``"kernel"``, ``"bias"``, ``"gamma"``, ...)."""
+    return {w.path.rsplit("/", 1)[-1]: w for w in layer.weights}
+
+
+def matches(patterns: str | Iterable[str] | None, path: str) -> bool:
+    if patterns is None:
+        return False
+    pats = [patterns] if isinstance(patterns, str) else list(patterns)
+    return any(re.search(p, path) for p in pats)
