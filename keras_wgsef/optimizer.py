@@ -166,7 +166,7 @@ class WGSEF(keras.optimizers.Optimizer):
             scopes = [merge_scopes(scopes, "model", shapes)]
         return list(scopes)
 
-    @keras.src.utils.tracking.no_automatic_dependency_tracking
+    @keras.src.utils.tracking.no_automatic_dependency_tracking  # as LossScaleOptimizer.build: no public equivalent
     def build(self, var_list: Sequence[keras.Variable]) -> None:
         scopes = self._resolve_scopes(var_list)
         shapes = {v.path: tuple(v.shape) for v in var_list}
@@ -197,7 +197,7 @@ class WGSEF(keras.optimizers.Optimizer):
     # ------------------------------------------------------------------ apply
     def apply(self, grads, trainable_variables=None):  # noqa: D102 (keras signature)
         if not self.built:
-            with keras.src.backend.name_scope(self.name, caller=self):
+            with keras.name_scope(self.name, caller=self):
                 self.build(trainable_variables)
             self.built = True
         if keras.backend.backend() == "tensorflow":
