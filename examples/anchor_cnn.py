@@ -57,6 +57,8 @@ def run(
     verbose: int = 0,
     controller: dict | None = None,
     ridge: bool = True,
+    scope: str = "layer",
+    weights: str = "size",
 ) -> dict:
     (x, y), (xt, yt) = kw.datasets.load_mnist5k()
     keras.utils.set_random_seed(seed)
@@ -65,7 +67,7 @@ def run(
     inner = inner_optimizer(optimizer, steps, epochs)
     callbacks = []
     if method == "wgsef":
-        opt = kw.WGSEF(inner, k=keep, groups=kw.make_groups(model), ridge=ridge)
+        opt = kw.WGSEF(inner, k=keep, groups=kw.make_groups(model, weights=weights), ridge=ridge, scope=scope)
         callbacks = [kw.callbacks.ReachK(verbose=verbose, **(controller or {})), kw.callbacks.SparsityLogger(verbose=verbose)]
     else:
         opt = inner
@@ -94,6 +96,8 @@ def main() -> None:
     p.add_argument("--growth", type=float, help="ReachK growth per step")
     p.add_argument("--project", type=float, help="ReachK projection epoch")
     p.add_argument("--no-ridge", action="store_true", help="leave groups with theta = 1 unshrunk")
+    p.add_argument("--scope", choices=["layer", "model"], default="layer", help="per-layer k or one global budget")
+    p.add_argument("--weights", choices=["size", "uniform", "macs"], default="size", help="group weights d_j")
     a = p.parse_args()
     controller = {
         key: value
@@ -102,7 +106,8 @@ def main() -> None:
     }
     accs = []
     for seed in a.seeds:
-        r = run(a.method, a.optimizer, a.keep, seed, a.epochs, verbose=a.verbose, controller=controller, ridge=not a.no_ridge)
+        r = run(a.method, a.optimizer, a.keep, seed, a.epochs, verbose=a.verbose, controller=controller, ridge=not a.no_ridge,
+                scope=a.scope, weights=a.weights)
         accs.append(r["test_acc"])
         print(json.dumps(r))
         if a.json:

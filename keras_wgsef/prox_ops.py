@@ -2,16 +2,14 @@
 
 Same math as :mod:`keras_wgsef.prox` (the NumPy reference), organised for vectorised, XLA-friendly
 execution: the root ``alpha`` of ``phi(alpha) = sum_j clip(alpha c_j - L_j, 0, 1) = k`` is found by
-sorting the 2m breakpoints ``lo_j = L_j/c_j``, ``hi_j = (1 + L_j)/c_j`` and a prefix scan of the
-piecewise-linear pieces (O(m log m), no data-dependent loop). Everything on the group norms runs
-in float64 whatever the variables' dtype.
+sorting the 2m breakpoints ``lo_j = L_j/c_j``, ``hi_j = (1 + L_j)/c_j`` and bisecting over them
+with ``phi`` evaluated directly (O(m log m), a fixed number of steps, no data-dependent loop).
+Everything on the group norms runs in float64 whatever the variables' dtype.
 
-Prefix scan: sweeping the sorted breakpoints, a ``lo`` event adds slope ``c_j`` and offset ``L_j``,
-a ``hi`` event removes them and adds one saturated group. After the first ``i`` events
-``phi(b_i) = S1_i + b_i C_i - Ls_i``; the first ``i`` with ``phi(b_i) >= k`` brackets the root in
-``[b_{i-1}, b_i]``; there ``alpha = (k - S1 + Ls) / C`` with the saturated count and the linear
-pieces' sums recomputed directly on the bracket (the prefix sums cancel and lose digits), clamped
-to the bracket.
+A prefix scan of the pieces (``phi(b_i) = S1_i + b_i C_i - Ls_i``) would be cheaper, but its
+running sums of ``+c_j`` and ``-c_j`` cancel: with tiny and large group norms together (seen in
+training with MAC cost weights) it could miss the root, and once it zeroed every group. The
+bisection only adds nonnegative terms.
 """
 
 from __future__ import annotations
@@ -56,44 +54,37 @@ def prox_scales(a, d, k: int, lam, ridge: bool = True):
     inf = ops.full_like(c, np.inf)
     lo = ops.where(pos, L / safe_c, inf)
     hi = ops.where(pos, (1.0 + L) / safe_c, inf)
-    b = ops.concatenate([lo, hi])
-    cp = c * posf
-    Lp = L * posf
-    d_s1 = ops.concatenate([ops.zeros_like(posf), posf])
-    d_c = ops.concatenate([cp, -cp])
-    d_l = ops.concatenate([Lp, -Lp])
-    order = ops.argsort(b)
-    bs = ops.take(b, order)
-    s1 = ops.cumsum(ops.take(d_s1, order))
-    cc = ops.cumsum(ops.take(d_c, order))
-    ls = ops.cumsum(ops.take(d_l, order))
-    finite = ops.isfinite(bs)
-    phi = ops.where(finite, s1 + ops.where(finite, bs, 0.0) * cc - ls, np.inf)
+    bs = ops.sort(ops.concatenate([lo, hi]))  # the 2 * npos finite breakpoints come first
     kf = ops.cast(k, "float64")
-    i = ops.argmax(ops.cast(phi >= kf, "int32"))
-    im1 = ops.maximum(i - 1, 0)
-    first = ops.equal(i, 0)
+
+    def phi(alpha):
+        """phi evaluated directly (sums of nonnegative terms: no cancellation)."""
+        return ops.sum(ops.clip(alpha * c - L, 0.0, 1.0) * posf)
+
+    # Bisection over the sorted breakpoints for the first index i with phi(b_i) >= k; a fixed
+    # number of halvings keeps the graph static (XLA). phi(b_{2 npos - 1}) = npos > k.
+    n_finite = ops.cast(2.0 * npos, "int32")
+    lo_i = ops.convert_to_tensor(-1, "int32")  # virtual breakpoint 0, phi(0) = 0 < k
+    hi_i = n_finite - 1
+    for _ in range(int(np.ceil(np.log2(2 * m + 1))) + 1):
+        mid_i = (lo_i + hi_i) // 2
+        above = phi(ops.take(bs, ops.maximum(mid_i, 0))) >= kf
+        open_ = hi_i - lo_i > 1
+        hi_i = ops.where(open_ & above, mid_i, hi_i)
+        lo_i = ops.where(open_ & ~above, mid_i, lo_i)
     zero = ops.zeros((), "float64")
-    a_lo = ops.where(first, zero, ops.take(bs, im1))
-    a_hi = ops.take(bs, i)
-    # Refine on the bracket with direct sums (the prefix sums cancel and lose digits): no
-    # breakpoint lies strictly inside (a_lo, a_hi), so the midpoint classifies every group.
-    mid = 0.5 * (a_lo + ops.where(ops.isfinite(a_hi), a_hi, a_lo + 1.0))
+    a_lo = ops.where(lo_i < 0, zero, ops.take(bs, ops.maximum(lo_i, 0)))
+    a_hi = ops.take(bs, hi_i)
+    # No breakpoint lies strictly inside (a_lo, a_hi): the midpoint classifies every group as
+    # saturated, linear or zero on the bracket, and phi is linear there.
+    mid = 0.5 * (a_lo + a_hi)
     sat = ops.cast(hi <= mid, "float64") * posf
     lin = ops.cast((lo <= mid) & (hi > mid), "float64") * posf
     n_sat = ops.sum(sat)
     slope = ops.sum(lin * c)
     offset = ops.sum(lin * L)
     alpha = (kf - n_sat + offset) / ops.where(slope > 0, slope, ops.ones_like(slope))
-    alpha = ops.where(slope > 0, ops.clip(alpha, a_lo, a_hi), a_lo)
-    # The scan's phi(b_i) can round across k and pick a neighbouring piece: two Newton steps on
-    # the exact, piecewise-linear phi (direct O(m) sums) land on the true piece.
-    for _ in range(2):
-        t = alpha * c - L
-        phi_a = ops.sum(ops.clip(t, 0.0, 1.0) * posf)
-        grad = ops.sum(ops.cast((t > 0) & (t < 1), "float64") * posf * c)
-        step = (kf - phi_a) / ops.where(grad > 0, grad, ops.ones_like(grad))
-        alpha = ops.where(grad > 0, ops.maximum(alpha + step, 0.0), alpha)
+    alpha = ops.where(slope > 0, ops.clip(alpha, a_lo, a_hi), a_hi)
     theta = ops.clip(alpha * c - L, 0.0, 1.0)
     theta = ops.where(npos <= kf, ops.ones_like(theta), theta) * posf
     nz = theta > 0

@@ -52,6 +52,20 @@ def test_tensor_prox_matches_numpy_reference():
         np.testing.assert_allclose(got * a, ref * a, rtol=1e-6, atol=1e-12 * max(1.0, a.max()))
 
 
+def test_tensor_prox_wide_norm_range_keeps_k():
+    """Tiny and large norms with MAC-like weights: a prefix scan cancels here; the bisection must not."""
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        m = int(rng.integers(20, 150))
+        a = 10 ** rng.uniform(-14, 2, size=m)
+        d = rng.choice([1.4e4, 5.6e4, 6.3e4], size=m) * rng.uniform(0.9, 1.1, size=m)
+        k = int(rng.integers(1, m))
+        lam = float(10 ** rng.uniform(-8, -3))
+        got = ops.convert_to_numpy(prox_ops.prox_scales(a, d, k, lam))
+        assert np.count_nonzero(got) >= k
+        np.testing.assert_allclose(got * a, P.prox_scales(a, d, k, lam) * a, rtol=1e-6, atol=1e-12 * a.max())
+
+
 def test_tensor_prox_worked_vector():
     a = P.group_norms(np.array([1, -2, 0.5, 3, 1, -0.2]), [[0, 1], [2], [3, 4], [5]])
     s = ops.convert_to_numpy(prox_ops.prox_scales(a, np.array([2, 1, 0.5, 1.0]), 2, 0.5))
