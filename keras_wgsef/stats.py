@@ -75,10 +75,22 @@ def model_scopes(model: keras.Model, groups: Sequence[GroupScope] | None = None)
 def nonzero_groups(model: keras.Model, groups: Sequence[GroupScope] | None = None) -> dict[str, int]:
     """Number of groups with a nonzero entry, per scope name.
 
+    A merged global scope (``WGSEF(..., scope="model")``) is reported per source layer.
+
     Args:
       model: a Keras model.
       groups: the scopes to count (default: those of the model's WGSEF optimizer when it is built,
         else the output-channel groups inferred from the variable paths).
     """
     values = {v.path: v.numpy() for v in model.variables}
-    return {s.name: int(np.count_nonzero(scope_norms(s, values))) for s in model_scopes(model, groups)}
+    counts: dict[str, int] = {}
+    for s in model_scopes(model, groups):
+        nonzero = scope_norms(s, values) > 0
+        if s.segments is None:
+            counts[s.name] = int(np.count_nonzero(nonzero))
+            continue
+        for seg in np.unique(s.segments):  # a global budget: report each layer (source scope)
+            members = np.flatnonzero(s.segments == seg)
+            name = s.labels[members[0]].rpartition(":")[0] if s.labels else f"{s.name}[{seg}]"
+            counts[name] = int(np.count_nonzero(nonzero[members]))
+    return counts

@@ -131,3 +131,5 @@ def test_merged_scope_freeze_keeps_a_channel_per_layer():
     assert keep.sum() == 3 and all(keep[segments == s].any() for s in np.unique(segments))
     again = kw.GroupScope.from_config(opt.scopes[0].get_config())
     assert np.array_equal(again.segments, segments)
+    counts = kw.nonzero_groups(model)  # reported per layer of the global budget
+    assert sum(counts.values()) == 3 and len(counts) == len(np.unique(segments)) and min(counts.values()) >= 1
