@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
-__all__ = ["prox_scales", "group_sq_norms", "scale_groups", "expand_scales"]
+__all__ = ["prox_scales", "group_sq_norms", "expand_scales"]
 
 
 def prox_scales(a, d, k: int, lam, ridge: bool = True):
@@ -138,12 +138,3 @@ def expand_scales(scales, shape, axis, index: np.ndarray):
     bshape = [1] * rank
     bshape[ax] = int(shape[ax])
     return ops.reshape(per_slice, bshape)
-
-
-def scale_groups(values, axes, indices, scales):
-    """Returns each value multiplied by its groups' factors, in the value's own dtype."""
-    out = []
-    for x, axis, index in zip(values, axes, indices):
-        f = expand_scales(scales, tuple(x.shape), axis, index)
-        out.append(ops.multiply(x, ops.cast(f, x.dtype)))
-    return out
