@@ -27,6 +27,7 @@ import math
 import keras
 import numpy as np
 
+from keras_wgsef.prox_ops import expand_scales
 from keras_wgsef.stats import find_wgsef, scope_norms, scope_tau
 
 __all__ = ["ReachK", "SparsityLogger", "freeze_scope", "top_k_support"]
@@ -92,12 +93,7 @@ def freeze_scope(opt, i: int, undo_shrink: float = 1.0) -> np.ndarray:
     factor = np.where(keep, undo, 0.0)
     for var, mb in zip(opt._scope_vars[i], scope.members):
         x = values[var.path]
-        if mb.axis is None:
-            f = factor[mb.index]
-        else:
-            shape = [1] * x.ndim
-            shape[mb.axis % x.ndim] = x.shape[mb.axis]
-            f = factor[mb.index].reshape(shape)
+        f = keras.ops.convert_to_numpy(expand_scales(factor, x.shape, mb.axis, mb.index))
         var.assign((x * f).astype(x.dtype))
     opt.mask[i].assign(keep.astype("float32"))
     opt.shrink[i].assign(np.ones(scope.num_groups, "float32"))
