@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install test test-slow demo bench clean
+.PHONY: install test test-slow demo bench bench-compare clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/prox_scaling.py
 	$(PY) benchmarks/step_overhead.py
+
+bench-compare: $(STAMP)
+	$(PY) benchmarks/compare.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
