@@ -46,9 +46,13 @@ def test_train_step_override_example_runs_the_prox():
     model = build(ProxModel)
     x = np.random.default_rng(0).normal(size=(64, 8, 8, 1)).astype("float32")
     y = np.random.default_rng(1).integers(0, 10, 64)
-    opt = kw.WGSEF(keras.optimizers.Adam(1e-2), k=2, lam=1000.0, groups=kw.make_groups(model))
+    opt = kw.WGSEF(keras.optimizers.Adam(1e-2), k=2, groups=kw.make_groups(model))
     model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    shrink_seen = []
+    probe = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: shrink_seen.append(float(np.min(opt.shrink[0].numpy()))))
+    model.fit(x, y, epochs=3, batch_size=16, verbose=0,
+              callbacks=[probe, kw.callbacks.ReachK(project_epoch=2, verbose=0)])
+    assert shrink_seen[1] < 1.0  # the prox shrank groups during epoch 2 (inside the override's apply)
     assert list(kw.nonzero_groups(model).values()) == [2]
 
 
