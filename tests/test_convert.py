@@ -20,33 +20,13 @@ from tflite_export.convert import (  # noqa: E402
     to_tflite_int8,
 )
 from tflite_export.flatbuffer import summarize  # noqa: E402
-
-
-def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return (d.images[..., None] / 16.0).astype(np.float32), d.target.astype(np.int64)
-
-
-def _cnn(widths: tuple[int, int], seed: int = 0) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    inp = keras.Input((8, 8, 1))
-    h = inp
-    for j, c in enumerate(widths):
-        h = keras.layers.Conv2D(c, 3, padding="same")(h)
-        h = keras.layers.BatchNormalization(momentum=0.5)(h)
-        h = keras.layers.ReLU()(h)
-        if j == 0:
-            h = keras.layers.MaxPooling2D()(h)
-    h = keras.layers.GlobalAveragePooling2D()(h)
-    return keras.Model(inp, keras.layers.Dense(10)(h))
+from digits_cnn import digits_cnn, digits_xy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def trained():
-    x, y = _digits()
-    model = _cnn((16, 32))
+    x, y = digits_xy()
+    model = digits_cnn((16, 32))
     model.compile(keras.optimizers.Adam(3e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x[:1400], y[:1400], epochs=10, batch_size=32, verbose=0)
@@ -105,8 +85,8 @@ def test_model_is_not_mutated(trained):
 
 
 def test_calibration_sources_give_the_same_model():
-    x, _ = _digits()
-    model = _cnn((4, 8))
+    x, _ = digits_xy()
+    model = digits_cnn((4, 8))
     calib = x[:40]
     from_array = to_tflite_int8(model, calib, check=False)
     ds = tf.data.Dataset.from_tensor_slices((calib, np.zeros(40))).batch(8)
@@ -118,8 +98,8 @@ def test_calibration_sources_give_the_same_model():
 
 
 def test_calibration_samples_shapes_and_limit():
-    x, _ = _digits()
-    model = _cnn((4, 8))
+    x, _ = digits_xy()
+    model = digits_cnn((4, 8))
     assert calibration_samples(model, x[:100], 30).shape == (30, 8, 8, 1)
     assert calibration_samples(model, x[0]).shape == (1, 8, 8, 1)  # one unbatched sample
     unbatched = tf.data.Dataset.from_tensor_slices(x[:10])
@@ -141,7 +121,7 @@ def test_calibration_samples_shapes_and_limit():
     ],
 )
 def test_bad_calibration_raises_a_clear_error(data, message):
-    model = _cnn((4, 8))
+    model = digits_cnn((4, 8))
     with pytest.raises(CalibrationError, match=message.replace("(", r"\(").replace(")", r"\)")):
         to_tflite_int8(model, data)
 

@@ -22,38 +22,18 @@ from tflite_export.micro import (  # noqa: E402
     tflm_min_arena,
 )
 from tflite_export.report import Report, compare, measure  # noqa: E402
-
-
-def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return (d.images[..., None] / 16.0).astype(np.float32), d.target.astype(np.int64)
-
-
-def _cnn(widths: tuple[int, int], seed: int = 0) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    inp = keras.Input((8, 8, 1))
-    h = inp
-    for j, c in enumerate(widths):
-        h = keras.layers.Conv2D(c, 3, padding="same")(h)
-        h = keras.layers.BatchNormalization(momentum=0.5)(h)
-        h = keras.layers.ReLU()(h)
-        if j == 0:
-            h = keras.layers.MaxPooling2D()(h)
-    h = keras.layers.GlobalAveragePooling2D()(h)
-    return keras.Model(inp, keras.layers.Dense(10)(h))
+from digits_cnn import digits_cnn, digits_xy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def digits():
-    return _digits()
+    return digits_xy()
 
 
 @pytest.fixture(scope="module")
 def trained(digits):
     x, y = digits
-    model = _cnn((16, 32))
+    model = digits_cnn((16, 32))
     model.compile(keras.optimizers.Adam(3e-3),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x[:1400], y[:1400], epochs=10, batch_size=32, verbose=0)
@@ -63,7 +43,7 @@ def trained(digits):
 @pytest.fixture(scope="module")
 def half(digits):
     x, _ = digits
-    return to_tflite_int8(_cnn((8, 16)), x[:200:2])
+    return to_tflite_int8(digits_cnn((8, 16)), x[:200:2])
 
 
 def test_flatbuffer_macs_and_params_by_hand():
