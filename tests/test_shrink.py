@@ -14,23 +14,12 @@ from keras_wgsef import channel_rules as cr  # noqa: E402
 from keras_wgsef.channel_graph import channel_groups  # noqa: E402
 from keras_wgsef.costs import count_macs, count_params  # noqa: E402
 from tflite_export.surgery import ShrinkError, plan_shrink, shrink  # noqa: E402
+from anchor_model import anchor_cnn  # noqa: E402
 
 L = keras.layers
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def anchor_cnn():
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        L.Conv2D(16, 3, padding="same", name="conv2d"), L.BatchNormalization(name="bn"),
-        L.ReLU(name="re_lu"), L.MaxPooling2D(name="pool"),
-        L.Conv2D(32, 3, padding="same", name="conv2d_1"), L.BatchNormalization(name="bn_1"),
-        L.ReLU(name="re_lu_1"), L.MaxPooling2D(name="pool_1"),
-        L.Conv2D(64, 3, padding="same", name="conv2d_2"), L.BatchNormalization(name="bn_2"),
-        L.ReLU(name="re_lu_2"), L.GlobalAveragePooling2D(name="gap"), L.Dense(10, name="dense"),
-    ])
-
-
 def randomize(model, seed=0, shift=0.3, variance=(0.5, 1.5)):
     """Nonzero biases, BN gamma/beta and statistics, so that only real zeros are dead."""
     rng = np.random.default_rng(seed)
@@ -115,7 +104,7 @@ def test_anchor_cnn_to_4_8_16_exact_params_and_macs():
     assert new.count_params() == expected == report.params["total"][1] == 1786
     assert report.params["total"][0] == 24_394
     assert report.macs["total"] == (1_919_872, 141_280)  # the 4/8/16 row of the anchors table
-    assert report.plan.widths["bn_1"] == (32, 8)
+    assert report.plan.widths["batch_normalization_1"] == (32, 8)
     text = str(report)
     assert "conv2d_1" in text and "24394" in text and "141280" in text
     assert_same_outputs(m, new, sample((28, 28, 1), seed=5))
@@ -124,7 +113,7 @@ def test_anchor_cnn_to_4_8_16_exact_params_and_macs():
 def test_bn_with_zero_gamma_beta_removes_a_live_filter():
     m = anchor_cnn()
     randomize(m)
-    bn = m.get_layer("bn")
+    bn = m.get_layer("batch_normalization")
     g, b, mu, var = bn.get_weights()
     g[[2, 9]] = 0
     b[[2, 9]] = 0
