@@ -246,9 +246,11 @@ def channel_groups(
         rule are treated as opaque.
       exclude_outputs: no groups for channels that reach a model output (the classes).
       block: group runs of ``block`` consecutive channels (hardware blocks).
-      weights: ``"size"`` (``d_j = |G_j|``, left as None), ``"uniform"`` (1), ``"macs"`` (the MACs
-        removed with the channel: producer MACs per output channel plus consumer MACs per input
-        channel), or ``fn(scope, model) -> d`` (length ``num_groups``).
+      weights: ``"size"`` (``d_j = |G_j|``, left as None), ``"uniform"`` (1), ``"macs"`` (group size
+        times relative cost, ``d_j = |G_j| * M_j / mean(M)``, where ``M_j`` is the MACs removed with
+        the channel -- producer MACs per output channel plus consumer MACs per input channel -- and
+        the mean runs over every group returned, so equal costs give the default), or
+        ``fn(scope, model) -> d`` (length ``num_groups``).
 
     Returns:
       A list of :class:`GroupScope`; each validates against the real variable shapes.
@@ -328,7 +330,17 @@ def channel_groups(
     shapes = {w.path: tuple(w.shape) for w in model.weights}
     for s in scopes:
         s.validate(shapes)
-    return [_weighted(s, weights, model, a, shapes) for s in scopes]
+    if callable(weights):
+        return [s.replace(weights=np.asarray(weights(s, model), dtype=np.float64)) for s in scopes]
+    if weights == "size":
+        return scopes
+    if weights == "uniform":
+        return [s.replace(weights=np.ones(s.num_groups)) for s in scopes]
+    if weights == "macs":
+        costs = [_mac_costs(s, model, a) for s in scopes]
+        mean = float(np.mean(np.concatenate(costs))) if scopes else 1.0
+        return [s.replace(weights=s.sizes(shapes) * c / mean) for s, c in zip(scopes, costs)]
+    raise ValueError(f"weights must be 'size', 'uniform', 'macs' or a callable, got {weights!r}.")
 
 
 def _label(entry: tuple | None, root: int) -> str:
@@ -338,19 +350,8 @@ def _label(entry: tuple | None, root: int) -> str:
     return f"{path}:{c0}" if c0 == c1 else f"{path}:{c0}-{c1}"
 
 
-def _weighted(s: GroupScope, weights: Any, model: Any, a: ChannelAnalysis, shapes: dict) -> GroupScope:
-    if callable(weights):
-        return s.replace(weights=np.asarray(weights(s, model), dtype=np.float64))
-    if weights == "size":
-        return s
-    if weights == "uniform":
-        return s.replace(weights=np.ones(s.num_groups))
-    if weights == "macs":
-        return s.replace(weights=_mac_weights(s, model, a))
-    raise ValueError(f"weights must be 'size', 'uniform', 'macs' or a callable, got {weights!r}.")
-
-
-def _mac_weights(s: GroupScope, model: Any, a: ChannelAnalysis) -> np.ndarray:
+def _mac_costs(s: GroupScope, model: Any, a: ChannelAnalysis) -> np.ndarray:
+    """MACs removed with each group: producer MACs per output channel + consumer MACs per input channel."""
     from keras_wgsef.costs import count_macs
 
     macs = count_macs(model)

@@ -19,9 +19,16 @@ unstructured      a single weight                                               
    removes output channels only.
 
 Weights ``d_j``: ``"size"`` (group size, the default: ``k = 1`` is then the squared group
-lasso), ``"uniform"`` (1), ``"macs"`` (the multiply-accumulates the group costs, so costly
-groups are cheaper to drop: groups are ranked by ``||x_j|| / sqrt(d_j)``), or a callable
-``(layer, scope) -> array``.
+lasso), ``"uniform"`` (1), ``"macs"`` (group size times relative cost,
+``d_j = |G_j| * M_j / mean(M)`` with ``M_j`` the multiply-accumulates removed with the group, so
+costly groups are cheaper to drop: groups are ranked by ``RMS(x_j) / sqrt(M_j / mean(M))``), or a
+callable ``(layer, scope) -> array``.
+
+Why not ``d_j = M_j`` itself: raw MACs differ from group sizes by the layer's output resolution
+(784 positions for a first 28x28 conv, 49 for a 7x7 one), which ranks early channels ~10x lower
+than late ones whatever they learned. Measured on the benchmark models, a global budget with raw
+MAC weights emptied the first layers (accuracy at chance on 2 of 3 seeds); group size times
+relative cost keeps the default ranking when all costs are equal. Pass a callable for raw MACs.
 
 Example:
   >>> import keras

@@ -97,7 +97,11 @@ class WGSEF(keras.optimizers.Optimizer):
         (kernel + bias of each layer, classifier head excluded; see
         :func:`keras_wgsef.path_groups.groups_from_paths`).
       scope: ``"layer"`` (one envelope per scope, the paper's per-layer k) or ``"model"`` (all
-        scopes merged into one envelope: a global budget; pass an int k or a fraction).
+        scopes merged into one envelope: a global budget; pass an int k or a fraction). A global
+        budget keeps at least one group per layer: at every prox step each layer's best group
+        (by ``||x_j|| / sqrt(d_j)``) is protected (ridge only) and the envelope decides the other
+        ``k - layers`` (:func:`keras_wgsef.prox_ops.segment_leaders`); otherwise a layer whose
+        channels all go disconnects the network. ``k`` must be at least the number of layers.
       ridge: False leaves groups with ``theta = 1`` unshrunk (a heuristic that helps SGD); True is
         the exact prox.
       include / exclude: regexes on variable paths used when ``groups`` is None.
@@ -172,6 +176,13 @@ class WGSEF(keras.optimizers.Optimizer):
         shapes = {v.path: tuple(v.shape) for v in var_list}
         self.scopes = scopes
         self.scope_k = [resolve_k(s.k if s.k is not None else _lookup(self.k, s.name, "k"), s) for s in scopes]
+        for s, k in zip(scopes, self.scope_k):
+            layers = 0 if s.segments is None else np.unique(s.segments).size
+            if 0 < k < layers:
+                raise ValueError(
+                    f"a global budget of k = {k} groups over {layers} layers cannot keep one group per layer "
+                    f"(scope {s.name!r}); use k between {layers} and {s.num_groups}, or scope='layer'."
+                )
         self.scope_weights = [s.resolved_weights(shapes) for s in scopes]
         by_path = {v.path: v for v in var_list}
         self._scope_vars = [[by_path[p] for p in s.paths] for s in scopes]
@@ -253,11 +264,15 @@ class WGSEF(keras.optimizers.Optimizer):
         sq = prox_ops.group_sq_norms(values, axes, idx, s.num_groups)
         a = ops.sqrt(sq)
         step = lr * ops.cast(self.strength[i], "float64")
-        scales = ops.cond(  # penalty off (warm-up, fine-tuning): skip the prox's ~300 small ops
-            step > 0,
-            lambda: prox_ops.prox_scales(a, self.scope_weights[i], self.scope_k[i], step, ridge=self.ridge),
-            lambda: ops.ones_like(a),
-        )
+        d = self.scope_weights[i]
+
+        def prox():
+            # a global budget keeps each layer's best group: no layer is emptied (disconnected)
+            protect = None if s.segments is None else prox_ops.segment_leaders(a, d, s.segments)
+            return prox_ops.prox_scales(a, d, self.scope_k[i], step, ridge=self.ridge, protect=protect)
+
+        # penalty off (warm-up, fine-tuning): skip the prox's ~300 small ops
+        scales = ops.cond(step > 0, prox, lambda: ops.ones_like(a))
         return scales * ops.cast(self.mask[i], "float64"), a
 
     def _apply_prox(self, lr):

@@ -156,7 +156,7 @@ def solve_alpha(c: np.ndarray, L: np.ndarray, k: int) -> float:
     return float(aL)
 
 
-def prox_scales(a: np.ndarray, d: np.ndarray, k: int, lam: float) -> np.ndarray:
+def prox_scales(a: np.ndarray, d: np.ndarray, k: int, lam: float, protect: np.ndarray | None = None) -> np.ndarray:
     """Per-group factors ``s_j`` of ``prox_{lam WGSEF_k}``: ``prox(z)_{G_j} = s_j z_{G_j}``.
 
     Args:
@@ -164,6 +164,11 @@ def prox_scales(a: np.ndarray, d: np.ndarray, k: int, lam: float) -> np.ndarray:
       d: group weights ``d_j > 0``.
       k: number of groups allowed to stay nonzero, ``k >= 0``.
       lam: strength ``>= 0``.
+      protect: optional boolean mask of groups that always stay (a global budget's per-layer
+        floor). The ``p`` protected groups with a nonzero norm get the ridge factor
+        ``1 / (1 + lam d_j)``; the others get the prox of ``WGSEF_{k-p}`` (all zero when
+        ``p >= k``). This is the exact prox of
+        ``lam (1/2 sum_{protected} d_j ||x_j||^2 + WGSEF_{k-p}(x_rest))``.
 
     Returns:
       ``s_j = theta_j / (theta_j + lam d_j)`` in ``[0, 1]``; exactly 0 where ``theta_j = 0``.
@@ -179,6 +184,14 @@ def prox_scales(a: np.ndarray, d: np.ndarray, k: int, lam: float) -> np.ndarray:
         return np.zeros(m)
     if lam == 0:
         return np.ones(m)
+    if protect is not None:
+        kept = np.asarray(protect, dtype=bool) & (a > 0)
+        out = np.zeros(m)
+        out[kept] = 1.0 / (1.0 + lam * d[kept])
+        rest = ~kept
+        if k - np.count_nonzero(kept) > 0:
+            out[rest] = prox_scales(a[rest], d[rest], k - int(np.count_nonzero(kept)), lam)
+        return out
     L = lam * d
     theta = np.zeros(m)
     c = np.sqrt(d) * a

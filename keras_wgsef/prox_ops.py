@@ -17,11 +17,17 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
-__all__ = ["prox_scales", "group_sq_norms", "expand_scales"]
+__all__ = ["prox_scales", "segment_leaders", "group_sq_norms", "expand_scales"]
 
 
-def prox_scales(a, d, k: int, lam, ridge: bool = True):
+def prox_scales(a, d, k: int, lam, ridge: bool = True, protect=None):
     """Per-group factors of ``prox_{lam WGSEF_k}`` on tensors (float64).
+
+    With ``protect`` (0/1 per group, e.g. :func:`segment_leaders`), the protected groups with a
+    nonzero norm count as kept: they get the ridge factor ``1 / (1 + lam d_j)`` and the others the
+    prox of ``WGSEF_{k - p}`` (``p`` protected nonzero groups), i.e. the exact prox of
+    ``lam (1/2 sum_{protected} d_j ||x_j||^2 + WGSEF_{k-p}(x_rest))`` (NumPy reference:
+    :func:`keras_wgsef.prox.prox_scales` with ``protect``).
 
     Args:
       a: group norms ``||z_j||`` (float64 tensor, length m).
@@ -30,6 +36,7 @@ def prox_scales(a, d, k: int, lam, ridge: bool = True):
       lam: strength (float64 scalar tensor or float, ``>= 0``).
       ridge: when False, groups with ``theta_j = 1`` are left unshrunk (the "no ridge" heuristic
         of ``anchors.md``); the exact prox is ``ridge=True``.
+      protect: optional float64 0/1 tensor (length m) of groups that always stay.
 
     Returns:
       ``s_j = theta_j / (theta_j + lam d_j)`` (0 where ``theta_j = 0``), float64 length m.
@@ -46,7 +53,9 @@ def prox_scales(a, d, k: int, lam, ridge: bool = True):
         return ops.zeros((m,), "float64")
     lam = ops.convert_to_tensor(lam, "float64") if isinstance(lam, (int, float)) else ops.cast(lam, "float64")
     L = lam * d
-    pos = a > 0
+    pos0 = a > 0
+    kept = ops.zeros_like(a) if protect is None else ops.cast(protect, "float64") * ops.cast(pos0, "float64")
+    pos = pos0 & (kept == 0)  # the groups the envelope decides on
     posf = ops.cast(pos, "float64")
     npos = ops.sum(posf)
     c = ops.sqrt(d) * a
@@ -55,7 +64,7 @@ def prox_scales(a, d, k: int, lam, ridge: bool = True):
     lo = ops.where(pos, L / safe_c, inf)
     hi = ops.where(pos, (1.0 + L) / safe_c, inf)
     bs = ops.sort(ops.concatenate([lo, hi]))  # the 2 * npos finite breakpoints come first
-    kf = ops.cast(k, "float64")
+    kf = ops.cast(k, "float64") - ops.sum(kept)
 
     def phi(alpha):
         """phi evaluated directly (sums of nonnegative terms: no cancellation)."""
@@ -87,11 +96,36 @@ def prox_scales(a, d, k: int, lam, ridge: bool = True):
     alpha = ops.where(slope > 0, ops.clip(alpha, a_lo, a_hi), a_hi)
     theta = ops.clip(alpha * c - L, 0.0, 1.0)
     theta = ops.where(npos <= kf, ops.ones_like(theta), theta) * posf
+    theta = ops.where(kf > 0, theta, ops.zeros_like(theta)) + kept
     nz = theta > 0
     scale = theta / ops.where(nz, theta + L, ops.ones_like(theta))
     if not ridge:
         scale = ops.where(theta >= 1.0, ops.ones_like(scale), scale)
     return ops.where(nz, scale, ops.zeros_like(scale))
+
+
+def segment_leaders(a, d, segments: np.ndarray):
+    """0/1 (float64) marking, in each segment, the group ranked first by ``a_j / sqrt(d_j)``.
+
+    The first index wins ties; a segment whose norms are all zero has no leader. A global budget
+    (``scope="model"``) protects these so that no layer loses every channel during the prox.
+
+    Example:
+      >>> lead = segment_leaders(np.array([1., 3., 0., 2.]), np.ones(4), np.array([0, 0, 1, 1]))
+      >>> ops.convert_to_numpy(lead).tolist()
+      [0.0, 1.0, 0.0, 1.0]
+    """
+    a = ops.cast(a, "float64")
+    d = ops.cast(d, "float64")
+    seg = ops.convert_to_tensor(np.asarray(segments, np.int64).reshape(-1), "int32")
+    n_seg = int(np.max(segments)) + 1
+    m = int(a.shape[0])
+    r = ops.where(a > 0, a / ops.sqrt(d), -ops.ones_like(a))
+    best = ops.take(ops.segment_max(r, seg, num_segments=n_seg), seg)
+    idx = ops.cast(ops.arange(m), "float64")
+    cand = ops.where((r >= best) & (a > 0), idx, ops.full_like(idx, float(m)))
+    first = -ops.take(ops.segment_max(-cand, seg, num_segments=n_seg), seg)
+    return ops.cast((idx == first) & (a > 0), "float64")
 
 
 def _index_is_identity(index: np.ndarray, num_groups: int) -> bool:

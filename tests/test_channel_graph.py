@@ -137,9 +137,14 @@ def test_options_include_exclude_outputs_block_weights():
         channel_groups(m, block=3)
     assert np.all(channel_groups(m, weights="uniform")[0].weights == 1)
     macs = channel_groups(m, weights="macs")
-    # producer MACs per output channel + the next conv's MACs per input channel
-    assert macs[0].weights[0] == 28 * 28 * 9 + 14 * 14 * 9 * 32
-    assert macs[2].weights[0] == 7 * 7 * 9 * 32 + 10
+    # d_j = group size x relative cost; cost = producer MACs per output channel + the next
+    # conv's MACs per input channel; the mean cost over every group of the model is 1
+    cost = np.repeat([28 * 28 * 9 + 14 * 14 * 9 * 32, 14 * 14 * 9 * 16 + 7 * 7 * 9 * 64, 7 * 7 * 9 * 32 + 10],
+                     [16, 32, 64]).astype(float)
+    shapes = {w.path: tuple(w.shape) for w in m.weights}
+    sizes = np.concatenate([s.sizes(shapes) for s in macs])
+    np.testing.assert_allclose(np.concatenate([s.weights for s in macs]), sizes * cost / cost.mean())
+    assert sizes[0] == 9 + 1 + 2  # 3x3x1 filter, bias, BN gamma and beta
     custom = channel_groups(m, weights=lambda s, model: np.arange(1, s.num_groups + 1))
     assert custom[1].weights[-1] == 32
     with pytest.raises(ValueError, match="weights must be"):

@@ -66,6 +66,56 @@ def test_tensor_prox_wide_norm_range_keeps_k():
         np.testing.assert_allclose(got * a, P.prox_scales(a, d, k, lam) * a, rtol=1e-6, atol=1e-12 * a.max())
 
 
+def numpy_leaders(a, d, segments):
+    lead = np.zeros(a.size, bool)
+    for s in np.unique(segments):
+        idx = np.flatnonzero((segments == s) & (a > 0))
+        if idx.size:
+            r = a[idx] / np.sqrt(d[idx])
+            lead[idx[np.flatnonzero(r == r.max())[0]]] = True
+    return lead
+
+
+def test_protected_tensor_prox_matches_numpy_reference():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        m = int(rng.integers(2, 40))
+        a = np.abs(rng.normal(size=m)) * 10 ** rng.uniform(-6, 3)
+        a[rng.random(m) < 0.2] = 0
+        a[rng.random(m) < 0.1] = a.max()  # ties inside a segment: the first index leads
+        d = rng.uniform(0.1, 50, size=m)
+        segments = np.sort(rng.integers(0, max(1, m // 4), size=m))
+        lead = ops.convert_to_numpy(prox_ops.segment_leaders(a, d, segments))
+        assert lead.tolist() == numpy_leaders(a, d, segments).astype(float).tolist()
+        k = int(rng.integers(1, m + 2))
+        lam = float(10 ** rng.uniform(-5, 1))
+        ref = P.prox_scales(a, d, k, lam, protect=lead > 0)
+        got = ops.convert_to_numpy(prox_ops.prox_scales(a, d, k, lam, protect=lead))
+        np.testing.assert_allclose(got * a, ref * a, rtol=1e-6, atol=1e-12 * max(1.0, a.max()))
+        alive = [s for s in np.unique(segments) if np.any(a[segments == s] > 0)]
+        assert all(np.any(got[segments == s] > 0) for s in alive)  # no layer is emptied
+
+
+def test_global_budget_keeps_every_layer_under_a_crushing_prox():
+    """Raw-MAC-like weights rank c1 last everywhere; the per-layer floor still keeps one c1 channel."""
+    model = small_model()
+    x, y = data()
+    groups = kw.make_groups(model)
+    groups = [g.replace(weights=np.full(g.num_groups, 1e4 if g.name.endswith("c1") else 1.0)) for g in groups]
+    d = np.concatenate([g.weights for g in groups])
+    a = P.group_norms(np.arange(1.0, 15.0), [[j] for j in range(14)])  # c1's norms are even the larger
+    assert P.prox_scales(a, d, 3, 0.25)[:8].max() == 0  # one such prox step alone empties c1
+    opt = kw.WGSEF(keras.optimizers.SGD(0.05), k=3, lam=5.0, groups=groups, scope="model", ridge=False)
+    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=16, epochs=3, verbose=0)
+    counts = kw.nonzero_groups(model)
+    assert len(counts) == 2 and min(counts.values()) >= 1
+    assert counts["c1"] == 1  # the prox keeps only the protected leader of the crushed layer
+    with pytest.raises(ValueError, match="k = 1 groups over 2 layers.*between 2 and 14"):
+        kw.WGSEF(keras.optimizers.SGD(0.1), k=1, groups=kw.make_groups(model), scope="model").build(
+            model.trainable_variables)
+
+
 def test_tensor_prox_worked_vector():
     a = P.group_norms(np.array([1, -2, 0.5, 3, 1, -0.2]), [[0, 1], [2], [3, 4], [5]])
     s = ops.convert_to_numpy(prox_ops.prox_scales(a, np.array([2, 1, 0.5, 1.0]), 2, 0.5))

@@ -124,6 +124,36 @@ def test_prox_minimizes_objective_against_perturbations():
             assert other >= best - 1e-9
 
 
+def test_protected_prox_minimizes_ridge_plus_smaller_envelope():
+    """prox with protected groups: the minimiser of lam (ridge on them + WGSEF_{k-p} on the rest)."""
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        m = int(rng.integers(3, 9))
+        sizes = rng.integers(1, 4, size=m)
+        groups = np.split(np.arange(sizes.sum()), np.cumsum(sizes)[:-1])
+        d = rng.uniform(0.5, 3, size=m)
+        z = rng.normal(size=sizes.sum()) * 2
+        k = int(rng.integers(2, m + 1))
+        lam = float(10 ** rng.uniform(-2, 0.5))
+        protect = np.zeros(m, bool)
+        protect[rng.choice(m, size=int(rng.integers(1, k)), replace=False)] = True
+        rest = [g for g, p in zip(groups, protect) if not p]
+        kr = k - int(protect.sum())
+
+        def objective(x):
+            ridge = sum(0.5 * d[j] * np.sum(x[g] ** 2) for j, g in enumerate(groups) if protect[j])
+            xr = np.concatenate([x[g] for g in rest])
+            gr = np.split(np.arange(xr.size), np.cumsum([len(g) for g in rest])[:-1])
+            return lam * (ridge + P.wgsef_value(xr, gr, kr, d[~protect])) + 0.5 * np.sum((x - z) ** 2)
+
+        s = P.prox_scales(P.group_norms(z, groups), d, k, lam, protect=protect)
+        x = z * np.repeat(s, sizes)
+        assert np.all(s[protect] > 0) and np.count_nonzero(s) >= k
+        best = objective(x)
+        for _ in range(60):
+            assert objective(x + rng.normal(size=x.size) * 10 ** rng.uniform(-3, 0)) >= best - 1e-9
+
+
 def test_prox_keeps_at_least_k_groups():
     rng = np.random.default_rng(3)
     for _ in range(100):
