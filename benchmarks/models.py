@@ -17,7 +17,9 @@ are parameterised by the widths of their channel *scopes* (the groups that
   blocks DW3x3-BN-ReLU-PW1x1-BN-ReLU, GAP, Dense) with widths 32/64 sized for 28x28 inputs.
   Scopes: the stem and the four pointwise convs (each depthwise conv carries its input's channels).
 
-``gamma_l1`` adds an L1 penalty on every BatchNorm gamma (Network Slimming).
+``gamma_l1`` adds an L1 penalty on every BatchNorm gamma (Network Slimming). ``K`` is the Keras
+module the layers come from: Keras 3 here, ``tf_keras`` in the TF-MOT baseline's own process
+(``tfmot_baseline.py``), so every method trains exactly the same architecture.
 """
 
 from __future__ import annotations
@@ -29,69 +31,69 @@ RESNET8_WIDTHS = (16, 16, 32, 32, 64, 64)
 DSCNN_WIDTHS = (32, 64, 64, 64, 64)
 
 
-def _bn(name: str, gamma_l1: float) -> keras.layers.BatchNormalization:
-    reg = keras.regularizers.L1(gamma_l1) if gamma_l1 > 0 else None
-    return keras.layers.BatchNormalization(name=name, gamma_regularizer=reg)
+def _bn(name: str, gamma_l1: float, K=keras):
+    reg = K.regularizers.L1(gamma_l1) if gamma_l1 > 0 else None
+    return K.layers.BatchNormalization(name=name, gamma_regularizer=reg)
 
 
-def anchor(widths=ANCHOR_WIDTHS, gamma_l1: float = 0.0) -> keras.Model:
-    inp = keras.Input((28, 28, 1))
+def anchor(widths=ANCHOR_WIDTHS, gamma_l1: float = 0.0, K=keras):
+    inp = K.Input((28, 28, 1))
     h = inp
     for i, w in enumerate(widths):
-        h = keras.layers.Conv2D(int(w), 3, padding="same", name=f"conv{i + 1}")(h)
-        h = _bn(f"bn{i + 1}", gamma_l1)(h)
-        h = keras.layers.ReLU(name=f"relu{i + 1}")(h)
+        h = K.layers.Conv2D(int(w), 3, padding="same", name=f"conv{i + 1}")(h)
+        h = _bn(f"bn{i + 1}", gamma_l1, K)(h)
+        h = K.layers.ReLU(name=f"relu{i + 1}")(h)
         if i < len(widths) - 1:
-            h = keras.layers.MaxPooling2D(name=f"pool{i + 1}")(h)
-    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
-    out = keras.layers.Dense(10, name="head")(h)
-    return keras.Model(inp, out, name="anchor_cnn")
+            h = K.layers.MaxPooling2D(name=f"pool{i + 1}")(h)
+    h = K.layers.GlobalAveragePooling2D(name="gap")(h)
+    out = K.layers.Dense(10, name="head")(h)
+    return K.Model(inp, out, name="anchor_cnn")
 
 
-def resnet8(widths=RESNET8_WIDTHS, gamma_l1: float = 0.0) -> keras.Model:
+def resnet8(widths=RESNET8_WIDTHS, gamma_l1: float = 0.0, K=keras):
     s1, i1, i2, s2, i3, s3 = (int(w) for w in widths)
-    inp = keras.Input((28, 28, 1))
-    h = keras.layers.Conv2D(s1, 3, strides=2, padding="same", name="stem")(inp)
-    h = _bn("stem_bn", gamma_l1)(h)
-    h = keras.layers.ReLU(name="stem_relu")(h)
+    inp = K.Input((28, 28, 1))
+    h = K.layers.Conv2D(s1, 3, strides=2, padding="same", name="stem")(inp)
+    h = _bn("stem_bn", gamma_l1, K)(h)
+    h = K.layers.ReLU(name="stem_relu")(h)
     # stack 1: identity shortcut (its output channels are the stem's: one scope)
-    y = keras.layers.Conv2D(i1, 3, padding="same", name="s1_conv1")(h)
-    y = _bn("s1_bn1", gamma_l1)(y)
-    y = keras.layers.ReLU(name="s1_relu1")(y)
-    y = keras.layers.Conv2D(s1, 3, padding="same", name="s1_conv2")(y)
-    y = _bn("s1_bn2", gamma_l1)(y)
-    h = keras.layers.ReLU(name="s1_out")(keras.layers.Add(name="s1_add")([h, y]))
+    y = K.layers.Conv2D(i1, 3, padding="same", name="s1_conv1")(h)
+    y = _bn("s1_bn1", gamma_l1, K)(y)
+    y = K.layers.ReLU(name="s1_relu1")(y)
+    y = K.layers.Conv2D(s1, 3, padding="same", name="s1_conv2")(y)
+    y = _bn("s1_bn2", gamma_l1, K)(y)
+    h = K.layers.ReLU(name="s1_out")(K.layers.Add(name="s1_add")([h, y]))
     # stacks 2 and 3: strided, 1x1 projection shortcut
     for n, (inner, outw) in ((2, (i2, s2)), (3, (i3, s3))):
-        y = keras.layers.Conv2D(inner, 3, strides=2, padding="same", name=f"s{n}_conv1")(h)
-        y = _bn(f"s{n}_bn1", gamma_l1)(y)
-        y = keras.layers.ReLU(name=f"s{n}_relu1")(y)
-        y = keras.layers.Conv2D(outw, 3, padding="same", name=f"s{n}_conv2")(y)
-        y = _bn(f"s{n}_bn2", gamma_l1)(y)
-        sc = keras.layers.Conv2D(outw, 1, strides=2, padding="same", name=f"s{n}_short")(h)
-        sc = _bn(f"s{n}_short_bn", gamma_l1)(sc)
-        h = keras.layers.ReLU(name=f"s{n}_out")(keras.layers.Add(name=f"s{n}_add")([sc, y]))
-    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
-    out = keras.layers.Dense(10, name="head")(h)
-    return keras.Model(inp, out, name="resnet8")
+        y = K.layers.Conv2D(inner, 3, strides=2, padding="same", name=f"s{n}_conv1")(h)
+        y = _bn(f"s{n}_bn1", gamma_l1, K)(y)
+        y = K.layers.ReLU(name=f"s{n}_relu1")(y)
+        y = K.layers.Conv2D(outw, 3, padding="same", name=f"s{n}_conv2")(y)
+        y = _bn(f"s{n}_bn2", gamma_l1, K)(y)
+        sc = K.layers.Conv2D(outw, 1, strides=2, padding="same", name=f"s{n}_short")(h)
+        sc = _bn(f"s{n}_short_bn", gamma_l1, K)(sc)
+        h = K.layers.ReLU(name=f"s{n}_out")(K.layers.Add(name=f"s{n}_add")([sc, y]))
+    h = K.layers.GlobalAveragePooling2D(name="gap")(h)
+    out = K.layers.Dense(10, name="head")(h)
+    return K.Model(inp, out, name="resnet8")
 
 
-def dscnn(widths=DSCNN_WIDTHS, gamma_l1: float = 0.0) -> keras.Model:
-    inp = keras.Input((28, 28, 1))
-    h = keras.layers.Conv2D(int(widths[0]), 3, strides=2, padding="same", name="stem")(inp)
-    h = _bn("stem_bn", gamma_l1)(h)
-    h = keras.layers.ReLU(name="stem_relu")(h)
+def dscnn(widths=DSCNN_WIDTHS, gamma_l1: float = 0.0, K=keras):
+    inp = K.Input((28, 28, 1))
+    h = K.layers.Conv2D(int(widths[0]), 3, strides=2, padding="same", name="stem")(inp)
+    h = _bn("stem_bn", gamma_l1, K)(h)
+    h = K.layers.ReLU(name="stem_relu")(h)
     for b, w in enumerate(widths[1:], start=1):
         stride = 2 if b == 2 else 1
-        h = keras.layers.DepthwiseConv2D(3, strides=stride, padding="same", name=f"dw{b}")(h)
-        h = _bn(f"dw{b}_bn", gamma_l1)(h)
-        h = keras.layers.ReLU(name=f"dw{b}_relu")(h)
-        h = keras.layers.Conv2D(int(w), 1, name=f"pw{b}")(h)
-        h = _bn(f"pw{b}_bn", gamma_l1)(h)
-        h = keras.layers.ReLU(name=f"pw{b}_relu")(h)
-    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
-    out = keras.layers.Dense(10, name="head")(h)
-    return keras.Model(inp, out, name="dscnn")
+        h = K.layers.DepthwiseConv2D(3, strides=stride, padding="same", name=f"dw{b}")(h)
+        h = _bn(f"dw{b}_bn", gamma_l1, K)(h)
+        h = K.layers.ReLU(name=f"dw{b}_relu")(h)
+        h = K.layers.Conv2D(int(w), 1, name=f"pw{b}")(h)
+        h = _bn(f"pw{b}_bn", gamma_l1, K)(h)
+        h = K.layers.ReLU(name=f"pw{b}_relu")(h)
+    h = K.layers.GlobalAveragePooling2D(name="gap")(h)
+    out = K.layers.Dense(10, name="head")(h)
+    return K.Model(inp, out, name="dscnn")
 
 
 BUILDERS = {"anchor": (anchor, ANCHOR_WIDTHS), "resnet8": (resnet8, RESNET8_WIDTHS), "dscnn": (dscnn, DSCNN_WIDTHS)}

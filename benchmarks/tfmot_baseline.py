@@ -1,9 +1,10 @@
-"""TF Model Optimization ``prune_low_magnitude`` on the anchor CNN, in its own process and venv.
+"""TF Model Optimization ``prune_low_magnitude`` on a benchmark model, in its own process and venv.
 
 TF-MOT 0.8 is Keras-2 only (``shared/design/stack.md``): it needs ``tf-keras`` (which needs the full
 ``tensorflow`` wheel) and sets ``TF_USE_LEGACY_KERAS=1`` for its process. So this script runs with
-``/work/main/.venv-tfmot/bin/python`` (``ensure_venv`` creates it when missing) and never imports
-``keras_wgsef``. It trains the same architecture with the same schedule as the main benchmark
+``.venv-tfmot/bin/python`` (``ensure_venv`` creates it when missing) and never imports
+``keras_wgsef``. It builds the model with the benchmark's own builders (``models.py``, called with
+``K=tf_keras``) and trains it with the same schedule as the main benchmark
 (SGD momentum 0.9, lr 0.1 cosine decay, batch 64), ramps the sparsity with ``PolynomialDecay`` from
 ``start_epoch`` to ``prune_epoch`` (the structured methods' projection point), keeps the mask while
 fine-tuning to the end (``UpdatePruningStep``), ``strip_pruning``, recalibrates BatchNorm on the
@@ -11,7 +12,7 @@ training set (as for every method), and exports int8 exactly like ``tflite_expor
 (``Optimize.DEFAULT``, 200 training images for calibration, ``TFLITE_BUILTINS_INT8``, int8 I/O). The
 main process measures the ``.tflite`` with ``tflite_export.measure``.
 
-    .venv-tfmot/bin/python benchmarks/tfmot_baseline.py --data d.npz --out dir --sparsity 0.742 --seed 0
+    .venv-tfmot/bin/python benchmarks/tfmot_baseline.py --model anchor --data d.npz --out dir --sparsity 0.742
 """
 
 from __future__ import annotations
@@ -45,42 +46,34 @@ def ensure_venv(log=print) -> str:
     return py
 
 
-def anchor_tfkeras(tfk, widths=(16, 32, 64)):
-    inp = tfk.Input((28, 28, 1))
-    h = inp
-    for i, w in enumerate(widths):
-        h = tfk.layers.Conv2D(w, 3, padding="same", name=f"conv{i + 1}")(h)
-        h = tfk.layers.BatchNormalization(name=f"bn{i + 1}")(h)
-        h = tfk.layers.ReLU(name=f"relu{i + 1}")(h)
-        if i < len(widths) - 1:
-            h = tfk.layers.MaxPooling2D(name=f"pool{i + 1}")(h)
-    h = tfk.layers.GlobalAveragePooling2D(name="gap")(h)
-    out = tfk.layers.Dense(10, name="head")(h)
-    return tfk.Model(inp, out, name="anchor_cnn")
-
-
 def recalibrate_bn(tfk, model, x, batch=500):
     """Exact moving mean/variance of every BN layer from ``x``, in layer order (as keras_wgsef does).
 
-    The anchor model is a chain, so the activations are carried layer by layer (after
-    ``strip_pruning`` the layers' ``input`` tensors belong to the pre-strip graph).
+    Works on a fresh copy of the graph (after ``strip_pruning`` the layers' ``input`` tensors belong
+    to the pre-strip graph): each BN's input is computed by a sub-model, after the BNs before it
+    were set. Returns the recalibrated copy.
     """
     import numpy as np
 
-    hs = [x[i:i + batch] for i in range(0, len(x), batch)]
-    for layer in model.layers[1:]:
+    fresh = tfk.Model.from_config(model.get_config())
+    fresh.set_weights(model.get_weights())
+    for layer in fresh.layers:
         if isinstance(layer, tfk.layers.BatchNormalization):
-            flat = [np.asarray(h, np.float64).reshape(-1, h.shape[-1]) for h in hs]
+            sub = tfk.Model(fresh.inputs, layer.input)
+            flat = [np.asarray(sub(x[i:i + batch], training=False), np.float64).reshape(-1, layer.input.shape[-1])
+                    for i in range(0, len(x), batch)]
             n = sum(len(f) for f in flat)
             mean = sum(f.sum(0) for f in flat) / n
             var = np.maximum(sum((f ** 2).sum(0) for f in flat) / n - mean ** 2, 0)
             layer.moving_mean.assign(mean.astype("float32"))
             layer.moving_variance.assign(var.astype("float32"))
-        hs = [layer(h, training=False) for h in hs]
+    return fresh
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="anchor", help="a key of models.BUILDERS")
+    p.add_argument("--threads", type=int, default=0, help="TensorFlow threads (0: TensorFlow's default)")
     p.add_argument("--data", required=True, help="npz with x, y, xt, yt")
     p.add_argument("--out", required=True, help="directory for <tag>.tflite and <tag>.json")
     p.add_argument("--sparsity", type=float, nargs="+", required=True)
@@ -98,6 +91,14 @@ def main() -> None:
     import tensorflow_model_optimization as tfmot
     import tf_keras as tfk
 
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from models import BUILDERS
+
+    if a.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(a.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(a.threads)
+    builder, widths = BUILDERS[a.model]
+
     d = np.load(a.data)
     x, y, xt, yt = d["x"], d["y"], d["xt"], d["yt"]
     steps = int(np.ceil(len(x) / a.batch))
@@ -109,7 +110,7 @@ def main() -> None:
             schedule = tfmot.sparsity.keras.PolynomialDecay(
                 initial_sparsity=0.0, final_sparsity=float(s), begin_step=int(a.start_epoch * steps),
                 end_step=int(a.prune_epoch * steps), frequency=max(1, steps // 4))
-            model = tfmot.sparsity.keras.prune_low_magnitude(anchor_tfkeras(tfk), pruning_schedule=schedule)
+            model = tfmot.sparsity.keras.prune_low_magnitude(builder(widths, K=tfk), pruning_schedule=schedule)
             lr = tfk.optimizers.schedules.CosineDecay(0.1, decay_steps=steps * a.epochs)
             model.compile(optimizer=tfk.optimizers.SGD(lr, momentum=0.9),
                           loss=tfk.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
@@ -125,7 +126,7 @@ def main() -> None:
             model.fit(x, y, batch_size=a.batch, epochs=a.epochs, verbose=0,
                       callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), Timer()])
             model = tfmot.sparsity.keras.strip_pruning(model)
-            recalibrate_bn(tfk, model, x)
+            model = recalibrate_bn(tfk, model, x)
             float_acc = float(np.mean(np.argmax(model.predict(xt, batch_size=500, verbose=0), 1) == yt))
             kernels = [w for w in model.weights if w.name.endswith("kernel:0")]
             zeros = sum(int(np.sum(w.numpy() == 0)) for w in kernels)
