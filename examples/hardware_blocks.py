@@ -2,8 +2,8 @@
 
 SIMD kernels (CMSIS-NN, vector extensions) process channels in blocks; a width that is not a
 multiple of the block wastes lanes. Here every group is a block of 8 consecutive channels
-(``kw.make_groups(model, "block", block=8, weights="macs")``), weighted by the MACs it costs,
-and all blocks share one envelope (``WGSEF(..., scope="model")``): the optimizer decides how many
+(``kw.make_groups(model, "block", block=8, weights="macs")``), weighted by its size times its
+relative MAC cost, and all blocks share one envelope (``WGSEF(..., scope="model")``): the optimizer decides how many
 blocks each layer keeps, preferring to drop expensive ones. The example prints the widths it
 chose (multiples of 8), shrinks with ``multiple=8`` and measures MACs, bytes, arena and TFLM
 instructions before and after. ``examples/hardware_blocks.ipynb`` is this file split into cells
@@ -21,9 +21,10 @@ instructions before and after. ``examples/hardware_blocks.ipynb`` is this file s
 # about as much as one of 24. This example makes the block the unit of sparsity:
 #
 # * `kw.make_groups(model, "block", block=8, weights="macs")`: one group = 8 consecutive output
-#   channels (filters, biases, BatchNorm), with weight `d_j` = the MACs the block costs (its own
-#   and those of the next layer reading it). Groups are ranked by `||x_j|| / sqrt(d_j)`, so an
-#   expensive block must earn its place with a larger norm.
+#   channels (filters, biases, BatchNorm), with weight `d_j = |G_j| * c_j`: the block's size times
+#   its relative cost `c_j` (the MACs it costs, its own and those of the next layer reading it,
+#   divided by the mean over all blocks). Groups are ranked by `||x_j|| / sqrt(d_j)`, i.e. by their
+#   RMS weight over `sqrt(c_j)`, so an expensive block must earn its place with larger weights.
 # * `WGSEF(..., scope="model")`: one envelope over every block of every layer, with a global `k`
 #   (here a fraction of all blocks): the per-layer widths are chosen by training, not by you.
 # * `shrink(model, sample, multiple=8)` keeps every width a multiple of 8.
@@ -112,19 +113,22 @@ print(f"CNN: {model.count_params():,} parameters, {macs_dense:,} MACs per infere
 
 # %%
 groups = kw.make_groups(model, "block", block=BLOCK, weights="macs", exclude=FIXED)
+shapes = {v.path: tuple(v.shape) for v in model.weights}
 for scope in groups:
-    print(f"{scope.name:8s} {scope.num_groups} blocks of {BLOCK}, MACs per block {scope.weights[0]:,.0f}")
+    size = scope.sizes(shapes)[0]
+    print(f"{scope.name:8s} {scope.num_groups} blocks of {BLOCK}: {size:,.0f} weights each, "
+          f"relative MAC cost {scope.weights[0] / size:.2f}, d_j = {scope.weights[0]:,.0f}")
 total_blocks = sum(s.num_groups for s in groups)
 print(f"{total_blocks} blocks in all; keep {max(1, round(KEEP * total_blocks))}")
 
 # %% [markdown]
-# **Mind the budget.** The projection ranks blocks by `||x_j|| / sqrt(d_j)`; with BatchNorm after
-# every convolution the kernel norms say little about importance, so the MAC weights decide: the
-# cheap blocks (conv3's) go first into the budget, the expensive ones (conv2's) fill what is left.
-# There is no per-layer floor: a budget no larger than the cheap layers' blocks would empty conv2
-# and leave a constant network (with `KEEP = 0.5` here it does). The stem (`FIXED`) is left out
-# of the budget for the same reason: its blocks are the most expensive of all (each feeds 64 3x3
-# filters at full resolution). The cell after training checks that every layer kept a block.
+# **The budget's floor.** One envelope over all layers could empty a whole layer and leave a
+# constant network; `scope="model"` prevents it: at every prox step each layer's best block is
+# protected (ridge only) and the envelope decides the other `k - layers` blocks, and the
+# projection keeps one block per layer too. `k` must therefore be at least the number of layers
+# in the budget. The stem (`FIXED`) is left out of the budget (`exclude=`) to show how to keep a
+# layer at full width: it never enters the envelope. The cell after training checks that every
+# layer kept a block.
 #
 # ## Training with one global envelope
 # `ReachK` works the same on one scope: dense warm-up, mild prox, projection to the top k blocks

@@ -106,35 +106,37 @@ def value_of_scaled(z, groups, d, k, lam, s):
     return lam * P.wgsef_value(x, groups, k, d) + 0.5 * np.sum((x - z) ** 2), x
 
 
+def random_problem(rng):
+    """A small random prox problem: group sizes, groups, weights, point z, strength."""
+    m = int(rng.integers(3, 9))
+    sizes = rng.integers(1, 4, size=m)
+    groups = np.split(np.arange(sizes.sum()), np.cumsum(sizes)[:-1])
+    return sizes, groups, rng.uniform(0.5, 3, size=m), rng.normal(size=sizes.sum()) * 2, float(10 ** rng.uniform(-2, 0.5))
+
+
+def assert_minimiser(objective, x, rng, tries=60):
+    """No random perturbation of x (at several scales) lowers the convex objective."""
+    best = objective(x)
+    for _ in range(tries):
+        assert objective(x + rng.normal(size=x.size) * 10 ** rng.uniform(-3, 0)) >= best - 1e-9
+
+
 def test_prox_minimizes_objective_against_perturbations():
     rng = np.random.default_rng(2)
     for _ in range(40):
-        m = int(rng.integers(3, 9))
-        sizes = rng.integers(1, 4, size=m)
-        groups = np.split(np.arange(sizes.sum()), np.cumsum(sizes)[:-1])
-        d = rng.uniform(0.5, 3, size=m)
-        z = rng.normal(size=sizes.sum()) * 2
-        k = int(rng.integers(1, m))
-        lam = float(10 ** rng.uniform(-2, 0.5))
+        sizes, groups, d, z, lam = random_problem(rng)
+        k = int(rng.integers(1, sizes.size))
         x = P.wgsef_prox(z, groups, k, lam, d)
-        best = lam * P.wgsef_value(x, groups, k, d) + 0.5 * np.sum((x - z) ** 2)
-        for _ in range(60):  # any other point is no better (convex objective)
-            y = x + rng.normal(size=x.size) * 10 ** rng.uniform(-3, 0)
-            other = lam * P.wgsef_value(y, groups, k, d) + 0.5 * np.sum((y - z) ** 2)
-            assert other >= best - 1e-9
+        assert_minimiser(lambda y: lam * P.wgsef_value(y, groups, k, d) + 0.5 * np.sum((y - z) ** 2), x, rng)
 
 
 def test_protected_prox_minimizes_ridge_plus_smaller_envelope():
     """prox with protected groups: the minimiser of lam (ridge on them + WGSEF_{k-p} on the rest)."""
     rng = np.random.default_rng(5)
     for _ in range(40):
-        m = int(rng.integers(3, 9))
-        sizes = rng.integers(1, 4, size=m)
-        groups = np.split(np.arange(sizes.sum()), np.cumsum(sizes)[:-1])
-        d = rng.uniform(0.5, 3, size=m)
-        z = rng.normal(size=sizes.sum()) * 2
+        sizes, groups, d, z, lam = random_problem(rng)
+        m = sizes.size
         k = int(rng.integers(2, m + 1))
-        lam = float(10 ** rng.uniform(-2, 0.5))
         protect = np.zeros(m, bool)
         protect[rng.choice(m, size=int(rng.integers(1, k)), replace=False)] = True
         rest = [g for g, p in zip(groups, protect) if not p]
@@ -147,11 +149,8 @@ def test_protected_prox_minimizes_ridge_plus_smaller_envelope():
             return lam * (ridge + P.wgsef_value(xr, gr, kr, d[~protect])) + 0.5 * np.sum((x - z) ** 2)
 
         s = P.prox_scales(P.group_norms(z, groups), d, k, lam, protect=protect)
-        x = z * np.repeat(s, sizes)
         assert np.all(s[protect] > 0) and np.count_nonzero(s) >= k
-        best = objective(x)
-        for _ in range(60):
-            assert objective(x + rng.normal(size=x.size) * 10 ** rng.uniform(-3, 0)) >= best - 1e-9
+        assert_minimiser(objective, z * np.repeat(s, sizes), rng)
 
 
 def test_prox_keeps_at_least_k_groups():
