@@ -96,7 +96,8 @@ def test_protected_tensor_prox_matches_numpy_reference():
         assert all(np.any(got[segments == s] > 0) for s in alive)  # no layer is emptied
 
 
-def test_global_budget_keeps_every_layer_under_a_crushing_prox():
+@pytest.mark.parametrize("jit", [False, True])
+def test_global_budget_keeps_every_layer_under_a_crushing_prox(jit):
     """Raw-MAC-like weights rank c1 last everywhere; the per-layer floor still keeps one c1 channel."""
     model = small_model()
     x, y = data()
@@ -106,7 +107,7 @@ def test_global_budget_keeps_every_layer_under_a_crushing_prox():
     a = P.group_norms(np.arange(1.0, 15.0), [[j] for j in range(14)])  # c1's norms are even the larger
     assert P.prox_scales(a, d, 3, 0.25)[:8].max() == 0  # one such prox step alone empties c1
     opt = kw.WGSEF(keras.optimizers.SGD(0.05), k=3, lam=5.0, groups=groups, scope="model", ridge=False)
-    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
     model.fit(x, y, batch_size=16, epochs=3, verbose=0)
     counts = kw.nonzero_groups(model)
     assert len(counts) == 2 and min(counts.values()) >= 1
