@@ -72,7 +72,6 @@ TUNE = {
     "slimming": ("lam", (1e-4, 1e-3, 1e-2)),
 }
 RESULTS_JSON = os.path.join(HERE, "results.json")
-RESULTS_MD = os.path.join(HERE, "RESULTS.md")
 
 #: unit family -> the methods (results rows) it produces
 FAMILIES = {
@@ -490,8 +489,7 @@ class Runner:
             for model in self.a.models:
                 e = self.epochs_of(model)
                 for fam, methods in FAMILIES.items():
-                    keeps = {"dense": (1.0,)}
-                    if any(p.todo(model, m, k, seed, e) for m in methods for k in keeps.get(m, KEEPS)):
+                    if any(p.todo(model, m, k, seed, e) for m in methods for k in ((1.0,) if m == "dense" else KEEPS)):
                         units.append({"family": fam, "model": model, "seed": seed, "epochs": e})
         return units
 
@@ -499,8 +497,8 @@ class Runner:
         if not units:
             return
         params = self.chosen()
-        args = {k: v for k, v in vars(self.a).items()}
-        jobs = [(u, args, sorted(self.probe.done), self.db["arch"], params) for u in units]
+        job = (dict(vars(self.a)), sorted(self.probe.done), self.db["arch"], params)  # the same for every unit
+        jobs = [(u, *job) for u in units]
         results = pool.imap_unordered(_work, jobs) if pool is not None else map(_work, jobs)
         for n, res in enumerate(results, 1):
             self.db["runs"] += res["runs"]
