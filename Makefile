@@ -7,17 +7,24 @@ STAMP  := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install test test-slow demo bench bench-compare clean
+.PHONY: install lint test test-slow demo bench bench-compare clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,lint]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
-test: $(STAMP)
+# ruff (lint + format check) and mypy; `make test` runs them first
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# lint, type check, then the suite with every docstring example (--doctest-modules, see pyproject.toml)
+test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-slow: $(STAMP)

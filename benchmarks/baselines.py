@@ -25,8 +25,9 @@ import numpy as np
 from keras import ops
 
 from keras_wgsef import prox_ops
-from keras_wgsef.groups import GroupScope
-from keras_wgsef.stats import scope_norms
+from keras_wgsef.graph.model_graph import model_weights
+from keras_wgsef.groups.scope import GroupScope
+from keras_wgsef.sparsity import scope_norms
 
 __all__ = [
     "EpochTimer",
@@ -58,8 +59,9 @@ class GroupLassoProx(keras.callbacks.Callback):
         (t in epochs, fractional).
     """
 
-    def __init__(self, scopes: Sequence[GroupScope], lam: float, start_epoch: float = 0.0,
-                 stop_epoch: float = math.inf) -> None:
+    def __init__(
+        self, scopes: Sequence[GroupScope], lam: float, start_epoch: float = 0.0, stop_epoch: float = math.inf
+    ) -> None:
         super().__init__()
         self.scopes = list(scopes)
         self.lam = float(lam)
@@ -69,9 +71,9 @@ class GroupLassoProx(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None) -> None:
         self.steps = int(self.params.get("steps") or 1)
-        by_path = {v.path: v for v in self.model.trainable_variables}
+        by_path = model_weights(self.model)
         self._vars = [[by_path[p] for p in s.paths] for s in self.scopes]
-        shapes = {v.path: tuple(v.shape) for v in self.model.trainable_variables}
+        shapes = {p: tuple(v.shape) for p, v in by_path.items()}
         self._sqrt_d = [np.sqrt(s.resolved_weights(shapes)) for s in self.scopes]
 
     def on_epoch_begin(self, epoch, logs=None) -> None:
@@ -85,7 +87,9 @@ class GroupLassoProx(keras.callbacks.Callback):
         eta = _current_lr(opt, int(opt.iterations.numpy()) - 1)  # the rate of the step just taken
         for s, variables, sqrt_d in zip(self.scopes, self._vars, self._sqrt_d):
             values = [ops.convert_to_tensor(v) for v in variables]
-            sq = prox_ops.group_sq_norms(values, [mb.axis for mb in s.members], [mb.index for mb in s.members], s.num_groups)
+            sq = prox_ops.group_sq_norms(
+                values, [mb.axis for mb in s.members], [mb.index for mb in s.members], s.num_groups
+            )
             a = ops.sqrt(sq)
             thr = ops.convert_to_tensor(eta * self.lam * sqrt_d, "float64")
             scales = ops.where(a > thr, 1.0 - thr / ops.where(a > 0, a, ops.ones_like(a)), ops.zeros_like(a))
@@ -95,7 +99,7 @@ class GroupLassoProx(keras.callbacks.Callback):
 
 
 def _values(model: keras.Model) -> dict[str, np.ndarray]:
-    return {v.path: v.numpy() for v in model.variables}
+    return {p: v.numpy() for p, v in model_weights(model).items()}
 
 
 def rank_group_norm(scope: GroupScope, values: dict[str, np.ndarray], shapes) -> np.ndarray:
@@ -131,7 +135,7 @@ def project_topk(model: keras.Model, scopes: Sequence[GroupScope], ks: Sequence[
     """
     values = _values(model)
     shapes = {p: v.shape for p, v in values.items()}
-    by_path = {v.path: v for v in model.variables}
+    by_path = model_weights(model)
     supports = []
     for s, k in zip(scopes, ks):
         r = rank(s, values, shapes)

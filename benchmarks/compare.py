@@ -91,7 +91,7 @@ def log(*a) -> None:
 
 def points(epochs: int) -> tuple[float, int]:
     """(start epoch of the penalty, projection epoch): 1 and 8 of 15, scaled to other budgets."""
-    return epochs / 15.0, max(1, int(round(8 * epochs / 15.0)))
+    return epochs / 15.0, max(1, round(8 * epochs / 15.0))
 
 
 def sgd(steps: int, epochs: int, offset: int = 0) -> keras.optimizers.Optimizer:
@@ -103,8 +103,11 @@ def compile_(model, opt) -> None:
 
 
 def accuracy(model, x, y) -> float:
-    pred = np.concatenate([np.asarray(model(x[i:i + 500], training=False)) for i in range(0, len(x), 500)])
-    return float(np.mean(pred.argmax(1) == y))
+    """Float accuracy of a Keras model (``tflite_export.class_accuracy`` on its outputs)."""
+    from tflite_export import class_accuracy
+
+    pred = np.concatenate([np.asarray(model(x[i : i + 500], training=False)) for i in range(0, len(x), 500)])
+    return class_accuracy(pred, y)
 
 
 def snapshot(model) -> dict[str, np.ndarray]:
@@ -137,45 +140,114 @@ class Bench:
         return self.a.only is None or re.search(self.a.only, f"{model}:{method}") is not None
 
     def todo(self, model, method, keep, seed, epochs) -> bool:
-        return self.wanted(model, method) and run_key(
-            {"model": model, "method": method, "keep": keep, "seed": seed, "epochs": epochs}) not in self.done
+        return (
+            self.wanted(model, method)
+            and run_key({"model": model, "method": method, "keep": keep, "seed": seed, "epochs": epochs})
+            not in self.done
+        )
 
     # ------------------------------------------------------------------ export + measure
     def finish(self, model_name, method, keep, seed, epochs, model, float_acc, epoch_s, extra=None) -> None:
         """Shrink, int8-export, measure and record one trained (BN-recalibrated) model."""
-        from tflite_export import shrink, to_tflite_int8
+        from tflite_export import export, shrink
 
         thin = shrink(model, self.xt[:64])
         widths = scope_widths(thin)
-        tfl = to_tflite_int8(thin, self.x[:200], check=False)
+        arch = f"{model_name}:{'/'.join(map(str, widths))}"
+        first = arch not in self.db["arch"]
+        res = export(
+            thin,
+            self.x[:200],
+            eval_data=(self.xt, self.yt),
+            shrink=False,
+            name=method,
+            runs=100,
+            arena=first,
+            instructions=False,
+            tflm_samples=self.a.tflm_samples,
+        )
         tag = f"{model_name}_{method}_{round(100 * keep)}_s{seed}_e{epochs}"
         path = os.path.join(self.workdir, tag + ".tflite")
         with open(path, "wb") as f:
-            f.write(tfl)
-        self.record(model_name, method, keep, seed, epochs, arch=f"{model_name}:{'/'.join(map(str, widths))}",
-                    tflite=path, float_acc=float_acc, epoch_s=epoch_s, widths=widths,
-                    keras_params=kw.count_params(thin)["total"], keras_macs=kw.count_macs(thin)["total"],
-                    extra=extra)
+            f.write(res.tflite)
+        self.record(
+            model_name,
+            method,
+            keep,
+            seed,
+            epochs,
+            arch=arch,
+            tflite=path,
+            float_acc=float_acc,
+            epoch_s=epoch_s,
+            widths=widths,
+            keras_params=kw.count_params(thin)["total"],
+            keras_macs=kw.count_macs(thin)["total"],
+            extra=extra,
+            report=res.report,
+        )
 
-    def record(self, model_name, method, keep, seed, epochs, arch, tflite, float_acc, epoch_s, widths,
-               keras_params=None, keras_macs=None, extra=None) -> None:
+    def record(
+        self,
+        model_name,
+        method,
+        keep,
+        seed,
+        epochs,
+        arch,
+        tflite,
+        float_acc,
+        epoch_s,
+        widths,
+        keras_params=None,
+        keras_macs=None,
+        extra=None,
+        report=None,
+    ) -> None:
+        """Records one run; ``report`` is measured here from the ``.tflite`` file when not given."""
         from tflite_export import measure
 
-        with open(tflite, "rb") as f:
-            tfl = f.read()
         first = arch not in self.db["arch"]
-        rep = measure(tfl, self.xt, self.yt, name=method, runs=100, warmup=10, arena=first,
-                      instructions=False, tflm_samples=self.a.tflm_samples)
+        rep = report
+        if rep is None:
+            with open(tflite, "rb") as f:
+                tfl = f.read()
+            rep = measure(
+                tfl,
+                self.xt,
+                self.yt,
+                name=method,
+                runs=100,
+                warmup=10,
+                arena=first,
+                instructions=False,
+                tflm_samples=self.a.tflm_samples,
+            )
         if first:
-            self.db["arch"][arch] = {"tflm_arena_bytes": rep.tflm_arena_bytes, "tflm_instructions": None,
-                                     "tflite": tflite}
+            self.db["arch"][arch] = {
+                "tflm_arena_bytes": rep.tflm_arena_bytes,
+                "tflm_instructions": None,
+                "tflite": tflite,
+            }
         rec = {
-            "model": model_name, "method": method, "keep": keep, "seed": seed, "epochs": epochs,
-            "arch": arch, "widths": widths, "float_acc": float_acc,
-            "int8_acc": rep.accuracy_litert, "int8_acc_tflm": rep.accuracy_tflm, "n_tflm": rep.n_tflm,
-            "params": rep.params, "macs": rep.macs, "keras_params": keras_params, "keras_macs": keras_macs,
+            "model": model_name,
+            "method": method,
+            "keep": keep,
+            "seed": seed,
+            "epochs": epochs,
+            "arch": arch,
+            "widths": widths,
+            "float_acc": float_acc,
+            "int8_acc": rep.accuracy_litert,
+            "int8_acc_tflm": rep.accuracy_tflm,
+            "n_tflm": rep.n_tflm,
+            "params": rep.params,
+            "macs": rep.macs,
+            "keras_params": keras_params,
+            "keras_macs": keras_macs,
             "tflite_bytes": rep.file_bytes,
-            "latency_xnnpack_us": rep.litert_xnnpack_median_us, "latency_ref_us": rep.litert_ref_median_us,
+            "latency_xnnpack_us": rep.litert_xnnpack_median_us,
+            "latency_ref_us": rep.litert_ref_median_us,
             "epoch_s": [round(s, 3) for s in epoch_s],
             "epoch_s_median": float(np.median(epoch_s[1:] if len(epoch_s) > 1 else epoch_s)),
             "train_s": float(np.sum(epoch_s)),
@@ -183,8 +255,10 @@ class Bench:
         rec.update(extra or {})
         self.db["runs"].append(rec)
         self.done.add(run_key(rec))
-        log(f"  {model_name:8s} {method:13s} keep={keep:<5} seed={seed} widths={widths} float={100 * float_acc:.1f} "
-            f"int8={100 * (rep.accuracy_litert or 0):.1f} MACs={rep.macs:,} epoch={rec['epoch_s_median']:.1f}s")
+        log(
+            f"  {model_name:8s} {method:13s} keep={keep:<5} seed={seed} widths={widths} float={100 * float_acc:.1f} "
+            f"int8={100 * (rep.accuracy_litert or 0):.1f} MACs={rep.macs:,} epoch={rec['epoch_s_median']:.1f}s"
+        )
 
     # ------------------------------------------------------------------ training pieces
     def build(self, model_name, widths=None, gamma_l1=0.0):
@@ -202,12 +276,26 @@ class Bench:
         thin.fit(x, y, batch_size=BATCH, epochs=epochs - start, verbose=0, callbacks=[timer])
         return timer.seconds
 
-    def branches(self, model_name, seed, epochs, method_ranks, trunk, snap, trunk_s, x, y, eval_xy,
-                 keeps=KEEPS, on_thin=None, record=True):
+    def branches(
+        self,
+        model_name,
+        seed,
+        epochs,
+        method_ranks,
+        trunk,
+        snap,
+        trunk_s,
+        x,
+        y,
+        eval_xy,
+        keeps=KEEPS,
+        on_thin=None,
+        record=True,
+    ):
         """From a snapshot at the projection epoch: top-k, shrink, fine-tune, evaluate, per budget."""
         from tflite_export import shrink
 
-        steps = int(math.ceil(len(x) / BATCH))
+        steps = math.ceil(len(x) / BATCH)
         _, proj = points(epochs)
         out = {}
         for keep in keeps:
@@ -236,7 +324,7 @@ class Bench:
         if not need and not dense_todo:
             return
         x, y = self.x, self.y
-        steps = int(math.ceil(len(x) / BATCH))
+        steps = math.ceil(len(x) / BATCH)
         _, proj = points(epochs)
         keras.utils.set_random_seed(seed)
         model = self.build(model_name)
@@ -256,7 +344,7 @@ class Bench:
             if not self.todo(model_name, "thin", keep, seed, epochs):
                 continue
             x, y = self.x, self.y
-            steps = int(math.ceil(len(x) / BATCH))
+            steps = math.ceil(len(x) / BATCH)
             keras.utils.set_random_seed(seed)
             model = self.build(model_name, scaled(BUILDERS[model_name][1], keep))
             compile_(model, sgd(steps, epochs))
@@ -267,7 +355,7 @@ class Bench:
 
     def train_wgsef(self, model_name, seed, epochs, method, keep, x, y, initial):
         """One WGSEF training run; returns (model, optimizer, ReachK, epoch seconds)."""
-        steps = int(math.ceil(len(x) / BATCH))
+        steps = math.ceil(len(x) / BATCH)
         start, _ = points(epochs)
         keras.utils.set_random_seed(seed)
         model = self.build(model_name)
@@ -278,10 +366,16 @@ class Bench:
             if method == "wgsef_sgd":
                 opt = kw.WGSEF(sgd(steps, epochs), k=keep, groups=kw.make_groups(model), ridge=False)
             else:  # global budget: the same total channel count, MAC cost weights
-                opt = kw.WGSEF(sgd(steps, epochs), k=int(sum(self.ks(model, keep))),
-                               groups=kw.make_groups(model, weights="macs"), scope="model", ridge=False)
-            ctrl = kw.callbacks.ReachK(start_epoch=start, project_epoch=8 * epochs / 15, preset="sgd",
-                                       initial=initial, verbose=0)
+                opt = kw.WGSEF(
+                    sgd(steps, epochs),
+                    k=int(sum(self.ks(model, keep))),
+                    groups=kw.make_groups(model, weights="macs"),
+                    envelope="model",
+                    ridge=False,
+                )
+            ctrl = kw.callbacks.ReachK(
+                start_epoch=start, project_epoch=8 * epochs / 15, preset="sgd", initial=initial, verbose=0
+            )
         compile_(model, opt)
         timer = EpochTimer()
         model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=[ctrl, timer])
@@ -294,13 +388,16 @@ class Bench:
             if not self.todo(model_name, method, keep, seed, epochs):
                 continue
             model, opt, ctrl, secs = self.train_wgsef(model_name, seed, epochs, method, keep, self.x, self.y, initial)
-            extra = {"nonzero": kw.nonzero_groups(model), "k": [int(k) for k in opt.scope_k],
-                     "freeze_log": [list(f) for f in ctrl.freeze_log],
-                     "reachk": {k: (v if isinstance(v, (int, float, str)) else str(v)) for k, v in ctrl.resolved.items()}}
+            extra = {
+                "nonzero": kw.nonzero_groups(model),
+                "k": [s.k for s in opt.scopes],
+                "freeze_log": [list(f) for f in ctrl.freeze_log],
+                "reachk": {k: (v if isinstance(v, (int, float, str)) else str(v)) for k, v in ctrl.resolved.items()},
+            }
             self.finish(model_name, method, keep, seed, epochs, model, accuracy(model, self.xt, self.yt), secs, extra)
 
     def _penalty_trunk(self, model_name, seed, epochs, kind, lam, x, y):
-        steps = int(math.ceil(len(x) / BATCH))
+        steps = math.ceil(len(x) / BATCH)
         start, proj = points(epochs)
         keras.utils.set_random_seed(seed)
         model = self.build(model_name, gamma_l1=lam if kind == "slimming" else 0.0)
@@ -309,7 +406,7 @@ class Bench:
         if kind == "group_lasso":
             cbs.append(GroupLassoProx(kw.make_groups(model), lam, start_epoch=start, stop_epoch=proj))
         timer = EpochTimer()
-        model.fit(x, y, batch_size=BATCH, epochs=proj, verbose=0, callbacks=cbs + [timer])
+        model.fit(x, y, batch_size=BATCH, epochs=proj, verbose=0, callbacks=[*cbs, timer])
         return model, timer.seconds
 
     @staticmethod
@@ -325,8 +422,19 @@ class Bench:
             return
         model, secs = self._penalty_trunk(model_name, seed, epochs, kind, self.params[kind], self.x, self.y)
         rank = rank_group_norm if kind == "group_lasso" else rank_bn_gamma
-        self.branches(model_name, seed, epochs, [(kind, rank)], model, snapshot(model), secs, self.x, self.y,
-                      (self.xt, self.yt), on_thin=self._drop_gamma_l1 if kind == "slimming" else None)
+        self.branches(
+            model_name,
+            seed,
+            epochs,
+            [(kind, rank)],
+            model,
+            snapshot(model),
+            secs,
+            self.x,
+            self.y,
+            (self.xt, self.yt),
+            on_thin=self._drop_gamma_l1 if kind == "slimming" else None,
+        )
 
     # ------------------------------------------------------------------ tuning on a validation split
     def tune(self, kind, value, epochs) -> None:
@@ -339,23 +447,47 @@ class Bench:
         else:
             rank = rank_group_norm if kind == "group_lasso" else rank_bn_gamma
             model, secs = self._penalty_trunk("anchor", 0, epochs, kind, value, xtr, ytr)
-            acc = self.branches("anchor", 0, epochs, [(kind, rank)], model, snapshot(model), secs, xtr, ytr, (xv, yv),
-                                keeps=(0.5,), on_thin=self._drop_gamma_l1 if kind == "slimming" else None,
-                                record=False)[(kind, 0.5)]
+            acc = self.branches(
+                "anchor",
+                0,
+                epochs,
+                [(kind, rank)],
+                model,
+                snapshot(model),
+                secs,
+                xtr,
+                ytr,
+                (xv, yv),
+                keeps=(0.5,),
+                on_thin=self._drop_gamma_l1 if kind == "slimming" else None,
+                record=False,
+            )[(kind, 0.5)]
         name = TUNE[kind][0]
-        self.db["tuning"].append({"kind": kind, "knob": name, "value": value, "epochs": epochs, "val_acc": acc,
-                                  "keep": 0.5, "seed": 0, "seconds": time.time() - t0})
+        self.db["tuning"].append(
+            {
+                "kind": kind,
+                "knob": name,
+                "value": value,
+                "epochs": epochs,
+                "val_acc": acc,
+                "keep": 0.5,
+                "seed": 0,
+                "seconds": time.time() - t0,
+            }
+        )
         log(f"  tuning {kind} {name}={value:g}: validation accuracy {100 * acc:.1f} %")
 
     # ------------------------------------------------------------------ TF-MOT (own process, own venv)
     def tfmot_sparsities(self, model_name) -> dict[float, float]:
         """keep -> parameter sparsity of the kernels of the thin model at that channel budget."""
+
         def kernels(m):
             return sum(int(np.prod(v.shape)) for v in m.trainable_variables if v.path.endswith("kernel"))
 
         dense = kernels(self.build(model_name))
-        return {keep: 1.0 - kernels(self.build(model_name, scaled(BUILDERS[model_name][1], keep))) / dense
-                for keep in KEEPS}
+        return {
+            keep: 1.0 - kernels(self.build(model_name, scaled(BUILDERS[model_name][1], keep))) / dense for keep in KEEPS
+        }
 
     def run_tfmot(self, model_name, seeds, epochs) -> None:
         from tfmot_baseline import VENV
@@ -371,9 +503,28 @@ class Bench:
         sp = self.tfmot_sparsities(model_name)
         start, proj = points(epochs)
         out = os.path.join(self.workdir, f"tfmot_{model_name}_e{epochs}")
-        cmd = [py, os.path.join(HERE, "tfmot_baseline.py"), "--model", model_name, "--data", data, "--out", out,
-               "--epochs", str(epochs), "--start-epoch", str(start), "--prune-epoch", str(proj), "--threads", "1",
-               "--seeds", *map(str, seeds), "--sparsity", *[f"{sp[k]:.4f}" for k in keeps]]
+        cmd = [
+            py,
+            os.path.join(HERE, "tfmot_baseline.py"),
+            "--model",
+            model_name,
+            "--data",
+            data,
+            "--out",
+            out,
+            "--epochs",
+            str(epochs),
+            "--start-epoch",
+            str(start),
+            "--prune-epoch",
+            str(proj),
+            "--threads",
+            "1",
+            "--seeds",
+            *map(str, seeds),
+            "--sparsity",
+            *[f"{sp[k]:.4f}" for k in keeps],
+        ]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_USE_LEGACY_KERAS="1")
         log(f"[tfmot] {model_name}: sparsities { {k: round(sp[k], 4) for k in keeps} } in its own process")
         with open(os.path.join(self.workdir, f"tfmot_{model_name}.log"), "w") as logf:
@@ -388,10 +539,19 @@ class Bench:
                     continue
                 with open(js) as f:
                     r = json.load(f)
-                self.record(model_name, "tfmot", keep, seed, epochs, arch=f"{model_name}:tfmot{round(100 * sp[keep])}",
-                            tflite=tf_path, float_acc=r["float_acc"], epoch_s=r["epoch_seconds"],
-                            widths=list(BUILDERS[model_name][1]),
-                            extra={"param_sparsity_target": r["sparsity"], "kernel_sparsity": r["kernel_sparsity"]})
+                self.record(
+                    model_name,
+                    "tfmot",
+                    keep,
+                    seed,
+                    epochs,
+                    arch=f"{model_name}:tfmot{round(100 * sp[keep])}",
+                    tflite=tf_path,
+                    float_acc=r["float_acc"],
+                    epoch_s=r["epoch_seconds"],
+                    widths=list(BUILDERS[model_name][1]),
+                    extra={"param_sparsity_target": r["sparsity"], "kernel_sparsity": r["kernel_sparsity"]},
+                )
 
     # ------------------------------------------------------------------ one unit of work
     def run_unit(self, u: dict) -> None:
@@ -427,12 +587,18 @@ def _work(job):
     try:
         b.run_unit(unit)
         err = None
-    except Exception as e:  # noqa: BLE001 (a failed unit is reported, the others go on)
+    except Exception as e:
         import traceback
 
         err = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
-    return {"unit": unit, "runs": b.db["runs"], "tuning": b.db["tuning"], "arch": b.db["arch"],
-            "seconds": time.time() - t0, "error": err}
+    return {
+        "unit": unit,
+        "runs": b.db["runs"],
+        "tuning": b.db["tuning"],
+        "arch": b.db["arch"],
+        "seconds": time.time() - t0,
+        "error": err,
+    }
 
 
 class Runner:
@@ -459,17 +625,25 @@ class Runner:
 
     def tuning_units(self) -> list[dict]:
         have = {(t["kind"], t.get("value"), t["epochs"]) for t in self.db["tuning"]}
-        return [{"family": "tune", "kind": kind, "value": v, "epochs": self.a.epochs}
-                for kind, (_, values) in TUNE.items() if self.probe.wanted("anchor", kind) and self.fixed(kind) is None
-                for v in values if (kind, v, self.a.epochs) not in have]
+        return [
+            {"family": "tune", "kind": kind, "value": v, "epochs": self.a.epochs}
+            for kind, (_, values) in TUNE.items()
+            if self.probe.wanted("anchor", kind) and self.fixed(kind) is None
+            for v in values
+            if (kind, v, self.a.epochs) not in have
+        ]
 
     def fixed(self, kind):
-        return {"group_lasso": self.a.gl_lam, "slimming": self.a.slim_lam, "wgsef_sgd": self.a.wgsef_initial,
-                "wgsef_adam": self.a.adam_initial}[kind]
+        return {
+            "group_lasso": self.a.gl_lam,
+            "slimming": self.a.slim_lam,
+            "wgsef_sgd": self.a.wgsef_initial,
+            "wgsef_adam": self.a.adam_initial,
+        }[kind]
 
     def chosen(self) -> dict[str, float]:
         out = {}
-        for kind, (_, values) in TUNE.items():
+        for kind in TUNE:
             if self.fixed(kind) is not None:
                 out[kind] = self.fixed(kind)
                 continue
@@ -508,18 +682,23 @@ class Runner:
             self.probe.done |= {run_key(r) for r in res["runs"]}
             self.db["units"].append({**res["unit"], "seconds": round(res["seconds"], 1), "error": res["error"]})
             self.save()
-            what = ":".join(str(res["unit"].get(k)) for k in ("family", "model", "seed", "kind", "value") if k in res["unit"])
+            what = ":".join(
+                str(res["unit"].get(k)) for k in ("family", "model", "seed", "kind", "value") if k in res["unit"]
+            )
             log(f"[{n}/{len(units)}] {what} done in {res['seconds']:.0f} s" + (" -- FAILED" if res["error"] else ""))
             if res["error"]:
                 self.failed.append(f"{what}: {res['error']}")
                 log(res["error"])
 
     def count_instructions(self) -> None:
-        from tflite_export.convert import quantize
-        from tflite_export.micro import _tflm_build, count_instructions_many
+        from tflite_export.micro import count_instructions_many, tflm_interpreter
+        from tflite_export.quantization import quantize
 
-        todo = [a for a, v in self.db["arch"].items() if v.get("tflm_instructions") is None
-                and os.path.exists(v.get("tflite", ""))]
+        todo = [
+            a
+            for a, v in self.db["arch"].items()
+            if v.get("tflm_instructions") is None and os.path.exists(v.get("tflite", ""))
+        ]
         if not todo:
             return
         log(f"counting TFLM instructions (callgrind) for {len(todo)} distinct architectures ...")
@@ -528,7 +707,7 @@ class Runner:
             with open(self.db["arch"][a]["tflite"], "rb") as f:
                 tfl = f.read()
             arena = self.db["arch"][a]["tflm_arena_bytes"]
-            details = _tflm_build(tfl, arena).get_input_details(0)
+            details = tflm_interpreter(tfl, arena).get_input_details(0)
             xq = quantize(self.probe.xt[:1].reshape(details["shape"]), details)
             items.append((tfl, xq, arena))
         counts = count_instructions_many(items, timeout=1800)
@@ -561,17 +740,26 @@ def main() -> None:
         a.seeds, a.epochs, a.extra_epochs, a.models = a.seeds[:1], 2, 2, ["anchor"]
         if a.results == RESULTS_JSON:
             a.results = os.path.join(a.workdir, "results_quick.json")
-    import report
+    import results_page
 
     if a.report:
         with open(a.results) as f:
-            report.write(json.load(f), a.workdir if a.quick else HERE, quick=a.quick)
+            results_page.write(json.load(f), a.workdir if a.quick else HERE, quick=a.quick)
         return
     r = Runner(a)
     meta = r.db["meta"]
-    meta.update({"command": " ".join(["python", "benchmarks/compare.py", *sys.argv[1:]]), "epochs": a.epochs,
-                 "extra_epochs": a.extra_epochs, "seeds": a.seeds, "models": a.models, "jobs": a.jobs,
-                 "keras": keras.__version__, "cpus": os.cpu_count()})
+    meta.update(
+        {
+            "command": " ".join(["python", "benchmarks/compare.py", *sys.argv[1:]]),
+            "epochs": a.epochs,
+            "extra_epochs": a.extra_epochs,
+            "seeds": a.seeds,
+            "models": a.models,
+            "jobs": a.jobs,
+            "keras": keras.__version__,
+            "cpus": os.cpu_count(),
+        }
+    )
     meta.setdefault("started", time.strftime("%Y-%m-%d %H:%M:%S"))
     meta.setdefault("invocations", []).append(time.strftime("%Y-%m-%d %H:%M:%S"))
     meta.pop("finished", None)
@@ -582,8 +770,11 @@ def main() -> None:
         ensure_venv(log)  # before the workers: they must not install it concurrently
     # fresh workers every few units: a long-lived TensorFlow process grows (3.5 GB after 25 units)
     # and its later units ran 15-40 % slower in the first full run
-    pool = (multiprocessing.get_context("spawn").Pool(a.jobs, initializer=_init_worker, maxtasksperchild=6)
-            if a.jobs > 1 else None)
+    pool = (
+        multiprocessing.get_context("spawn").Pool(a.jobs, initializer=_init_worker, maxtasksperchild=6)
+        if a.jobs > 1
+        else None
+    )
     try:
         tune = r.tuning_units()
         log(f"validation tuning: {len(tune)} runs")
@@ -601,7 +792,7 @@ def main() -> None:
     meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     meta["wall_s"] = meta.get("wall_s", 0) + time.time() - t0
     r.save()
-    report.write(r.db, HERE if not a.quick else a.workdir, quick=a.quick)
+    results_page.write(r.db, HERE if not a.quick else a.workdir, quick=a.quick)
     log(f"done in {time.time() - t0:.0f} s" + (f"; {len(r.failed)} unit(s) FAILED" if r.failed else ""))
     if r.failed:
         sys.exit(1)

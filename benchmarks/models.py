@@ -101,4 +101,4 @@ BUILDERS = {"anchor": (anchor, ANCHOR_WIDTHS), "resnet8": (resnet8, RESNET8_WIDT
 
 def scaled(widths, keep: float) -> tuple[int, ...]:
     """Per-scope widths at a kept fraction, rounded like ``keras_wgsef``'s float k."""
-    return tuple(max(1, min(w - 1, int(round(keep * w)))) for w in widths)
+    return tuple(max(1, min(w - 1, round(keep * w))) for w in widths)

@@ -37,10 +37,10 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from keras_wgsef import prox, prox_ops  # noqa: E402
+from keras_wgsef import prox, prox_ops
 
 HERE = Path(__file__).resolve().parent
 GROUP_SIZE = 4
@@ -89,13 +89,22 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000, 100_000, 300_000, 1_000_000])
     p.add_argument("--repeats", type=int, default=7, help="timed runs per method and m (median reported)")
-    p.add_argument("--budget", type=float, default=25.0, help="per m, stop repeating after this many seconds (min 3 rounds)")
+    p.add_argument(
+        "--budget", type=float, default=25.0, help="per m, stop repeating after this many seconds (min 3 rounds)"
+    )
     p.add_argument("--lam", type=float, default=1.0)
     p.add_argument("--full-max-m", type=int, default=100_000, help="largest m for the full NumPy wgsef_prox")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
 
-    methods = ["numpy prox_scales", "numpy wgsef_prox", "tensor eager", "tf.function", "tf.function XLA", "numpy argsort(2m)"]
+    methods = [
+        "numpy prox_scales",
+        "numpy wgsef_prox",
+        "tensor eager",
+        "tf.function",
+        "tf.function XLA",
+        "numpy argsort(2m)",
+    ]
     rows = []
     t_start = time.time()
     for m in a.sizes:
@@ -118,7 +127,16 @@ def main() -> None:
         f_graph = tf.function(tensor_fn, jit_compile=False, reduce_retracing=True)
         f_xla = tf.function(tensor_fn, jit_compile=True, reduce_retracing=True)
 
-        row = {"m": m, "k": k, "lam": lam, "zero_groups": n_zero, "partial_groups": n_partial, "times_s": {}, "min_s": {}, "runs_s": {}}
+        row = {
+            "m": m,
+            "k": k,
+            "lam": lam,
+            "zero_groups": n_zero,
+            "partial_groups": n_partial,
+            "times_s": {},
+            "min_s": {},
+            "runs_s": {},
+        }
         # Full NumPy prox on a flat vector: groups of GROUP_SIZE consecutive entries.
         if m <= a.full_max_m:
             x = rng.standard_normal(m * GROUP_SIZE)
@@ -162,9 +180,7 @@ def main() -> None:
     slopes_min = {name: _slope(ms, [r["min_s"].get(name) for r in rows]) for name in methods}
     # Slope over the upper half only (fixed per-call overhead dominates the small sizes).
     upper = [r for r in rows if r["m"] >= 100_000]
-    slopes_upper = {
-        name: _slope([r["m"] for r in upper], [r["times_s"].get(name) for r in upper]) for name in methods
-    }
+    slopes_upper = {name: _slope([r["m"] for r in upper], [r["times_s"].get(name) for r in upper]) for name in methods}
 
     def fmt_t(t):
         return "-" if t is None else (f"{1e3 * t:.1f}" if t >= 0.01 else f"{1e3 * t:.2f}")
@@ -175,7 +191,8 @@ def main() -> None:
     lines = [
         "# WGSEF prox scaling with the number of groups m",
         "",
-        f"k = m/4, lam = {a.lam}, norms ~ U(0.01, 1.01), d ~ U(0.5, 4); median of up to {a.repeats} runs after a warm-up "
+        f"k = m/4, lam = {a.lam}, norms ~ U(0.01, 1.01), d ~ U(0.5, 4); median of up to {a.repeats} runs after a "
+        "warm-up "
         f"call. `wgsef_prox` uses groups of {GROUP_SIZE} entries (n = {GROUP_SIZE} m) and stops at m = {a.full_max_m}. "
         "Noisy wall-clock timings on a shared 2-core host (other jobs running): read orders of magnitude and slopes.",
         "",
@@ -191,14 +208,28 @@ def main() -> None:
             + " | ".join(fmt_t(r["times_s"].get(n)) for n in methods)
             + f" | {diff:.1e} |"
         )
-    lines += ["", "## Fastest run (ms): less sensitive to the other jobs on the host", "", "| m | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    lines += [
+        "",
+        "## Fastest run (ms): less sensitive to the other jobs on the host",
+        "",
+        "| m | " + " | ".join(methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
     for r in rows:
         lines.append(f"| {r['m']:,} | " + " | ".join(fmt_t(r["min_s"].get(n)) for n in methods) + " |")
-    lines += ["", "## Time per group (ns, medians)", "", "| m | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    lines += [
+        "",
+        "## Time per group (ns, medians)",
+        "",
+        "| m | " + " | ".join(methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
     for r in rows:
         lines.append(
             f"| {r['m']:,} | "
-            + " | ".join("-" if r["times_s"].get(n) is None else f"{1e9 * r['times_s'][n] / r['m']:.0f}" for n in methods)
+            + " | ".join(
+                "-" if r["times_s"].get(n) is None else f"{1e9 * r['times_s'][n] / r['m']:.0f}" for n in methods
+            )
             + " |"
         )
     lines += [

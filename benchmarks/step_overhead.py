@@ -38,10 +38,10 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import tensorflow as tf
 
-import keras_wgsef as kw  # noqa: E402
+import keras_wgsef as kw
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -125,13 +125,13 @@ def main() -> None:
         t_warm = time.time() - t_warm
         times = {arm: [] for arm in arms}
         for c in range(a.cycles):  # one step per arm per cycle, order rotated every cycle
-            order = arms[c % len(arms):] + arms[: c % len(arms)]
+            order = arms[c % len(arms) :] + arms[: c % len(arms)]
             for arm in order:
                 times[arm].append(timed_step(models[arm], iters[arm]))
         med = {arm: statistics.median(times[arm]) for arm in arms}
         blocks = max(1, a.cycles // a.block)
         block_med = {
-            arm: [statistics.median(times[arm][b * a.block:(b + 1) * a.block]) for b in range(blocks)] for arm in arms
+            arm: [statistics.median(times[arm][b * a.block : (b + 1) * a.block]) for b in range(blocks)] for arm in arms
         }
         row = {
             "inner": inner,
@@ -160,22 +160,30 @@ def main() -> None:
             f"{inner} jit={jit}: "
             + ", ".join(f"{arm} {1e3 * med[arm]:.2f} ms" for arm in arms)
             + " | overhead "
-            + ", ".join(f"{arm} {row['overhead_pct'][arm]:+.1f}% (paired {row['paired_overhead_pct'][arm]:+.1f}%)" for arm in arms[1:]),
+            + ", ".join(
+                f"{arm} {row['overhead_pct'][arm]:+.1f}% (paired {row['paired_overhead_pct'][arm]:+.1f}%)"
+                for arm in arms[1:]
+            ),
             flush=True,
         )
         del models
         keras.backend.clear_session()
 
-    head = "| inner | jit_compile | " + " | ".join(f"{arm} ms/step" for arm in arms) + " | " + " | ".join(
-        f"{arm} overhead (paired; block range)" for arm in arms[1:]
-    ) + " |"
+    head = (
+        "| inner | jit_compile | "
+        + " | ".join(f"{arm} ms/step" for arm in arms)
+        + " | "
+        + " | ".join(f"{arm} overhead (paired; block range)" for arm in arms[1:])
+        + " |"
+    )
     lines = [
         "# WGSEF per-step overhead on the anchor CNN",
         "",
         f"anchor_cnn(), batch {BATCH}, load_mnist5k() train split (4,000 digits, last partial batch dropped), "
         f"WGSEF(inner, k=0.5, lam=1e-3, groups=make_groups(model)); 'wgsef off' is lam=0. {a.warmup} untimed warm-up "
         f"steps per model, then {a.cycles} timed steps per model, interleaved step by step (order rotated each cycle); "
-        "a step is `model.train_function(iterator)` with the loss read back. Overhead = median(wgsef)/median(bare) - 1; "
+        "a step is `model.train_function(iterator)` with the loss read back. "
+        "Overhead = median(wgsef)/median(bare) - 1; "
         f"paired = median of the per-cycle ratio; range = min..max of the overhead over blocks of {a.block} cycles. "
         f"Noisy wall-clock timings on a shared {os.cpu_count()}-core host with other jobs running.",
         "",

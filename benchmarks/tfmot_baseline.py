@@ -60,11 +60,13 @@ def recalibrate_bn(tfk, model, x, batch=500):
     for layer in fresh.layers:
         if isinstance(layer, tfk.layers.BatchNormalization):
             sub = tfk.Model(fresh.inputs, layer.input)
-            flat = [np.asarray(sub(x[i:i + batch], training=False), np.float64).reshape(-1, layer.input.shape[-1])
-                    for i in range(0, len(x), batch)]
+            flat = [
+                np.asarray(sub(x[i : i + batch], training=False), np.float64).reshape(-1, layer.input.shape[-1])
+                for i in range(0, len(x), batch)
+            ]
             n = sum(len(f) for f in flat)
             mean = sum(f.sum(0) for f in flat) / n
-            var = np.maximum(sum((f ** 2).sum(0) for f in flat) / n - mean ** 2, 0)
+            var = np.maximum(sum((f**2).sum(0) for f in flat) / n - mean**2, 0)
             layer.moving_mean.assign(mean.astype("float32"))
             layer.moving_variance.assign(var.astype("float32"))
     return fresh
@@ -108,12 +110,19 @@ def main() -> None:
             tag = f"tfmot_s{round(100 * s)}_seed{seed}"
             tfk.utils.set_random_seed(seed)
             schedule = tfmot.sparsity.keras.PolynomialDecay(
-                initial_sparsity=0.0, final_sparsity=float(s), begin_step=int(a.start_epoch * steps),
-                end_step=int(a.prune_epoch * steps), frequency=max(1, steps // 4))
+                initial_sparsity=0.0,
+                final_sparsity=float(s),
+                begin_step=int(a.start_epoch * steps),
+                end_step=int(a.prune_epoch * steps),
+                frequency=max(1, steps // 4),
+            )
             model = tfmot.sparsity.keras.prune_low_magnitude(builder(widths, K=tfk), pruning_schedule=schedule)
             lr = tfk.optimizers.schedules.CosineDecay(0.1, decay_steps=steps * a.epochs)
-            model.compile(optimizer=tfk.optimizers.SGD(lr, momentum=0.9),
-                          loss=tfk.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+            model.compile(
+                optimizer=tfk.optimizers.SGD(lr, momentum=0.9),
+                loss=tfk.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"],
+            )
             times = []
 
             class Timer(tfk.callbacks.Callback):
@@ -123,8 +132,14 @@ def main() -> None:
                 def on_epoch_end(self, epoch, logs=None):
                     times.append(time.perf_counter() - self.t)
 
-            model.fit(x, y, batch_size=a.batch, epochs=a.epochs, verbose=0,
-                      callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), Timer()])
+            model.fit(
+                x,
+                y,
+                batch_size=a.batch,
+                epochs=a.epochs,
+                verbose=0,
+                callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), Timer()],
+            )
             model = tfmot.sparsity.keras.strip_pruning(model)
             model = recalibrate_bn(tfk, model, x)
             float_acc = float(np.mean(np.argmax(model.predict(xt, batch_size=500, verbose=0), 1) == yt))
@@ -134,15 +149,22 @@ def main() -> None:
             conv = tf.lite.TFLiteConverter.from_keras_model(model)
             conv.optimizations = [tf.lite.Optimize.DEFAULT]
             cal = x[:200].astype("float32")
-            conv.representative_dataset = lambda: ([cal[i:i + 1]] for i in range(len(cal)))
+            conv.representative_dataset = lambda: ([cal[i : i + 1]] for i in range(len(cal)))
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             conv.inference_input_type = tf.int8
             conv.inference_output_type = tf.int8
             tfl = conv.convert()
             with open(os.path.join(a.out, tag + ".tflite"), "wb") as f:
                 f.write(tfl)
-            rec = {"tag": tag, "seed": seed, "sparsity": s, "float_acc": float_acc, "epoch_seconds": times,
-                   "kernel_sparsity": zeros / total, "train_s": float(sum(times))}
+            rec = {
+                "tag": tag,
+                "seed": seed,
+                "sparsity": s,
+                "float_acc": float_acc,
+                "epoch_seconds": times,
+                "kernel_sparsity": zeros / total,
+                "train_s": float(sum(times)),
+            }
             with open(os.path.join(a.out, tag + ".json"), "w") as f:
                 json.dump(rec, f)
             print(json.dumps(rec), flush=True)

@@ -18,10 +18,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import keras_wgsef as kw  # noqa: E402
+import keras_wgsef as kw
 
 
 def anchor_cnn(widths=(16, 32, 64)) -> keras.Model:
@@ -67,17 +67,29 @@ def run(
     inner = inner_optimizer(optimizer, steps, epochs)
     callbacks = []
     if method == "wgsef":
-        opt = kw.WGSEF(inner, k=keep, groups=kw.make_groups(model, weights=weights), ridge=ridge, scope=scope)
-        callbacks = [kw.callbacks.ReachK(verbose=verbose, **(controller or {})), kw.callbacks.SparsityLogger(verbose=verbose)]
+        opt = kw.WGSEF(inner, k=keep, groups=kw.make_groups(model, weights=weights), ridge=ridge, envelope=scope)
+        callbacks = [
+            kw.callbacks.ReachK(verbose=verbose, **(controller or {})),
+            kw.callbacks.SparsityLogger(verbose=verbose),
+        ]
     else:
         opt = inner
-    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     t0 = time.time()
     model.fit(x, y, batch_size=batch, epochs=epochs, callbacks=callbacks, verbose=verbose)
     train_s = time.time() - t0
     kw.recalibrate_batchnorm(model, x)
     _, acc = model.evaluate(xt, yt, verbose=0)
-    result = {"method": method, "optimizer": optimizer, "keep": keep, "seed": seed, "test_acc": float(acc), "train_s": train_s}
+    result = {
+        "method": method,
+        "optimizer": optimizer,
+        "keep": keep,
+        "seed": seed,
+        "test_acc": float(acc),
+        "train_s": train_s,
+    }
     if method == "wgsef":
         result["nonzero"] = kw.nonzero_groups(model)
     return result
@@ -106,14 +118,27 @@ def main() -> None:
     }
     accs = []
     for seed in a.seeds:
-        r = run(a.method, a.optimizer, a.keep, seed, a.epochs, verbose=a.verbose, controller=controller, ridge=not a.no_ridge,
-                scope=a.scope, weights=a.weights)
+        r = run(
+            a.method,
+            a.optimizer,
+            a.keep,
+            seed,
+            a.epochs,
+            verbose=a.verbose,
+            controller=controller,
+            ridge=not a.no_ridge,
+            scope=a.scope,
+            weights=a.weights,
+        )
         accs.append(r["test_acc"])
         print(json.dumps(r))
         if a.json:
             with open(a.json, "a") as f:
                 f.write(json.dumps(r) + "\n")
-    print(f"{a.method} {a.optimizer} keep={a.keep}: test accuracy {100 * np.mean(accs):.1f} +- {100 * np.std(accs):.1f} % over seeds {a.seeds}")
+    print(
+        f"{a.method} {a.optimizer} keep={a.keep}: test accuracy {100 * np.mean(accs):.1f} "
+        f"+- {100 * np.std(accs):.1f} % over seeds {a.seeds}"
+    )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 ``kw.training.make_train_step`` builds the step (gradients by ``tf.GradientTape``, then
 ``WGSEF.apply``: the inner Adam step followed by the prox). Without ``model.fit`` there are no
 callbacks, so the loop plays the controller's part by hand: penalty off for a dense warm-up,
-a mild prox strength, then ``kw.callbacks.freeze_scope`` on every scope at a chosen step
+a mild prox strength, then ``opt.scopes[i].freeze(...)`` on every scope at a chosen step
 (exactly k channels, support pinned, penalty off) and fine-tuning. Then BatchNorm
 recalibration, shrink, int8 export and measurement. ``examples/custom_loop.ipynb`` is this file
 split into cells (regenerate it with ``python examples/make_notebooks.py``).
@@ -22,10 +22,10 @@ split into cells (regenerate it with ``python examples/make_notebooks.py``).
 # * `kw.training.make_train_step(model, loss_fn, opt)` returns a `tf.function` step: gradients by
 #   `tf.GradientTape`, then `opt.apply(grads, variables)`, which is the whole algorithm (inner
 #   Adam step, then the WGSEF prox). In a loop of your own you can equally call `opt.apply`.
-# * The optimizer's per-scope variables are the controls: `opt.strength[i]` (0 turns the penalty
-#   off), `opt.mask[i]` (the pinned support), `opt.nonzero[i]` (nonzero groups after the last prox).
-# * `kw.callbacks.freeze_scope(opt, i)` keeps the top-k channels of scope i, zeroes the rest,
-#   undoes the prox's shrink of the survivors, pins the support and turns the penalty off: from
+# * The optimizer owns one state per scope, `opt.scopes[i]`, and its methods are the controls:
+#   `set_strength(v)` (0 turns the penalty off), `nonzero_count()` (nonzero groups after the last
+#   prox), `top_k_support()` and `freeze(support, undo_cap)`: keep the top-k channels, zero the
+#   rest, undo the prox's shrink of the survivors, pin the support and turn the penalty off: from
 #   then on the loop fine-tunes exactly k channels. This is what `ReachK` does inside `fit`.
 #
 # Data: MNIST (`keras.datasets`) when it downloads; otherwise, with no download, the 5,000 real
@@ -85,6 +85,7 @@ print(f"{dataset}: train {x.shape}, test {xt.shape}")
 # %% [markdown]
 # ## The model: a small CNN with BatchNorm
 
+
 # %%
 def small_cnn(input_shape: tuple[int, ...], widths: tuple[int, ...] = (16, 32, 64), classes: int = 10) -> keras.Model:
     """Conv3x3-BN-ReLU per width (max-pooling between them), global average pooling, Dense."""
@@ -117,15 +118,15 @@ opt = kw.WGSEF(keras.optimizers.Adam(LR), k=KEEP, groups=kw.make_groups(model))
 opt.build(model.trainable_variables)
 loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 step = kw.training.make_train_step(model, loss_fn, opt)
-for scope, k in zip(opt.scopes, opt.scope_k):
-    print(f"{scope.name:10s} {scope.num_groups:3d} channels -> k = {k}")
+for scope in opt.scopes:
+    print(f"{scope.name:10s} {scope.num_groups:3d} channels -> k = {scope.k}")
 
 # %% [markdown]
 # ## The schedule, by hand
 # * steps `[0, warm)`: penalty off (dense warm-up);
 # * steps `[warm, project)`: a mild prox, per step a shrink of about `RATE` per unit of group
 #   weight: `strength = RATE / (learning_rate * mean(d))`, the scale-free setting `ReachK` uses;
-# * step `project`: `freeze_scope` on every scope (exactly k channels), then fine-tuning.
+# * step `project`: `freeze` every scope on its top k (exactly k channels), then fine-tuning.
 
 # %%
 RATE = 1e-3
@@ -133,8 +134,8 @@ steps_per_epoch = int(np.ceil(len(x) / BATCH))
 total = EPOCHS * steps_per_epoch
 warm, project = int(0.2 * total), int(0.45 * total)
 lr = float(keras.ops.convert_to_numpy(opt.learning_rate))
-for i in range(len(opt.scopes)):
-    opt.strength[i].assign(0.0)
+for scope in opt.scopes:
+    scope.set_strength(0.0)
 
 ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=SEED).batch(BATCH)
 history = []
@@ -143,15 +144,16 @@ for epoch in range(EPOCHS):
     losses = []
     for xb, yb in ds:
         if t == warm:  # the penalty starts
-            for i in range(len(opt.scopes)):
-                opt.strength[i].assign(RATE / (lr * float(np.mean(opt.scope_weights[i]))))
+            for scope in opt.scopes:
+                scope.set_strength(RATE / (lr * float(np.mean(scope.weights))))
         if t == project:  # exactly k per scope from here on, penalty off
-            for i in range(len(opt.scopes)):
-                kept = kw.callbacks.freeze_scope(opt, i, undo_shrink=10.0)
-                print(f"step {t}: {opt.scopes[i].name} frozen at {int(kept.sum())} channels")
+            for scope in opt.scopes:
+                kept = scope.top_k_support()
+                scope.freeze(kept, undo_cap=10.0)
+                print(f"step {t}: {scope.name} frozen at {int(kept.sum())} channels")
         losses.append(float(step(xb, yb)))
         t += 1
-    nonzero = kw.nonzero_groups(model, opt.scopes)
+    nonzero = kw.nonzero_groups(model, [s.scope for s in opt.scopes])
     history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "nonzero": nonzero})
     print(f"epoch {epoch + 1}/{EPOCHS}: loss {np.mean(losses):.4f}, nonzero channels {nonzero}")
 print(f"trained in {time.time() - t0:.0f} s")
@@ -162,9 +164,9 @@ print(f"trained in {time.time() - t0:.0f} s")
 
 # %%
 kw.recalibrate_batchnorm(model, x)
-nonzero = kw.nonzero_groups(model, opt.scopes)
-k_of = dict(zip((s.name for s in opt.scopes), opt.scope_k))
-float_acc = float(np.mean(np.argmax(model.predict(xt, verbose=0), -1) == yt))
+nonzero = kw.nonzero_groups(model, [s.scope for s in opt.scopes])
+k_of = {s.name: s.k for s in opt.scopes}
+float_acc = te.class_accuracy(model.predict(xt, verbose=0), yt)
 print("nonzero:", nonzero, "k:", k_of)
 print(f"test accuracy (float, recalibrated BatchNorm): {float_acc:.3f}")
 
@@ -175,20 +177,33 @@ print(f"test accuracy (float, recalibrated BatchNorm): {float_acc:.3f}")
 # channels buys on the device.
 
 # %%
-small, shrink_report = te.shrink(model, xt[:64], return_report=True)
+Path(OUT).mkdir(parents=True, exist_ok=True)
+exported = te.export(
+    model,
+    x[:200],
+    eval_data=(xt, yt),
+    name="shrunk",
+    out=Path(OUT) / "firmware",
+    overwrite=True,
+    runs=20 if SMALL else 100,
+    instructions="auto" if INSTRUCTIONS else False,
+)
+small, shrink_report = exported.model, exported.shrink_report
 print(shrink_report)
 widths = {layer.name: int(layer.filters) for layer in small.layers if isinstance(layer, keras.layers.Conv2D)}
 macs_small = kw.count_macs(small)["total"]
-Path(OUT).mkdir(parents=True, exist_ok=True)
-reports = {}
-for name, m in (("zeros_kept", model), ("shrunk", small)):
-    tfl = te.to_tflite_int8(m, x[:200])
-    (Path(OUT) / f"{name}.tflite").write_bytes(tfl)
-    r = te.measure(tfl, xt, yt, name=name, runs=20 if SMALL else 100, instructions="auto" if INSTRUCTIONS else False)
-    r.float_accuracy = float(np.mean(np.argmax(m.predict(xt, verbose=0), -1) == yt))
+zeros_kept = te.export(
+    model,
+    x[:200],
+    eval_data=(xt, yt),
+    shrink=False,
+    name="zeros_kept",
+    runs=20 if SMALL else 100,
+    instructions="auto" if INSTRUCTIONS else False,
+)
+reports = {"zeros_kept": zeros_kept.report, "shrunk": exported.report}
+for name, r in reports.items():
     r.save(Path(OUT) / f"{name}_report.json")
-    reports[name] = r
-te.write_c_array((Path(OUT) / "shrunk.tflite").read_bytes(), Path(OUT) / "firmware", arena_size=reports["shrunk"].tflm_arena_bytes)
 print(te.compare(reports["zeros_kept"], reports["shrunk"]))
 
 # %% [markdown]

@@ -7,7 +7,8 @@
 3. shrink the sparse model: the dead channels are cut out, outputs checked equal;
 4. convert both to full-integer int8 TFLite, check them on LiteRT and TFLite Micro;
 5. print the side-by-side report (accuracy float and int8, parameters, MACs, bytes, LiteRT
-   latency, TFLM arena and instruction count) and write the firmware artefacts.
+   latency, TFLM arena and instruction count) and write the firmware artefacts
+   (``tflite_export.export``: ``build/demo/{dense,wgsef}/``).
 
     python examples/demo.py                 # 50 % of the filters, 15 epochs (a few minutes)
     python examples/demo.py --keep 0.25 --epochs 8 --out build/demo
@@ -24,12 +25,12 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
+from anchor_cnn import anchor_cnn, inner_optimizer
 
-import keras_wgsef as kw  # noqa: E402
-import tflite_export as te  # noqa: E402
-from anchor_cnn import anchor_cnn, inner_optimizer  # noqa: E402
+import keras_wgsef as kw
+import tflite_export as te
 
 
 def train(x, y, sparse: bool, keep: float, epochs: int, seed: int) -> keras.Model:
@@ -43,7 +44,9 @@ def train(x, y, sparse: bool, keep: float, epochs: int, seed: int) -> keras.Mode
         callbacks = [kw.callbacks.ReachK(verbose=1), kw.callbacks.SparsityLogger(verbose=0)]
     else:
         opt = inner
-    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     t0 = time.time()
     model.fit(x, y, batch_size=64, epochs=epochs, callbacks=callbacks, verbose=2)
     print(f"  trained in {time.time() - t0:.0f} s")
@@ -68,21 +71,22 @@ def main() -> None:
     sparse = train(x, y, sparse=True, keep=a.keep, epochs=a.epochs, seed=a.seed)
     print("nonzero groups per layer:", kw.nonzero_groups(sparse))
 
-    small, report = te.shrink(sparse, xt[:64], return_report=True)
-    print(report)
-
-    reports = []
-    for name, model in (("dense", dense), ("wgsef", small)):
-        float_acc = float(np.mean(np.argmax(model.predict(xt, verbose=0), -1) == yt))
-        tfl = te.to_tflite_int8(model, x[:200])
-        (out / f"{name}.tflite").write_bytes(tfl)
-        r = te.measure(tfl, xt, yt, name=name)
-        r.float_accuracy = float_acc
-        reports.append(r)
-        r.save(out / f"{name}_report.json")
-        te.write_c_array(tfl, out / f"{name}_firmware", arena_size=r.tflm_arena_bytes)
-        print(f"{name}: float accuracy {float_acc:.3f}, int8 accuracy {r.accuracy_litert:.3f}")
-    table = te.compare(*reports)
+    dense_export = te.export(
+        dense, x[:200], eval_data=(xt, yt), shrink=False, name="dense", out=out / "dense", overwrite=True
+    )
+    sparse_export = te.export(
+        sparse,
+        x[:200],
+        eval_data=(xt, yt),
+        name="wgsef",
+        out=out / "wgsef",
+        overwrite=True,
+        baseline=dense_export.report,
+    )
+    print(sparse_export.shrink_report)
+    for r in (dense_export.report, sparse_export.report):
+        print(f"{r.name}: float accuracy {r.float_accuracy:.3f}, int8 accuracy {r.accuracy_litert:.3f}")
+    table = te.compare(dense_export.report, sparse_export.report)
     (out / "report.md").write_text(table)
     print(table)
     print(f"artefacts in {out}/")

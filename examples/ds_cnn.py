@@ -68,7 +68,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
-import numpy as np
 
 import keras_wgsef as kw
 import tflite_export as te
@@ -87,6 +86,7 @@ print(f"{dataset}: train {x.shape}, test {xt.shape}")
 # ## The model: DS-CNN
 # A strided 3x3 stem (64 channels), four depthwise-separable blocks, dropout, global average
 # pooling and a dense classifier, as MLPerf Tiny's DS-CNN (whose stem is 10x4 on spectrograms).
+
 
 # %%
 def ds_cnn(input_shape: tuple[int, ...], width: int = 64, blocks: int = 4, classes: int = 10) -> keras.Model:
@@ -117,8 +117,10 @@ print(f"DS-CNN: {model.count_params():,} parameters, {macs_dense:,} MACs per inf
 
 # %%
 for scope in kw.make_groups(model):
-    print(f"{scope.name:30s} {scope.num_groups:3d} channels -> keep {max(1, round(KEEP * scope.num_groups))}, "
-          f"variables: {', '.join(p.split('/')[-2] + '/' + p.split('/')[-1] for p in scope.paths)}")
+    print(
+        f"{scope.name:30s} {scope.num_groups:3d} channels -> keep {max(1, round(KEEP * scope.num_groups))}, "
+        f"variables: {', '.join(p.split('/')[-2] + '/' + p.split('/')[-1] for p in scope.paths)}"
+    )
 
 # %% [markdown]
 # ## Training: a dense baseline and WGSEF with the exact-k controller
@@ -140,9 +142,13 @@ def train(sparse: bool) -> keras.Model:
     opt = keras.optimizers.Adam(LR)
     if sparse:
         opt = kw.WGSEF(opt, k=KEEP, groups=kw.make_groups(model))
-        callbacks = [kw.callbacks.ReachK(start_epoch=min(1.0, EPOCHS / 5), verbose=1),
-                     kw.callbacks.SparsityLogger(log_dir=str(Path(OUT) / "logs"), verbose=0)]
-    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        callbacks = [
+            kw.callbacks.ReachK(start_epoch=min(1.0, EPOCHS / 5), verbose=1),
+            kw.callbacks.SparsityLogger(log_dir=str(Path(OUT) / "logs"), verbose=0),
+        ]
+    model.compile(
+        optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     t0 = time.time()
     model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, callbacks=callbacks, verbose=2)
     print(f"trained in {time.time() - t0:.0f} s")
@@ -160,7 +166,7 @@ sparse = train(sparse=True)
 # %%
 opt = sparse.optimizer
 nonzero = kw.nonzero_groups(sparse)
-k_of = dict(zip((s.name for s in opt.scopes), opt.scope_k))
+k_of = {s.name: s.k for s in opt.scopes}
 for name, n in nonzero.items():
     print(f"{name:30s} nonzero {n:3d}  k {k_of[name]:3d}")
 
@@ -170,7 +176,17 @@ for name, n in nonzero.items():
 # the sparse model's on a sample, and reports channels, parameters and MACs per layer.
 
 # %%
-small, shrink_report = te.shrink(sparse, xt[:64], return_report=True)
+exported = te.export(
+    sparse,
+    x[:200],
+    eval_data=(xt, yt),
+    name="wgsef",
+    out=Path(OUT) / "firmware",
+    overwrite=True,
+    runs=20 if SMALL else 100,
+    instructions="auto" if INSTRUCTIONS else False,
+)
+small, shrink_report = exported.model, exported.shrink_report
 print(shrink_report)
 widths = {layer.name: int(layer.filters) for layer in small.layers if type(layer) is keras.layers.Conv2D}
 macs_small = kw.count_macs(small)["total"]
@@ -184,17 +200,19 @@ print(f"MACs {macs_dense:,} -> {macs_small:,} ({macs_small / macs_dense:.1%})")
 # (callgrind, when valgrind is installed). Host latencies are noisy and not MCU figures.
 
 # %%
-reports = {}
-for name, m in (("dense", dense), ("wgsef", small)):
-    float_acc = float(np.mean(np.argmax(m.predict(xt, verbose=0), -1) == yt))
-    tfl = te.to_tflite_int8(m, x[:200])
-    (Path(OUT) / f"{name}.tflite").write_bytes(tfl)
-    r = te.measure(tfl, xt, yt, name=name, runs=20 if SMALL else 100, instructions="auto" if INSTRUCTIONS else False)
-    r.float_accuracy = float_acc
+baseline = te.export(
+    dense,
+    x[:200],
+    eval_data=(xt, yt),
+    shrink=False,
+    name="dense",
+    runs=20 if SMALL else 100,
+    instructions="auto" if INSTRUCTIONS else False,
+)
+reports = {"dense": baseline.report, "wgsef": exported.report}
+for name, r in reports.items():
     r.save(Path(OUT) / f"{name}_report.json")
-    reports[name] = r
-    print(f"{name}: float accuracy {float_acc:.3f}, int8 accuracy {r.accuracy_litert:.3f}")
-te.write_c_array((Path(OUT) / "wgsef.tflite").read_bytes(), Path(OUT) / "firmware", arena_size=reports["wgsef"].tflm_arena_bytes)
+    print(f"{name}: float accuracy {r.float_accuracy:.3f}, int8 accuracy {r.accuracy_litert:.3f}")
 table = te.compare(reports["dense"], reports["wgsef"])
 (Path(OUT) / "report.md").write_text(table)
 print(table)

@@ -3,7 +3,7 @@
 SIMD kernels (CMSIS-NN, vector extensions) process channels in blocks; a width that is not a
 multiple of the block wastes lanes. Here every group is a block of 8 consecutive channels
 (``kw.make_groups(model, "block", block=8, weights="macs")``), weighted by its size times its
-relative MAC cost, and all blocks share one envelope (``WGSEF(..., scope="model")``): the optimizer decides how many
+relative MAC cost, and all blocks share one envelope (``WGSEF(..., envelope="model")``): the optimizer decides how many
 blocks each layer keeps, preferring to drop expensive ones. The example prints the widths it
 chose (multiples of 8), shrinks with ``multiple=8`` and measures MACs, bytes, arena and TFLM
 instructions before and after. ``examples/hardware_blocks.ipynb`` is this file split into cells
@@ -25,7 +25,7 @@ instructions before and after. ``examples/hardware_blocks.ipynb`` is this file s
 #   its relative cost `c_j` (the MACs it costs, its own and those of the next layer reading it,
 #   divided by the mean over all blocks). Groups are ranked by `||x_j|| / sqrt(d_j)`, i.e. by their
 #   RMS weight over `sqrt(c_j)`, so an expensive block must earn its place with larger weights.
-# * `WGSEF(..., scope="model")`: one envelope over every block of every layer, with a global `k`
+# * `WGSEF(..., envelope="model")`: one envelope over every block of every layer, with a global `k`
 #   (here a fraction of all blocks): the per-layer widths are chosen by training, not by you.
 # * `shrink(model, sample, multiple=8)` keeps every width a multiple of 8.
 #
@@ -88,6 +88,7 @@ print(f"{dataset}: train {x.shape}, test {xt.shape}")
 # %% [markdown]
 # ## The model: a CNN with widths that are multiples of 8
 
+
 # %%
 def block_cnn(input_shape: tuple[int, ...], widths: tuple[int, ...] = (32, 64, 64), classes: int = 10) -> keras.Model:
     """Conv3x3-BN-ReLU per width (max-pooling between them), global average pooling, Dense."""
@@ -109,21 +110,23 @@ print(f"CNN: {model.count_params():,} parameters, {macs_dense:,} MACs per infere
 
 # %% [markdown]
 # ## Blocks of 8 and their MAC cost
-# One scope per layer here; `scope="model"` merges them into one envelope in the optimizer.
+# One scope per layer here; `envelope="model"` merges them into one envelope in the optimizer.
 
 # %%
 groups = kw.make_groups(model, "block", block=BLOCK, weights="macs", exclude=FIXED)
 shapes = {v.path: tuple(v.shape) for v in model.weights}
 for scope in groups:
     size = scope.sizes(shapes)[0]
-    print(f"{scope.name:8s} {scope.num_groups} blocks of {BLOCK}: {size:,.0f} weights each, "
-          f"relative MAC cost {scope.weights[0] / size:.2f}, d_j = {scope.weights[0]:,.0f}")
+    print(
+        f"{scope.name:8s} {scope.num_groups} blocks of {BLOCK}: {size:,.0f} weights each, "
+        f"relative MAC cost {scope.weights[0] / size:.2f}, d_j = {scope.weights[0]:,.0f}"
+    )
 total_blocks = sum(s.num_groups for s in groups)
 print(f"{total_blocks} blocks in all; keep {max(1, round(KEEP * total_blocks))}")
 
 # %% [markdown]
 # **The budget's floor.** One envelope over all layers could empty a whole layer and leave a
-# constant network; `scope="model"` prevents it: at every prox step each layer's best block is
+# constant network; `envelope="model"` prevents it: at every prox step each layer's best block is
 # protected (ridge only) and the envelope decides the other `k - layers` blocks, and the
 # projection keeps one block per layer too. `k` must therefore be at least the number of layers
 # in the budget. The stem (`FIXED`) is left out of the budget (`exclude=`) to show how to keep a
@@ -139,16 +142,26 @@ BATCH = 32 if SMALL else 64
 LR = 3e-3 if SMALL else 1e-3
 keras.utils.set_random_seed(SEED)
 model = block_cnn(x.shape[1:])
-opt = kw.WGSEF(keras.optimizers.Adam(LR), k=KEEP, scope="model",
-               groups=kw.make_groups(model, "block", block=BLOCK, weights="macs", exclude=FIXED))
+opt = kw.WGSEF(
+    keras.optimizers.Adam(LR),
+    k=KEEP,
+    envelope="model",
+    groups=kw.make_groups(model, "block", block=BLOCK, weights="macs", exclude=FIXED),
+)
 model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
 t0 = time.time()
-model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, verbose=2,
-          callbacks=[kw.callbacks.ReachK(start_epoch=min(1.0, EPOCHS / 5)), kw.callbacks.SparsityLogger(verbose=0)])
+model.fit(
+    x,
+    y,
+    batch_size=BATCH,
+    epochs=EPOCHS,
+    verbose=2,
+    callbacks=[kw.callbacks.ReachK(start_epoch=min(1.0, EPOCHS / 5)), kw.callbacks.SparsityLogger(verbose=0)],
+)
 print(f"trained in {time.time() - t0:.0f} s")
 kw.recalibrate_batchnorm(model, x)
 nonzero = kw.nonzero_groups(model)
-print("nonzero blocks:", nonzero, "k:", opt.scope_k)
+print("nonzero blocks:", nonzero, "k:", [s.k for s in opt.scopes])
 
 # %% [markdown]
 # ## The widths it chose
@@ -162,8 +175,22 @@ for layer in model.layers:
         per_channel = np.abs(layer.kernel.numpy()).reshape(-1, layer.filters).sum(0)
         blocks_kept[layer.name] = int(np.count_nonzero(per_channel.reshape(-1, BLOCK).sum(1)))
 print("nonzero blocks per layer:", blocks_kept)
-assert all(blocks_kept.values()), f"a layer lost every block ({blocks_kept}): raise KEEP or leave it out of the budget (FIXED)"
-small, shrink_report = te.shrink(model, xt[:64], multiple=BLOCK, return_report=True)
+assert all(blocks_kept.values()), (
+    f"a layer lost every block ({blocks_kept}): raise KEEP or leave it out of the budget (FIXED)"
+)
+Path(OUT).mkdir(parents=True, exist_ok=True)
+exported = te.export(
+    model,
+    x[:200],
+    eval_data=(xt, yt),
+    multiple=BLOCK,
+    name="blocks8",
+    out=Path(OUT) / "firmware",
+    overwrite=True,
+    runs=20 if SMALL else 100,
+    instructions="auto" if INSTRUCTIONS else False,
+)
+small, shrink_report = exported.model, exported.shrink_report
 print(shrink_report)
 widths = {layer.name: int(layer.filters) for layer in small.layers if isinstance(layer, keras.layers.Conv2D)}
 dense_widths = {layer.name: int(layer.filters) for layer in model.layers if isinstance(layer, keras.layers.Conv2D)}
@@ -177,21 +204,25 @@ print(f"MACs {macs_dense:,} -> {macs_small:,} ({1 - macs_small / macs_dense:.1%}
 # The trained model before shrinking (its zero blocks still in the file) against the shrunk one.
 
 # %%
-Path(OUT).mkdir(parents=True, exist_ok=True)
-reports = {}
-for name, m in (("before", model), ("blocks8", small)):
-    tfl = te.to_tflite_int8(m, x[:200])
-    (Path(OUT) / f"{name}.tflite").write_bytes(tfl)
-    r = te.measure(tfl, xt, yt, name=name, runs=20 if SMALL else 100, instructions="auto" if INSTRUCTIONS else False)
-    r.float_accuracy = float(np.mean(np.argmax(m.predict(xt, verbose=0), -1) == yt))
+before_shrink = te.export(
+    model,
+    x[:200],
+    eval_data=(xt, yt),
+    shrink=False,
+    name="before",
+    runs=20 if SMALL else 100,
+    instructions="auto" if INSTRUCTIONS else False,
+)
+reports = {"before": before_shrink.report, "blocks8": exported.report}
+for name, r in reports.items():
     r.save(Path(OUT) / f"{name}_report.json")
-    reports[name] = r
-te.write_c_array((Path(OUT) / "blocks8.tflite").read_bytes(), Path(OUT) / "firmware", arena_size=reports["blocks8"].tflm_arena_bytes)
 print(te.compare(reports["before"], reports["blocks8"]))
 before, after = reports["before"], reports["blocks8"]
 if before.tflm_instructions and after.tflm_instructions:
-    print(f"TFLM instructions {before.tflm_instructions:,} -> {after.tflm_instructions:,} "
-          f"({1 - after.tflm_instructions / before.tflm_instructions:.1%} saved)")
+    print(
+        f"TFLM instructions {before.tflm_instructions:,} -> {after.tflm_instructions:,} "
+        f"({1 - after.tflm_instructions / before.tflm_instructions:.1%} saved)"
+    )
 
 # %% [markdown]
 # ## Summary
@@ -203,11 +234,15 @@ results = {
     "block": BLOCK,
     "blocks_kept": blocks_kept,
     "nonzero": nonzero,
-    "k": dict(zip((s.name for s in opt.scopes), opt.scope_k)),
+    "k": {s.name: s.k for s in opt.scopes},
     "widths": widths,
     "dense_widths": dense_widths,
     "macs_dense": macs_dense,
     "macs_small": macs_small,
     "reports": {name: r.to_dict() for name, r in reports.items()},
 }
-print(json.dumps({key: results[key] for key in ("dataset", "nonzero", "k", "widths", "macs_dense", "macs_small")}, indent=1))
+print(
+    json.dumps(
+        {key: results[key] for key in ("dataset", "nonzero", "k", "widths", "macs_dense", "macs_small")}, indent=1
+    )
+)

@@ -30,7 +30,9 @@ def cells_of(source: str) -> list[tuple[str, str, list[str]]]:
         m = _MARK.match(line)
         if m:
             rest = m.group("rest").strip()
-            kind = "markdown" if rest.startswith("[markdown]") else "script" if rest.startswith("script-only") else "code"
+            kind = (
+                "markdown" if rest.startswith("[markdown]") else "script" if rest.startswith("script-only") else "code"
+            )
             tags = json.loads(rest.split("tags=", 1)[1]) if "tags=" in rest else []
             cells.append((kind, [], tags))
         elif cells:

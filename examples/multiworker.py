@@ -65,14 +65,30 @@ def worker(index: int, ports: list[int], steps: int, out: str) -> None:
     losses = [float(step(*next(it))) for _ in range(steps)]
     weights = {v.path: v.numpy().tolist() for v in model.trainable_variables}
     with open(out, "w") as f:
-        json.dump({"losses": losses, "nonzero": kw.nonzero_groups(model, opt.scopes), "weights": weights}, f)
+        json.dump(
+            {"losses": losses, "nonzero": kw.nonzero_groups(model, [s.scope for s in opt.scopes]), "weights": weights},
+            f,
+        )
 
 
 def launch(steps: int, workdir: str) -> list[dict]:
     ports = free_ports(2)
     outs = [os.path.join(workdir, f"worker{i}.json") for i in range(2)]
     procs = [
-        subprocess.Popen([sys.executable, __file__, "--worker", str(i), "--ports", *map(str, ports), "--steps", str(steps), "--out", outs[i]])
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                str(i),
+                "--ports",
+                *map(str, ports),
+                "--steps",
+                str(steps),
+                "--out",
+                outs[i],
+            ]
+        )
         for i in range(2)
     ]
     codes = [p.wait(timeout=600) for p in procs]
@@ -102,7 +118,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         r0, r1 = launch(a.steps, tmp)
     diff = max(float(np.max(np.abs(np.array(r0["weights"][k]) - np.array(r1["weights"][k])))) for k in r0["weights"])
-    print(f"loss {r0['losses'][0]:.3f} -> {r0['losses'][-1]:.3f}; nonzero groups worker0 {r0['nonzero']} worker1 {r1['nonzero']}")
+    print(
+        f"loss {r0['losses'][0]:.3f} -> {r0['losses'][-1]:.3f}; "
+        f"nonzero groups worker0 {r0['nonzero']} worker1 {r1['nonzero']}"
+    )
     print(f"max weight difference between the workers: {diff:.3g}")
 
 

@@ -67,7 +67,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
-import numpy as np
 
 import keras_wgsef as kw
 import tflite_export as te
@@ -89,14 +88,16 @@ print(f"{dataset}: train {x.shape}, test {xt.shape}")
 # The widths are MLPerf's 16/32/64; the input size follows the data (32x32x3 CIFAR-10, 28x28x1
 # MNIST, 8x8x1 digits).
 
+
 # %%
-def resnet8(input_shape: tuple[int, ...], widths: tuple[int, int, int] = (16, 32, 64), classes: int = 10) -> keras.Model:
+def resnet8(
+    input_shape: tuple[int, ...], widths: tuple[int, int, int] = (16, 32, 64), classes: int = 10
+) -> keras.Model:
     """ResNet-8 (MLPerf Tiny image classification) for any input size: logits out."""
     L = keras.layers
 
     def conv_bn(h, filters: int, kernel: int, stride: int, name: str, relu: bool = True):
-        h = L.Conv2D(filters, kernel, strides=stride, padding="same", kernel_initializer="he_normal",
-                     name=name)(h)
+        h = L.Conv2D(filters, kernel, strides=stride, padding="same", kernel_initializer="he_normal", name=name)(h)
         h = L.BatchNormalization(name=f"{name}_bn")(h)
         return L.ReLU(name=f"{name}_relu")(h) if relu else h
 
@@ -146,9 +147,13 @@ def train(sparse: bool) -> keras.Model:
     opt = keras.optimizers.Adam(LR)
     if sparse:
         opt = kw.WGSEF(opt, k=KEEP, groups=kw.make_groups(model))
-        callbacks = [kw.callbacks.ReachK(start_epoch=min(1.0, EPOCHS / 5), verbose=1),
-                     kw.callbacks.SparsityLogger(log_dir=str(Path(OUT) / "logs"), verbose=0)]
-    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        callbacks = [
+            kw.callbacks.ReachK(start_epoch=min(1.0, EPOCHS / 5), verbose=1),
+            kw.callbacks.SparsityLogger(log_dir=str(Path(OUT) / "logs"), verbose=0),
+        ]
+    model.compile(
+        optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     t0 = time.time()
     model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, callbacks=callbacks, verbose=2)
     print(f"trained in {time.time() - t0:.0f} s")
@@ -166,7 +171,7 @@ sparse = train(sparse=True)
 # %%
 opt = sparse.optimizer
 nonzero = kw.nonzero_groups(sparse)
-k_of = dict(zip((s.name for s in opt.scopes), opt.scope_k))
+k_of = {s.name: s.k for s in opt.scopes}
 for name, n in nonzero.items():
     print(f"{name:45s} nonzero {n:3d}  k {k_of[name]:3d}")
 
@@ -176,7 +181,17 @@ for name, n in nonzero.items():
 # the sparse model's on a sample, and reports channels, parameters and MACs per layer.
 
 # %%
-small, shrink_report = te.shrink(sparse, xt[:64], return_report=True)
+exported = te.export(
+    sparse,
+    x[:200],
+    eval_data=(xt, yt),
+    name="wgsef",
+    out=Path(OUT) / "firmware",
+    overwrite=True,
+    runs=20 if SMALL else 100,
+    instructions="auto" if INSTRUCTIONS else False,
+)
+small, shrink_report = exported.model, exported.shrink_report
 print(shrink_report)
 widths = {layer.name: int(layer.filters) for layer in small.layers if isinstance(layer, keras.layers.Conv2D)}
 macs_small = kw.count_macs(small)["total"]
@@ -190,17 +205,19 @@ print(f"MACs {macs_dense:,} -> {macs_small:,} ({macs_small / macs_dense:.1%})")
 # (callgrind, when valgrind is installed). Host latencies are noisy and not MCU figures.
 
 # %%
-reports = {}
-for name, m in (("dense", dense), ("wgsef", small)):
-    float_acc = float(np.mean(np.argmax(m.predict(xt, verbose=0), -1) == yt))
-    tfl = te.to_tflite_int8(m, x[:200])
-    (Path(OUT) / f"{name}.tflite").write_bytes(tfl)
-    r = te.measure(tfl, xt, yt, name=name, runs=20 if SMALL else 100, instructions="auto" if INSTRUCTIONS else False)
-    r.float_accuracy = float_acc
+baseline = te.export(
+    dense,
+    x[:200],
+    eval_data=(xt, yt),
+    shrink=False,
+    name="dense",
+    runs=20 if SMALL else 100,
+    instructions="auto" if INSTRUCTIONS else False,
+)
+reports = {"dense": baseline.report, "wgsef": exported.report}
+for name, r in reports.items():
     r.save(Path(OUT) / f"{name}_report.json")
-    reports[name] = r
-    print(f"{name}: float accuracy {float_acc:.3f}, int8 accuracy {r.accuracy_litert:.3f}")
-te.write_c_array((Path(OUT) / "wgsef.tflite").read_bytes(), Path(OUT) / "firmware", arena_size=reports["wgsef"].tflm_arena_bytes)
+    print(f"{name}: float accuracy {r.float_accuracy:.3f}, int8 accuracy {r.accuracy_litert:.3f}")
 table = te.compare(reports["dense"], reports["wgsef"])
 (Path(OUT) / "report.md").write_text(table)
 print(table)

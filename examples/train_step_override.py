@@ -46,7 +46,9 @@ def main() -> None:
     (x, y), (xt, yt) = kw.datasets.load_digits8x8()
     model = build()
     opt = kw.WGSEF(keras.optimizers.Adam(1e-2), k=4, groups=kw.make_groups(model))
-    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     model.fit(x, y, epochs=10, batch_size=32, verbose=2, callbacks=[kw.callbacks.ReachK(project_epoch=5)])
     kw.recalibrate_batchnorm(model, x)
     print("nonzero groups:", kw.nonzero_groups(model), "test accuracy:", model.evaluate(xt, yt, verbose=0)[1])

@@ -1,18 +1,21 @@
 """keras_wgsef: structured-sparse training of Keras 3 models with the WGSEF regularizer.
 
-Public API (one name per line)::
+The flow, one module per step::
 
-    WGSEF                 optimizer wrapper: inner step, then the WGSEF prox per scope
-    make_groups           group definitions for a model (output channel, block, filter shape, ...)
-    channel_groups        dependency-aware, zero-invariant output-channel groups (graph analysis)
-    register_channel_rule teach the graph analysis a custom layer
-    count_macs, count_params  cost of a Keras model per layer
-    GroupScope, Member    groups as data
-    wgsef_value, wgsef_prox   the math on NumPy (reference)
-    callbacks.ReachK      controller: exactly k groups per scope, then fine-tuning
-    callbacks.SparsityLogger  per-scope nonzero / tau / lam, TensorBoard
-    nonzero_groups        nonzero-group counts of a model
-    recalibrate_batchnorm exact BatchNorm statistics from data
+    make_groups(model)            groups/      which weights form each group (filters, blocks, ...)
+    WGSEF(inner, k, groups=...)   optimizer.py inner step, then the WGSEF prox per scope
+    callbacks.ReachK()            controller.py exactly k groups per scope, then fine-tuning
+    callbacks.SparsityLogger()    monitor.py   nonzero groups, tau, strength (TensorBoard too)
+    recalibrate_batchnorm(...)    batchnorm.py exact BatchNorm statistics from data
+    nonzero_groups(model)         sparsity.py  what is left
+
+The math: ``wgsef_value`` / ``wgsef_prox`` (prox.py, the NumPy reference) and the tensor prox the
+optimizer runs (prox_ops.py). The graph analysis behind ``make_groups`` and ``tflite_export.shrink``
+lives in graph/ (channel rules, channel classes, MACs and parameters).
+
+References:
+  Refael, Arbel, Huleihel, "Learning k-Level Structured Sparse Neural Networks Using Group
+  Envelope Regularization", arXiv:2212.12921 (TMLR 2024).
 """
 
 from keras_wgsef import callbacks as callbacks
@@ -20,16 +23,15 @@ from keras_wgsef import datasets as datasets
 from keras_wgsef import training as training
 from keras_wgsef._version import __version__ as __version__
 from keras_wgsef.batchnorm import recalibrate_batchnorm as recalibrate_batchnorm
-from keras_wgsef.channel_graph import channel_groups as channel_groups
-from keras_wgsef.channel_rules import UnsupportedLayerError as UnsupportedLayerError
-from keras_wgsef.channel_rules import register_channel_rule as register_channel_rule
-from keras_wgsef.costs import count_macs as count_macs
-from keras_wgsef.costs import count_params as count_params
-from keras_wgsef.groups import GroupScope as GroupScope
-from keras_wgsef.groups import Member as Member
-from keras_wgsef.groups import merge_scopes as merge_scopes
-from keras_wgsef.layer_groups import make_groups as make_groups
+from keras_wgsef.graph.costs import count_macs as count_macs
+from keras_wgsef.graph.costs import count_params as count_params
+from keras_wgsef.graph.rules import UnsupportedLayerError as UnsupportedLayerError
+from keras_wgsef.graph.rules import register_channel_rule as register_channel_rule
+from keras_wgsef.groups.make import make_groups as make_groups
+from keras_wgsef.groups.scope import GroupScope as GroupScope
+from keras_wgsef.groups.scope import Member as Member
+from keras_wgsef.groups.scope import merge_scopes as merge_scopes
 from keras_wgsef.optimizer import WGSEF as WGSEF
 from keras_wgsef.prox import wgsef_prox as wgsef_prox
 from keras_wgsef.prox import wgsef_value as wgsef_value
-from keras_wgsef.stats import nonzero_groups as nonzero_groups
+from keras_wgsef.sparsity import nonzero_groups as nonzero_groups

@@ -49,7 +49,9 @@ def _batches(x, batch_size: int):
 
 def _channel_stats(probe: keras.Model, x, axis: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact mean and biased variance over all positions of ``probe(x)`` per channel (float64)."""
-    n, s1, s2 = 0, 0.0, 0.0
+    n = 0
+    s1: np.ndarray | float = 0.0
+    s2: np.ndarray | float = 0.0
     for xb in _batches(x, batch_size):
         h = np.asarray(probe(xb, training=False), dtype=np.float64)
         h = np.moveaxis(h, axis, -1).reshape(-1, h.shape[axis])
@@ -58,8 +60,8 @@ def _channel_stats(probe: keras.Model, x, axis: int, batch_size: int) -> tuple[n
         n += h.shape[0]
     if n == 0:
         raise ValueError("recalibrate_batchnorm got no data: pass at least one input example.")
-    mean = s1 / n
-    return mean, np.maximum(s2 / n - mean**2, 0.0)
+    mean = np.asarray(s1, dtype=np.float64) / n
+    return mean, np.maximum(np.asarray(s2, dtype=np.float64) / n - mean**2, 0.0)
 
 
 def _inputs_to(model: keras.Model, layer: keras.layers.Layer, x, batch_size: int):
@@ -82,10 +84,12 @@ def recalibrate_batchnorm(model: keras.Model, x, batch_size: int = 256) -> dict[
     changes: dict[str, float] = {}
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
-            axis = layer.axis if isinstance(layer.axis, int) else layer.axis
+            axis = layer.axis
             if not isinstance(axis, int):
                 if len(axis) != 1:
-                    raise ValueError(f"BatchNormalization {layer.path!r} normalizes over axes {axis}; one channel axis is supported.")
+                    raise ValueError(
+                        f"BatchNormalization {layer.path!r} normalizes over axes {axis}; one channel axis is supported."
+                    )
                 axis = axis[0]
             probe = _probe(model, _input_of(layer))
             mean, var = _channel_stats(probe, x, axis, batch_size)

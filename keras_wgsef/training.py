@@ -69,10 +69,11 @@ def make_train_step(
     if strategy is None:
         return tf.function(replica_step, jit_compile=jit_compile)
 
-    if getattr(loss_fn, "reduction", "none") not in ("none", None):
+    reduction = getattr(loss_fn, "reduction", "none")
+    if reduction not in ("none", None):
         raise ValueError(
             f"under a distribution strategy the loss must return per-example values: create it with "
-            f"reduction='none' (got reduction={loss_fn.reduction!r})."
+            f"reduction='none' (got reduction={reduction!r})."
         )
 
     @tf.function

@@ -8,10 +8,10 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import keras_wgsef as kw  # noqa: E402
+import keras_wgsef as kw
 
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 (x, y), _ = kw.datasets.load_digits8x8()
@@ -30,7 +30,9 @@ with strategy.scope():
     opt = kw.WGSEF(keras.optimizers.Adam(1e-2), k=3, groups=kw.make_groups(model))
     model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 # the controller assigns optimizer and model variables from a callback (cross-replica context)
-model.fit(x[:512], y[:512], epochs=3, batch_size=64, verbose=0, callbacks=[kw.callbacks.ReachK(project_epoch=2, verbose=0)])
+model.fit(
+    x[:512], y[:512], epochs=3, batch_size=64, verbose=0, callbacks=[kw.callbacks.ReachK(project_epoch=2, verbose=0)]
+)
 kernel = model.get_layer("c1").kernel.value
 replicas = [np.asarray(v) for v in strategy.experimental_local_results(kernel)]
 json.dump(

@@ -37,7 +37,9 @@ def test_recalibration_sets_exact_statistics_in_order():
 
 def test_nested_model_is_recalibrated():
     keras.utils.set_random_seed(1)
-    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(name="ibn")], name="inner")
+    inner = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(name="ibn")], name="inner"
+    )
     inp = keras.Input((4,))
     model = keras.Model(inp, inner(keras.layers.Dense(4)(inp)))
     x = np.random.default_rng(1).normal(1.0, 2.0, size=(200, 4)).astype("float32")

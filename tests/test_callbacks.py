@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import keras_wgsef as kw
-from keras_wgsef.callbacks import freeze_scope
-from keras_wgsef.stats import scope_norms
+from keras_wgsef.graph.model_graph import model_weights
+from keras_wgsef.sparsity import scope_norms, top_k_support
 
 
 def digits_model(seed=0):
@@ -37,7 +37,9 @@ def test_reachk_ends_with_exactly_k_and_learns(digits, inner, tmp_path):
     model = digits_model()
     opt_inner = keras.optimizers.Adam(1e-2) if inner == "adam" else keras.optimizers.SGD(0.05, momentum=0.9)
     opt = kw.WGSEF(opt_inner, k={"c1": 3, "c2": 5}, groups=kw.make_groups(model), ridge=inner == "adam")
-    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     ctl = kw.callbacks.ReachK(start_epoch=1, project_epoch=4, verbose=0)
     log = kw.callbacks.SparsityLogger(log_dir=str(tmp_path / "tb"), verbose=0)
     hist = model.fit(x, y, epochs=8, batch_size=32, callbacks=[ctl, log], verbose=0)
@@ -45,7 +47,7 @@ def test_reachk_ends_with_exactly_k_and_learns(digits, inner, tmp_path):
     assert sorted(counts.values()) == [3, 5]
     assert hist.history["wgsef_nonzero"][-1] == 8.0 and hist.history["wgsef_k"][-1] == 8.0
     assert ctl.resolved["preset"] == ("sgd" if inner == "sgd" else "adaptive")
-    assert all(float(s.numpy()) == 0.0 for s in opt.strength)  # penalty off while fine-tuning
+    assert all(s.strength == 0.0 for s in opt.scopes)  # penalty off while fine-tuning
     kw.recalibrate_batchnorm(model, x)
     _, acc = model.evaluate(xt, yt, verbose=0)
     assert acc > 0.35, acc  # 10 classes: chance is 0.1 (8 short epochs on 1,400 digits)
@@ -61,20 +63,22 @@ def test_freeze_scope_keeps_top_k_by_weighted_norm_and_undoes_shrink():
     kernel = c1.kernel.numpy()
     scale = np.linspace(0.1, 1.2, 12).astype("float32")
     c1.kernel.assign(kernel * scale)
-    values = {v.path: v.numpy() for v in model.variables}
-    norms = scope_norms(opt.scopes[0], values)
+    state = opt.scopes[0]
+    values = {p: v.numpy() for p, v in model_weights(model).items()}
+    norms = scope_norms(state.scope, values)
     expected = set(np.argsort(-norms)[:2].tolist())
-    opt.shrink[0].assign(np.full(12, 0.5, "float32"))
-    before = {v.path: v.numpy().copy() for v in model.variables}
-    keep = freeze_scope(opt, 0, undo_shrink=10.0)
+    state._attenuation.assign(np.full(12, 0.5, "float32"))  # as if the prox had halved every group
+    before = {p: v.numpy().copy() for p, v in model_weights(model).items()}
+    keep = state.top_k_support()
+    state.freeze(keep, undo_cap=10.0)
     assert set(np.flatnonzero(keep).tolist()) == expected
-    after = {v.path: v.numpy() for v in model.variables}
+    after = {p: v.numpy() for p, v in model_weights(model).items()}
     for mb in opt.scopes[0].members:
         b, a = np.moveaxis(before[mb.path], mb.axis, 0), np.moveaxis(after[mb.path], mb.axis, 0)
         for j in range(12):
             np.testing.assert_allclose(a[j], b[j] * 2.0 if keep[j] else 0.0, rtol=1e-6)
-    assert np.array_equal(opt.mask[0].numpy(), keep.astype("float32"))
-    assert float(opt.strength[0].numpy()) == 0.0
+    assert np.array_equal(state.mask, keep.astype("float32")) and state.frozen
+    assert state.strength == 0.0 and np.all(state.attenuation == 1.0) and state.nonzero_count() == 2
 
 
 def test_reachk_without_wgsef_optimizer_raises(digits):
@@ -101,16 +105,21 @@ def test_logger_reports_skipped_non_finite_steps(digits, capsys):
     model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x_bad = x[:64].copy()
     x_bad[:32] = np.nan  # the first batch gives NaN gradients
-    hist = model.fit(x_bad, y[:64], epochs=1, batch_size=32, shuffle=False, verbose=0,
-                     callbacks=[kw.callbacks.SparsityLogger(verbose=1)])
+    hist = model.fit(
+        x_bad,
+        y[:64],
+        epochs=1,
+        batch_size=32,
+        shuffle=False,
+        verbose=0,
+        callbacks=[kw.callbacks.SparsityLogger(verbose=1)],
+    )
     assert hist.history["wgsef_skipped_steps"] == [1.0]
     assert "non-finite gradients" in capsys.readouterr().out
     assert all(np.all(np.isfinite(v.numpy())) for v in model.trainable_variables)
 
 
 def test_global_budget_projection_keeps_every_layer():
-    from keras_wgsef.callbacks import top_k_support
-
     rank = np.array([9.0, 8.0, 7.0, 6.0, 0.5, 0.2, 0.1])
     segments = np.array([0, 0, 0, 0, 1, 1, 2])
     keep = top_k_support(rank, 4, segments)
@@ -122,14 +131,15 @@ def test_global_budget_projection_keeps_every_layer():
 
 def test_merged_scope_freeze_keeps_a_channel_per_layer():
     model = digits_model()
-    opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=3, groups=kw.make_groups(model), scope="model")
+    opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=3, groups=kw.make_groups(model), envelope="model")
     opt.build(model.trainable_variables)
     c2 = model.get_layer("c2")
     c2.kernel.assign(c2.kernel.numpy() * 1e-6)  # layer c2 ranks last everywhere
-    keep = freeze_scope(opt, 0)
+    keep = opt.scopes[0].top_k_support()
+    opt.scopes[0].freeze(keep)
     segments = opt.scopes[0].segments
     assert keep.sum() == 3 and all(keep[segments == s].any() for s in np.unique(segments))
-    again = kw.GroupScope.from_config(opt.scopes[0].get_config())
+    again = kw.GroupScope.from_config(opt.scopes[0].scope.get_config())
     assert np.array_equal(again.segments, segments)
     counts = kw.nonzero_groups(model)  # reported per layer of the global budget
     assert sum(counts.values()) == 3 and len(counts) == len(np.unique(segments)) and min(counts.values()) >= 1

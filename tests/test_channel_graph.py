@@ -4,19 +4,20 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import keras
+import numpy as np
+import pytest
+from anchor_model import anchor_cnn
 
-from keras_wgsef import channel_rules as cr  # noqa: E402
-from keras_wgsef.channel_graph import channel_groups  # noqa: E402
-from anchor_model import anchor_cnn  # noqa: E402
+from keras_wgsef import make_groups
+from keras_wgsef.graph import rules as cr
+from keras_wgsef.graph.model_graph import model_weights
 
 L = keras.layers
 
 
 def shapes(model):
-    return {w.path: tuple(w.shape) for w in model.weights}
+    return {p: tuple(w.shape) for p, w in model_weights(model).items()}
 
 
 def check_partition(model, scopes):
@@ -30,21 +31,26 @@ def check_partition(model, scopes):
 
 
 def zero_groups(model, scope, groups):
-    vals = {w.path: w.numpy().copy() for w in model.weights}
+    weights = model_weights(model)
     for mb in scope.members:
-        idx = [slice(None)] * vals[mb.path].ndim
+        x = weights[mb.path].numpy().copy()
+        idx = [slice(None)] * x.ndim
         idx[mb.axis] = np.flatnonzero(np.isin(mb.index, groups))
-        vals[mb.path][tuple(idx)] = 0
-    for w in model.weights:
-        w.assign(vals[w.path])
+        x[tuple(idx)] = 0
+        weights[mb.path].assign(x)
 
 
 def test_anchor_scopes_hold_kernel_bias_and_bn():
     m = anchor_cnn()
-    scopes = channel_groups(m)
+    scopes = make_groups(m)
     assert [(s.name, s.num_groups) for s in scopes] == [("conv2d", 16), ("conv2d_1", 32), ("conv2d_2", 64)]
     s = scopes[0]
-    assert [(mb.path.split("/")[-1], mb.axis) for mb in s.members] == [("kernel", 3), ("bias", 0), ("gamma", 0), ("beta", 0)]
+    assert [(mb.path.split("/")[-1], mb.axis) for mb in s.members] == [
+        ("kernel", 3),
+        ("bias", 0),
+        ("gamma", 0),
+        ("beta", 0),
+    ]
     assert s.sizes(shapes(m)).tolist() == [9 + 1 + 2] * 16
     assert s.weights is None and s.labels[5] == "conv2d:5"
     seen = check_partition(m, scopes)
@@ -57,7 +63,7 @@ def test_zeroed_group_makes_the_channel_zero_downstream():
     for w in m.weights:  # nontrivial BN statistics
         if "batch_normalization" in w.path:
             w.assign(rng.uniform(0.5, 1.5, w.shape).astype("float32"))
-    scope = channel_groups(m)[1]
+    scope = make_groups(m)[1]
     zero_groups(m, scope, [3, 17])
     probe = keras.Model(m.inputs[0], m.layers[6].output)  # after the 2nd BN + ReLU
     h = probe(rng.standard_normal((2, 28, 28, 1)).astype("float32")).numpy()
@@ -75,7 +81,7 @@ def residual_model():
 
 def test_residual_add_shares_group_ids():
     m = residual_model()
-    scopes = {s.name: s for s in channel_groups(m)}
+    scopes = {s.name: s for s in make_groups(m)}
     name = next(n for n in scopes if "+" in n)
     assert set(scopes) == {name, "c"} and sorted(name.split("+")) == ["a", "b"]
     s = scopes[name]
@@ -91,7 +97,7 @@ def test_concatenate_then_bn_merges_scopes_with_offsets():
     c = L.Concatenate(name="cat")([L.Conv2D(3, 1, name="p")(x), L.Conv2D(5, 1, name="q")(x)])
     h = L.Conv2D(4, 3, name="next")(L.BatchNormalization(name="bn")(c))
     m = keras.Model(x, L.Flatten()(h))
-    scopes = {s.name: s for s in channel_groups(m, exclude_outputs=False)}
+    scopes = {s.name: s for s in make_groups(m, exclude_outputs=False)}
     assert set(scopes) == {"p+q", "next"}
     gamma = next(mb for mb in scopes["p+q"].members if mb.path == "bn/gamma")
     assert gamma.index.tolist() == list(range(8))
@@ -105,7 +111,7 @@ def test_concatenate_without_shared_params_keeps_separate_scopes():
     x = keras.Input((6, 6, 2))
     c = L.Concatenate()([L.Conv2D(3, 1, name="p")(x), L.Conv2D(5, 1, name="q")(x)])
     m = keras.Model(x, L.Dense(2)(L.Flatten()(L.Conv2D(4, 3, name="next")(c))))
-    assert sorted(s.name for s in channel_groups(m)) == ["next", "p", "q"]
+    assert sorted(s.name for s in make_groups(m)) == ["next", "p", "q"]
 
 
 def squeeze_excite():
@@ -119,7 +125,7 @@ def squeeze_excite():
 
 
 def test_squeeze_excitation_couples_gate_and_features():
-    scopes = {s.name: s for s in channel_groups(squeeze_excite())}
+    scopes = {s.name: s for s in make_groups(squeeze_excite())}
     assert set(scopes) == {"feat+fc2", "fc1", "c2"}
     fc2 = next(mb for mb in scopes["feat+fc2"].members if mb.path == "fc2/kernel")
     assert fc2.axis == 1 and fc2.index.tolist() == list(range(8))
@@ -127,28 +133,29 @@ def test_squeeze_excitation_couples_gate_and_features():
 
 def test_options_include_exclude_outputs_block_weights():
     m = anchor_cnn()
-    assert [s.name for s in channel_groups(m, include="conv2d_[12]")] == ["conv2d_1", "conv2d_2"]
-    assert [s.name for s in channel_groups(m, exclude=["^conv2d$"])] == ["conv2d_1", "conv2d_2"]
-    assert [s.name for s in channel_groups(m, exclude_outputs=False)][-1] == "dense"
-    b = channel_groups(m, block=4)
+    assert [s.name for s in make_groups(m, include="conv2d_[12]")] == ["conv2d_1", "conv2d_2"]
+    assert [s.name for s in make_groups(m, exclude=["^conv2d$"])] == ["conv2d_1", "conv2d_2"]
+    assert [s.name for s in make_groups(m, exclude_outputs=False)][-1] == "dense"
+    b = make_groups(m, "block", block=4)
     assert [s.num_groups for s in b] == [4, 8, 16] and b[0].labels[1] == "conv2d:4-7"
     assert b[0].members[0].index.tolist() == np.repeat(np.arange(4), 4).tolist()
-    with pytest.raises(ValueError, match="conv2d.*multiple of block=3"):
-        channel_groups(m, block=3)
-    assert np.all(channel_groups(m, weights="uniform")[0].weights == 1)
-    macs = channel_groups(m, weights="macs")
+    with pytest.raises(ValueError, match=r"conv2d.*multiple of block=3"):
+        make_groups(m, "block", block=3)
+    assert np.all(make_groups(m, weights="uniform")[0].weights == 1)
+    macs = make_groups(m, weights="macs")
     # d_j = group size x relative cost; cost = producer MACs per output channel + the next
     # conv's MACs per input channel; the mean cost over every group of the model is 1
-    cost = np.repeat([28 * 28 * 9 + 14 * 14 * 9 * 32, 14 * 14 * 9 * 16 + 7 * 7 * 9 * 64, 7 * 7 * 9 * 32 + 10],
-                     [16, 32, 64]).astype(float)
-    shapes = {w.path: tuple(w.shape) for w in m.weights}
+    cost = np.repeat(
+        [28 * 28 * 9 + 14 * 14 * 9 * 32, 14 * 14 * 9 * 16 + 7 * 7 * 9 * 64, 7 * 7 * 9 * 32 + 10], [16, 32, 64]
+    ).astype(float)
+    shapes = {p: tuple(w.shape) for p, w in model_weights(m).items()}
     sizes = np.concatenate([s.sizes(shapes) for s in macs])
     np.testing.assert_allclose(np.concatenate([s.weights for s in macs]), sizes * cost / cost.mean())
     assert sizes[0] == 9 + 1 + 2  # 3x3x1 filter, bias, BN gamma and beta
-    custom = channel_groups(m, weights=lambda s, model: np.arange(1, s.num_groups + 1))
+    custom = make_groups(m, weights=lambda s, model: np.arange(1, s.num_groups + 1))
     assert custom[1].weights[-1] == 32
     with pytest.raises(ValueError, match="weights must be"):
-        channel_groups(m, weights="flops")
+        make_groups(m, weights="flops")
 
 
 def test_depthwise_and_separable_carry_input_channels():
@@ -157,23 +164,32 @@ def test_depthwise_and_separable_carry_input_channels():
     h = L.BatchNormalization(name="bn1")(L.DepthwiseConv2D(3, padding="same", name="dw")(h))
     h = L.SeparableConv2D(6, 3, depth_multiplier=2, name="sep")(h)
     m = keras.Model(x, L.Dense(2)(L.GlobalMaxPooling2D()(h)))
-    scopes = {s.name: s for s in channel_groups(m)}
+    scopes = {s.name: s for s in make_groups(m)}
     assert set(scopes) == {"c0", "sep"}
-    assert set(scopes["c0"].paths) == {"c0/kernel", "bn0/gamma", "bn0/beta", "dw/kernel", "dw/bias",
-                                       "bn1/gamma", "bn1/beta", "sep/depthwise_kernel"}
+    assert set(scopes["c0"].paths) == {
+        "c0/kernel",
+        "bn0/gamma",
+        "bn0/beta",
+        "dw/kernel",
+        "dw/bias",
+        "bn1/gamma",
+        "bn1/beta",
+        "sep/depthwise_kernel",
+    }
     assert set(scopes["sep"].paths) == {"sep/pointwise_kernel", "sep/bias"}
     check_partition(m, scopes.values())
 
 
 def test_nested_sequential_and_shared_layer():
-    inner = keras.Sequential([keras.Input((8, 8, 4)), L.Conv2D(4, 3, padding="same", name="ic"), L.ReLU()],
-                             name="inner")
+    inner = keras.Sequential(
+        [keras.Input((8, 8, 4)), L.Conv2D(4, 3, padding="same", name="ic"), L.ReLU()], name="inner"
+    )
     x = keras.Input((8, 8, 3))
     h = L.Conv2D(4, 3, padding="same", name="c1")(x)
     shared = L.Conv2D(4, 1, name="shared")
     h2 = L.Add()([shared(h), shared(inner(h))])
     m = keras.Model(x, L.Dense(2)(L.Flatten()(h2)))
-    scopes = {s.name: s for s in channel_groups(m)}
+    scopes = {s.name: s for s in make_groups(m)}
     # the shared conv reads c1 and inner/ic at the same input positions: their channels are tied
     assert set(scopes) == {"c1+inner/ic", "shared"}
     assert scopes["c1+inner/ic"].paths == ("c1/kernel", "c1/bias", "inner/ic/kernel", "inner/ic/bias")
@@ -182,13 +198,13 @@ def test_nested_sequential_and_shared_layer():
 
 def test_keras_applications_partition():
     r = keras.applications.ResNet50(input_shape=(32, 32, 3), weights=None, classes=10)
-    scopes = channel_groups(r)
+    scopes = make_groups(r)
     assert len(scopes) == 1 + 16 * 2 + 4  # conv1, two inner convs per block, one residual scope per stage
     stage2 = next(s for s in scopes if s.name.startswith("conv2_block1_0_conv+"))
     assert stage2.num_groups == 256 and len(stage2.members) == 4 * 4  # 4 producers: kernel, bias, gamma, beta
     check_partition(r, scopes)
     mb = keras.applications.MobileNet(input_shape=(32, 32, 3), alpha=0.25, weights=None, classes=10)
-    scopes = channel_groups(mb)
+    scopes = make_groups(mb)
     assert [s.name for s in scopes][:3] == ["conv1", "conv_pw_1", "conv_pw_2"] and len(scopes) == 14
     check_partition(mb, scopes)
 
@@ -203,11 +219,12 @@ def test_unknown_and_lambda_layers_name_class_and_path():
     h = L.Conv2D(3, 1, name="c")(x)
     m = keras.Model(x, L.Dense(2)(L.Flatten()(Doubler(name="dbl")(h))))
     with pytest.raises(cr.UnsupportedLayerError, match=r"'dbl' of class Doubler.*register_channel_rule.*exclude"):
-        channel_groups(m)
-    assert channel_groups(m, exclude="dbl") == []  # opaque: the conv's channels are kept
+        make_groups(m)
+    with pytest.raises(ValueError, match="found nothing to group"):  # opaque: the conv's channels are kept
+        make_groups(m, exclude="dbl")
     m2 = keras.Model(x, L.Dense(2)(L.Flatten()(L.Lambda(lambda t: t * 2, name="lam")(h))))
     with pytest.raises(cr.UnsupportedLayerError, match="'lam' of class Lambda"):
-        channel_groups(m2)
+        make_groups(m2)
 
 
 def test_registered_rule_is_used():
@@ -218,7 +235,7 @@ def test_registered_rule_is_used():
     cr.register_channel_rule(Halver, cr.Passthrough())
     x = keras.Input((4, 4, 2))
     m = keras.Model(x, L.Dense(2)(L.Flatten()(Halver()(L.Conv2D(3, 1, name="c")(x)))))
-    assert [s.name for s in channel_groups(m)] == ["c"]
+    assert [s.name for s in make_groups(m)] == ["c"]
     with pytest.raises(TypeError):
         cr.register_channel_rule("Halver", cr.Passthrough())
 
@@ -227,4 +244,4 @@ def test_softmax_activation_pins_channels():
     x = keras.Input((4, 4, 2))
     h = L.Activation("softmax", name="sm")(L.Conv2D(3, 1, name="c")(x))
     m = keras.Model(x, L.Dense(2)(L.Flatten()(L.Conv2D(3, 1, name="d")(h))))
-    assert [s.name for s in channel_groups(m)] == ["d"]
+    assert [s.name for s in make_groups(m)] == ["d"]

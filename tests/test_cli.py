@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,12 +12,10 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from tflite_export.cli import main  # noqa: E402
-from tflite_export.firmware import parse_c_array  # noqa: E402
-from tflite_export.flatbuffer import summarize  # noqa: E402
-from tflite_export.report import Report  # noqa: E402
-
-HAVE_SHRINK = importlib.util.find_spec("tflite_export.surgery") is not None
+from tflite_export.cli import main
+from tflite_export.firmware import parse_c_array
+from tflite_export.flatbuffer import summarize
+from tflite_export.measure import Report
 
 
 def _cnn() -> keras.Model:
@@ -74,12 +71,29 @@ def _leftovers(parent: Path) -> list[str]:
 
 def test_export_writes_consistent_outputs(files, tmp_path, capsys):
     out = tmp_path / "build"
-    rc = main([str(files["cnn.keras"]), "--calibration", str(files["calib.npz"]), "--eval",
-               str(files["eval.npz"]), "--out", str(out), "--no-shrink", "--no-instructions",
-               "--runs", "5"])
+    rc = main(
+        [
+            str(files["cnn.keras"]),
+            "--calibration",
+            str(files["calib.npz"]),
+            "--eval",
+            str(files["eval.npz"]),
+            "--out",
+            str(out),
+            "--no-shrink",
+            "--no-instructions",
+            "--runs",
+            "5",
+        ]
+    )
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "model_data.cc", "model_data.h", "model_int8.tflite", "report.json", "report.md"]
+        "model_data.cc",
+        "model_data.h",
+        "model_int8.tflite",
+        "report.json",
+        "report.md",
+    ]
     tfl = (out / "model_int8.tflite").read_bytes()
     assert parse_c_array((out / "model_data.cc").read_text()) == tfl
     report = Report.load(out / "report.json")
@@ -99,11 +113,22 @@ def test_float_io_force_and_npy_calibration(files, tmp_path):
     out = tmp_path / "build"
     out.mkdir()
     (out / "old.txt").write_text("previous export")
-    args = [str(files["cnn.keras"]), "--calibration", str(files["calib.npy"]), "--out", str(out),
-            "--no-shrink", "--no-instructions", "--float-io", "--runs", "2", "--quiet"]
+    args = [
+        str(files["cnn.keras"]),
+        "--calibration",
+        str(files["calib.npy"]),
+        "--out",
+        str(out),
+        "--no-shrink",
+        "--no-instructions",
+        "--float-io",
+        "--runs",
+        "2",
+        "--quiet",
+    ]
     assert main(args) == 1  # non-empty folder without --force
     assert (out / "old.txt").exists()
-    assert main(args + ["--force"]) == 0
+    assert main([*args, "--force"]) == 0
     assert not (out / "old.txt").exists()
     assert summarize((out / "model_int8.tflite").read_bytes()).input_types == ("FLOAT32",)
     assert _leftovers(tmp_path) == []
@@ -124,14 +149,25 @@ def _half_dead(model: keras.Model) -> keras.Model:
     return model
 
 
-@pytest.mark.skipif(not HAVE_SHRINK, reason="tflite_export.surgery not written yet")
 def test_export_with_shrink_and_dense_comparison(tmp_path):
     x = np.random.default_rng(1).random((60, 8, 8, 1), dtype=np.float32)
     _half_dead(_cnn()).save(tmp_path / "sparse.keras")
     np.save(tmp_path / "calib.npy", x)
     out = tmp_path / "build"
-    rc = main([str(tmp_path / "sparse.keras"), "--calibration", str(tmp_path / "calib.npy"),
-               "--out", str(out), "--compare-dense", "--no-instructions", "--runs", "2", "--quiet"])
+    rc = main(
+        [
+            str(tmp_path / "sparse.keras"),
+            "--calibration",
+            str(tmp_path / "calib.npy"),
+            "--out",
+            str(out),
+            "--compare-dense",
+            "--no-instructions",
+            "--runs",
+            "2",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     dense, shrunk = Report.load(out / "report_dense.json"), Report.load(out / "report.json")
     conv_macs = 8 * 8 * 8 * 9 + 4 * 4 * 16 * 9 * 8  # dense convolutions: 4,608 + 18,432
@@ -144,23 +180,19 @@ def test_export_with_shrink_and_dense_comparison(tmp_path):
     assert "## dense vs shrunk" in md and "## shrink (Keras model)" in md
 
 
-@pytest.mark.skipif(HAVE_SHRINK, reason="tflite_export.surgery exists")
-def test_missing_shrink_says_use_no_shrink(files, tmp_path, capsys):
-    out = tmp_path / "build"
-    rc = main([str(files["cnn.keras"]), "--calibration", str(files["calib.npz"]), "--out", str(out),
-               "--quiet"])
-    assert rc == 1
-    assert "--no-shrink" in capsys.readouterr().err
-    assert not out.exists() and _leftovers(tmp_path) == []
-
-
 @pytest.mark.parametrize(
     ("model", "calib", "extra", "code", "message"),
     [
         ("missing.keras", "calib.npz", [], 2, "model file not found"),
         ("corrupt.keras", "calib.npz", [], 2, "corrupt or not a Keras archive"),
         ("notes.txt", "calib.npz", [], 2, "not a .keras"),
-        ("custom.keras", "calib.npz", [], 2, "custom object 'Doubler' (registered as 'wgsef_test>Doubler') that is not registered"),
+        (
+            "custom.keras",
+            "calib.npz",
+            [],
+            2,
+            "custom object 'Doubler' (registered as 'wgsef_test>Doubler') that is not registered",
+        ),
         ("lambda.keras", "calib.npz", [], 2, "--unsafe-load"),
         ("cnn.keras", "wrong_shape.npy", [], 2, "shape (10, 7, 8, 1) but the model expects (N, 8, 8, 1)"),
         ("cnn.keras", "uint8.npy", [], 2, "dtype uint8; it must be floating point"),
@@ -177,8 +209,21 @@ def test_error_paths(files, tmp_path, capsys, model, calib, extra, code, message
     out = tmp_path / "build"
     path = lambda name: str(files.get(name, tmp_path / name))  # noqa: E731
     extra = [str(files["eval_no_y.npz"]) if e == "EVAL_NO_Y" else e for e in extra]
-    rc = main([path(model), "--calibration", path(calib), "--out", str(out), "--no-shrink",
-               "--no-instructions", "--runs", "2", "--quiet", *extra])
+    rc = main(
+        [
+            path(model),
+            "--calibration",
+            path(calib),
+            "--out",
+            str(out),
+            "--no-shrink",
+            "--no-instructions",
+            "--runs",
+            "2",
+            "--quiet",
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == code
     assert message in err
@@ -189,32 +234,89 @@ def test_error_paths(files, tmp_path, capsys, model, calib, extra, code, message
 
 def test_unsafe_load_flag_loads_lambda_models(files, tmp_path):
     out = tmp_path / "build"
-    rc = main([str(files["lambda.keras"]), "--calibration", str(files["calib.npz"]), "--out",
-               str(out), "--no-shrink", "--no-instructions", "--runs", "2", "--quiet", "--unsafe-load"])
+    rc = main(
+        [
+            str(files["lambda.keras"]),
+            "--calibration",
+            str(files["calib.npz"]),
+            "--out",
+            str(out),
+            "--no-shrink",
+            "--no-instructions",
+            "--runs",
+            "2",
+            "--quiet",
+            "--unsafe-load",
+        ]
+    )
     assert rc == 0 and (out / "model_int8.tflite").exists()
 
 
 def test_unwritable_output(files, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    rc = main([str(files["cnn.keras"]), "--calibration", str(files["calib.npz"]), "--out",
-               str(blocker / "build"), "--no-shrink", "--quiet"])
+    rc = main(
+        [
+            str(files["cnn.keras"]),
+            "--calibration",
+            str(files["calib.npz"]),
+            "--out",
+            str(blocker / "build"),
+            "--no-shrink",
+            "--quiet",
+        ]
+    )
     assert rc == 1
     assert "does not exist" in capsys.readouterr().err
-    rc = main([str(files["cnn.keras"]), "--calibration", str(files["calib.npz"]), "--out",
-               str(blocker), "--no-shrink", "--quiet"])
+    rc = main(
+        [
+            str(files["cnn.keras"]),
+            "--calibration",
+            str(files["calib.npz"]),
+            "--out",
+            str(blocker),
+            "--no-shrink",
+            "--quiet",
+        ]
+    )
     assert rc == 1 and "is a file" in capsys.readouterr().err
 
 
 def test_module_entry_point_and_exit_code(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    run = subprocess.run([sys.executable, "-m", "tflite_export", "--help"], capture_output=True,
-                         text=True, env=env, check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "tflite_export", "--help"], capture_output=True, text=True, env=env, check=False
+    )
     assert run.returncode == 0 and "--calibration" in run.stdout and "--unsafe-load" in run.stdout
-    run = subprocess.run([sys.executable, "-m", "tflite_export", str(tmp_path / "nope.keras"),
-                          "--calibration", "c.npz", "--out", str(tmp_path / "o")],
-                         capture_output=True, text=True, env=env, check=False)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tflite_export",
+            str(tmp_path / "nope.keras"),
+            "--calibration",
+            "c.npz",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()  # (importing the package may log TensorFlow start-up lines)
     assert lines[-1] == f"wgsef-export: error: model file not found: {tmp_path / 'nope.keras'}; check the path"
     assert sum("wgsef-export" in ln for ln in lines) == 1 and "Traceback" not in run.stderr
+
+
+def test_package_names_stay_functions_after_submodule_imports():
+    """shrink, measure and export are modules named after their function; the package keeps the function."""
+    import tflite_export
+    from tflite_export.export import ExportResult  # noqa: F401  (imports the submodule first)
+    from tflite_export.measure import Report as _Report  # noqa: F401
+    from tflite_export.shrink import plan_shrink  # noqa: F401
+
+    for name in ("shrink", "measure", "export"):
+        value = getattr(tflite_export, name)
+        assert callable(value) and value.__name__ == name and value.__module__ == f"tflite_export.{name}"

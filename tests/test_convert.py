@@ -10,25 +10,19 @@ from hypothesis import strategies as st
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from tflite_export.convert import (  # noqa: E402
-    CalibrationError,
-    calibration_samples,
-    check_agreement,
-    dequantize,
-    quantize,
-    run_litert,
-    to_tflite_int8,
-)
-from tflite_export.flatbuffer import summarize  # noqa: E402
-from digits_cnn import digits_cnn, digits_xy  # noqa: E402
+from digits_cnn import digits_cnn, digits_xy
+
+from tflite_export.convert import CalibrationError, calibration_samples, to_tflite_int8
+from tflite_export.flatbuffer import summarize
+from tflite_export.litert import check_agreement, run_litert
+from tflite_export.quantization import dequantize, quantize
 
 
 @pytest.fixture(scope="module")
 def trained():
     x, y = digits_xy()
     model = digits_cnn((16, 32))
-    model.compile(keras.optimizers.Adam(3e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x[:1400], y[:1400], epochs=10, batch_size=32, verbose=0)
     return model, x, y
 
@@ -145,7 +139,6 @@ def test_quantize_dequantize_round_trip(scale, zero_point, values):
 
 
 def test_quantize_reads_tflm_style_details():
-    details = {"dtype": np.int8, "quantization_parameters": {"scales": np.array([0.5]),
-                                                             "zero_points": np.array([-10])}}
+    details = {"dtype": np.int8, "quantization_parameters": {"scales": np.array([0.5]), "zero_points": np.array([-10])}}
     np.testing.assert_array_equal(quantize(np.array([0.0, 1.0, 500.0]), details), [-10, -8, 127])
     np.testing.assert_allclose(dequantize(np.array([-10, -8], np.int8), details), [0.0, 1.0])

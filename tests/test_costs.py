@@ -4,11 +4,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import pytest  # noqa: E402
+import keras
+import pytest
+from anchor_model import anchor_cnn
 
-from keras_wgsef.costs import count_macs, count_params  # noqa: E402
-from anchor_model import anchor_cnn  # noqa: E402
+from keras_wgsef.graph.costs import count_macs, count_params
 
 L = keras.layers
 
@@ -28,11 +28,11 @@ def test_anchor_cnn_matches_design_notes():
 
 def test_depthwise_separable_transpose_and_strides():
     x = keras.Input((10, 10, 4))
-    h = L.DepthwiseConv2D(3, strides=2, padding="same", name="dw")(x)          # 5x5 out
-    h = L.SeparableConv2D(6, 3, depth_multiplier=2, name="sep")(h)            # 3x3 out
-    h = L.Conv2DTranspose(5, 2, strides=2, name="tr")(h)                       # 3x3 in -> 6x6
-    h = L.Conv1D(3, 2, name="c1")(L.Reshape((36, 5), name="rs")(h))           # 35 out positions
-    y = L.Dense(2, name="d")(h)                                                # dense on (35, 3)
+    h = L.DepthwiseConv2D(3, strides=2, padding="same", name="dw")(x)  # 5x5 out
+    h = L.SeparableConv2D(6, 3, depth_multiplier=2, name="sep")(h)  # 3x3 out
+    h = L.Conv2DTranspose(5, 2, strides=2, name="tr")(h)  # 3x3 in -> 6x6
+    h = L.Conv1D(3, 2, name="c1")(L.Reshape((36, 5), name="rs")(h))  # 35 out positions
+    y = L.Dense(2, name="d")(h)  # dense on (35, 3)
     m = keras.Model(x, y)
     macs = count_macs(m)
     assert macs["dw"] == 25 * 9 * 4

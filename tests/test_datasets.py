@@ -10,7 +10,7 @@ def test_load_image_data_offline_and_small():
     (x, y), (xt, yt) = kw.datasets.load_image_data("cifar10", offline=True)[0]
     assert x.shape == (4000, 28, 28, 1) and xt.shape == (1000, 28, 28, 1) and y.dtype == np.int64
     (x, _), _ = kw.datasets.load_image_data(small=True)[0]
-    assert x.shape[1:] == (8, 8, 1) and 0.0 <= x.min() and x.max() <= 1.0
+    assert x.shape[1:] == (8, 8, 1) and x.min() >= 0.0 and x.max() <= 1.0
     with pytest.raises(ValueError, match="mnist"):
         kw.datasets.load_image_data("imagenet")
 

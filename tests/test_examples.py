@@ -120,7 +120,7 @@ def test_ds_cnn_notebook(tmp_path, kernel_specs):
 
 
 def test_custom_loop_notebook(tmp_path, kernel_specs):
-    """Custom GradientTape loop: dense until the chosen step, exactly k after freeze_scope, then export."""
+    """Custom GradientTape loop: dense until the chosen step, exactly k after freezing every scope, then export."""
     r = run_notebook("custom_loop", tmp_path, kernel_specs, **SMALL, INSTRUCTIONS=False)
     check_exact_k(r)
     first, last = r["history"][0]["nonzero"], r["history"][-1]["nonzero"]

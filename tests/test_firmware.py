@@ -81,15 +81,26 @@ def test_compiles_links_and_is_aligned(tmp_path, tflite_bytes):
     write_c_array(tflite_bytes, tmp_path, arena_size=2048)
     (tmp_path / "main.cc").write_text(
         '#include <cstdint>\n#include <cstdio>\n#include "model_data.h"\n'
-        "static_assert(g_model_arena_size == 2048u, \"arena constant\");\n"
+        'static_assert(g_model_arena_size == 2048u, "arena constant");\n'
         "int main() {\n"
         "  if (reinterpret_cast<std::uintptr_t>(g_model) % 16 != 0) return 3;\n"
         "  if (g_model_len != g_model_size) return 4;\n"
         "  fwrite(g_model, 1, g_model_len, stdout);\n  return 0;\n}\n"
     )
     exe = tmp_path / "check"
-    subprocess.run(["g++", "-std=c++17", "-Wall", "-Werror", "-o", str(exe),
-                    str(tmp_path / "main.cc"), str(tmp_path / "model_data.cc")], check=True)
+    subprocess.run(
+        [
+            "g++",
+            "-std=c++17",
+            "-Wall",
+            "-Werror",
+            "-o",
+            str(exe),
+            str(tmp_path / "main.cc"),
+            str(tmp_path / "model_data.cc"),
+        ],
+        check=True,
+    )
     run = subprocess.run([str(exe)], capture_output=True, check=False)
     assert run.returncode == 0
     assert run.stdout == tflite_bytes

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 import keras_wgsef as kw
-from keras_wgsef.path_groups import groups_from_paths
-from keras_wgsef.stats import scope_norms
+from keras_wgsef.graph.model_graph import model_weights
+from keras_wgsef.groups import match_variables
+from keras_wgsef.groups.default import groups_from_paths
+from keras_wgsef.sparsity import scope_norms
 
 
 def cnn():
@@ -23,39 +25,39 @@ def cnn():
 
 
 def shapes(model):
-    return {v.path: tuple(v.shape) for v in model.variables}
+    return {p: tuple(v.shape) for p, v in model_weights(model).items()}
 
 
 @pytest.mark.parametrize("kind", ["input_channel", "filter_shape", "unstructured", "layer"])
 def test_kinds_partition_their_variables(kind):
     model = cnn()
     scopes = kw.make_groups(model, kind)
-    assert "head" not in {s.name.split("/")[-1] for s in scopes}
+    assert "head" not in {s.name for s in scopes}
     for s in scopes:
         s.validate(shapes(model))  # raises unless a partition into m nonempty groups
 
 
 def test_kind_group_counts_by_hand():
     model = cnn()
-    by = {s.name.split("/")[-1]: s for s in kw.make_groups(model, "filter_shape")}
+    by = {s.name: s for s in kw.make_groups(model, "filter_shape")}
     assert by["c1"].num_groups == 3 * 3 * 3  # one kernel position (h, w, c_in) across filters
     assert by["dw"].num_groups == 9  # depthwise: a position across channels
-    ic = {s.name.split("/")[-1]: s for s in kw.make_groups(model, "input_channel")}
+    ic = {s.name: s for s in kw.make_groups(model, "input_channel")}
     assert ic["c1"].num_groups == 3 and ic["fc"].num_groups == 6 * 6 * 16
     assert ic["sep"].num_groups == 8  # input channel c owns depthwise[..., c, :] and pointwise rows 2c, 2c+1
     sizes = ic["sep"].sizes(shapes(model))
     assert np.all(sizes == 3 * 3 * 2 + 2 * 16)
-    un = {s.name.split("/")[-1]: s for s in kw.make_groups(model, "unstructured")}
+    un = {s.name: s for s in kw.make_groups(model, "unstructured")}
     assert un["c1"].num_groups == 3 * 3 * 3 * 8
 
 
 def test_output_channel_groups_couple_bias_and_batchnorm():
     model = cnn()
     s = next(s for s in kw.make_groups(model) if "c1" in s.name)
-    paths = {p.split("/")[-2] + "/" + p.split("/")[-1] for p in s.paths}
+    paths = set(s.paths)
     assert {"c1/kernel", "c1/bias", "bn1/gamma", "bn1/beta"} <= paths
     # zeroing one group zeroes that channel after BN
-    values = {v.path: v.numpy().copy() for v in model.variables}
+    values = {p: v.numpy().copy() for p, v in model_weights(model).items()}
     for mb in s.members:
         x = values[mb.path]
         idx = [slice(None)] * x.ndim
@@ -67,7 +69,7 @@ def test_output_channel_groups_couple_bias_and_batchnorm():
 def test_block_groups_and_mac_weights():
     model = cnn()
     scopes = kw.make_groups(model, "block", block=4, weights="macs")
-    c1 = next(s for s in scopes if s.name.split("/")[-1] == "c1" or s.name.startswith("c1"))
+    c1 = next(s for s in scopes if s.name == "c1" or s.name.startswith("c1"))
     assert c1.num_groups == 2 and c1.weights is not None and np.all(c1.weights > 0)
     with pytest.raises(ValueError, match="multiple"):
         kw.make_groups(model, "block", block=3)
@@ -76,7 +78,7 @@ def test_block_groups_and_mac_weights():
 def test_path_groups_default_output_channels():
     model = cnn()
     scopes = groups_from_paths(model.trainable_variables)
-    names = [s.name.split("/")[-1] for s in scopes]
+    names = [s.name for s in scopes]
     assert names == ["c1", "sep", "fc"]  # head excluded; the depthwise kernel (last axis 1) skipped
     sep = scopes[1]
     assert sep.members[0].path.endswith("pointwise_kernel") and sep.num_groups == 16
@@ -104,3 +106,39 @@ def test_bad_group_definitions():
     with pytest.raises(ValueError, match="unknown group kind"):
         kw.make_groups(cnn(), "rows")
 
+
+def test_member_paths_match_variables_exactly_or_by_a_unique_suffix():
+    class V:
+        def __init__(self, path):
+            self.path = path
+
+    variables = [V("sequential/c/kernel"), V("a/kernel"), V("x/a/bias"), V("y/a/bias")]
+    got = match_variables(["c/kernel", "blk/a/kernel", "a/kernel"], variables)
+    assert {p: v.path for p, v in got.items()} == {
+        "c/kernel": "sequential/c/kernel",
+        "blk/a/kernel": "a/kernel",
+        "a/kernel": "a/kernel",
+    }
+    with pytest.raises(ValueError, match=r"'a/bias' matches several.*full layer path"):
+        match_variables(["a/bias"], variables)
+    with pytest.raises(ValueError, match=r"'d/kernel' matches none.*make_groups"):
+        match_variables(["d/kernel"], variables)
+
+
+def test_block_size_only_with_the_block_kind():
+    with pytest.raises(ValueError, match="block=4 applies to kind='block' only"):
+        kw.make_groups(cnn(), block=4)
+
+
+def test_weights_callable_has_one_signature_for_every_kind():
+    model = cnn()
+    seen = []
+
+    def weights(scope, m):
+        seen.append((scope.name, m is model))
+        return np.arange(1, scope.num_groups + 1)
+
+    for kind in ("output_channel", "filter_shape"):
+        scopes = kw.make_groups(model, kind, weights=weights)
+        assert all(np.array_equal(s.weights, np.arange(1, s.num_groups + 1)) for s in scopes)
+    assert seen and all(same for _, same in seen)

@@ -12,17 +12,19 @@ pytest.importorskip("tflite_micro")
 
 # the TFLM helpers live in tflite_export.micro (valgrind lookup patched there)
 micro_mod = importlib.import_module("tflite_export.micro")
-from tflite_export.convert import run_litert, to_tflite_int8  # noqa: E402
-from tflite_export.flatbuffer import summarize  # noqa: E402
-from tflite_export.micro import (  # noqa: E402
+from digits_cnn import digits_cnn, digits_xy
+
+from tflite_export.convert import to_tflite_int8
+from tflite_export.flatbuffer import summarize
+from tflite_export.litert import run_litert
+from tflite_export.measure import Report, compare, measure
+from tflite_export.micro import (
     UnsupportedOpError,
     count_instructions_many,
     run_tflm,
     tflm_arena_fits,
     tflm_min_arena,
 )
-from tflite_export.report import Report, compare, measure  # noqa: E402
-from digits_cnn import digits_cnn, digits_xy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +36,7 @@ def digits():
 def trained(digits):
     x, y = digits
     model = digits_cnn((16, 32))
-    model.compile(keras.optimizers.Adam(3e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x[:1400], y[:1400], epochs=10, batch_size=32, verbose=0)
     return model, to_tflite_int8(model, x[:1400:5])
 
@@ -69,8 +70,7 @@ def test_flatbuffer_macs_and_params_by_hand():
 def test_measure_accuracy_and_tflm_agreement(trained, digits):
     model, tfl = trained
     x, y = digits
-    r = measure(tfl, x[1400:], y[1400:], name="dense", runs=20, warmup=2, instructions=False,
-                tflm_samples=200)
+    r = measure(tfl, x[1400:], y[1400:], name="dense", runs=20, warmup=2, instructions=False, tflm_samples=200)
     float_acc = float(np.mean(np.asarray(model(x[1400:])).argmax(1) == y[1400:]))
     assert r.file_bytes == len(tfl) and r.macs == summarize(tfl).macs > 0
     assert r.n_eval == 397 and r.n_tflm == 200
@@ -95,7 +95,7 @@ def test_float_io_model_on_tflm(trained, digits):
     model, tfl = trained
     x, y = digits
     float_io = to_tflite_int8(model, x[:1400:5], int8_io=False)
-    kw = dict(latency=False, instructions=False, tflm_samples=100)
+    kw = {"latency": False, "instructions": False, "tflm_samples": 100}
     r = measure(float_io, x[1400:1500], y[1400:1500], **kw)
     r8 = measure(tfl, x[1400:1500], y[1400:1500], **kw)
     assert r.input_type == "FLOAT32" and r8.input_type == "INT8"

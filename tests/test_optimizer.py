@@ -1,6 +1,5 @@
 """The WGSEF optimizer wrapper: one step by hand, fit modes, save/load/resume, bad input."""
 
-
 import keras
 import numpy as np
 import pytest
@@ -9,7 +8,6 @@ from keras import ops
 import keras_wgsef as kw
 from keras_wgsef import prox as P
 from keras_wgsef import prox_ops
-from keras_wgsef.stats import scope_norms
 
 
 def small_model(seed=0):
@@ -33,8 +31,12 @@ def c1_scope(model):
     idx = np.arange(8)
     return kw.GroupScope(
         "c1",
-        (kw.Member(c1.kernel.path, -1, idx), kw.Member(c1.bias.path, 0, idx),
-         kw.Member(bn.gamma.path, 0, idx), kw.Member(bn.beta.path, 0, idx)),
+        (
+            kw.Member(c1.kernel.path, -1, idx),
+            kw.Member(c1.bias.path, 0, idx),
+            kw.Member(bn.gamma.path, 0, idx),
+            kw.Member(bn.beta.path, 0, idx),
+        ),
     )
 
 
@@ -106,15 +108,16 @@ def test_global_budget_keeps_every_layer_under_a_crushing_prox(jit):
     d = np.concatenate([g.weights for g in groups])
     a = P.group_norms(np.arange(1.0, 15.0), [[j] for j in range(14)])  # c1's norms are even the larger
     assert P.prox_scales(a, d, 3, 0.25)[:8].max() == 0  # one such prox step alone empties c1
-    opt = kw.WGSEF(keras.optimizers.SGD(0.05), k=3, lam=5.0, groups=groups, scope="model", ridge=False)
+    opt = kw.WGSEF(keras.optimizers.SGD(0.05), k=3, lam=5.0, groups=groups, envelope="model", ridge=False)
     model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
     model.fit(x, y, batch_size=16, epochs=3, verbose=0)
     counts = kw.nonzero_groups(model)
     assert len(counts) == 2 and min(counts.values()) >= 1
     assert counts["c1"] == 1  # the prox keeps only the protected leader of the crushed layer
-    with pytest.raises(ValueError, match="k = 1 groups over 2 layers.*between 2 and 14"):
-        kw.WGSEF(keras.optimizers.SGD(0.1), k=1, groups=kw.make_groups(model), scope="model").build(
-            model.trainable_variables)
+    with pytest.raises(ValueError, match=r"k = 1 groups over 2 layers.*between 2 and 14"):
+        kw.WGSEF(keras.optimizers.SGD(0.1), k=1, groups=kw.make_groups(model), envelope="model").build(
+            model.trainable_variables
+        )
 
 
 def test_tensor_prox_worked_vector():
@@ -154,7 +157,7 @@ def test_one_step_equals_inner_step_then_numpy_prox():
         np.testing.assert_allclose(got, expected[p] * s, rtol=2e-5, atol=1e-6)
     other = next(v for v in model.trainable_variables if v.path.endswith("c2/kernel"))
     np.testing.assert_allclose(other.numpy(), expected[other.path], rtol=1e-5, atol=1e-7)
-    assert int(opt.nonzero[0].numpy()) == np.count_nonzero(s)
+    assert opt.scopes[0].nonzero_count() == np.count_nonzero(s)
 
 
 @pytest.mark.parametrize("jit", [False, True])
@@ -164,10 +167,9 @@ def test_fit_reaches_k_with_strong_lam(jit):
     opt = kw.WGSEF(keras.optimizers.Adam(1e-2), k=3, lam=50.0, groups=[c1_scope(model)])
     model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
     model.fit(x, y, epochs=2, batch_size=32, verbose=0)
-    values = {v.path: v.numpy() for v in model.variables}
-    norms = scope_norms(opt.scopes[0], values)
+    norms = opt.scopes[0].group_norms()
     assert np.count_nonzero(norms) == 3
-    assert int(opt.nonzero[0].numpy()) == 3
+    assert opt.scopes[0].nonzero_count() == 3
 
 
 def test_default_groups_from_paths_exclude_head():
@@ -175,22 +177,22 @@ def test_default_groups_from_paths_exclude_head():
     opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=0.5)
     model.compile(optimizer=opt, loss="mse")
     opt.build(model.trainable_variables)
-    assert [s.name.split("/")[-1] for s in opt.scopes] == ["c1", "c2"]
-    assert list(opt.scope_k) == [4, 3]
+    assert [s.name for s in opt.scopes] == ["c1", "c2"]
+    assert [s.k for s in opt.scopes] == [4, 3]
 
 
 def test_model_scope_merges_into_one_envelope():
     model = small_model()
-    opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=5, scope="model")
+    opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=5, envelope="model")
     opt.build(model.trainable_variables)
-    assert len(opt.scopes) == 1 and opt.scopes[0].num_groups == 14 and opt.scope_k[0] == 5
+    assert len(opt.scopes) == 1 and opt.scopes[0].num_groups == 14 and opt.scopes[0].k == 5
 
 
 def test_k_mapping_by_pattern():
     model = small_model()
     opt = kw.WGSEF(keras.optimizers.SGD(0.1), k={"c1": 2, ".*": 0.5})
     opt.build(model.trainable_variables)
-    assert list(opt.scope_k) == [2, 3]
+    assert [s.k for s in opt.scopes] == [2, 3]
 
 
 def test_mixed_float16_trains_and_sparsifies():
@@ -213,7 +215,7 @@ def test_save_load_resume_identical(tmp_path):
     opt = kw.WGSEF(keras.optimizers.Adam(1e-2), k=4, lam=5.0, groups=[c1_scope(model)], ridge=False)
     model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x, y, epochs=1, batch_size=16, verbose=0)
-    kw.callbacks.freeze_scope(opt, 0)
+    opt.scopes[0].freeze(opt.scopes[0].top_k_support())
     path = str(tmp_path / "m.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
@@ -242,7 +244,7 @@ def test_non_finite_gradients_skip_the_step():
     before = [v.numpy().copy() for v in model.trainable_variables]
     grads = [np.full(v.shape, np.nan, "float32") for v in model.trainable_variables]
     opt.apply(grads, model.trainable_variables)
-    assert int(opt.skipped_steps.numpy()) == 1
+    assert opt.skipped_steps == 1
     for b, v in zip(before, model.trainable_variables):
         np.testing.assert_array_equal(b, v.numpy())
 
@@ -282,3 +284,76 @@ def test_unknown_variable_in_groups_raises():
     bad = kw.GroupScope("x", (kw.Member("nope/kernel", 0, np.arange(3)),))
     with pytest.raises(ValueError, match="nope/kernel"):
         kw.WGSEF(keras.optimizers.SGD(0.1), k=1, groups=[bad]).build(model.trainable_variables)
+
+
+# ---------------------------------------------------------------- naming that survives save and load
+def _sequential():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            keras.layers.Conv2D(6, 3, padding="same", name="c1"),
+            keras.layers.BatchNormalization(name="bn1"),
+            keras.layers.ReLU(),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, name="head"),
+        ]
+    )
+
+
+def _nested():
+    keras.utils.set_random_seed(0)
+    block = keras.Sequential(
+        [keras.Input((6, 6, 2)), keras.layers.Conv2D(6, 3, padding="same", name="c1"), keras.layers.ReLU()],
+        name="block",
+    )
+    x = keras.Input((6, 6, 2))
+    h = keras.layers.GlobalAveragePooling2D()(block(x))
+    return keras.Model(x, keras.layers.Dense(3, name="head")(h))
+
+
+@pytest.mark.parametrize("build,scope_name", [(_sequential, "c1"), (_nested, "block/c1"), (small_model, "c1")])
+def test_groups_name_layer_paths_and_survive_save_load(build, scope_name, tmp_path):
+    """Sequential, nested and Functional models compiled with make_groups save, load and train on.
+
+    Keras renames variables on reload ("sequential/c1/kernel" -> "c1/kernel", "block/c1/kernel" ->
+    "c1/kernel"); members name the layer's path in the model and are matched to the variables."""
+    x, y = data(64)
+    model = build()
+    groups = kw.make_groups(model)
+    assert scope_name in [s.name for s in groups]
+    opt = kw.WGSEF(keras.optimizers.SGD(0.05), k=3, lam=5.0, groups=groups)
+    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert [s.name for s in loaded.optimizer.scopes] == [s.name for s in opt.scopes]
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, shuffle=False)
+    loaded.fit(x, y, epochs=1, batch_size=16, verbose=0, shuffle=False)
+    for a, b in zip(model.trainable_variables, loaded.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    assert kw.nonzero_groups(loaded) == kw.nonzero_groups(model)
+
+
+def test_scope_keyword_is_the_old_name_of_envelope():
+    with pytest.warns(DeprecationWarning, match="envelope"):
+        opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=5, scope="model")
+    assert opt.envelope == "model" and opt.get_config()["envelope"] == "model"
+    with pytest.raises(ValueError, match=r"envelope must be 'layer'.*or 'model'"):
+        kw.WGSEF(keras.optimizers.SGD(0.1), envelope="global")
+
+
+def test_scope_state_is_changed_only_through_checked_methods():
+    model = small_model()
+    opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=3, groups=[c1_scope(model)])
+    opt.build(model.trainable_variables)
+    state = opt.scope_named("c1")
+    state.set_strength(0.25)
+    assert state.strength == 0.25 and not state.frozen
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        state.set_strength(-1.0)
+    with pytest.raises(ValueError, match="must have 8 entries"):
+        state.freeze(np.ones(3, bool))
+    with pytest.raises(KeyError, match="the scopes are \\['c1'\\]"):
+        opt.scope_named("c2")

@@ -25,7 +25,9 @@ def trained():
     model = keras.Model(inp, keras.layers.Dense(10, name="head")(h))
     groups = kw.make_groups(model)
     opt = kw.WGSEF(keras.optimizers.Adam(1e-2), k={"conv3": 6, ".*": 4}, groups=groups)
-    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     model.fit(x, y, epochs=6, batch_size=32, verbose=0, callbacks=[kw.callbacks.ReachK(project_epoch=3, verbose=0)])
     kw.recalibrate_batchnorm(model, x)
     return model, x, y, xt, yt

@@ -4,17 +4,18 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from hypothesis import HealthCheck, example, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+import keras
+import numpy as np
+import pytest
+from anchor_model import anchor_cnn
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
-from keras_wgsef import channel_rules as cr  # noqa: E402
-from keras_wgsef.channel_graph import channel_groups  # noqa: E402
-from keras_wgsef.costs import count_macs, count_params  # noqa: E402
-from tflite_export.surgery import ShrinkError, plan_shrink, shrink  # noqa: E402
-from anchor_model import anchor_cnn  # noqa: E402
+from keras_wgsef import make_groups
+from keras_wgsef.graph import rules as cr
+from keras_wgsef.graph.costs import count_macs, count_params
+from keras_wgsef.graph.model_graph import model_weights
+from tflite_export.shrink import ShrinkError, plan_shrink, shrink
 
 L = keras.layers
 
@@ -34,15 +35,15 @@ def randomize(model, seed=0, shift=0.3, variance=(0.5, 1.5)):
 
 
 def zero_groups(model, scope, groups, kernel_only=False):
-    vals = {w.path: w.numpy().copy() for w in model.weights}
+    weights = model_weights(model)
     for mb in scope.members:
         if kernel_only and not mb.path.endswith("kernel"):
             continue
-        idx = [slice(None)] * vals[mb.path].ndim
+        x = weights[mb.path].numpy().copy()
+        idx = [slice(None)] * x.ndim
         idx[mb.axis] = np.flatnonzero(np.isin(mb.index, list(groups)))
-        vals[mb.path][tuple(idx)] = 0
-    for w in model.weights:
-        w.assign(vals[w.path])
+        x[tuple(idx)] = 0
+        weights[mb.path].assign(x)
 
 
 def zero_random(model, frac, seed, scopes=None):
@@ -54,13 +55,16 @@ def zero_random(model, frac, seed, scopes=None):
     """
     rng = np.random.default_rng(seed)
     kept = {}
-    for s in scopes if scopes is not None else channel_groups(model):
+    for s in scopes if scopes is not None else make_groups(model):
         dead = np.flatnonzero(rng.random(s.num_groups) < frac)
         zero_groups(model, s, dead)
         alive = {}
         for producer in s.name.split("+"):
-            kernel = next(mb for mb in s.members if mb.path.rsplit("/", 1)[0].endswith(producer)
-                          and mb.path.endswith(("/kernel", "pointwise_kernel")))
+            kernel = next(
+                mb
+                for mb in s.members
+                if mb.path.rsplit("/", 1)[0].endswith(producer) and mb.path.endswith(("/kernel", "pointwise_kernel"))
+            )
             alive[producer] = int(np.sum(~np.isin(kernel.index, dead)))
         revived = sum(1 for n in alive.values() if n == 0)
         for producer, n in alive.items():
@@ -100,7 +104,7 @@ def out_width(model, name):
 def test_anchor_cnn_to_4_8_16_exact_params_and_macs():
     m = anchor_cnn()
     randomize(m)
-    scopes = channel_groups(m)
+    scopes = make_groups(m)
     rng = np.random.default_rng(0)
     for s, k in zip(scopes, (4, 8, 16)):
         zero_groups(m, s, rng.permutation(s.num_groups)[k:])
@@ -145,11 +149,11 @@ def test_zero_filter_with_nonzero_bias_is_kept_and_explained():
     a = m.get_layer("a")
     k, bias = a.get_weights()
     k[..., [1, 2]] = 0
-    bias[1], bias[2] = 0.7, 0.0   # channel 1 emits relu(0.7) into a padded conv; channel 2 is dead
+    bias[1], bias[2] = 0.7, 0.0  # channel 1 emits relu(0.7) into a padded conv; channel 2 is dead
     a.set_weights([k, bias])
     plan = plan_shrink(m)
     assert plan.widths["a"] == (4, 3)
-    assert any(lab == "a:1" and "b (Conv2D)" in why for lab, why in plan.kept)
+    assert any(lab == "a:1" and "b (Conv2D)" in why for lab, why in plan.not_removed)
     new = shrink(m)
     assert out_width(new, "a") == 3
     assert_same_outputs(m, new, sample((8, 8, 2)))
@@ -166,15 +170,15 @@ def residual_model():
 def test_residual_add_one_branch_zero_is_kept_both_zero_is_removed():
     m = residual_model()
     randomize(m)
-    scope = next(s for s in channel_groups(m) if "+" in s.name)
+    scope = next(s for s in make_groups(m) if "+" in s.name)
     zero_groups(m, scope, [0, 4])
     a = m.get_layer("a")
     k, bias = a.get_weights()
-    k[..., 2], bias[2] = 0, 0     # only branch a of channel 2 is zero
+    k[..., 2], bias[2] = 0, 0  # only branch a of channel 2 is zero
     a.set_weights([k, bias])
     new, report = shrink(m, return_report=True)
     assert out_width(new, "a") == out_width(new, "b") == 4
-    assert any(lab in ("a:2", "b:2") and "c (Conv2D)" in why for lab, why in report.plan.kept)
+    assert any(lab in ("a:2", "b:2") and "c (Conv2D)" in why for lab, why in report.plan.not_removed)
     expected = (27 * 4 + 4) + (3 * 4 + 4) + 16 + (9 * 4 * 5 + 5) + (5 * 4 + 4)
     assert new.count_params() == expected
     assert_same_outputs(m, new, sample((8, 8, 3)))
@@ -186,8 +190,8 @@ def test_concatenate_bn_offsets():
     h = L.Conv2D(4, 3, name="next")(L.ReLU()(L.BatchNormalization(name="bn")(c)))
     m = keras.Model(x, L.Dense(2, name="out")(L.Flatten()(h)))
     randomize(m)
-    scope = next(s for s in channel_groups(m) if s.name == "p+q")
-    zero_groups(m, scope, [1, 3, 6])     # p:1, q:0, q:3
+    scope = next(s for s in make_groups(m) if s.name == "p+q")
+    zero_groups(m, scope, [1, 3, 6])  # p:1, q:0, q:3
     new = shrink(m)
     assert (out_width(new, "p"), out_width(new, "q")) == (2, 3)
     assert new.get_layer("next").get_weights()[0].shape == (3, 3, 5, 4)
@@ -198,10 +202,10 @@ def test_concatenate_bn_offsets():
 
 def test_flatten_dense_rows_follow_s_times_c_plus_c():
     x = keras.Input((3, 3, 1))
-    h = L.Conv2D(4, 2, name="conv")(x)                              # (2, 2, 4)
+    h = L.Conv2D(4, 2, name="conv")(x)  # (2, 2, 4)
     m = keras.Model(x, L.Dense(3, name="dense")(L.Flatten(name="flat")(h)))
     randomize(m)
-    zero_groups(m, channel_groups(m)[0], [1, 2])
+    zero_groups(m, make_groups(m)[0], [1, 2])
     new = shrink(m)
     rows = [s * 4 + c for s in range(4) for c in (0, 3)]
     np.testing.assert_array_equal(new.get_layer("dense").get_weights()[0], m.get_layer("dense").get_weights()[0][rows])
@@ -217,14 +221,24 @@ def test_depthwise_chain_and_separable():
     h = L.Conv2D(4, 1, name="c1")(L.ReLU()(h))
     m = keras.Model(x, L.Dense(2, name="out")(L.GlobalMaxPooling2D()(h)))
     randomize(m)
-    scopes = {s.name: s for s in channel_groups(m)}
+    scopes = {s.name: s for s in make_groups(m)}
     zero_groups(m, scopes["c0"], [0, 5, 6])
     zero_groups(m, scopes["sep"], [2])
     new = shrink(m)
     assert out_width(new, "c0") == 5 and out_width(new, "sep") == 5
     assert new.get_layer("sep").get_weights()[1].shape == (1, 1, 10, 5)
-    expected = 27 * 8 - 27 * 3 + 4 * 5 + (9 * 5 + 5) + 20 + (9 * 5 + 5) + 20 + (9 * 5 * 2 + 10 * 5 + 5) \
-        + (5 * 4 + 4) + (4 * 2 + 2)
+    expected = (
+        27 * 8
+        - 27 * 3
+        + 4 * 5
+        + (9 * 5 + 5)
+        + 20
+        + (9 * 5 + 5)
+        + 20
+        + (9 * 5 * 2 + 10 * 5 + 5)
+        + (5 * 4 + 4)
+        + (4 * 2 + 2)
+    )
     assert new.count_params() == expected
     assert_same_outputs(m, new, sample((8, 8, 3)))
 
@@ -241,7 +255,7 @@ def squeeze_excite():
 def test_squeeze_excitation():
     m = squeeze_excite()
     randomize(m)
-    scope = next(s for s in channel_groups(m) if s.name == "feat+fc2")
+    scope = next(s for s in make_groups(m) if s.name == "feat+fc2")
     zero_groups(m, scope, [0, 3, 4])
     new = shrink(m)
     assert out_width(new, "feat") == out_width(new, "fc2") == 5
@@ -252,7 +266,7 @@ def test_squeeze_excitation():
 def test_multiple_rounds_widths_up_and_keeps_at_least_one():
     m = anchor_cnn()
     randomize(m)
-    scopes = channel_groups(m)
+    scopes = make_groups(m)
     for s, k in zip(scopes, (5, 9, 17)):
         zero_groups(m, s, range(k, s.num_groups))
     for multiple, widths in ((4, [8, 12, 20]), (8, [8, 16, 24]), (1, [5, 9, 17])):
@@ -262,7 +276,7 @@ def test_multiple_rounds_widths_up_and_keeps_at_least_one():
     zero_groups(m, scopes[1], range(32))
     new, report = shrink(m, return_report=True)
     assert out_width(new, "conv2d_1") == 1
-    assert any("at least 1" in why for _, why in report.plan.kept)
+    assert any("at least 1" in why for _, why in report.plan.not_removed)
     with pytest.raises(ValueError, match="multiple"):
         shrink(m, multiple=0)
 
@@ -305,8 +319,9 @@ def expected_params(model, kept):
 @pytest.mark.parametrize("arch", ["mobilenet", "resnet50"])
 def test_keras_applications_shrink_exactly(arch):
     if arch == "mobilenet":
-        m = keras.applications.MobileNet(input_shape=(32, 32, 3), alpha=0.25, weights=None, classes=10,
-                                         classifier_activation=None)
+        m = keras.applications.MobileNet(
+            input_shape=(32, 32, 3), alpha=0.25, weights=None, classes=10, classifier_activation=None
+        )
     else:
         m = keras.applications.ResNet50(input_shape=(32, 32, 3), weights=None, classes=10, classifier_activation=None)
     # BN statistics that keep the signal alive through the untrained depth (else outputs are constant)
@@ -339,7 +354,7 @@ def test_lambda_and_unknown_layers_raise_or_work_when_excluded():
         h = L.Conv2D(4, 3, name="c")(x)
         m = keras.Model(x, L.Dense(2, name="out")(L.Flatten()(L.Conv2D(3, 1, name="d")(bad(h)))))
         randomize(m)
-        zero_groups(m, channel_groups(m, exclude="lam")[0], [1])  # only "d" has groups; zero its channel 1
+        zero_groups(m, make_groups(m, exclude="lam")[0], [1])  # only "d" has groups; zero its channel 1
         before = snapshot(m)
         with pytest.raises(cr.UnsupportedLayerError, match=rf"'lam' of class {type(bad).__name__}.*exclude"):
             shrink(m)
@@ -360,7 +375,7 @@ def test_subclassed_model_is_refused():
 
     m = Sub()
     m(np.zeros((1, 3), "float32"))
-    with pytest.raises(TypeError, match="subclassed.*Functional"):
+    with pytest.raises(TypeError, match=r"subclassed.*Functional"):
         shrink(m)
 
 
@@ -371,11 +386,11 @@ def test_shared_layer_multiple_inputs_and_outputs():
     ya, yb = shared(ca), shared(cb)
     m = keras.Model([a, b], [L.Flatten(name="fa")(ya), L.GlobalAveragePooling2D(name="gb")(yb)])
     randomize(m)
-    scopes = {s.name: s for s in channel_groups(m)}
+    scopes = {s.name: s for s in make_groups(m)}
     assert "+" in next(iter(scopes))  # ca and cb feed the shared conv at the same positions: tied
     zero_groups(m, next(iter(scopes.values())), [0, 2])
     ca_k, ca_b = m.get_layer("ca").get_weights()
-    ca_k[..., 3], ca_b[3] = 0, 0       # channel 3 zero in ca only: cb still feeds the shared kernel
+    ca_k[..., 3], ca_b[3] = 0, 0  # channel 3 zero in ca only: cb still feeds the shared kernel
     m.get_layer("ca").set_weights([ca_k, ca_b])
     before = snapshot(m)
     new = shrink(m, [sample((6, 6, 2)), sample((6, 6, 2), seed=2)])
@@ -391,17 +406,17 @@ class AddOne(keras.layers.Layer):
 
 
 def test_a_wrong_rule_is_caught_by_the_check_and_nothing_is_returned():
-    cr.register_channel_rule(AddOne, cr.Passthrough())   # a lie: f(0) = 1, not 0
+    cr.register_channel_rule(AddOne, cr.Passthrough())  # a lie: f(0) = 1, not 0
     x = keras.Input((6, 6, 2))
     h = AddOne(name="plus1")(L.Conv2D(4, 3, name="c")(x))
     m = keras.Model(x, L.Dense(2, name="out")(L.Flatten()(L.Conv2D(3, 1, name="d")(h))))
     randomize(m)
-    zero_groups(m, channel_groups(m)[0], [0])
+    zero_groups(m, make_groups(m)[0], [0])
     before = snapshot(m)
     with pytest.raises(ShrinkError, match="differs from the original"):
         shrink(m)
     assert_unchanged(m, before)
-    cr.register_channel_rule(AddOne, cr.Passthrough(zero_preserving=False))   # the truth
+    cr.register_channel_rule(AddOne, cr.Passthrough(zero_preserving=False))  # the truth
     new = shrink(m)
     assert out_width(new, "c") == 4
     assert_same_outputs(m, new, sample((6, 6, 2)))
@@ -420,8 +435,9 @@ def build_random_graph(ops, widths, head):
             y = L.BatchNormalization(name=f"rbn{i}")(L.Conv2D(c, 3, padding="same", name=f"r2_{i}")(y))
             h = L.ReLU()(L.Add(name=f"add{i}")([h, y]))
         elif op == "concat":
-            h = L.Concatenate(name=f"cat{i}")([L.Conv2D(w, 1, name=f"p{i}")(h),
-                                                L.Conv2D(w + 1, 3, padding="same", name=f"q{i}")(h)])
+            h = L.Concatenate(name=f"cat{i}")(
+                [L.Conv2D(w, 1, name=f"p{i}")(h), L.Conv2D(w + 1, 3, padding="same", name=f"q{i}")(h)]
+            )
             h = L.BatchNormalization(name=f"cbn{i}")(h)
         elif op == "depthwise":
             h = L.ReLU()(L.BatchNormalization(name=f"dbn{i}")(L.DepthwiseConv2D(3, padding="same", name=f"dw{i}")(h)))
@@ -435,7 +451,25 @@ def build_random_graph(ops, widths, head):
     return keras.Model(x, L.Dense(3, name="out")(h))
 
 
-@settings(max_examples=int(os.environ.get("WGSEF_HYPOTHESIS_EXAMPLES", "18")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: the example that once exposed the coupled-producer width bug; it must shrink, never be refused
+EXPLICIT = {
+    "ops": ["concat", "residual"],
+    "widths": [2, 2, 2, 2, 2],
+    "head": "gap",
+    "frac": 1.0,
+    "partial": False,
+    "seed": 0,
+}
+REFUSALS = {"graphs": 0, "refused": 0}
+#: at most this fraction of the generated graphs may be refused (none were when this was written)
+MAX_REFUSED = 0.1
+
+
+@settings(
+    max_examples=int(os.environ.get("WGSEF_HYPOTHESIS_EXAMPLES", "18")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     ops=st.lists(st.sampled_from(["conv_bn", "residual", "concat", "depthwise", "pool", "se"]), min_size=1, max_size=4),
     widths=st.lists(st.sampled_from([2, 3, 4, 6]), min_size=5, max_size=5),
@@ -444,11 +478,13 @@ def build_random_graph(ops, widths, head):
     partial=st.booleans(),
     seed=st.integers(0, 10_000),
 )
-@example(ops=["concat", "residual"], widths=[2, 2, 2, 2, 2], head="gap", frac=1.0, partial=False, seed=0)
-def test_random_graphs_shrink_to_an_equal_model(ops, widths, head, frac, partial, seed):
+@example(**EXPLICIT)
+def check_random_graph(ops, widths, head, frac, partial, seed):
+    """One random graph: shrink gives an equal, no larger model, or refuses (counted in REFUSALS)."""
+    REFUSALS["graphs"] += 1
     m = build_random_graph(ops, widths, head)
     randomize(m, seed)
-    scopes = channel_groups(m)
+    scopes = make_groups(m)
     kept = zero_random(m, frac, seed, scopes)
     if partial:  # also zero only the kernels of some other channels: their biases keep them alive
         rng = np.random.default_rng(seed + 1)
@@ -457,9 +493,12 @@ def test_random_graphs_shrink_to_an_equal_model(ops, widths, head, frac, partial
     before = snapshot(m)
     try:
         new = shrink(m)
-    except ShrinkError as e:  # a refusal is allowed, a wrong model is not
+    except ShrinkError as e:  # a refusal is allowed (and counted), a wrong model is not
         assert "differs" in str(e) or "rebuild" in str(e)
         assert_unchanged(m, before)
+        explicit = {"ops": ops, "widths": widths, "head": head, "frac": frac, "partial": partial, "seed": seed}
+        assert explicit != EXPLICIT, f"the explicit example was refused: {e}"
+        REFUSALS["refused"] += 1
         return
     assert_unchanged(m, before)
     assert_same_outputs(m, new, sample((6, 6, 2), seed=seed + 2, n=4))
@@ -468,14 +507,29 @@ def test_random_graphs_shrink_to_an_equal_model(ops, widths, head, frac, partial
     assert count_params(new)["total"] <= count_params(m)["total"]
 
 
+def test_random_graphs_shrink_to_an_equal_model():
+    """The property over random graphs, with the refusals counted: it cannot pass by refusing everything."""
+    REFUSALS.update(graphs=0, refused=0)
+    check_random_graph()
+    assert REFUSALS["graphs"] >= 10, REFUSALS
+    assert REFUSALS["refused"] <= MAX_REFUSED * REFUSALS["graphs"], REFUSALS
+
+
 def test_nested_sequential_is_rebuilt_with_its_thinner_input():
-    inner = keras.Sequential([keras.Input((8, 8, 4)), L.Conv2D(4, 3, padding="same", name="ic"),
-                              L.BatchNormalization(name="ibn"), L.ReLU(name="ir")], name="inner")
+    inner = keras.Sequential(
+        [
+            keras.Input((8, 8, 4)),
+            L.Conv2D(4, 3, padding="same", name="ic"),
+            L.BatchNormalization(name="ibn"),
+            L.ReLU(name="ir"),
+        ],
+        name="inner",
+    )
     x = keras.Input((8, 8, 3))
     h = inner(L.Conv2D(4, 3, padding="same", name="c1")(x))
     m = keras.Model(x, L.Dense(2, name="out")(L.Flatten()(L.Conv2D(3, 1, name="last")(h))))
     randomize(m)
-    scopes = {s.name: s for s in channel_groups(m)}
+    scopes = {s.name: s for s in make_groups(m)}
     zero_groups(m, scopes["c1"], [1])
     zero_groups(m, scopes["inner/ic"], [0, 3])
     new, report = shrink(m, return_report=True)

@@ -1,36 +1,48 @@
-"""tflite_export: shrink WGSEF-trained Keras models, convert to int8 TFLite and measure them.
+"""tflite_export: shrink WGSEF-trained Keras models, convert them to int8 TFLite and measure them.
 
-Public API (one name per line)::
+The flow, one module per step (public API, one name per line)::
 
-    shrink, plan_shrink       remove dead channels (a new model, outputs verified)   surgery.py
-    to_tflite_int8            full-integer int8 conversion with calibration data     convert.py
-    check_agreement           int8 vs float outputs on LiteRT                         convert.py
-    measure, Report, compare  bytes, MACs, LiteRT latency, TFLM figures, accuracy     report.py
-    tflm_min_arena, count_instructions   TFLite Micro arena and instruction count     micro.py
-    write_c_array             model_data.cc / model_data.h for a TFLM firmware project firmware.py
+    export, ExportResult        shrink -> int8 -> check -> measure -> artefacts  export.py
+    shrink, plan_shrink         remove dead channels (a new model, outputs verified) shrink.py
+    to_tflite_int8              full-integer int8 conversion with calibration data convert.py
+    check_agreement, run_litert int8 vs float, batches on the LiteRT interpreter    litert.py
+    measure, Report, compare    bytes, MACs, latency, TFLM figures, accuracy        measure.py
+    class_accuracy              argmax accuracy (the one place it is computed)      measure.py
+    tflm_min_arena, count_instructions   TFLite Micro arena and instruction count micro.py
+    write_c_array               model_data.cc / model_data.h for a TFLM firmware    firmware.py
 
 Names are loaded on first use (PEP 562), so ``wgsef-export --help`` does not import TensorFlow.
+Import the functions from the package (``from tflite_export import shrink``): the modules
+``shrink``, ``measure`` and ``export`` share their function's name, and the package keeps the
+name bound to the function even after ``from tflite_export.shrink import plan_shrink``.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 _EXPORTS = {
-    "shrink": "surgery",
-    "plan_shrink": "surgery",
-    "ShrinkError": "surgery",
-    "ShrinkPlan": "surgery",
-    "ShrinkReport": "surgery",
+    "export": "export",
+    "ExportResult": "export",
+    "OutputFolderError": "export",
+    "shrink": "shrink",
+    "plan_shrink": "shrink",
+    "ShrinkError": "shrink",
+    "ShrinkPlan": "shrink",
+    "ShrinkReport": "shrink",
     "to_tflite_int8": "convert",
-    "check_agreement": "convert",
-    "Agreement": "convert",
     "CalibrationError": "convert",
     "ConversionError": "convert",
-    "measure": "report",
-    "Report": "report",
-    "compare": "report",
+    "check_agreement": "litert",
+    "run_litert": "litert",
+    "Agreement": "litert",
+    "measure": "measure",
+    "Report": "measure",
+    "compare": "measure",
+    "class_accuracy": "measure",
     "tflm_min_arena": "micro",
     "count_instructions": "micro",
     "UnsupportedOpError": "micro",
@@ -51,3 +63,20 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(types.ModuleType):
+    """Keeps ``tflite_export.shrink`` (and ``measure``, ``export``) the function, not the submodule.
+
+    Importing a submodule sets it as an attribute of its package; for the three modules named after
+    their verb that would shadow the function. Those assignments are dropped, so the name resolves
+    through :func:`__getattr__` to the function.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

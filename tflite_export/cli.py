@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -33,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["main", "build_parser", "ExportError"]
+__all__ = ["ExportError", "build_parser", "main"]
 
 PROG = "wgsef-export"
 
@@ -54,25 +52,45 @@ def build_parser() -> argparse.ArgumentParser:
         "check it on LiteRT and TFLite Micro, and write firmware files and a report.",
     )
     p.add_argument("model", help="the trained model (.keras)")
-    p.add_argument("--calibration", required=True, metavar="FILE",
-                   help="calibration inputs: .npy array or .npz with key 'x' (float, preprocessed as for training)")
-    p.add_argument("--calibration-samples", type=int, default=500, metavar="N",
-                   help="use at most N calibration samples (default 500)")
+    p.add_argument(
+        "--calibration",
+        required=True,
+        metavar="FILE",
+        help="calibration inputs: .npy array or .npz with key 'x' (float, preprocessed as for training)",
+    )
+    p.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=500,
+        metavar="N",
+        help="use at most N calibration samples (default 500)",
+    )
     p.add_argument("--eval", metavar="FILE", help=".npz with 'x' and 'y' for accuracy (float and int8)")
     p.add_argument("--labels", metavar="FILE", help=".npy labels of the calibration samples (accuracy on them)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; must not exist or be empty)")
     p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
-    p.add_argument("--multiple", type=int, default=1, metavar="M",
-                   help="round kept channel counts up to a multiple of M when shrinking (e.g. 4 or 8)")
+    p.add_argument(
+        "--multiple",
+        type=int,
+        default=1,
+        metavar="M",
+        help="round kept channel counts up to a multiple of M when shrinking (e.g. 4 or 8)",
+    )
     p.add_argument("--float-io", action="store_true", help="float32 input/output tensors (default int8)")
     p.add_argument("--no-shrink", action="store_true", help="export the model as it is, without removing channels")
-    p.add_argument("--compare-dense", action="store_true",
-                   help="also export and measure the unshrunk model and print both side by side")
+    p.add_argument(
+        "--compare-dense",
+        action="store_true",
+        help="also export and measure the unshrunk model and print both side by side",
+    )
     p.add_argument("--no-instructions", action="store_true", help="skip the valgrind instruction count")
     p.add_argument("--runs", type=int, default=100, help="timed LiteRT invokes per latency figure (default 100)")
     p.add_argument("--array-name", default="g_model", help="C identifier of the model array (default g_model)")
-    p.add_argument("--unsafe-load", action="store_true",
-                   help="load with Keras safe_mode=False: runs code stored in the file (only for files you trust)")
+    p.add_argument(
+        "--unsafe-load",
+        action="store_true",
+        help="load with Keras safe_mode=False: runs code stored in the file (only for files you trust)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     return p
@@ -107,11 +125,13 @@ def _load_array_file(path: str, what: str, keys: tuple[str, ...]) -> dict[str, n
     try:
         data = np.load(path, allow_pickle=False)
     except ValueError as exc:
-        raise ExportError(f"{what} file {path} holds Python objects ({exc}); save plain numeric arrays "
-                          "with np.save/np.savez") from None
+        raise ExportError(
+            f"{what} file {path} holds Python objects ({exc}); save plain numeric arrays with np.save/np.savez"
+        ) from None
     except Exception as exc:
-        raise ExportError(f"{what} file {path} is not a readable .npy/.npz file ({exc}); "
-                          "write it with np.save or np.savez") from None
+        raise ExportError(
+            f"{what} file {path} is not a readable .npy/.npz file ({exc}); write it with np.save or np.savez"
+        ) from None
     if isinstance(data, np.ndarray):
         return {keys[0]: data}
     arrays = {k: data[k] for k in data.files}
@@ -127,16 +147,20 @@ def _calibration(path: str) -> np.ndarray:
             return arrays[key]
     if len(arrays) == 1:
         return next(iter(arrays.values()))
-    raise ExportError(f"calibration file {path} has arrays {sorted(arrays)} but none named 'x'; "
-                      "save the inputs as np.savez(path, x=inputs)")
+    raise ExportError(
+        f"calibration file {path} has arrays {sorted(arrays)} but none named 'x'; "
+        "save the inputs as np.savez(path, x=inputs)"
+    )
 
 
 def _eval_data(args: argparse.Namespace, calib: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None, str]:
     if args.eval:
         arrays = _load_array_file(args.eval, "eval", ("x",))
         if "x" not in arrays or "y" not in arrays:
-            raise ExportError(f"eval file {args.eval} needs arrays 'x' and 'y' (has {sorted(arrays)}); "
-                              "save it as np.savez(path, x=inputs, y=labels)")
+            raise ExportError(
+                f"eval file {args.eval} needs arrays 'x' and 'y' (has {sorted(arrays)}); "
+                "save it as np.savez(path, x=inputs, y=labels)"
+            )
         x, y = arrays["x"], arrays["y"]
         where = f"eval set {args.eval}"
     elif args.labels:
@@ -153,11 +177,14 @@ def _check_model_file(path: str) -> None:
     if not os.path.isfile(path):
         raise ExportError(f"model file not found: {path}; check the path")
     if not path.endswith((".keras", ".h5", ".hdf5")):
-        raise ExportError(f"model file {path} is not a .keras (or legacy .h5) file; save the model "
-                          "with model.save('model.keras')")
+        raise ExportError(
+            f"model file {path} is not a .keras (or legacy .h5) file; save the model with model.save('model.keras')"
+        )
     if path.endswith(".keras") and not zipfile.is_zipfile(path):
-        raise ExportError(f"model file {path} is corrupt or not a Keras archive (a .keras file is a zip); "
-                          "save the model again with model.save('model.keras')")
+        raise ExportError(
+            f"model file {path} is corrupt or not a Keras archive (a .keras file is a zip); "
+            "save the model again with model.save('model.keras')"
+        )
 
 
 def _load_model(path: str, unsafe: bool) -> Any:
@@ -175,125 +202,85 @@ def _load_model(path: str, unsafe: bool) -> Any:
             raise ExportError(
                 f"model {path} uses the custom object {name} that is not registered; "
                 "import the module that defines it (decorated with @keras.saving.register_keras_serializable) "
-                "before exporting, e.g. run the export from Python, or replace the custom layer") from None
+                "before exporting, e.g. run the export from Python, or replace the custom layer"
+            ) from None
         if "safe_mode" in text:
             raise ExportError(
                 f"model {path} contains a Lambda layer or other Python code that safe mode refuses to load; "
-                "pass --unsafe-load only if you trust the file, or replace the Lambda layer") from None
-        raise ExportError(f"cannot load model {path}: {text[:300]}; save it with Keras 3 "
-                          "model.save('model.keras')") from None
-
-
-def _prepare_out(out: Path, force: bool) -> Path:
-    """Check the destination and create the temporary folder next to it."""
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} exists and is a file; choose a folder path", 1)
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ExportError(f"output folder {out} exists and is not empty; pass --force to replace it "
-                          "or choose another --out", 1)
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise ExportError(f"cannot write {out}: its parent folder {parent} does not exist; create it first", 1)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    except OSError as exc:
-        raise ExportError(f"cannot write to {parent} ({exc.strerror}); choose a writable --out", 1) from None
-    umask = os.umask(0o022)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
-    return tmp
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+                "pass --unsafe-load only if you trust the file, or replace the Lambda layer"
+            ) from None
+        raise ExportError(
+            f"cannot load model {path}: {text[:300]}; save it with Keras 3 model.save('model.keras')"
+        ) from None
 
 
 def _export(args: argparse.Namespace) -> int:
-    from tflite_export.convert import CalibrationError, _quiet_fds, calibration_samples, check_agreement, to_tflite_int8
-    from tflite_export.firmware import write_c_array
-    from tflite_export.report import compare, measure
+    from tflite_export.console import capture_output
+    from tflite_export.convert import CalibrationError, calibration_samples
+    from tflite_export.export import OutputFolderError, atomic_folder, check_output_folder, export, write_artefacts
+    from tflite_export.shrink import ShrinkError
 
-    out = Path(args.out).resolve()
     if args.multiple < 1 or args.calibration_samples < 1 or args.runs < 1:
         raise ExportError("--multiple, --calibration-samples and --runs must be >= 1")
     _check_model_file(args.model)  # cheap checks first: no TensorFlow import before them
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", args.array_name):
-        raise ExportError(f"--array-name {args.array_name!r} is not a valid C identifier; use letters, "
-                          "digits and '_' (e.g. g_model)")
+        raise ExportError(
+            f"--array-name {args.array_name!r} is not a valid C identifier; use letters, digits and '_' (e.g. g_model)"
+        )
     calib_raw = _calibration(args.calibration)
     x_eval, y_eval, eval_where = _eval_data(args, calib_raw)
-    tmp = _prepare_out(out, args.force)
     try:
-        variants = 2 if args.compare_dense and not args.no_shrink else 1
-        progress = _Progress(2 + (0 if args.no_shrink else 1) + 2 * variants, args.quiet)
-        with progress.step(f"loading {args.model}"), _quiet_fds():
-            model = _load_model(args.model, args.unsafe_load)
+        out = check_output_folder(args.out, args.force)
+    except OutputFolderError as exc:
+        raise ExportError(str(exc), 1) from None
+    variants = 2 if args.compare_dense and not args.no_shrink else 1
+    progress = _Progress(2 + variants, args.quiet)
+    with progress.step(f"loading {args.model}"), capture_output():
+        model = _load_model(args.model, args.unsafe_load)
+    try:
+        calib = calibration_samples(model, calib_raw, args.calibration_samples)
+    except CalibrationError as exc:
+        raise ExportError(str(exc)) from None
+    common = {
+        "eval_data": None if x_eval is None else (x_eval, y_eval),
+        "int8_io": not args.float_io,
+        "runs": args.runs,
+        "instructions": False if args.no_instructions else "auto",
+    }
+    baseline = None
+    if variants == 2:
+        with progress.step("converting and measuring the dense model (no shrink)"):
+            baseline = export(model, calib, shrink=False, name="dense", **common).report
+    what = "exporting" if args.no_shrink else f"shrinking (multiple of {args.multiple}), exporting"
+    with progress.step(f"{what} and measuring (LiteRT, TFLM arena{'' if args.no_instructions else ', callgrind'})"):
         try:
-            calib = calibration_samples(model, calib_raw, args.calibration_samples)
-            if x_eval is not None:
-                x_eval = calibration_samples(model, x_eval)  # same checks for the eval inputs
-        except CalibrationError as exc:
-            raise ExportError(str(exc)) from None
-        models, shrink_report = [("exported", model)], None
-        if not args.no_shrink:
-            with progress.step(f"shrinking (multiple of {args.multiple})"):
-                try:
-                    from tflite_export.surgery import shrink
-                except ImportError:
-                    raise ExportError("shrinking is not available in this installation "
-                                      "(tflite_export.surgery is missing); rerun with --no-shrink", 1) from None
-                try:
-                    small = shrink(model, calib[:64], multiple=args.multiple, return_report=True)
-                    small, shrink_report = small if isinstance(small, tuple) else (small, None)
-                except Exception as exc:
-                    raise ExportError(f"shrink failed: {' '.join(str(exc).split())[:300]}; rerun with "
-                                      "--no-shrink to export the model as it is", 1) from None
-            models = ([("dense", model)] if variants == 2 else []) + [("shrunk", small)]
-        check_x = x_eval if x_eval is not None else calib
-        reports = []
-        for label, m in models:
-            with progress.step(f"converting {label} model to int8 ({len(calib)} calibration samples)"):
-                tfl = to_tflite_int8(m, calib, int8_io=not args.float_io, check=False)
-                with _quiet_fds():
-                    agreement = check_agreement(m, tfl, check_x[:1000])
-            with progress.step(f"measuring {label} model (LiteRT, TFLM arena"
-                               f"{'' if args.no_instructions else ', callgrind'})"):
-                report = measure(tfl, x_eval, y_eval, name=label, runs=args.runs,
-                                 instructions=False if args.no_instructions else "auto")
-            report.int8_vs_float_argmax_agreement = agreement.argmax_agreement
-            report.int8_vs_float_max_steps = agreement.max_diff_steps
-            if y_eval is not None:
-                pred = np.concatenate([np.asarray(m(x_eval[i:i + 256], training=False))
-                                       for i in range(0, len(x_eval), 256)])
-                labels = np.asarray(y_eval)
-                labels = labels.argmax(-1) if labels.ndim > 1 and labels.shape[-1] > 1 else labels.reshape(-1)
-                report.float_accuracy = float(np.mean(pred.reshape(len(pred), -1).argmax(1) == labels))
-                report.notes.append(f"accuracy measured on the {eval_where}")
-            report.notes.append(f"int8 vs float: {agreement}")
-            report.notes.append(f"Keras parameters: {m.count_params():,}")
-            reports.append((report, tfl))
-        report, tfl = reports[-1]
-        with progress.step(f"writing {out}"):
-            (tmp / "model_int8.tflite").write_bytes(tfl)
-            write_c_array(tfl, tmp, name=args.array_name, arena_size=report.tflm_arena_bytes)
-            report.save(tmp / "report.json")
-            text = f"# wgsef-export report: {Path(args.model).name}\n\n{report.to_markdown()}"
-            if shrink_report is not None:
-                text += f"\n## shrink (Keras model)\n\n```\n{shrink_report}\n```\n"
-            if len(reports) == 2:
-                text += "\n## dense vs shrunk\n\n" + compare(reports[0][0], report)
-                reports[0][0].save(tmp / "report_dense.json")
-            (tmp / "report.md").write_text(text)
-            _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            result = export(
+                model,
+                calib,
+                shrink=not args.no_shrink,
+                multiple=args.multiple,
+                name="shrunk" if variants == 2 else "exported",
+                **common,
+            )
+        except ShrinkError as exc:
+            raise ExportError(
+                f"shrink failed: {' '.join(str(exc).split())[:300]}; rerun with --no-shrink to export "
+                "the model as it is",
+                1,
+            ) from None
+    report = result.report
+    if eval_where:
+        report.notes.append(f"accuracy measured on the {eval_where}")
+    with progress.step(f"writing {out}"), atomic_folder(out, args.force) as tmp:
+        text = write_artefacts(
+            tmp,
+            result.tflite,
+            report,
+            title=Path(args.model).name,
+            shrink_report=result.shrink_report,
+            baseline=baseline,
+            array_name=args.array_name,
+        )
     if not args.quiet:
         print(text)
     return 0
@@ -309,12 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # at run time only, before TF loads
     from tflite_export.convert import CalibrationError, ConversionError
+    from tflite_export.export import OutputFolderError
     from tflite_export.micro import UnsupportedOpError
 
     try:
         return _export(args)
     except ExportError as exc:
         message, code = str(exc), exc.code
+    except OutputFolderError as exc:
+        message, code = str(exc), 1
     except (CalibrationError, ValueError) as exc:
         message, code = str(exc), 2
     except (ConversionError, UnsupportedOpError) as exc:
@@ -324,8 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        message = (f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
-                   "(rerun with --debug for the traceback)")
+        message = (
+            f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+            "(rerun with --debug for the traceback)"
+        )
         code = 1
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return code

@@ -11,8 +11,11 @@ Arena sizes are measured on a 64-bit host; a 32-bit microcontroller build needs 
 for the interpreter's own structures, so they are safe upper bounds (add the usual margin).
 
 Example:
-    >>> arena, reported = tflm_min_arena(tfl)              # doctest: +SKIP
-    >>> count_instructions(tfl, x_int8[:1], arena_size=arena)   # doctest: +SKIP
+    >>> arena, reported = tflm_min_arena(tfl)
+    >>> tflm_arena_fits(tfl, arena), tflm_arena_fits(tfl, arena - 16)
+    (True, False)
+    >>> count_instructions(tfl, np.zeros((1, 8, 8, 1), np.int8), arena_size=arena) > 0  # doctest: +SKIP
+    True
 """
 
 from __future__ import annotations
@@ -26,20 +29,25 @@ import sys
 import tempfile
 import textwrap
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tflite_export.convert import _quiet_fds, quantize
+from tflite_export.console import capture_output
 from tflite_export.flatbuffer import read_tflite
+from tflite_export.quantization import quantize
 
 __all__ = [
+    "ArenaProbe",
     "UnsupportedOpError",
-    "tflm_min_arena",
-    "tflm_arena_fits",
-    "run_tflm",
     "count_instructions",
     "count_instructions_many",
+    "run_tflm",
+    "tflm_arena_fits",
+    "tflm_interpreter",
+    "tflm_min_arena",
+    "working_arena",
 ]
 
 _MISSING_OP = re.compile(r"Didn't find op for builtin opcode '([A-Za-z0-9_]+)'")
@@ -87,7 +95,7 @@ _PROBE_CHILD = textwrap.dedent(
 )
 
 
-class _ArenaProbe:
+class ArenaProbe:
     """Asks a child process whether TFLM can build the model with a given arena size.
 
     The TFLite Micro Python runtime can crash (segfault) on the failure path of some
@@ -114,10 +122,12 @@ class _ArenaProbe:
         for _ in range(3):
             if self._proc is None or self._proc.poll() is not None:
                 self._proc = self._start()
+            stdin, stdout = self._proc.stdin, self._proc.stdout
+            assert stdin is not None and stdout is not None  # both are pipes (see _start)
             try:
-                self._proc.stdin.write(f"{int(size)}\n")
-                self._proc.stdin.flush()
-                answer = self._proc.stdout.readline().strip()
+                stdin.write(f"{int(size)}\n")
+                stdin.flush()
+                answer = stdout.readline().strip()
             except (BrokenPipeError, OSError):
                 answer = ""
             if answer.startswith("U "):
@@ -130,12 +140,12 @@ class _ArenaProbe:
         raise RuntimeError("the TFLite Micro probe process failed to start; check that tflite-micro imports")
 
     def close(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
+        if self._proc is not None and self._proc.poll() is None and self._proc.stdin is not None:
             self._proc.stdin.close()
             self._proc.wait(timeout=30)
         self._tmp.cleanup()
 
-    def __enter__(self) -> _ArenaProbe:
+    def __enter__(self) -> ArenaProbe:
         return self
 
     def __exit__(self, *_: Any) -> None:
@@ -145,20 +155,20 @@ class _ArenaProbe:
 def tflm_arena_fits(tflite: bytes, arena_size: int) -> bool:
     """Whether TFLite Micro can build and allocate the model in ``arena_size`` bytes.
 
-    Runs in a child process (see :class:`_ArenaProbe`).
+    Runs in a child process (see :class:`ArenaProbe`).
 
     Raises:
         UnsupportedOpError: an operator has no TFLM kernel.
     """
-    with _ArenaProbe(read_tflite(tflite)) as probe:
+    with ArenaProbe(read_tflite(tflite)) as probe:
         return probe.fits(arena_size)
 
 
-def _tflm_build(tflite: bytes, arena_size: int) -> Any:
-    """A TFLM interpreter in this process; only for arena sizes known to fit."""
+def tflm_interpreter(tflite: bytes, arena_size: int) -> Any:
+    """A TFLM interpreter in this process; only for arena sizes known to fit (see :class:`ArenaProbe`)."""
     from tflite_micro import runtime as tflm
 
-    with _quiet_fds() as captured:
+    with capture_output() as captured:
         try:
             return tflm.Interpreter.from_bytes(tflite, arena_size=int(arena_size))
         except RuntimeError as exc:
@@ -169,7 +179,8 @@ def _tflm_build(tflite: bytes, arena_size: int) -> Any:
     raise RuntimeError(f"TFLite Micro could not build the model with a {arena_size}-byte arena: {failure}")
 
 
-def _working_arena(probe: _ArenaProbe, tflite: bytes) -> int:
+def working_arena(probe: ArenaProbe, tflite: bytes) -> int:
+    """An arena size that fits (not the smallest): 10x the model, at least 64 KiB, grown until it fits."""
     hi = max(64 * 1024, 10 * len(tflite))
     while not probe.fits(hi):
         hi *= 4
@@ -193,14 +204,15 @@ def tflm_min_arena(tflite: bytes) -> tuple[int, int | None]:
         RuntimeError: the model does not fit even in a very large arena.
 
     Example:
-        >>> tflm_min_arena(tfl)   # doctest: +SKIP
-        (18864, 18864)
+        >>> searched, reported = tflm_min_arena(tfl)
+        >>> tflm_arena_fits(tfl, searched), tflm_arena_fits(tfl, searched - 1)
+        (True, False)
     """
     tflite = read_tflite(tflite)
-    with _ArenaProbe(tflite) as probe:
-        hi = _working_arena(probe, tflite)
-        interp = _tflm_build(tflite, hi)
-        with _quiet_fds() as captured:
+    with ArenaProbe(tflite) as probe:
+        hi = working_arena(probe, tflite)
+        interp = tflm_interpreter(tflite, hi)
+        with capture_output() as captured:
             interp.print_allocations()
         del interp
         match = _ARENA_TOTAL.search(captured.getvalue())
@@ -230,9 +242,9 @@ def run_tflm(tflite: bytes, x: np.ndarray, *, arena_size: int | None = None) -> 
     """
     tflite = read_tflite(tflite)
     if arena_size is None:
-        with _ArenaProbe(tflite) as probe:
-            arena_size = _working_arena(probe, tflite)
-    interp = _tflm_build(tflite, arena_size)
+        with ArenaProbe(tflite) as probe:
+            arena_size = working_arena(probe, tflite)
+    interp = tflm_interpreter(tflite, arena_size)
     details = interp.get_input_details(0)
     shape = tuple(int(d) for d in details["shape"])
     outs = []
@@ -316,13 +328,12 @@ def count_instructions_many(
         counts = []
         for i in range(1, len(jobs) + 1):
             path = f"{out}.{i}"
-            text = open(path).read() if os.path.exists(path) else ""
+            text = Path(path).read_text() if os.path.exists(path) else ""
             match = re.search(r"^(?:summary|totals):\s*(\d+)", text, re.MULTILINE)
             counts.append(int(match.group(1)) if match else 0)
     if len(counts) != len(jobs) or min(counts, default=0) == 0:
         raise RuntimeError(
-            f"callgrind counted no instructions: the symbol {_INVOKE_SYMBOL} was not found in "
-            "this tflite_micro build"
+            f"callgrind counted no instructions: the symbol {_INVOKE_SYMBOL} was not found in this tflite_micro build"
         )
     return counts
 
@@ -343,5 +354,4 @@ def count_instructions(
         >>> count_instructions(tfl, np.zeros((1, 28, 28, 1), np.int8))   # doctest: +SKIP
         25229027
     """
-    return count_instructions_many([(tflite, x_quantized, arena_size)], valgrind=valgrind,
-                                   timeout=timeout)[0]
+    return count_instructions_many([(tflite, x_quantized, arena_size)], valgrind=valgrind, timeout=timeout)[0]

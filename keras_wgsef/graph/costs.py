@@ -14,7 +14,14 @@ Parameters: every weight of every layer (trainable or not: BatchNorm's moving st
 each layer once.
 
 Example:
-  >>> count_macs(model)["total"], count_params(model)["total"]   # the anchor CNN of the design notes
+  >>> import keras
+  >>> L = keras.layers
+  >>> h = inp = keras.Input((28, 28, 1))                     # the anchor CNN of the design notes
+  >>> for i, w in enumerate((16, 32, 64)):
+  ...     h = L.ReLU()(L.BatchNormalization()(L.Conv2D(w, 3, padding="same")(h)))
+  ...     h = L.MaxPooling2D()(h) if i < 2 else h
+  >>> anchor = keras.Model(inp, L.Dense(10)(L.GlobalAveragePooling2D()(h)))
+  >>> count_macs(anchor)["total"], count_params(anchor)["total"]
   (1919872, 24394)
 """
 
@@ -24,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_wgsef.model_graph import flatten_model, layer_variables
+from keras_wgsef.graph.model_graph import flatten_model, layer_variables
 
 __all__ = ["count_macs", "count_params", "layer_macs"]
 
@@ -38,13 +45,25 @@ def layer_macs(layer: Any, in_shape: tuple, out_shape: tuple) -> int:
     v = layer_variables(layer)
     kernels = [v[n] for n in _KERNELS if n in v]
     if not kernels or not isinstance(
-        layer, (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
-                keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv1D,
-                keras.layers.SeparableConv2D, keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
-                keras.layers.Conv3DTranspose)):
+        layer,
+        (
+            keras.layers.Dense,
+            keras.layers.Conv1D,
+            keras.layers.Conv2D,
+            keras.layers.Conv3D,
+            keras.layers.DepthwiseConv1D,
+            keras.layers.DepthwiseConv2D,
+            keras.layers.SeparableConv1D,
+            keras.layers.SeparableConv2D,
+            keras.layers.Conv1DTranspose,
+            keras.layers.Conv2DTranspose,
+            keras.layers.Conv3DTranspose,
+        ),
+    ):
         return 0
-    transposed = isinstance(layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
-                                    keras.layers.Conv3DTranspose))
+    transposed = isinstance(
+        layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
+    )
     shape = in_shape if transposed else out_shape
     positions = int(np.prod([int(s) for s in shape[1:-1]])) if len(shape) > 2 else 1
     return positions * sum(int(np.prod(k.shape)) for k in kernels)
@@ -53,7 +72,7 @@ def layer_macs(layer: Any, in_shape: tuple, out_shape: tuple) -> int:
 def count_macs(model: Any) -> dict[str, int]:
     """MACs per layer path (layers with none included as 0) and ``"total"``."""
     g = flatten_model(model)
-    out: dict[str, int] = {p: 0 for p in g.layers}
+    out: dict[str, int] = dict.fromkeys(g.layers, 0)
     for node in g.nodes:
         if node.inputs:
             out[node.path] += layer_macs(node.layer, g.shapes[node.inputs[0]], g.shapes[node.outputs[0]])

@@ -1,6 +1,6 @@
 """Physical removal of dead channels: a new, thinner Keras model with the same outputs.
 
-A channel class (see :mod:`keras_wgsef.channel_graph`) is **dead** when every place that reads it
+A channel class (see :mod:`keras_wgsef.graph.channels`) is **dead** when every place that reads it
 through a kernel (a Conv/Dense input slice, a Dense after Flatten at positions ``s*C + c``) sees an
 exact zero, and it is neither a model input/output channel nor read by an opaque layer. Exact zeros
 are propagated through the graph from the weights alone:
@@ -19,9 +19,19 @@ only without zero padding, so it is not done). Removing dead channels changes no
 model is checked against the original on ``sample`` (or random normal input):
 ``max |y_new - y| <= rtol * max(1, max |y|)``, else :class:`ShrinkError` is raised.
 
-Example:
-  >>> small, report = shrink(model, x[:32], multiple=4, return_report=True)
-  >>> print(report)          # per layer: channels, params and MACs before -> after, and what stayed and why
+Example (``model`` a small CNN whose ``conv1`` feeds ``bn1``): zero half of conv1's filters, cut them out.
+  >>> import keras
+  >>> sparse = keras.models.clone_model(model)
+  >>> sparse.set_weights(model.get_weights())
+  >>> k, b = sparse.get_layer("conv1").get_weights()
+  >>> k[..., 4:], b[4:] = 0.0, 0.0
+  >>> sparse.get_layer("conv1").set_weights([k, b])
+  >>> gamma, beta, mean, var = sparse.get_layer("bn1").get_weights()
+  >>> gamma[4:], beta[4:] = 0.0, 0.0
+  >>> sparse.get_layer("bn1").set_weights([gamma, beta, mean, var])
+  >>> small, report = shrink(sparse, x[:32], return_report=True)
+  >>> small.get_layer("conv1").filters, report.plan.widths["conv1"], report.max_abs_diff <= report.tolerance
+  (4, (8, 4), True)
 """
 
 from __future__ import annotations
@@ -33,10 +43,10 @@ from typing import Any
 
 import numpy as np
 
-from keras_wgsef import channel_rules as cr
-from keras_wgsef.channel_graph import ChannelAnalysis, analyze
-from keras_wgsef.model_graph import flatten_model, layer_variables, matches
-from keras_wgsef.costs import count_macs, count_params
+from keras_wgsef.graph import rules as cr
+from keras_wgsef.graph.channels import ChannelAnalysis, analyze
+from keras_wgsef.graph.costs import count_macs, count_params
+from keras_wgsef.graph.model_graph import flatten_model, layer_variables, matches
 
 __all__ = ["ShrinkError", "ShrinkPlan", "ShrinkReport", "plan_shrink", "shrink"]
 
@@ -50,22 +60,23 @@ class ShrinkPlan:
     """What :func:`shrink` removes: per layer the output channels kept, and what stays and why.
 
     Attributes:
-      keep: layer path -> indices of the output channels kept (every layer with an output).
+      channels: layer path -> indices of the output channels that stay (every layer with an output).
       widths: layer path -> (channels before, channels after).
-      kept: ``(channel label, reason)`` for channels that look prunable (some part is zero) but stay.
+      not_removed: ``(channel label, reason)`` for channels that look prunable (some part is zero)
+        but stay.
       analysis: the channel analysis the plan is based on.
       dead: the dead channel classes (roots).
     """
 
-    keep: dict[str, np.ndarray]
+    channels: dict[str, np.ndarray]
     widths: dict[str, tuple[int, int]]
-    kept: list[tuple[str, str]]
+    not_removed: list[tuple[str, str]]
     analysis: ChannelAnalysis
     dead: set[int]
 
     def table(self) -> str:
         rows = [f"{p:40s} {b:6d} -> {a:6d}" for p, (b, a) in self.widths.items() if b != a]
-        notes = [f"  kept {lab}: {why}" for lab, why in self.kept]
+        notes = [f"  kept {lab}: {why}" for lab, why in self.not_removed]
         return "\n".join(["layer                                    channels", *rows, *notes])
 
     __str__ = table
@@ -93,7 +104,7 @@ class ShrinkReport:
         pb, pa = self.params["total"]
         mb, ma = self.macs["total"]
         lines.append(f"{'total':36s} {'':13s} {pb:8d} -> {pa:8d} {mb:11d} -> {ma:11d}")
-        lines += [f"  kept {lab}: {why}" for lab, why in self.plan.kept]
+        lines += [f"  kept {lab}: {why}" for lab, why in self.plan.not_removed]
         lines.append(f"max |output difference| {self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g})")
         return "\n".join(lines)
 
@@ -120,7 +131,9 @@ def _zero_status(a: ChannelAnalysis) -> list[np.ndarray]:
             continue
         if isinstance(rule, (cr.Produce, cr.Separable)):
             if isinstance(rule, cr.Produce):
-                w = np.moveaxis(v[rule.kernel], [rule.in_axis % v[rule.kernel].ndim, rule.out_axis % v[rule.kernel].ndim], [-2, -1])
+                w = np.moveaxis(
+                    v[rule.kernel], [rule.in_axis % v[rule.kernel].ndim, rule.out_axis % v[rule.kernel].ndim], [-2, -1]
+                )
                 live = ~ins[0]
             else:
                 dw, dm = v[rule.depthwise], rule.depth_multiplier
@@ -198,15 +211,19 @@ def plan_shrink(model: Any, *, multiple: int = 1, exclude: str | Iterable[str] |
             candidates |= {r for r, z in zip(a.roots(a.tensor_ids[t]).tolist(), zero[t].tolist()) if z}
     for path, ids in a.out_ids.items():  # a zero filter (even with a nonzero bias) is worth a note
         rule = a.rules[path]
-        k = np.asarray(layer_variables(a.graph.layers[path])[getattr(rule, "kernel", getattr(rule, "pointwise", ""))].numpy())
-        k = np.moveaxis(k, getattr(rule, "out_axis", -1) % k.ndim, -1).reshape(-1, k.shape[getattr(rule, "out_axis", -1)])
+        k = np.asarray(
+            layer_variables(a.graph.layers[path])[getattr(rule, "kernel", getattr(rule, "pointwise", ""))].numpy()
+        )
+        k = np.moveaxis(k, getattr(rule, "out_axis", -1) % k.ndim, -1).reshape(
+            -1, k.shape[getattr(rule, "out_axis", -1)]
+        )
         candidates |= {r for r, z in zip(a.roots(ids).tolist(), np.all(k == 0, axis=0).tolist()) if z}
     dead = {r for r in seen if r not in pinned and r not in nonzero_at}
     kept = [(r, pinned.get(r) or nonzero_at.get(r, "")) for r in sorted(candidates - dead)]
     dead, padded = _round_widths(a, dead, int(multiple))
     kept += [(r, why) for r, why in padded]
-    keep = {}
-    widths = {}
+    keep: dict[str, np.ndarray] = {}
+    widths: dict[str, tuple[int, int]] = {}
     for node in g.nodes:
         ids = a.roots(a.tensor_ids[node.outputs[0]])
         mask = np.array([r not in dead for r in ids.tolist()], bool)
@@ -260,7 +277,9 @@ def _sliced_weights(a: ChannelAnalysis, path: str, dead: set[int]) -> dict[str, 
     if isinstance(rule, cr.Produce):
         out_m, in_m = _mask(a, a.out_ids[path], dead), _mask(a, a.in_ids[path], dead)
         k = v[rule.kernel]
-        v[rule.kernel] = np.compress(in_m, np.compress(out_m, k, axis=rule.out_axis % k.ndim), axis=rule.in_axis % k.ndim)
+        v[rule.kernel] = np.compress(
+            in_m, np.compress(out_m, k, axis=rule.out_axis % k.ndim), axis=rule.in_axis % k.ndim
+        )
         if rule.bias:
             v[rule.bias] = v[rule.bias][out_m]
     elif isinstance(rule, cr.Separable):
@@ -300,9 +319,9 @@ def _edit_config(cfg: dict, prefix: str, plan: ShrinkPlan, nested_inputs: dict[s
             _edit_config(lc["config"], path + "/", plan, nested_inputs)
             continue
         rule = a.rules.get(path)
-        if path not in plan.keep or rule is None:
+        if path not in plan.channels or rule is None:
             continue
-        width = len(plan.keep[path])
+        width = len(plan.channels[path])
         if isinstance(rule, (cr.Produce, cr.Separable)):
             lc["config"][rule.width_key] = width
         elif isinstance(rule, cr.Passthrough) and rule.resize_key:
@@ -349,7 +368,7 @@ def shrink(
 
     Raises:
       ShrinkError: if the rebuilt model's outputs differ beyond the tolerance.
-      keras_wgsef.channel_rules.UnsupportedLayerError: a layer without a channel rule.
+      keras_wgsef.graph.rules.UnsupportedLayerError: a layer without a channel rule.
     """
     import keras
 
@@ -368,11 +387,14 @@ def shrink(
         for path in a.graph.layers:
             sliced = _sliced_weights(a, path, plan.dead)
             old_layer = a.graph.layers[path]
-            values = [np.asarray(w.numpy()) for w in old_layer.weights] if sliced is None else \
-                [sliced[w.path.rsplit("/", 1)[-1]] for w in old_layer.weights]
+            values = (
+                [np.asarray(w.numpy()) for w in old_layer.weights]
+                if sliced is None
+                else [sliced[w.path.rsplit("/", 1)[-1]] for w in old_layer.weights]
+            )
             if values:
                 new_layers[path].set_weights(values)
-    except Exception as e:  # noqa: BLE001  (rebuild failures become one clear error)
+    except Exception as e:
         raise ShrinkError(f"could not rebuild the thinner model: {type(e).__name__}: {e}") from e
     if sample is None:
         rng = np.random.default_rng(0)
@@ -389,5 +411,7 @@ def shrink(
     if not return_report:
         return new
     p0, p1, m0, m1 = count_params(model), count_params(new), count_macs(model), count_macs(new)
-    report = ShrinkReport(plan, {k: (p0[k], p1.get(k, 0)) for k in p0}, {k: (m0[k], m1.get(k, 0)) for k in m0}, diff, tol)
+    report = ShrinkReport(
+        plan, {k: (p0[k], p1.get(k, 0)) for k in p0}, {k: (m0[k], m1.get(k, 0)) for k in m0}, diff, tol
+    )
     return new, report

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Member", "GroupScope", "merge_scopes"]
+__all__ = ["GroupScope", "Member", "match_variables", "merge_scopes"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -37,7 +37,10 @@ class Member:
     """One variable's share of a scope's groups.
 
     Attributes:
-      path: the variable's ``variable.path`` (e.g. ``"sequential/conv2d/kernel"``).
+      path: the layer's path in the model and the weight's name, e.g. ``"conv2d/kernel"`` or
+        ``"block/conv/kernel"`` for a layer of a nested model ``block`` (see
+        :func:`match_variables`: it also finds the variable after ``keras.models.load_model``,
+        which drops the Sequential and nested-model prefixes of ``variable.path``).
       axis: axis along which ``index`` assigns groups, or None for an element-wise ``index``.
       index: int group ids in ``[0, m)``: shape ``(shape[axis],)``, or the full shape if axis is None.
     """
@@ -73,7 +76,7 @@ class Member:
         return {"path": self.path, "axis": self.axis, "index": self.index.tolist()}
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "Member":
+    def from_config(cls, config: Mapping[str, Any]) -> Member:
         return cls(config["path"], config["axis"], np.asarray(config["index"], dtype=np.int64))
 
 
@@ -84,7 +87,7 @@ class GroupScope:
     Attributes:
       name: scope name, matched by the patterns of a ``k`` mapping (usually the layer path).
       members: the variables and their group indices.
-      num_groups: ``m``; inferred from the indices when not given.
+      num_groups: ``m``; 0 (the default) infers it from the indices.
       weights: ``d_j`` (length m, > 0), or None for the group sizes (known once shapes are).
       k: number of groups to keep in this scope, or None to take it from the optimizer.
       labels: optional human-readable label per group (e.g. ``"conv2d:3"``), for reports.
@@ -94,7 +97,7 @@ class GroupScope:
 
     name: str
     members: tuple[Member, ...]
-    num_groups: int | None = None
+    num_groups: int = 0
     weights: np.ndarray | None = None
     k: int | float | None = None
     labels: tuple[str, ...] | None = None
@@ -106,7 +109,7 @@ class GroupScope:
             raise ValueError(f"scope {self.name!r} has no members.")
         object.__setattr__(self, "members", members)
         m = self.num_groups
-        if m is None:
+        if not m:
             m = 1 + max(int(mb.index.max()) for mb in members if mb.index.size)
         object.__setattr__(self, "num_groups", int(m))
         if self.weights is not None:
@@ -140,9 +143,7 @@ class GroupScope:
         """Raises unless the members partition their variables into ``m`` nonempty groups."""
         for mb in self.members:
             if mb.index.size and (mb.index.min() < 0 or mb.index.max() >= self.num_groups):
-                raise ValueError(
-                    f"scope {self.name!r}: {mb.path} has group ids outside [0, {self.num_groups})."
-                )
+                raise ValueError(f"scope {self.name!r}: {mb.path} has group ids outside [0, {self.num_groups}).")
         sizes = self.sizes(shapes)
         empty = np.flatnonzero(sizes == 0)
         if empty.size:
@@ -155,7 +156,7 @@ class GroupScope:
         """``d_j``: the given weights, or the group sizes."""
         return self.weights if self.weights is not None else self.sizes(shapes)
 
-    def replace(self, **changes: Any) -> "GroupScope":
+    def replace(self, **changes: Any) -> GroupScope:
         return dataclasses.replace(self, **changes)
 
     def get_config(self) -> dict[str, Any]:
@@ -170,7 +171,7 @@ class GroupScope:
         }
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "GroupScope":
+    def from_config(cls, config: Mapping[str, Any]) -> GroupScope:
         return cls(
             name=config["name"],
             members=tuple(Member.from_config(m) for m in config["members"]),
@@ -182,7 +183,9 @@ class GroupScope:
         )
 
 
-def merge_scopes(scopes: Sequence[GroupScope], name: str = "model", shapes: Mapping[str, Sequence[int]] | None = None) -> GroupScope:
+def merge_scopes(
+    scopes: Sequence[GroupScope], name: str = "model", shapes: Mapping[str, Sequence[int]] | None = None
+) -> GroupScope:
     """One scope holding every group of ``scopes`` (a global budget across layers).
 
     Group ids are offset so they stay disjoint. Weights: each scope's own ``d_j`` (given, or its
@@ -206,4 +209,59 @@ def merge_scopes(scopes: Sequence[GroupScope], name: str = "model", shapes: Mapp
             raise ValueError(f"merge_scopes: scope {s.name!r} has no weights; pass the variable shapes.")
         labels.extend(s.labels if s.labels is not None else [f"{s.name}:{j}" for j in range(s.num_groups)])
         offset += s.num_groups
-    return GroupScope(name, tuple(members), offset, np.concatenate(weights), None, tuple(labels), np.concatenate(segments))
+    return GroupScope(
+        name, tuple(members), offset, np.concatenate(weights), None, tuple(labels), np.concatenate(segments)
+    )
+
+
+def _suffix_match(member: str, variable: str) -> bool:
+    """One path is the other with leading components removed (``"blk/a/kernel"`` ~ ``"a/kernel"``)."""
+    return member == variable or member.endswith("/" + variable) or variable.endswith("/" + member)
+
+
+def match_variables(
+    paths: Sequence[str], variables: Sequence[Any], what: str = "the model's variables"
+) -> dict[str, Any]:
+    """The variable of each member path: an exact ``variable.path`` match, else a unique suffix match.
+
+    Keras names a variable after the layers that create it, and the name is not stable:
+    ``model.save`` / ``keras.models.load_model`` turns ``"sequential/conv/kernel"`` into
+    ``"conv/kernel"`` and ``"block/conv/kernel"`` (a layer of the nested model ``block``) into
+    ``"conv/kernel"``. Members name the layer's path in the model, so a member matches the variable
+    whose path equals it or ends with it (or the other way round), when exactly one does.
+
+    Args:
+      paths: member paths (``"layer/path/weight"``).
+      variables: objects with ``.path`` (Keras variables).
+      what: how to name ``variables`` in an error.
+
+    Raises:
+      ValueError: a path matches no variable, or several.
+
+    Example:
+      >>> class V:
+      ...     def __init__(self, path): self.path = path
+      >>> got = match_variables(["c/kernel", "blk/a/kernel"], [V("sequential/c/kernel"), V("a/kernel")])
+      >>> {p: v.path for p, v in got.items()}
+      {'c/kernel': 'sequential/c/kernel', 'blk/a/kernel': 'a/kernel'}
+    """
+    exact = {v.path: v for v in variables}
+    out: dict[str, Any] = {}
+    for p in paths:
+        if p in exact:
+            out[p] = exact[p]
+            continue
+        found = [v for v in variables if _suffix_match(p, v.path)]
+        if len(found) != 1:
+            sample = [v.path for v in variables][:4]
+            if not found:
+                raise ValueError(
+                    f"group member {p!r} matches none of {what} (e.g. {sample}). Build the groups from this "
+                    "model (kw.make_groups(model)) or give member paths as 'layer/path/weight'."
+                )
+            raise ValueError(
+                f"group member {p!r} matches several of {what} ({[v.path for v in found]}); give its full layer "
+                "path in the model (nested models included), e.g. 'block/conv/kernel'."
+            )
+        out[p] = found[0]
+    return out

@@ -3,12 +3,16 @@
 :func:`flatten_model` turns a Sequential or Functional model (nested models included) into a
 :class:`Graph` of :class:`Node` s, one per layer call, from the Functional ``get_config()``
 inbound nodes and ``model.get_layer``; shapes come from each layer's ``compute_output_shape``.
-:mod:`keras_wgsef.channel_graph` runs the channel rules over it; :mod:`tflite_export.surgery`
+:mod:`keras_wgsef.graph.channels` runs the channel rules over it; :mod:`tflite_export.shrink`
 rebuilds models from it.
 
 Example:
-  >>> g = flatten_model(model)        # doctest: +SKIP
-  >>> [n.path for n in g.nodes]       # doctest: +SKIP
+  >>> import keras
+  >>> inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a")], name="block")
+  >>> x = keras.Input((4,))
+  >>> m = keras.Model(x, keras.layers.Dense(2, name="head")(inner(x)))
+  >>> [n.path for n in flatten_model(m).nodes]
+  ['block/a', 'head']
 """
 
 from __future__ import annotations
@@ -18,7 +22,20 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["Node", "Graph", "flatten_model", "layer_variables", "matches"]
+__all__ = [
+    "KERNELS",
+    "Graph",
+    "Node",
+    "flatten_model",
+    "head_layers",
+    "layer_variables",
+    "matches",
+    "model_weights",
+    "weight_paths",
+]
+
+#: weight names that hold a layer's kernel (the multiply-accumulate part)
+KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
 
 @dataclasses.dataclass
@@ -127,8 +144,12 @@ def _expand(model: Any, prefix: str, bound: list[int], g: Graph, calls: dict) ->
     hist: dict[tuple, int] = {}
     for ref, tid in zip(_as_refs(cfg["input_layers"]), bound):
         hist[(ref[0], int(ref[1]), int(ref[2]))] = tid
-    pending = [(lc, i, nd) for lc in cfg["layers"] if lc["class_name"] != "InputLayer"
-               for i, nd in enumerate(lc.get("inbound_nodes", []))]
+    pending = [
+        (lc, i, nd)
+        for lc in cfg["layers"]
+        if lc["class_name"] != "InputLayer"
+        for i, nd in enumerate(lc.get("inbound_nodes", []))
+    ]
     while pending:
         progress, rest = False, []
         for lc, idx, nd in pending:
@@ -167,6 +188,58 @@ def _call(layer: Any, path: str, ins: list[int], g: Graph, calls: dict) -> list[
 def layer_variables(layer: Any) -> dict[str, Any]:
     """``{short name: variable}`` of a layer (``"kernel"``, ``"bias"``, ``"gamma"``, ...)."""
     return {w.path.rsplit("/", 1)[-1]: w for w in layer.weights}
+
+
+def weight_paths(g: Graph) -> dict[str, Any]:
+    """``{"layer/path/weight": variable}`` of every weight, named by the layer's path in the model.
+
+    These are the paths of group members (:class:`keras_wgsef.groups.Member`): the layer's path
+    from :func:`flatten_model` (nested models included, the top model's own name left out) and the
+    weight's short name. Unlike ``variable.path`` they do not change on save and load.
+    """
+    return {f"{path}/{name}": w for path, layer in g.layers.items() for name, w in layer_variables(layer).items()}
+
+
+def model_weights(model: Any) -> dict[str, Any]:
+    """``{"layer/path/weight": variable}`` of a model: the paths group members use.
+
+    Example:
+      >>> import keras
+      >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, name="h")])
+      >>> sorted(model_weights(m))
+      ['h/bias', 'h/kernel']
+    """
+    return weight_paths(flatten_model(model))
+
+
+def head_layers(g: Graph) -> set[str]:
+    """Paths of the layers whose kernel makes a model output: the classifier heads.
+
+    The one rule for "the head" everywhere: a layer with a kernel whose output reaches a model
+    output through layers without a kernel (activations, reshapes, pooling, merges). Its output
+    channels are the model's outputs (the classes), so they are never grouped or removed.
+
+    Example:
+      >>> import keras
+      >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="h"),
+      ...                       keras.layers.Dense(2, name="out"), keras.layers.Softmax()])
+      >>> sorted(head_layers(flatten_model(m)))
+      ['out']
+    """
+    producer = {t: n for n in g.nodes for t in n.outputs}
+    heads: set[str] = set()
+    stack, seen = list(g.outputs), set()
+    while stack:
+        t = stack.pop()
+        if t in seen or t not in producer:
+            continue
+        seen.add(t)
+        node = producer[t]
+        if any(k in layer_variables(node.layer) for k in KERNELS):
+            heads.add(node.path)
+        else:
+            stack.extend(node.inputs)
+    return heads
 
 
 def matches(patterns: str | Iterable[str] | None, path: str) -> bool:

@@ -1,27 +1,35 @@
-"""Reading a model's group structure: group norms, nonzero counts and ``tau`` per scope (NumPy).
+"""Reading a model's group structure: group norms, ``tau``, supports and nonzero counts (NumPy).
 
 Example:
   >>> import keras
   >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="h"), keras.layers.Dense(2)])
   >>> nonzero_groups(m)
-  {'sequential/h': 3}
+  {'h': 3}
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import keras
 import numpy as np
 
-from keras_wgsef.groups import GroupScope
+from keras_wgsef.groups.scope import GroupScope, match_variables
 from keras_wgsef.prox import solve_alpha
 
-__all__ = ["scope_norms", "scope_tau", "nonzero_groups", "find_wgsef", "model_scopes"]
+__all__ = ["find_wgsef", "model_scopes", "nonzero_groups", "scope_norms", "scope_tau", "top_k_support"]
 
 
 def scope_norms(scope: GroupScope, values: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Group norms ``||x_{G_j}||`` of one scope (float64, length m) from ``{path: array}``."""
+    """Group norms ``||x_{G_j}||`` of one scope (float64, length m) from ``{member path: array}``.
+
+    Example:
+      >>> from keras_wgsef.groups import Member
+      >>> s = GroupScope("d", (Member("d/kernel", -1, np.arange(2)),))
+      >>> scope_norms(s, {"d/kernel": np.array([[3.0, 0.0], [4.0, 1.0]])}).tolist()
+      [5.0, 1.0]
+    """
     sq = np.zeros(scope.num_groups)
     for mb in scope.members:
         x = np.asarray(values[mb.path], dtype=np.float64) ** 2
@@ -39,6 +47,10 @@ def scope_tau(norms: np.ndarray, weights: np.ndarray, k: int) -> float:
 
     ``tau`` solves ``sum_j min(1, w_j / tau) = k`` with ``w_j = sqrt(d_j) ||x_j||``: groups with
     ``w_j >= tau`` are under weight decay, the others under group-lasso pressure at level ``tau``.
+
+    Example:
+      >>> scope_tau(np.array([3.0, 1.0, 1.0]), np.ones(3), 2)   # 1 + 1/tau + 1/tau = 2
+      2.0
     """
     w = np.sqrt(np.asarray(weights, dtype=np.float64)) * np.asarray(norms, dtype=np.float64)
     pos = w[w > 0]
@@ -47,8 +59,33 @@ def scope_tau(norms: np.ndarray, weights: np.ndarray, k: int) -> float:
     return 1.0 / solve_alpha(pos, np.zeros_like(pos), k)
 
 
-def find_wgsef(optimizer) -> "keras.optimizers.Optimizer | None":
-    """The WGSEF optimizer inside ``optimizer`` (also when Keras wrapped it in a LossScaleOptimizer)."""
+def top_k_support(rank: np.ndarray, k: int, segments: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of the k largest ``rank`` entries, keeping the best of every segment first.
+
+    With ``segments`` (a merged, global scope) each segment (layer) keeps its best group before
+    the rest is filled by global rank, so a global budget never removes a whole layer.
+
+    Example:
+      >>> top_k_support(np.array([5., 4., 3., 0.1]), 2, np.array([0, 0, 0, 1])).tolist()
+      [True, False, False, True]
+    """
+    keep = np.zeros(rank.size, dtype=bool)
+    if segments is not None:
+        ids = np.unique(segments)
+        if ids.size > k:
+            raise ValueError(
+                f"a global budget of k = {k} groups cannot keep one group in each of {ids.size} layers; raise k."
+            )
+        for sid in ids:
+            members = np.flatnonzero(segments == sid)
+            keep[members[np.argmax(rank[members])]] = True
+    rest = [j for j in np.argsort(-rank, kind="stable") if not keep[j]]
+    keep[rest[: k - int(keep.sum())]] = True
+    return keep
+
+
+def find_wgsef(optimizer: Any) -> Any:
+    """The WGSEF optimizer inside ``optimizer`` (also when Keras wrapped it in a LossScaleOptimizer), or None."""
     from keras_wgsef.optimizer import WGSEF
 
     seen = 0
@@ -61,30 +98,32 @@ def find_wgsef(optimizer) -> "keras.optimizers.Optimizer | None":
 
 
 def model_scopes(model: keras.Model, groups: Sequence[GroupScope] | None = None) -> list[GroupScope]:
-    """The scopes to report on: given ones, the built WGSEF optimizer's, or path-inferred ones."""
+    """The scopes to report on: given ones, the built WGSEF optimizer's, or ``make_groups(model)``."""
     if groups is not None:
         return list(groups)
     opt = find_wgsef(getattr(model, "optimizer", None))
     if opt is not None and opt.built:
-        return list(opt.scopes)
-    from keras_wgsef.path_groups import groups_from_paths
+        return [s.scope for s in opt.scopes]
+    from keras_wgsef.groups.make import make_groups
 
-    return groups_from_paths(model.trainable_variables)
+    return make_groups(model)
 
 
 def nonzero_groups(model: keras.Model, groups: Sequence[GroupScope] | None = None) -> dict[str, int]:
     """Number of groups with a nonzero entry, per scope name.
 
-    A merged global scope (``WGSEF(..., scope="model")``) is reported per source layer.
+    A merged global scope (``WGSEF(..., envelope="model")``) is reported per source layer.
 
     Args:
       model: a Keras model.
       groups: the scopes to count (default: those of the model's WGSEF optimizer when it is built,
-        else the output-channel groups inferred from the variable paths).
+        else ``make_groups(model)``).
     """
-    values = {v.path: v.numpy() for v in model.variables}
+    scopes = model_scopes(model, groups)
+    paths = sorted({p for s in scopes for p in s.paths})
+    values = {p: np.asarray(keras.ops.convert_to_numpy(v)) for p, v in match_variables(paths, model.variables).items()}
     counts: dict[str, int] = {}
-    for s in model_scopes(model, groups):
+    for s in scopes:
         nonzero = scope_norms(s, values) > 0
         if s.segments is None:
             counts[s.name] = int(np.count_nonzero(nonzero))

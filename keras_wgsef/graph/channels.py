@@ -2,7 +2,7 @@
 
 The model (Sequential or Functional, nested models flattened) is read from public data: the
 Functional ``get_config()`` inbound nodes and ``model.get_layer``. Every tensor gets one channel
-id per position of its last axis. Layer rules (:mod:`keras_wgsef.channel_rules`) create ids
+id per position of its last axis. Layer rules (:mod:`keras_wgsef.graph.rules`) create ids
 (a producer's output channels), share them (passthrough layers, per-channel carriers) or tie them
 together (residual ``Add``: input ``a`` channel ``c`` and input ``b`` channel ``c`` become one
 class, via union-find). A *channel class* is a set of ids that can only be removed together.
@@ -14,25 +14,33 @@ wherever a later layer reads it (``relu(0*x + 0) = 0``), so it can be cut out: t
 zero-invariant. The consumers' input slices are *not* in the group (they belong to the consumer's
 own output groups; groups must partition the variables).
 
+:func:`keras_wgsef.make_groups` (kinds ``"output_channel"`` and ``"block"``) is the public entry;
+:func:`analyze` is what ``tflite_export.shrink`` reads.
+
 Example:
-  >>> scopes = channel_groups(model)                      # one GroupScope per producer (or coupled set)
-  >>> [(s.name, s.num_groups) for s in scopes]
-  [('conv2d', 16), ('conv2d_1', 32), ('conv2d_2', 64)]
+  >>> import keras
+  >>> x = keras.Input((8, 8, 3))
+  >>> h = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(4, 3, name="a")(x))
+  >>> h = keras.layers.Add(name="add")([h, keras.layers.Conv2D(4, 3, name="b")(x)])
+  >>> m = keras.Model(x, keras.layers.Dense(2, name="head")(keras.layers.Flatten()(h)))
+  >>> scopes, _ = channel_scopes(flatten_model(m), heads={"head"})
+  >>> [(s.name, s.num_groups, s.paths) for s in scopes]
+  [('a+b', 4, ('a/kernel', 'a/bias', 'bn/gamma', 'bn/beta', 'b/kernel', 'b/bias'))]
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from keras_wgsef import channel_rules as cr
-from keras_wgsef.groups import GroupScope, Member
-from keras_wgsef.model_graph import Graph, Node, flatten_model, layer_variables, matches
+from keras_wgsef.graph import rules as cr
+from keras_wgsef.graph.model_graph import Graph, Node, flatten_model, layer_variables, matches
+from keras_wgsef.groups.scope import GroupScope, Member
 
-__all__ = ["ChannelAnalysis", "analyze", "channel_groups"]
+__all__ = ["ChannelAnalysis", "analyze", "channel_scopes", "mac_weights"]
 
 
 @dataclasses.dataclass
@@ -91,15 +99,16 @@ class ChannelAnalysis:
         return out
 
 
-def analyze(model: Any, *, exclude: str | Iterable[str] | None = None) -> ChannelAnalysis:
+def analyze(model: Any, *, exclude: str | Iterable[str] | None = None, graph: Graph | None = None) -> ChannelAnalysis:
     """Builds the channel classes of ``model``.
 
     Args:
       model: a Sequential or Functional Keras model (built).
       exclude: regexes on layer paths; a matching layer without a rule is treated as opaque (its
         input and output channels are kept).
+      graph: the model's :func:`flatten_model` graph, when the caller has it already.
     """
-    g = flatten_model(model)
+    g = graph if graph is not None else flatten_model(model)
     a = ChannelAnalysis(g, {}, [np.zeros(0, np.int64)] * len(g.shapes), {}, {}, {}, [], {})
     for t in g.inputs:
         a.tensor_ids[t] = a.new(int(g.shapes[t][-1]))
@@ -218,49 +227,49 @@ def _group_params(a: ChannelAnalysis) -> list[tuple[str, int, np.ndarray, int]]:
                 ax = axis % len(var.shape)
                 if int(var.shape[ax]) != len(ids):
                     raise ValueError(f"{var.path}: axis {ax} has {var.shape[ax]} entries, expected {len(ids)}.")
-                out.append((var.path, ax, ids, int(np.prod(var.shape))))
+                out.append((f"{path}/{name}", ax, ids, int(np.prod(var.shape))))
     return out
 
 
-def channel_groups(
-    model: Any,
+def channel_scopes(
+    graph: Graph,
     *,
     include: str | Iterable[str] | None = None,
     exclude: str | Iterable[str] | None = None,
-    exclude_outputs: bool = True,
+    heads: Iterable[str] = (),
     block: int = 1,
-    weights: str | Callable[[GroupScope, Any], Any] = "size",
-) -> list[GroupScope]:
-    """Dependency-aware, zero-invariant output-channel groups of a model.
+) -> tuple[list[GroupScope], ChannelAnalysis]:
+    """Dependency-aware, zero-invariant output-channel groups of a model's graph.
 
     Each group holds, for one channel class, the producers' kernel slices ``kernel[..., c]`` and
     biases, and the per-channel parameters that carry it (BatchNorm gamma/beta, depthwise kernel
     slices and biases). Producers whose channels are tied (residual ``Add``, ``Multiply``) share
     group ids; producers whose channels meet in one variable (a BatchNorm after a ``Concatenate``)
     share a scope (with offsets). Scopes name their producers: ``"conv2d"``, ``"conv_a+conv_b"``.
+    Weights are left as None (group sizes); :func:`mac_weights` sets MAC cost weights.
 
     Args:
-      model: a built Sequential or Functional model.
+      graph: the model's :func:`flatten_model` graph.
       include: regexes on layer paths; when given, only matching producers get groups.
       exclude: regexes on layer paths; matching producers get no groups, matching layers without a
         rule are treated as opaque.
-      exclude_outputs: no groups for channels that reach a model output (the classes).
+      heads: paths of the layers whose channels are never grouped (the classifier heads).
       block: group runs of ``block`` consecutive channels (hardware blocks).
-      weights: ``"size"`` (``d_j = |G_j|``, left as None), ``"uniform"`` (1), ``"macs"`` (group size
-        times relative cost, ``d_j = |G_j| * M_j / mean(M)``, where ``M_j`` is the MACs removed with
-        the channel -- producer MACs per output channel plus consumer MACs per input channel -- and
-        the mean runs over every group returned, so equal costs give the default), or
-        ``fn(scope, model) -> d`` (length ``num_groups``).
 
     Returns:
-      A list of :class:`GroupScope`; each validates against the real variable shapes.
+      ``(scopes, analysis)``.
     """
     if int(block) < 1:
         raise ValueError(f"block must be >= 1, got {block}.")
-    a = analyze(model, exclude=exclude)
-    if not exclude_outputs:
-        a.pins = {i: r for i, r in a.pins.items() if r != "model output"}
+    a = analyze(None, exclude=exclude, graph=graph)
+    heads = set(heads)
+    # the head's channels are the model's outputs; other output channels may be grouped when the
+    # caller asked for the head too (the exporter still keeps every output channel)
+    a.pins = {i: r for i, r in a.pins.items() if r != "model output"}
     producers = list(a.out_ids)
+    for path in producers:
+        if path in heads:
+            a.pin(a.out_ids[path], f"{path} is a head (its channels are model outputs)")
     for path in producers:
         if (include is not None and not matches(include, path)) or matches(exclude, path):
             a.pin(a.out_ids[path], f"producer {path} is not included")
@@ -271,7 +280,7 @@ def channel_groups(
             if len(ids) % block:
                 raise ValueError(f"layer {path!r} has {len(ids)} output channels, not a multiple of block={block}.")
             for s in range(0, len(ids), block):
-                a.union(np.repeat(ids[s], block - 1), ids[s + 1:s + block], path)
+                a.union(np.repeat(ids[s], block - 1), ids[s + 1 : s + block], path)
     params = _group_params(a)
     pinned = set(a.pinned_roots())
     changed = True
@@ -327,20 +336,22 @@ def channel_groups(
         labels = tuple(_label(label.get(r), r) for r in order)
         name = "+".join(owner.get(s, [])) or qs[0][0].rsplit("/", 1)[0]
         scopes.append(GroupScope(name, members, len(order), None, None, labels))
-    shapes = {w.path: tuple(w.shape) for w in model.weights}
-    for s in scopes:
-        s.validate(shapes)
-    if callable(weights):
-        return [s.replace(weights=np.asarray(weights(s, model), dtype=np.float64)) for s in scopes]
-    if weights == "size":
-        return scopes
-    if weights == "uniform":
-        return [s.replace(weights=np.ones(s.num_groups)) for s in scopes]
-    if weights == "macs":
-        costs = [_mac_costs(s, model, a) for s in scopes]
-        mean = float(np.mean(np.concatenate(costs))) if scopes else 1.0
-        return [s.replace(weights=s.sizes(shapes) * c / mean) for s, c in zip(scopes, costs)]
-    raise ValueError(f"weights must be 'size', 'uniform', 'macs' or a callable, got {weights!r}.")
+    return scopes, a
+
+
+def mac_weights(scopes: list[GroupScope], model: Any, a: ChannelAnalysis) -> list[GroupScope]:
+    """The scopes with MAC cost weights ``d_j = |G_j| * M_j / mean(M)``.
+
+    ``M_j`` is the MACs removed with the channel (producer MACs per output channel plus consumer
+    MACs per input channel); the mean runs over every group of ``scopes``, so equal costs give the
+    default weights (the group sizes).
+    """
+    from keras_wgsef.graph.model_graph import weight_paths
+
+    shapes = {p: tuple(w.shape) for p, w in weight_paths(a.graph).items()}
+    costs = [_mac_costs(s, model, a) for s in scopes]
+    mean = float(np.mean(np.concatenate(costs))) if scopes else 1.0
+    return [s.replace(weights=s.sizes(shapes) * c / mean) for s, c in zip(scopes, costs)]
 
 
 def _label(entry: tuple | None, root: int) -> str:
@@ -352,16 +363,16 @@ def _label(entry: tuple | None, root: int) -> str:
 
 def _mac_costs(s: GroupScope, model: Any, a: ChannelAnalysis) -> np.ndarray:
     """MACs removed with each group: producer MACs per output channel + consumer MACs per input channel."""
-    from keras_wgsef.costs import count_macs
+    from keras_wgsef.graph.costs import count_macs
 
     macs = count_macs(model)
     group_of_root: dict[int, int] = {}
-    var_to_layer = {w.path: p for p, layer in a.graph.layers.items() for w in layer.weights}
     for mb in s.members:
-        layer_path = var_to_layer[mb.path]
-        ids = a.out_ids.get(layer_path, a.carry_ids.get(layer_path))
+        layer_path = mb.path.rpartition("/")[0]
         if mb.path.endswith("depthwise_kernel"):
             ids = a.in_ids[layer_path]
+        else:
+            ids = a.out_ids[layer_path] if layer_path in a.out_ids else a.carry_ids[layer_path]
         for r, gid in zip(a.roots(ids).tolist(), mb.index.tolist()):
             group_of_root[r] = gid
     d = np.zeros(s.num_groups)

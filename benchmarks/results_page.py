@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections import defaultdict
@@ -48,14 +49,21 @@ def aggregate(db):
         arena = [arch.get(r["arch"], {}).get("tflm_arena_bytes") for r in rs]
         widths = sorted({"/".join(map(str, r["widths"])) for r in rs})
         rows[key] = {
-            "n": len(rs), "seeds": sorted(r["seed"] for r in rs), "epochs": rs[0]["epochs"],
-            "float": _ms([r["float_acc"] for r in rs]), "int8": _ms([r["int8_acc"] for r in rs]),
-            "params": _ms([r["params"] for r in rs])[0], "macs": _ms([r["macs"] for r in rs]),
-            "bytes": _ms([r["tflite_bytes"] for r in rs])[0], "arena": _ms(arena)[0], "instr": _ms(ins),
+            "n": len(rs),
+            "seeds": sorted(r["seed"] for r in rs),
+            "epochs": rs[0]["epochs"],
+            "float": _ms([r["float_acc"] for r in rs]),
+            "int8": _ms([r["int8_acc"] for r in rs]),
+            "params": _ms([r["params"] for r in rs])[0],
+            "macs": _ms([r["macs"] for r in rs]),
+            "bytes": _ms([r["tflite_bytes"] for r in rs])[0],
+            "arena": _ms(arena)[0],
+            "instr": _ms(ins),
             "lat": float(np.median([r["latency_xnnpack_us"] for r in rs])),
             "lat_ref": float(np.median([r["latency_ref_us"] for r in rs])),
             "epoch_s": float(np.median([r["epoch_s_median"] for r in rs])),
-            "widths": widths, "float_all": [r["float_acc"] for r in rs],
+            "widths": widths,
+            "float_all": [r["float_acc"] for r in rs],
         }
     return rows
 
@@ -64,7 +72,7 @@ def _f(x, kind="int"):
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
     if kind == "int":
-        return f"{int(round(x)):,}"
+        return f"{round(x):,}"
     if kind == "pct":
         return f"{100 * x:.1f}"
     return f"{x:.1f}"
@@ -78,25 +86,33 @@ def _pm(ms, n=None):
 
 
 def table(rows, model):
-    out = ["| budget | method | widths | float acc % | int8 acc % | params | MACs | .tflite bytes | TFLM arena | "
-           "TFLM instructions | LiteRT XNNPACK us | LiteRT ref us | s / epoch | seeds |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| budget | method | widths | float acc % | int8 acc % | params | MACs | .tflite bytes | TFLM arena | "
+        "TFLM instructions | LiteRT XNNPACK us | LiteRT ref us | s / epoch | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     keys = sorted([k for k in rows if k[0] == model], key=lambda k: (-k[2], ORDER.index(k[1])))
     for k in keys:
         r = rows[k]
         w = r["widths"][0] if len(r["widths"]) == 1 else " ; ".join(r["widths"])
         budget = "100 %" if k[2] == 1.0 else f"{round(100 * k[2])} %"
-        out.append(f"| {budget} | {LABELS[k[1]]} | {w} | {_pm(r['float'], r['n'])} | {_pm(r['int8'], r['n'])} | {_f(r['params'])} | "
-                   f"{_f(r['macs'][0])} | {_f(r['bytes'])} | {_f(r['arena'])} | {_f(r['instr'][0])} | "
-                   f"{_f(r['lat'], 'f')} | {_f(r['lat_ref'], 'f')} | {_f(r['epoch_s'], 'f')} | {r['n']} |")
+        out.append(
+            f"| {budget} | {LABELS[k[1]]} | {w} | {_pm(r['float'], r['n'])} | {_pm(r['int8'], r['n'])} | "
+            f"{_f(r['params'])} | "
+            f"{_f(r['macs'][0])} | {_f(r['bytes'])} | {_f(r['arena'])} | {_f(r['instr'][0])} | "
+            f"{_f(r['lat'], 'f')} | {_f(r['lat_ref'], 'f')} | {_f(r['epoch_s'], 'f')} | {r['n']} |"
+        )
     return "\n".join(out)
 
 
 def instr_needed(rows, model, method, target):
     """Instructions a method needs to reach ``target`` float accuracy: log-linear interpolation along
     its measured points (its budgets plus the dense model). Returns (value, note)."""
-    pts = [(rows[k]["instr"][0], rows[k]["float"][0]) for k in rows
-           if k[0] == model and k[1] == method and rows[k]["instr"][0]]
+    pts = [
+        (rows[k]["instr"][0], rows[k]["float"][0])
+        for k in rows
+        if k[0] == model and k[1] == method and rows[k]["instr"][0]
+    ]
     d = rows.get((model, "dense", 1.0))
     if d and d["instr"][0]:
         pts.append((d["instr"][0], d["float"][0]))
@@ -105,7 +121,7 @@ def instr_needed(rows, model, method, target):
     pts.sort()
     if target <= pts[0][1]:
         return pts[0][0], "<="
-    for (i0, a0), (i1, a1) in zip(pts, pts[1:]):
+    for (i0, a0), (i1, a1) in itertools.pairwise(pts):
         if a0 < target <= a1:
             f = (target - a0) / (a1 - a0)
             return math.exp(math.log(i0) + f * (math.log(i1) - math.log(i0))), "~"
@@ -120,8 +136,8 @@ def acc_at_macs(rows, model, method, macs):
     pts = sorted((rows[k]["macs"][0], rows[k]["float"][0]) for k in rows if k[0] == model and k[1] == method)
     d = rows.get((model, "dense", 1.0))
     if d:
-        pts = sorted(pts + [(d["macs"][0], d["float"][0])])
-    for (m0, a0), (m1, a1) in zip(pts, pts[1:]):
+        pts = sorted([*pts, (d["macs"][0], d["float"][0])])
+    for (m0, a0), (m1, a1) in itertools.pairwise(pts):
         if m0 <= macs <= m1:
             if m1 == m0:
                 return a0
@@ -138,13 +154,23 @@ def headline(rows, model, w):
     head = []
     for k in keeps:
         r = rows[(model, w, k)]
-        head.append(f"{round(100 * k)} %: {_pm(r['float'], r['n'])} % float, widths {' ; '.join(r['widths'])}, "
-                    f"{_f(r['macs'][0])} MACs, {_f(r['instr'][0])} TFLM instructions")
-    lines = [f"{LABELS[w]} ({r['n']} seed(s)): " + "; ".join(head) + ".", "",
-             "| baseline | " + " | ".join(f"{round(100 * k)} %: baseline float % | {round(100 * k)} %: WGSEF - baseline "
-                                         f"(points) | {round(100 * k)} %: MACs WGSEF / baseline | {round(100 * k)} %: "
-                                         "instructions baseline needs for WGSEF's accuracy / WGSEF's" for k in keeps) + " |",
-             "|---|" + "---|---|---|---|" * len(keeps)]
+        head.append(
+            f"{round(100 * k)} %: {_pm(r['float'], r['n'])} % float, widths {' ; '.join(r['widths'])}, "
+            f"{_f(r['macs'][0])} MACs, {_f(r['instr'][0])} TFLM instructions"
+        )
+    lines = [
+        f"{LABELS[w]} ({r['n']} seed(s)): " + "; ".join(head) + ".",
+        "",
+        "| baseline | "
+        + " | ".join(
+            f"{round(100 * k)} %: baseline float % | {round(100 * k)} %: WGSEF - baseline "
+            f"(points) | {round(100 * k)} %: MACs WGSEF / baseline | {round(100 * k)} %: "
+            "instructions baseline needs for WGSEF's accuracy / WGSEF's"
+            for k in keeps
+        )
+        + " |",
+        "|---|" + "---|---|---|---|" * len(keeps),
+    ]
     for b in BASELINES:
         cells = []
         for k in keeps:
@@ -159,12 +185,15 @@ def headline(rows, model, w):
                 eq = f"{100 * (rw['float'][0] - rb['float'][0]):+.1f}{pm}"
             else:
                 at = acc_at_macs(rows, model, b, rw["macs"][0])
-                eq = "outside the baseline's range" if at is None else f"{100 * (rw['float'][0] - at):+.1f} (interpolated)"
+                eq = (
+                    "outside the baseline's range"
+                    if at is None
+                    else f"{100 * (rw['float'][0] - at):+.1f} (interpolated)"
+                )
             need, note = instr_needed(rows, model, b, rw["float"][0])
             wi = rw["instr"][0]
-            ratio = (f"{'<= ' if note == '<=' else ''}{need / wi:.2f}x" if need and wi else note)
-            cells += [_pm(rb["float"], rb["n"]), eq,
-                      f"{rw['macs'][0] / rb['macs'][0]:.2f}", ratio]
+            ratio = f"{'<= ' if note == '<=' else ''}{need / wi:.2f}x" if need and wi else note
+            cells += [_pm(rb["float"], rb["n"]), eq, f"{rw['macs'][0] / rb['macs'][0]:.2f}", ratio]
         lines.append(f"| {LABELS[b]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -188,9 +217,11 @@ def verdicts(rows):
                 tol = max(spread, 0.002)
                 verdict = "beats" if diff > tol else ("loses to" if diff < -tol else "ties with")
                 word = f"difference {100 * diff:+.1f} points, spread {100 * spread:.1f}"
-            out.append(f"- {MODEL_TEXT.get(model, model)}, {round(100 * keep)} %: {LABELS[method]} {verdict} "
-                       f"the {LABELS[b]} ({_pm(rw['float'], rw['n'])} vs {_pm(rb['float'], rb['n'])}; {word}; "
-                       f"MACs {_f(rw['macs'][0])} vs {_f(rb['macs'][0])}).")
+            out.append(
+                f"- {MODEL_TEXT.get(model, model)}, {round(100 * keep)} %: {LABELS[method]} {verdict} "
+                f"the {LABELS[b]} ({_pm(rw['float'], rw['n'])} vs {_pm(rb['float'], rb['n'])}; {word}; "
+                f"MACs {_f(rw['macs'][0])} vs {_f(rb['macs'][0])})."
+            )
     return "\n".join(out)
 
 
@@ -202,20 +233,33 @@ def plots(rows, outdir, models):
 
     files = []
     colors = {m: plt.cm.tab20(i * 2 % 20 + (i * 2 // 20)) for i, m in enumerate(ORDER)}
-    for xkey, xlabel, fname in (("macs", "MACs per inference (log)", "acc_vs_macs.png"),
-                                ("instr", "TFLM instructions per inference (log, callgrind)", "acc_vs_instructions.png")):
+    for xkey, xlabel, fname in (
+        ("macs", "MACs per inference (log)", "acc_vs_macs.png"),
+        ("instr", "TFLM instructions per inference (log, callgrind)", "acc_vs_instructions.png"),
+    ):
         fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 5), squeeze=False)
         for ax, model in zip(axes[0], models):
             for method in ORDER:
-                ks = sorted([k for k in rows if k[0] == model and k[1] == method and rows[k][xkey][0]], key=lambda k: k[2])
+                ks = sorted(
+                    [k for k in rows if k[0] == model and k[1] == method and rows[k][xkey][0]], key=lambda k: k[2]
+                )
                 if not ks:
                     continue
                 xs = [rows[k][xkey][0] for k in ks]
                 ys = [100 * rows[k]["float"][0] for k in ks]
                 es = [100 * rows[k]["float"][1] for k in ks]
                 style = "-o" if method.startswith("wgsef") else ("s" if method == "dense" else "--^")
-                ax.errorbar(xs, ys, yerr=es, fmt=style, color=colors[method], label=LABELS[method].replace("**", ""),
-                            capsize=3, ms=5, lw=1.5 if method.startswith("wgsef") else 1)
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=es,
+                    fmt=style,
+                    color=colors[method],
+                    label=LABELS[method].replace("**", ""),
+                    capsize=3,
+                    ms=5,
+                    lw=1.5 if method.startswith("wgsef") else 1,
+                )
             ax.set_xscale("log")
             ax.set_xlabel(xlabel)
             ax.set_ylabel("float test accuracy % (BN recalibrated)")
@@ -252,22 +296,31 @@ def plot_widths(db, outdir, models):
             series.append(("wgsef_global", keep, f"WGSEF global, MAC weights {round(100 * keep)} %"))
         bars = []
         for j, (method, keep, label) in enumerate(series):
-            ws = [r["widths"] for r in db["runs"] if r["model"] == model and r["method"] == method and r["keep"] == keep]
+            ws = [
+                r["widths"] for r in db["runs"] if r["model"] == model and r["method"] == method and r["keep"] == keep
+            ]
             if ws:
                 arr = np.array(ws, float)
                 bars.append((label, arr.mean(0), arr.std(0), plt.cm.tab10(j % 10)))
         n = len(bars)
         xs = np.arange(len(full))
         for i, (label, m, sd, color) in enumerate(bars):
-            ax.bar(xs + (i - (n - 1) / 2) * 0.8 / max(n, 1), m, 0.8 / max(n, 1), yerr=sd, label=label, capsize=2,
-                   color=color)
+            ax.bar(
+                xs + (i - (n - 1) / 2) * 0.8 / max(n, 1),
+                m,
+                0.8 / max(n, 1),
+                yerr=sd,
+                label=label,
+                capsize=2,
+                color=color,
+            )
         ax.legend(fontsize=6)
         ax.set_xticks(xs)
         try:
             import keras_wgsef as kw
 
             names = [g.name for g in kw.make_groups(BUILDERS[model][0](full))]
-        except Exception:  # noqa: BLE001 (labels only)
+        except Exception:
             names = [f"scope {i + 1}" for i in range(len(full))]
         ax.set_xticklabels(names, fontsize=7, rotation=20)
         ax.set_ylabel("kept channels (mean over seeds)")
@@ -305,14 +358,14 @@ SETUP = """\
 - **Budgets:** 50 % and 25 % of the channels of every channel scope (`make_groups` scopes: a residual
   `Add` ties its inputs' channels into one scope; a depthwise conv carries its producer's channels),
   rounded like WGSEF's float `k`. The global-budget WGSEF keeps the same *total* number of channels
-  (`scope="model"`) and decides per layer; its MACs therefore differ, and it is compared with the
+  (`envelope="model"`) and decides per layer; its MACs therefore differ, and it is compared with the
   baselines at equal MACs by interpolation along their accuracy-vs-MACs curves (see the plots).
 - **Methods:**
   - *dense*: the full model, the full schedule.
   - *WGSEF per-layer k, prox-SGD*: `WGSEF(SGD, k, groups=make_groups(model), ridge=False)` +
     `ReachK(preset="sgd", initial=chosen)`.
   - *WGSEF per-layer k, Adam*: `WGSEF(Adam(1e-3), k, groups)` + `ReachK(preset="adaptive", initial=chosen)`.
-  - *WGSEF global*: `WGSEF(SGD, k=total, groups=make_groups(model, weights="macs"), scope="model",
+  - *WGSEF global*: `WGSEF(SGD, k=total, groups=make_groups(model, weights="macs"), envelope="model",
     ridge=False)` + `ReachK(preset="sgd")`. `weights="macs"` is `d_j = |G_j| * M_j / mean(M)` (group
     size times the relative MACs removed with the channel), and every layer keeps its best channel
     during the prox (`prox_ops.segment_leaders`).
@@ -360,53 +413,86 @@ def write(db, outdir, quick=False):
     figs = plots(rows, outdir, models) if rows else []
     wfig = plot_widths(db, outdir, models) if rows else None
     tun = [t for t in db.get("tuning", []) if "value" in t]
-    extra = (", ".join(m for m in meta.get("models", []) if m != "anchor") +
-             f": {meta.get('extra_epochs')} epochs, the same seeds and methods")
+    extra = (
+        ", ".join(m for m in meta.get("models", []) if m != "anchor")
+        + f": {meta.get('extra_epochs')} epochs, the same seeds and methods"
+    )
     chosen = meta.get("chosen", {})
     text = ["# Benchmark: WGSEF vs the pruning baselines users would pick instead", ""]
     if quick:
         text += ["**SMOKE RUN (`--quick`): 1 seed, 2 epochs. These numbers mean nothing.**", ""]
     complete = meta.get("finished") is not None
     if not complete:
-        text += ["**PARTIAL RESULTS: the run had not finished when this page was written; only the rows below ran.**", ""]
-    text += [f"Run started {meta.get('started')}, finished {meta.get('finished', 'n/a')}, wall "
-             f"{_f((meta.get('wall_s') or 0) / 60, 'f')} min on {meta.get('cpus')} CPUs (shared with other jobs), "
-             f"Keras {meta.get('keras')}." + (f" Invocations: {', '.join(meta['invocations'])}; {meta['note']}."
-                                              if meta.get("note") else ""), ""]
-    text += ["## Headline: accuracy at equal MACs, instructions at equal accuracy", "",
-             "Per budget, each WGSEF variant against each baseline. *Accuracy difference*: WGSEF minus baseline, "
-             "float test accuracy, mean over seeds (spread = the two standard deviations combined). *MACs ratio*: 1.00 "
-             "for the per-layer methods (same widths); the global-budget WGSEF spends its channels where they cost least. "
-             "*Instructions at equal accuracy*: the TFLM instruction count the baseline would need to match WGSEF's "
-             "accuracy, interpolated log-linearly along the baseline's measured points (its 25 %, 50 % and the dense "
-             "model), divided by WGSEF's own count; `<=` means the baseline already matches it at its cheapest point; "
-             "TF-MOT never changes the instruction count (unstructured zeros).", ""]
+        text += [
+            "**PARTIAL RESULTS: the run had not finished when this page was written; only the rows below ran.**",
+            "",
+        ]
+    text += [
+        f"Run started {meta.get('started')}, finished {meta.get('finished', 'n/a')}, wall "
+        f"{_f((meta.get('wall_s') or 0) / 60, 'f')} min on {meta.get('cpus')} CPUs (shared with other jobs), "
+        f"Keras {meta.get('keras')}."
+        + (f" Invocations: {', '.join(meta['invocations'])}; {meta['note']}." if meta.get("note") else ""),
+        "",
+    ]
+    text += [
+        "## Headline: accuracy at equal MACs, instructions at equal accuracy",
+        "",
+        "Per budget, each WGSEF variant against each baseline. *Accuracy difference*: WGSEF minus baseline, "
+        "float test accuracy, mean over seeds (spread = the two standard deviations combined). *MACs ratio*: 1.00 "
+        "for the per-layer methods (same widths); the global-budget WGSEF spends its channels where they cost least. "
+        "*Instructions at equal accuracy*: the TFLM instruction count the baseline would need to match WGSEF's "
+        "accuracy, interpolated log-linearly along the baseline's measured points (its 25 %, 50 % and the dense "
+        "model), divided by WGSEF's own count; `<=` means the baseline already matches it at its cheapest point; "
+        "TF-MOT never changes the instruction count (unstructured zeros).",
+        "",
+    ]
     for m in models:
         text += [f"### {MODEL_TEXT.get(m, m)}", ""]
         for w in WGSEFS:
             h = headline(rows, m, w)
             if h:
                 text += [h, ""]
-    text += ["## Where WGSEF wins and where it does not", "",
-             "Automatic verdicts for per-layer WGSEF (prox-SGD) against the two baselines that matter "
-             "(\"beats\" / \"loses to\" only when the mean difference exceeds the combined spread "
-             "of the seeds; with one seed there is no spread):", "", verdicts(rows), "",
-             notes() if not quick else "", ""]
+    text += [
+        "## Where WGSEF wins and where it does not",
+        "",
+        "Automatic verdicts for per-layer WGSEF (prox-SGD) against the two baselines that matter "
+        '("beats" / "loses to" only when the mean difference exceeds the combined spread '
+        "of the seeds; with one seed there is no spread):",
+        "",
+        verdicts(rows),
+        "",
+        notes() if not quick else "",
+        "",
+    ]
     for m in models:
         text += [f"## Full table: {MODEL_TEXT.get(m, m)}", "", table(rows, m), ""]
     text += ["## Plots", ""] + [f"![{f}]({f})" for f in figs] + ([f"![kept channels]({wfig})"] if wfig else []) + [""]
     if tun:
-        text += ["## Strengths chosen on the validation split", "",
-                 "Anchor CNN, seed 0, 50 % budget, trained on 3,200 training images and scored on the other 800; "
-                 "the best validation accuracy wins (ties: the smaller strength), and that value is used for every "
-                 "model and seed.", "",
-                 "| method | knob | value | validation accuracy % (800 images) | chosen |", "|---|---|---|---|---|"]
-        text += [f"| {t['kind']} | {t['knob']} | {t['value']:g} | {100 * t['val_acc']:.1f} | "
-                 f"{'**yes**' if chosen.get(t['kind']) == t['value'] else ''} |"
-                 for t in sorted(tun, key=lambda t: (t["kind"], t["value"]))] + [""]
-    text += [SETUP.format(command=meta.get("command", "python benchmarks/compare.py"), jobs=meta.get("jobs", 1),
-                          epochs=meta.get("epochs"), seeds=meta.get("seeds"), extra=extra,
-                          chosen=", ".join(f"{k} {v:g}" for k, v in chosen.items()) or "n/a")]
+        text += [
+            "## Strengths chosen on the validation split",
+            "",
+            "Anchor CNN, seed 0, 50 % budget, trained on 3,200 training images and scored on the other 800; "
+            "the best validation accuracy wins (ties: the smaller strength), and that value is used for every "
+            "model and seed.",
+            "",
+            "| method | knob | value | validation accuracy % (800 images) | chosen |",
+            "|---|---|---|---|---|",
+        ]
+        text += [
+            f"| {t['kind']} | {t['knob']} | {t['value']:g} | {100 * t['val_acc']:.1f} | "
+            f"{'**yes**' if chosen.get(t['kind']) == t['value'] else ''} |"
+            for t in sorted(tun, key=lambda t: (t["kind"], t["value"]))
+        ] + [""]
+    text += [
+        SETUP.format(
+            command=meta.get("command", "python benchmarks/compare.py"),
+            jobs=meta.get("jobs", 1),
+            epochs=meta.get("epochs"),
+            seeds=meta.get("seeds"),
+            extra=extra,
+            chosen=", ".join(f"{k} {v:g}" for k, v in chosen.items()) or "n/a",
+        )
+    ]
     with open(os.path.join(outdir, "RESULTS.md"), "w") as f:
         f.write("\n".join(text) + "\n")
 

@@ -17,10 +17,13 @@ Arena sizes are measured on a 64-bit host; a 32-bit microcontroller build needs 
 for the interpreter's own structures, so they are safe upper bounds (add the usual margin).
 
 Example:
-    >>> r = measure(tfl, x_test, y_test)             # doctest: +SKIP
-    >>> print(r)                                      # doctest: +SKIP
-    >>> r.save("report.json"); Report.load("report.json")   # doctest: +SKIP
-    >>> print(compare(dense_report, sparse_report))   # doctest: +SKIP
+    >>> r = measure(tfl, x[:100], y[:100], latency=False, instructions=False)
+    >>> r.file_bytes == len(tfl), 0.0 <= r.accuracy_litert <= 1.0, r.tflm_arena_bytes > 0
+    (True, True, True)
+    >>> r.save(tmp / "report.json"); Report.load(tmp / "report.json") == r
+    True
+    >>> "| .tflite bytes |" in compare(r, r)
+    True
 """
 
 from __future__ import annotations
@@ -29,45 +32,25 @@ import dataclasses
 import json
 import os
 import platform
-import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from tflite_export.convert import _dequantized_output_scale, _quiet_fds, quantize, run_litert
+from tflite_export.console import capture_output
 from tflite_export.flatbuffer import read_tflite, summarize
-
+from tflite_export.litert import check_agreement, latency_us, run_litert
 from tflite_export.micro import (
-    _ArenaProbe,
-    _tflm_build,
-    _working_arena,
+    ArenaProbe,
     count_instructions,
     run_tflm,
+    tflm_interpreter,
     tflm_min_arena,
+    working_arena,
 )
+from tflite_export.quantization import dequantized_output_scale, quantize
 
-__all__ = ["Report", "measure", "compare"]
-
-def _latency_us(tflite: bytes, sample: np.ndarray, resolver: str, runs: int, warmup: int,
-                threads: int) -> tuple[float, float]:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    kind = {"auto": OpResolverType.AUTO, "ref": OpResolverType.BUILTIN_REF}[resolver]
-    with _quiet_fds():
-        interp = Interpreter(model_content=tflite, num_threads=threads,
-                             experimental_op_resolver_type=kind)
-        interp.allocate_tensors()
-    inp = interp.get_input_details()[0]
-    interp.set_tensor(inp["index"], quantize(sample.reshape(inp["shape"]), inp))
-    for _ in range(warmup):
-        interp.invoke()
-    times = np.empty(runs)
-    for i in range(runs):
-        t0 = time.perf_counter()
-        interp.invoke()
-        times[i] = time.perf_counter() - t0
-    return float(np.median(times) * 1e6), float(np.percentile(times, 90) * 1e6)
+__all__ = ["Report", "class_accuracy", "compare", "measure"]
 
 
 @dataclass
@@ -143,9 +126,11 @@ class Report:
         for attr, label, kind in self._ROWS:
             lines.append(f"| {label} | {self._fmt(getattr(self, attr), kind)} |")
         lines.append(f"| operators | {', '.join(self.ops)} |")
-        extra = [f"host: {self.host}; latency over {self.latency_runs} runs after "
-                 f"{self.latency_warmup} warm-up, {self.num_threads} thread(s); "
-                 f"accuracy on {self.n_eval} samples (TFLM: {self.n_tflm})"]
+        extra = [
+            f"host: {self.host}; latency over {self.latency_runs} runs after "
+            f"{self.latency_warmup} warm-up, {self.num_threads} thread(s); "
+            f"accuracy on {self.n_eval} samples (TFLM: {self.n_tflm})"
+        ]
         return "\n".join(lines + [""] + [f"- {n}" for n in extra + self.notes]) + "\n"
 
     __str__ = to_markdown
@@ -173,8 +158,9 @@ def compare(a: Report, b: Report) -> str:
     """Side-by-side Markdown table of two reports with the ratio ``b / a`` per figure.
 
     Example:
-        >>> print(compare(dense, sparse))   # doctest: +SKIP
-        | metric | dense | sparse | sparse / dense |
+        >>> a, b = Report(name="dense", file_bytes=1000), Report(name="sparse", file_bytes=400)
+        >>> print(compare(a, b).splitlines()[2])
+        | .tflite bytes | 1,000 | 400 | 0.400 |
     """
     lines = [f"| metric | {a.name} | {b.name} | {b.name} / {a.name} |", "|---|---|---|---|"]
     for attr, label, kind in Report._ROWS:
@@ -191,6 +177,26 @@ def _labels(y: np.ndarray) -> np.ndarray:
     return y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(len(y)).astype(np.int64)
 
 
+def class_accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of samples whose argmax output is the label (class indices or one-hot).
+
+    The one place where accuracy is computed: for the float model, LiteRT and TFLite Micro alike.
+
+    Example:
+        >>> class_accuracy(np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]]), np.array([1, 0, 0]))
+        0.6666666666666666
+    """
+    out = np.asarray(outputs)
+    labels = _labels(y)
+    if len(labels) != len(out):
+        raise ValueError(f"{len(out)} outputs but {len(labels)} labels; pass one label per sample")
+    return float(np.mean(out.reshape(len(out), -1).argmax(1) == labels))
+
+
+def _float_outputs(model: Any, x: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.asarray(model(x[i : i + 256], training=False)) for i in range(0, len(x), 256)])
+
+
 def measure(
     tflite: bytes | str | os.PathLike,
     x: np.ndarray | None = None,
@@ -205,6 +211,7 @@ def measure(
     instructions: bool | Literal["auto"] = "auto",
     tflm_samples: int = 1000,
     lsb_tolerance: int = 2,
+    float_model: Any = None,
 ) -> Report:
     """Measure a ``.tflite`` model: size, MACs, host latency, TFLM arena and instructions.
 
@@ -221,12 +228,15 @@ def measure(
             valgrind is installed and notes the skip otherwise, ``False`` skips.
         tflm_samples: at most this many samples run on TFLM (one invoke each).
         lsb_tolerance: TFLM vs LiteRT output difference that is noted as acceptable.
+        float_model: the Keras model the ``.tflite`` came from: with ``x`` its float accuracy
+            (with ``y``) and the int8-vs-float agreement are reported too.
 
     Raises:
         UnsupportedOpError (tflite_export.micro): an operator has no TFLite Micro kernel.
 
     Example:
-        >>> print(measure(tfl, x_test, y_test, name="sparse"))   # doctest: +SKIP
+        >>> measure(tfl, x[:50], y[:50], latency=False, arena=False, instructions=False).n_eval
+        50
     """
     data = read_tflite(tflite)
     summary = summarize(data)
@@ -244,43 +254,54 @@ def measure(
             raise ValueError("measure: x is empty; pass at least one sample or None")
     sample = x[:1] if x is not None else np.zeros(summary.input_shapes[0], np.float32)
     if latency:
-        report.litert_xnnpack_median_us, report.litert_xnnpack_p90_us = _latency_us(
-            data, sample, "auto", runs, warmup, num_threads)
-        report.litert_ref_median_us, report.litert_ref_p90_us = _latency_us(
-            data, sample, "ref", max(1, runs // 4), max(1, warmup // 4), num_threads)
+        report.litert_xnnpack_median_us, report.litert_xnnpack_p90_us = latency_us(
+            data, sample, "auto", runs, warmup, num_threads
+        )
+        report.litert_ref_median_us, report.litert_ref_p90_us = latency_us(
+            data, sample, "ref", max(1, runs // 4), max(1, warmup // 4), num_threads
+        )
     arena_size = None
     if arena:
         arena_size, report.tflm_arena_reported = tflm_min_arena(data)
         report.tflm_arena_bytes = arena_size
     else:
-        with _ArenaProbe(data) as probe:  # still fail early on unsupported operators
-            arena_size = _working_arena(probe, data)
+        with ArenaProbe(data) as probe:  # still fail early on unsupported operators
+            arena_size = working_arena(probe, data)
     if x is not None and y is not None:
         labels = _labels(y)
         if len(labels) != len(x):
             raise ValueError(f"measure: {len(x)} inputs but {len(labels)} labels; pass matching x and y")
-        with _quiet_fds():
+        with capture_output():
             raw, _, _ = run_litert(data, x, num_threads=num_threads)
         pred = raw.reshape(len(x), -1)
         report.n_eval = len(x)
-        report.accuracy_litert = float(np.mean(pred.argmax(1) == labels))
+        report.accuracy_litert = class_accuracy(pred, labels)
         n = min(len(x), tflm_samples)
         micro = run_tflm(data, x[:n], arena_size=arena_size).reshape(n, -1)
         report.n_tflm = n
-        report.accuracy_tflm = float(np.mean(micro.argmax(1) == labels[:n]))
+        report.accuracy_tflm = class_accuracy(micro, labels[:n])
         if micro.dtype.kind == "f":  # float outputs: count in steps of the int8 tensor before DEQUANTIZE
-            step = _dequantized_output_scale(data) or 1.0
+            step = dequantized_output_scale(data) or 1.0
             diff = np.rint(np.abs(micro.astype(np.float64) - pred[:n]) / step).astype(np.int64)
         else:
             diff = np.abs(micro.astype(np.int64) - pred[:n].astype(np.int64))
         report.tflm_vs_litert_max_lsb = int(diff.max())
         report.tflm_vs_litert_argmax_agreement = float(np.mean(micro.argmax(1) == pred[:n].argmax(1)))
         if diff.max() > lsb_tolerance:
-            report.notes.append(f"TFLM and LiteRT outputs differ by up to {int(diff.max())} LSB "
-                                f"(tolerance {lsb_tolerance})")
+            report.notes.append(
+                f"TFLM and LiteRT outputs differ by up to {int(diff.max())} LSB (tolerance {lsb_tolerance})"
+            )
+    if float_model is not None and x is not None:
+        if y is not None:
+            report.float_accuracy = class_accuracy(_float_outputs(float_model, x), y)
+        with capture_output():
+            agreement = check_agreement(float_model, data, x[:1000])
+        report.int8_vs_float_argmax_agreement = agreement.argmax_agreement
+        report.int8_vs_float_max_steps = agreement.max_diff_steps
+        report.notes.append(f"int8 vs float: {agreement}")
     if instructions:
         inp = summary.input_shapes[0]
-        details = _tflm_build(data, arena_size).get_input_details(0)
+        details = tflm_interpreter(data, arena_size).get_input_details(0)
         xq = quantize(np.asarray(sample).reshape(inp), details)
         try:
             report.tflm_instructions = count_instructions(data, xq, arena_size=arena_size)

@@ -1,7 +1,7 @@
 """How each Keras layer class treats channels: one declarative registry.
 
 Channels are the last axis of a tensor (Keras ``channels_last``). Every layer class that may sit in
-a model analysed by :mod:`keras_wgsef.channel_graph` (or shrunk by ``tflite_export.surgery``) has a
+a model analysed by :mod:`keras_wgsef.graph.channels` (or shrunk by ``tflite_export.shrink``) has a
 rule here; a class without one raises :class:`UnsupportedLayerError`. Rule kinds:
 
 * :class:`Produce` -- makes new channels from a kernel (Dense, Conv1D/2D/3D, Conv*Transpose):
@@ -36,14 +36,25 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 __all__ = [
-    "ChannelRule", "Produce", "Carry", "Separable", "Passthrough", "Merge", "Concat", "Flatten", "Reshape",
+    "Carry",
+    "ChannelRule",
+    "Concat",
+    "Flatten",
+    "Merge",
     "Opaque",
-    "UnsupportedLayerError", "register_channel_rule", "rule_for", "value_at_zero",
+    "Passthrough",
+    "Produce",
+    "Reshape",
+    "Separable",
+    "UnsupportedLayerError",
+    "register_channel_rule",
+    "rule_for",
+    "value_at_zero",
 ]
 
 
@@ -115,7 +126,7 @@ class Opaque(ChannelRule):
     reason: str = "opaque layer"
 
 
-RuleOrFactory = Union[ChannelRule, Callable[[Any], ChannelRule]]
+RuleOrFactory = ChannelRule | Callable[[Any], ChannelRule]
 _REGISTRY: dict[type, RuleOrFactory] = {}
 
 
@@ -142,7 +153,7 @@ def rule_for(layer: Any, path: str) -> ChannelRule:
         cls = type(layer).__name__
         raise UnsupportedLayerError(
             f"No channel rule for layer {path!r} of class {cls}: the analysis cannot tell how it treats "
-            f"channels. Register one with keras_wgsef.channel_rules.register_channel_rule({cls}, "
+            f"channels. Register one with keras_wgsef.graph.rules.register_channel_rule({cls}, "
             "Passthrough() / Produce(...) / Opaque('why')), or exclude the layer "
             f"(exclude=r'{path}'), which keeps its input and output channels."
         )
@@ -173,8 +184,14 @@ def _produce_factory(width_key: str, out_axis: int = -1, in_axis: int = -2) -> C
         if int(cfg.get("groups", 1) or 1) != 1:
             return Opaque("grouped convolution (groups > 1)")
         act = getattr(getattr(layer, "activation", None), "__name__", "")
-        return Produce(out_axis=out_axis, in_axis=in_axis, bias="bias" if cfg.get("use_bias", True) else None,
-                       width_key=width_key, mixes_output=act in ("softmax", "log_softmax"))
+        return Produce(
+            out_axis=out_axis,
+            in_axis=in_axis,
+            bias="bias" if cfg.get("use_bias", True) else None,
+            width_key=width_key,
+            mixes_output=act in ("softmax", "log_softmax"),
+        )
+
     return factory
 
 
@@ -191,8 +208,9 @@ def _separable_factory(layer: Any) -> ChannelRule:
     cfg = layer.get_config()
     if cfg.get("data_format", "channels_last") != "channels_last":
         return Opaque("channels_first data format is not supported")
-    return Separable(bias="bias" if cfg.get("use_bias", True) else None,
-                     depth_multiplier=int(cfg.get("depth_multiplier", 1)))
+    return Separable(
+        bias="bias" if cfg.get("use_bias", True) else None, depth_multiplier=int(cfg.get("depth_multiplier", 1))
+    )
 
 
 def _bn_factory(layer: Any) -> ChannelRule:
@@ -236,22 +254,52 @@ def _ensure_builtin_rules() -> None:
         L.LayerNormalization: Opaque("LayerNormalization normalizes across channels"),
         L.GroupNormalization: Opaque("GroupNormalization normalizes across channels"),
         L.UnitNormalization: Opaque("UnitNormalization normalizes across channels"),
-        L.Add: Merge("sum"), L.Subtract: Merge("sum"), L.Average: Merge("sum"),
-        L.Maximum: Merge("extremum"), L.Minimum: Merge("extremum"), L.Multiply: Merge("product"),
+        L.Add: Merge("sum"),
+        L.Subtract: Merge("sum"),
+        L.Average: Merge("sum"),
+        L.Maximum: Merge("extremum"),
+        L.Minimum: Merge("extremum"),
+        L.Multiply: Merge("product"),
         L.Concatenate: lambda layer: Concat(int(layer.get_config().get("axis", -1))),
-        L.Flatten: lambda layer: (Flatten() if layer.get_config().get("data_format") in (None, "channels_last")
-                                  else Opaque("channels_first Flatten")),
+        L.Flatten: lambda layer: (
+            Flatten()
+            if layer.get_config().get("data_format") in (None, "channels_last")
+            else Opaque("channels_first Flatten")
+        ),
         L.Reshape: Reshape(),
         L.Rescaling: lambda layer: Passthrough(zero_preserving=bool(np.all(value_at_zero(layer) == 0))),
     }
     passthrough = [
-        "Identity", "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
-        "GaussianDropout", "AlphaDropout", "ActivityRegularization",
-        "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D",
-        "AveragePooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
-        "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
-        "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D",
-        "UpSampling1D", "UpSampling2D", "UpSampling3D",
+        "Identity",
+        "Dropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "GaussianNoise",
+        "GaussianDropout",
+        "AlphaDropout",
+        "ActivityRegularization",
+        "MaxPooling1D",
+        "MaxPooling2D",
+        "MaxPooling3D",
+        "AveragePooling1D",
+        "AveragePooling2D",
+        "AveragePooling3D",
+        "GlobalAveragePooling1D",
+        "GlobalAveragePooling2D",
+        "GlobalAveragePooling3D",
+        "GlobalMaxPooling1D",
+        "GlobalMaxPooling2D",
+        "GlobalMaxPooling3D",
+        "ZeroPadding1D",
+        "ZeroPadding2D",
+        "ZeroPadding3D",
+        "Cropping1D",
+        "Cropping2D",
+        "Cropping3D",
+        "UpSampling1D",
+        "UpSampling2D",
+        "UpSampling3D",
     ]
     for name in passthrough:
         cls = getattr(L, name, None)

@@ -1,0 +1,209 @@
+"""Controllers and loggers for WGSEF training: reach exactly k groups per scope, log the progress.
+
+The prox alone keeps *at least* k groups; exactly k needs enough strength, and strength that
+selects by itself also crushes the survivors (measured on the anchor task of the README: under
+Adam the loss went back to chance for epochs). :class:`ReachK` therefore runs a schedule that worked on the anchor task:
+
+1. ``start_epoch`` epochs dense (penalty off);
+2. a mild prox whose per-step strength ``eta_t * lam_s * mean(d)`` starts at ``initial`` and grows by
+   ``exp(growth)`` per step while scope s has more nonzero groups than a cubic schedule
+   ``k + (m - k) (1 - t)^3`` allows (``t`` from 0 at the start to 1 at the projection), so the
+   strength cannot wind up faster than the schedule;
+3. a scope that reaches exactly k groups is frozen at once; at ``project_epoch`` every other
+   scope is projected to its top k groups by ``||x_j|| / sqrt(d_j)``;
+4. at each freeze the kept groups are de-biased (the accumulated prox shrink is undone, capped at
+   ``undo_shrink``), the support is pinned with a mask and the penalty is turned off: the rest of
+   the run fine-tunes the k survivors.
+
+The controller drives the optimizer only through its :class:`keras_wgsef.optimizer.ScopeState`
+methods (``set_strength``, ``nonzero_count``, ``group_norms``, ``freeze``).
+
+Example:
+  >>> import keras_wgsef as kw
+  >>> ctl = kw.callbacks.ReachK(start_epoch=1, project_epoch=7)
+  >>> ctl.start_epoch, ctl.project_epoch
+  (1, 7)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_wgsef.sparsity import find_wgsef
+
+__all__ = ["ReachK", "wgsef_of"]
+
+
+def wgsef_of(model: keras.Model) -> Any:
+    """The model's WGSEF optimizer; raises a clear error if it was compiled with another one."""
+    opt = find_wgsef(getattr(model, "optimizer", None))
+    if opt is None:
+        raise ValueError(
+            "this callback needs a model compiled with keras_wgsef.WGSEF(...) as its optimizer "
+            f"(found {type(getattr(model, 'optimizer', None)).__name__})."
+        )
+    return opt
+
+
+class ReachK(keras.callbacks.Callback):
+    """Drives a WGSEF optimizer to exactly k groups per scope, then fine-tunes the survivors.
+
+    Unset knobs come from a preset chosen by the inner optimizer (``preset="auto"``), each the
+    recipe measured best on the anchor task:
+
+    * ``"adaptive"`` (Adam & co.): mild ramp from 1e-4 growing by e^0.01 per step, projection at
+      45 % of the epochs, kept groups de-biased up to 10x (Adam needs ~1000 steps to regrow a
+      crushed BatchNorm gamma);
+    * ``"sgd"``: a fixed strong prox (0.03 per step, no growth; use ``WGSEF(..., ridge=False)``),
+      scopes freeze as they reach k, projection of the rest at 8/15 of the epochs, no de-biasing
+      (undoing the shrink made the loss spike under SGD).
+
+    Args:
+      start_epoch: epochs trained dense before the penalty starts (may be fractional).
+      project_epoch: epoch at which every scope not yet at k is projected to its top k and
+        frozen (default from the preset). The rest is fine-tuning.
+      preset: ``"auto"``, ``"adaptive"`` or ``"sgd"``.
+      initial: per-step ridge rate ``learning_rate * lam * mean(d_j)`` of the scope when the
+        penalty starts (scale-free: the same for a scope of 3x3x1 filters and of 3x3x64 ones).
+      growth: log-growth of the strength per step while a scope is behind the cubic schedule.
+      undo_shrink: cap of the de-biasing factor applied to kept groups at freeze; 1 disables.
+      verbose: 1 prints each freeze.
+    """
+
+    #: Measured defaults per kind of inner optimizer (anchor task, 15 epochs; see README).
+    PRESETS = {
+        "adaptive": {"project_fraction": 0.45, "initial": 1e-4, "growth": 0.01, "undo_shrink": 10.0},
+        "sgd": {"project_fraction": 8 / 15, "initial": 0.03, "growth": 0.0, "undo_shrink": 1.0},
+    }
+
+    def __init__(
+        self,
+        start_epoch: float = 1.0,
+        project_epoch: float | None = None,
+        initial: float | None = None,
+        growth: float | None = None,
+        undo_shrink: float | str | None = None,
+        preset: str = "auto",
+        verbose: int = 1,
+    ) -> None:
+        super().__init__()
+        if preset not in ("auto", *self.PRESETS):
+            raise ValueError(f"preset must be 'auto' or one of {sorted(self.PRESETS)}, got {preset!r}.")
+        if project_epoch is not None and project_epoch <= start_epoch:
+            raise ValueError(f"project_epoch ({project_epoch}) must come after start_epoch ({start_epoch}).")
+        if (initial is not None and not initial > 0) or (growth is not None and growth < 0):
+            raise ValueError(f"initial must be > 0 and growth >= 0, got initial={initial}, growth={growth}.")
+        if undo_shrink not in (None, "auto") and not (isinstance(undo_shrink, (int, float)) and undo_shrink >= 1):
+            raise ValueError(f"undo_shrink must be 'auto' or a number >= 1, got {undo_shrink!r}.")
+        self.preset = preset
+        self.start_epoch = start_epoch
+        self.project_epoch = project_epoch
+        self.initial = initial
+        self.growth = growth
+        self.undo_shrink = undo_shrink
+        self.verbose = verbose
+        self.frozen: set[int] = set()
+        self.freeze_log: list[tuple[float, str, int]] = []
+
+    def _resolve(self, opt, epochs: int) -> None:
+        """Fills the unset knobs from the preset of the inner optimizer's kind."""
+        kind = self.preset
+        if kind == "auto":
+            kind = "sgd" if isinstance(opt.inner_optimizer, keras.optimizers.SGD) else "adaptive"
+        p = self.PRESETS[kind]
+        self._initial = self.initial if self.initial is not None else p["initial"]
+        self._growth = self.growth if self.growth is not None else p["growth"]
+        undo = self.undo_shrink
+        self._undo = p["undo_shrink"] if undo in (None, "auto") else float(undo)
+        self._project = self.project_epoch if self.project_epoch is not None else p["project_fraction"] * epochs
+        self.resolved = {
+            "preset": kind,
+            "initial": self._initial,
+            "growth": self._growth,
+            "undo_shrink": self._undo,
+            "project_epoch": self._project,
+            "start_epoch": self.start_epoch,
+        }
+        if self.verbose:
+            print(f"[ReachK] {self.resolved}")
+
+    def on_train_begin(self, logs=None) -> None:
+        self.opt = wgsef_of(self.model)
+        self.steps = int(self.params.get("steps") or 0)
+        if self.steps <= 0:
+            raise ValueError(
+                "ReachK needs a known number of steps per epoch (pass arrays or a sized dataset / steps_per_epoch)."
+            )
+        self._resolve(self.opt, int(self.params.get("epochs") or 1))
+        if self._project <= self.start_epoch:
+            raise ValueError(
+                f"ReachK: the projection (epoch {self._project:g}) must come after the dense warm-up "
+                f"(start_epoch {self.start_epoch:g}); train longer or lower start_epoch."
+            )
+        self.frozen = {i for i, state in enumerate(self.opt.scopes) if state.frozen}
+        self._started = False
+        self._epoch = 0
+        self._step = 0
+
+    def on_epoch_begin(self, epoch, logs=None) -> None:
+        self._epoch = epoch
+
+    def _now(self, batch: int) -> float:
+        return self._epoch + batch / self.steps
+
+    def on_train_batch_begin(self, batch, logs=None) -> None:
+        t = self._now(batch)
+        opt = self.opt
+        live = [i for i in range(len(opt.scopes)) if i not in self.frozen]
+        if t < self.start_epoch:
+            for i in live:
+                opt.scopes[i].set_strength(0.0)
+            return
+        if t >= self._project:
+            for i in live:
+                self._freeze(i, t, "projected")
+            return
+        if not self._started:
+            lr = float(keras.ops.convert_to_numpy(opt.learning_rate))
+            for i in live:
+                mean_d = float(np.mean(opt.scopes[i].weights))
+                opt.scopes[i].set_strength(self._initial / max(lr * mean_d, 1e-30))
+            self._started = True
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        t = self._now(batch + 1)
+        if not self._started or t >= self._project:
+            return
+        opt = self.opt
+        frac = min(1.0, max(0.0, (t - self.start_epoch) / (self._project - self.start_epoch)))
+        for i, state in enumerate(opt.scopes):
+            if i in self.frozen:
+                continue
+            m, k = state.num_groups, state.k
+            n = state.nonzero_count()
+            if n <= k and self._all_segments_alive(i):
+                self._freeze(i, t, "reached k")
+                continue
+            target = k + (m - k) * (1.0 - frac) ** 3
+            if n > target:
+                state.set_strength(state.strength * math.exp(self._growth))
+
+    def _all_segments_alive(self, i: int) -> bool:
+        """In a global scope, a layer with no nonzero group left is not a valid end point."""
+        state = self.opt.scopes[i]
+        if state.segments is None:
+            return True
+        norms = state.group_norms()
+        return bool(np.all([np.any(norms[state.segments == s] > 0) for s in np.unique(state.segments)]))
+
+    def _freeze(self, i: int, t: float, why: str) -> None:
+        state = self.opt.scopes[i]
+        state.freeze(state.top_k_support(), self._undo)
+        self.frozen.add(i)
+        self.freeze_log.append((t, state.name, state.k))
+        if self.verbose:
+            print(f"\n[ReachK] epoch {t:.2f}: {state.name} {why}, frozen at k = {state.k}")

@@ -1,0 +1,96 @@
+"""``SparsityLogger``: per-scope nonzero groups, k, tau and strength, in Keras logs and TensorBoard.
+
+Example:
+  >>> import keras_wgsef as kw
+  >>> logger = kw.callbacks.SparsityLogger(verbose=0)
+  >>> logger.history
+  []
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_wgsef.controller import wgsef_of
+from keras_wgsef.sparsity import scope_tau
+
+__all__ = ["SparsityLogger"]
+
+
+class SparsityLogger(keras.callbacks.Callback):
+    """Logs per scope, at each epoch end: nonzero groups, k, tau and lam (and TensorBoard).
+
+    Adds ``wgsef_nonzero`` (total nonzero groups) and ``wgsef_k`` (total k) to the epoch logs so
+    Keras' progress bar and ``History`` show them, and reports steps the optimizer skipped for
+    non-finite gradients (``wgsef_skipped_steps``).
+
+    Args:
+      log_dir: a TensorBoard directory; scalars ``wgsef/<scope>/{nonzero,tau,lam}`` are written.
+      verbose: 1 prints a per-scope table each epoch.
+    """
+
+    def __init__(self, log_dir: str | None = None, verbose: int = 1) -> None:
+        super().__init__()
+        self.log_dir = log_dir
+        self.verbose = verbose
+        self.history: list[dict[str, dict[str, float]]] = []
+        self._writer: Any = None
+        self._skipped_reported = 0
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        """``{scope: {nonzero, k, tau, lam}}`` for the current weights."""
+        opt = wgsef_of(self.model)
+        rows = {}
+        for s in opt.scopes:
+            norms = s.group_norms()
+            rows[s.name] = {
+                "nonzero": int(np.count_nonzero(norms)),
+                "k": s.k,
+                "m": s.num_groups,
+                "tau": scope_tau(norms, s.weights, s.k),
+                "lam": s.strength,
+            }
+        return rows
+
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        rows = self.snapshot()
+        self.history.append(rows)
+        skipped = wgsef_of(self.model).skipped_steps
+        if logs is not None:
+            logs["wgsef_nonzero"] = float(sum(r["nonzero"] for r in rows.values()))
+            logs["wgsef_k"] = float(sum(r["k"] for r in rows.values()))
+            if skipped:
+                logs["wgsef_skipped_steps"] = float(skipped)
+        if skipped > self._skipped_reported:
+            print(
+                f"\n[WGSEF] {skipped - self._skipped_reported} step(s) skipped this epoch: non-finite gradients "
+                "(no inner step, no prox)."
+            )
+            self._skipped_reported = skipped
+        if self.verbose:
+            print(
+                f"\n[WGSEF] epoch {epoch + 1}: "
+                + "  ".join(
+                    f"{n.split('/')[-1]} {r['nonzero']}/{r['m']} (k={r['k']}, tau={r['tau']:.3g}, lam={r['lam']:.3g})"
+                    for n, r in rows.items()
+                )
+            )
+        if self.log_dir is not None:
+            import tensorflow as tf
+
+            if self._writer is None:
+                self._writer = tf.summary.create_file_writer(self.log_dir)
+            writer = self._writer
+            with writer.as_default():
+                for name, r in rows.items():
+                    for key in ("nonzero", "tau", "lam"):
+                        tf.summary.scalar(f"wgsef/{name}/{key}", r[key], step=epoch)
+            writer.flush()
+
+    def on_train_end(self, logs=None) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
