@@ -41,11 +41,14 @@ __all__ = [
 ]
 
 
-def _current_lr(optimizer, step: int) -> float:
-    lr = optimizer._learning_rate if hasattr(optimizer, "_learning_rate") else optimizer.learning_rate
-    if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
-        return float(keras.ops.convert_to_numpy(lr(step)))
-    return float(keras.ops.convert_to_numpy(lr))
+def _learning_rate(optimizer) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The optimizer's learning rate or schedule, read from its public config."""
+    lr = optimizer.get_config()["learning_rate"]
+    return keras.optimizers.schedules.deserialize(lr) if isinstance(lr, dict) else float(lr)
+
+
+def _rate_at(lr, step: int) -> float:
+    return float(keras.ops.convert_to_numpy(lr(step))) if callable(lr) else float(lr)
 
 
 class GroupLassoProx(keras.callbacks.Callback):
@@ -75,6 +78,7 @@ class GroupLassoProx(keras.callbacks.Callback):
         self._vars = [[by_path[p] for p in s.paths] for s in self.scopes]
         shapes = {p: tuple(v.shape) for p, v in by_path.items()}
         self._sqrt_d = [np.sqrt(s.resolved_weights(shapes)) for s in self.scopes]
+        self._lr = _learning_rate(self.model.optimizer)
 
     def on_epoch_begin(self, epoch, logs=None) -> None:
         self._epoch = epoch
@@ -84,7 +88,7 @@ class GroupLassoProx(keras.callbacks.Callback):
         if not (self.start_epoch <= t < self.stop_epoch):
             return
         opt = self.model.optimizer
-        eta = _current_lr(opt, int(opt.iterations.numpy()) - 1)  # the rate of the step just taken
+        eta = _rate_at(self._lr, int(opt.iterations.numpy()) - 1)  # the rate of the step just taken
         for s, variables, sqrt_d in zip(self.scopes, self._vars, self._sqrt_d):
             values = [ops.convert_to_tensor(v) for v in variables]
             sq = prox_ops.group_sq_norms(
