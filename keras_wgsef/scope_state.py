@@ -1,0 +1,179 @@
+"""``ScopeState``: one envelope of a built ``WGSEF`` optimizer, and the only way to change it.
+
+The optimizer (:mod:`keras_wgsef.optimizer`) creates one per scope in ``build`` and runs the prox
+through it; controllers (:mod:`keras_wgsef.controller`) read it and change it only through
+:meth:`ScopeState.set_strength` and :meth:`ScopeState.freeze`.
+
+Example:
+  >>> import keras, keras_wgsef as kw
+  >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, name="h"), keras.layers.Dense(2)])
+  >>> opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=2, groups=kw.make_groups(m))
+  >>> opt.build(m.trainable_variables)
+  >>> state = opt.scopes[0]
+  >>> state.freeze(state.top_k_support())
+  >>> state.frozen, state.strength, int(state.mask.sum()), kw.nonzero_groups(m, [state.scope])
+  (True, 0.0, 2, {'h': 2})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_wgsef import prox_ops
+from keras_wgsef.groups.scope import GroupScope
+from keras_wgsef.sparsity import scope_norms, top_k_support
+
+__all__ = ["ScopeState"]
+
+
+class ScopeState:
+    """One envelope of a built :class:`WGSEF` optimizer: its groups, k, weights, variables and state.
+
+    Read it through the properties; change it only through :meth:`set_strength` and
+    :meth:`freeze` (what controllers do). The four optimizer variables it holds are saved with the
+    optimizer, so a checkpoint restores them.
+
+    Attributes:
+      scope: the :class:`GroupScope` (members, labels, segments of a merged global scope).
+      k: the number of groups to keep.
+      weights: ``d_j`` (float64, length m).
+      variables: the model variables of the members, in member order.
+    """
+
+    def __init__(
+        self,
+        scope: GroupScope,
+        k: int,
+        weights: np.ndarray,
+        variables: Sequence[keras.Variable],
+        state: tuple[keras.Variable, keras.Variable, keras.Variable, keras.Variable],
+    ) -> None:
+        self.scope = scope
+        self.k = int(k)
+        self.weights = np.asarray(weights, dtype=np.float64)
+        self.variables = list(variables)
+        self._strength, self._mask, self._attenuation, self._nonzero = state
+
+    # ---------------------------------------------------------------- read
+    @property
+    def name(self) -> str:
+        return self.scope.name
+
+    @property
+    def num_groups(self) -> int:
+        return int(self.scope.num_groups)
+
+    @property
+    def members(self):
+        return self.scope.members
+
+    @property
+    def segments(self) -> np.ndarray | None:
+        return self.scope.segments
+
+    @property
+    def strength(self) -> float:
+        """``lam_s``: the prox step is ``learning_rate * strength``; 0 means the penalty is off."""
+        return float(keras.ops.convert_to_numpy(self._strength))
+
+    @property
+    def mask(self) -> np.ndarray:
+        """1 for a group that may be nonzero, 0 for a group pinned at zero (float32, length m)."""
+        return np.asarray(keras.ops.convert_to_numpy(self._mask))
+
+    @property
+    def frozen(self) -> bool:
+        """True once the support has been pinned by :meth:`freeze`."""
+        return bool(np.min(self.mask) == 0.0)
+
+    @property
+    def attenuation(self) -> np.ndarray:
+        """Product of the prox factors of each group since the last freeze (float32, length m)."""
+        return np.asarray(keras.ops.convert_to_numpy(self._attenuation))
+
+    def nonzero_count(self) -> int:
+        """Groups left nonzero by the last prox step (m before the first step)."""
+        return int(keras.ops.convert_to_numpy(self._nonzero))
+
+    def values(self) -> dict[str, np.ndarray]:
+        """``{member path: current value}`` (NumPy)."""
+        return {mb.path: np.asarray(keras.ops.convert_to_numpy(v)) for mb, v in zip(self.members, self.variables)}
+
+    def group_norms(self) -> np.ndarray:
+        """``||x_j||`` of the current weights (float64, length m)."""
+        return scope_norms(self.scope, self.values())
+
+    def rank(self) -> np.ndarray:
+        """``||x_j|| / sqrt(d_j)``: the prox's own ranking of the groups."""
+        return self.group_norms() / np.sqrt(self.weights)
+
+    def top_k_support(self) -> np.ndarray:
+        """The k best groups by :meth:`rank` (every layer of a merged scope keeps its best first)."""
+        return top_k_support(self.rank(), self.k, self.segments)
+
+    # --------------------------------------------------------------- change
+    def set_strength(self, value: float) -> None:
+        """Sets ``lam_s`` (``>= 0``)."""
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"strength of scope {self.name!r} must be a finite number >= 0, got {value!r}.")
+        self._strength.assign(float(value))
+
+    def freeze(self, support: np.ndarray, undo_cap: float = 1.0) -> None:
+        """Projects the scope onto ``support``, pins it there and turns the penalty off.
+
+        Groups outside ``support`` are zeroed; each kept group is multiplied by
+        ``min(1 / attenuation_j, undo_cap)`` (undoing the prox's accumulated shrink, never
+        shrinking further; ``undo_cap = 1`` leaves it as it is). The mask then keeps the dropped
+        groups at zero for the rest of training, the attenuation restarts at 1 and the strength
+        is set to 0.
+
+        Args:
+          support: boolean, length m.
+          undo_cap: cap of the de-biasing factor, ``>= 1``.
+        """
+        keep = np.asarray(support, dtype=bool).reshape(-1)
+        if keep.size != self.num_groups:
+            raise ValueError(f"support of scope {self.name!r} must have {self.num_groups} entries, got {keep.size}.")
+        if undo_cap < 1.0:
+            raise ValueError(f"undo_cap must be >= 1, got {undo_cap}.")
+        undo = np.ones(self.num_groups)
+        if undo_cap > 1.0:
+            att = np.asarray(self.attenuation, dtype=np.float64)
+            undo = np.clip(1.0 / np.maximum(att, 1e-30), 1.0, undo_cap)
+        factor = np.where(keep, undo, 0.0)
+        for var, mb in zip(self.variables, self.members):
+            x = np.asarray(keras.ops.convert_to_numpy(var))
+            f = keras.ops.convert_to_numpy(prox_ops.expand_scales(factor, x.shape, mb.axis, mb.index))
+            var.assign((x * f).astype(x.dtype))
+        self._mask.assign(keep.astype("float32"))
+        self._attenuation.assign(np.ones(self.num_groups, "float32"))
+        self._strength.assign(0.0)
+        self._nonzero.assign(int(keep.sum()))
+
+    # ------------------------------------------------------- used by the step
+    def _scales(self, values, lr, ridge: bool):
+        """Per-group factors (prox, then the frozen mask) and the group norms, as tensors."""
+        s = self.scope
+        sq = prox_ops.group_sq_norms(
+            values, [mb.axis for mb in s.members], [mb.index for mb in s.members], s.num_groups
+        )
+        a = ops.sqrt(sq)
+        step = lr * ops.cast(self._strength, "float64")
+        d = self.weights
+
+        def prox():
+            # a global budget keeps each layer's best group: no layer is emptied (disconnected)
+            protect = None if s.segments is None else prox_ops.segment_leaders(a, d, s.segments)
+            return prox_ops.prox_scales(a, d, self.k, step, ridge=ridge, protect=protect)
+
+        # penalty off (warm-up, fine-tuning): skip the prox's ~300 small ops
+        scales = ops.cond(step > 0, prox, lambda: ops.ones_like(a))
+        return scales * ops.cast(self._mask, "float64"), a
+
+    def _record(self, scales, norms) -> None:
+        self._attenuation.assign(self._attenuation * ops.cast(scales, "float32"))
+        self._nonzero.assign(ops.sum(ops.cast(norms * scales > 0, "int32")))
