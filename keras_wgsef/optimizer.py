@@ -10,8 +10,8 @@ The prox acts on each scope's groups (:class:`keras_wgsef.GroupScope`) and only 
 SGD this is the proximal gradient method of the paper; after Adam it is a heuristic (a Euclidean
 prox after a preconditioned step) that works in practice but carries no convergence guarantee.
 
-The optimizer owns one :class:`keras_wgsef.scope_state.ScopeState` per scope (``opt.scopes``): its groups, ``k``, weights
-``d_j`` and variables, and four optimizer variables that checkpoints keep: ``strength``
+The optimizer owns one :class:`keras_wgsef.scope_state.ScopeState` per scope (``opt.scopes``): its
+groups, ``k``, weights ``d_j`` and variables, and four optimizer variables that checkpoints keep: ``strength``
 (``lam_s``; 0 turns the penalty off), ``mask`` (1 keeps a group, 0 pins it at zero: the frozen
 support), ``attenuation`` (the product of the prox factors since the last freeze, used to undo the
 prox's shrink of the kept groups) and ``nonzero`` (groups left nonzero by the last prox).
