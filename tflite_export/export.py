@@ -213,10 +213,7 @@ def export(
         from tflite_export.litert import check_agreement
 
         with capture_output():
-            agreement = check_agreement(exported, tflite, calib[:1000])
-        report.int8_vs_float_argmax_agreement = agreement.argmax_agreement
-        report.int8_vs_float_max_steps = agreement.max_diff_steps
-        report.notes.append(f"int8 vs float (calibration samples): {agreement}")
+            report.record_agreement(check_agreement(exported, tflite, calib[:1000]), "calibration samples")
     report.notes.append(f"Keras parameters: {exported.count_params():,}")
     folder = None
     if out is not None:

@@ -23,7 +23,7 @@ import numpy as np
 from tflite_export.console import capture_output
 from tflite_export.quantization import dequantize, dequantized_output_scale, quantize, scale_zero_point
 
-__all__ = ["Agreement", "check_agreement", "latency_us", "run_litert"]
+__all__ = ["Agreement", "check_agreement", "compare_outputs", "float_outputs", "latency_us", "run_litert"]
 
 
 def run_litert(
@@ -114,18 +114,37 @@ def check_agreement(model: Any, tflite: bytes, x: np.ndarray, *, resolver: str =
     x = np.asarray(x, dtype=np.float32)
     if len(x) == 0:
         raise ValueError("check_agreement needs at least one sample")
-    ref = np.concatenate([np.asarray(model(x[i : i + 256], training=False)) for i in range(0, len(x), 256)]).astype(
-        np.float32
-    )
     _, got, out = run_litert(tflite, x, resolver=resolver)
-    ref = ref.reshape(got.shape)
+    return compare_outputs(float_outputs(model, x), got, out, tflite)
+
+
+def float_outputs(model: Any, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The float Keras model's outputs on ``x`` (inference mode, in batches), as float32.
+
+    Example:
+        >>> float_outputs(model, x[:3]).shape
+        (3, 10)
+    """
+    x = np.asarray(x, dtype=np.float32)
+    return np.concatenate(
+        [np.asarray(model(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
+    ).astype(np.float32)
+
+
+def compare_outputs(reference: np.ndarray, got: np.ndarray, output_details: dict, tflite: bytes) -> Agreement:
+    """:class:`Agreement` of float outputs ``reference`` with the int8 model's dequantized outputs ``got``.
+
+    ``output_details`` is the LiteRT output tensor's (its scale is the output step); a float output
+    is measured in steps of the int8 tensor its DEQUANTIZE reads, found in ``tflite``.
+    """
+    ref = np.asarray(reference, dtype=np.float32).reshape(got.shape)
     diff = np.abs(ref - got)
-    scale, _ = scale_zero_point(out)
+    scale, _ = scale_zero_point(output_details)
     if not scale:  # float output: use the step of the int8 tensor that DEQUANTIZE reads
         scale = dequantized_output_scale(tflite)
     flat_ref, flat_got = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
     return Agreement(
-        n=len(x),
+        n=len(ref),
         max_abs_diff=float(diff.max()),
         mean_abs_diff=float(diff.mean()),
         output_scale=scale,

@@ -39,7 +39,7 @@ import numpy as np
 
 from tflite_export.console import capture_output
 from tflite_export.flatbuffer import read_tflite, summarize
-from tflite_export.litert import check_agreement, latency_us, run_litert
+from tflite_export.litert import compare_outputs, float_outputs, latency_us, run_litert
 from tflite_export.micro import (
     ArenaProbe,
     count_instructions,
@@ -120,6 +120,12 @@ class Report:
             return f"{100 * value:.2f}"
         return f"{value:.1f}"
 
+    def record_agreement(self, agreement: Any, where: str = "") -> None:
+        """Stores an int8-vs-float :class:`tflite_export.litert.Agreement` (and a note saying on what)."""
+        self.int8_vs_float_argmax_agreement = agreement.argmax_agreement
+        self.int8_vs_float_max_steps = agreement.max_diff_steps
+        self.notes.append(f"int8 vs float{f' ({where})' if where else ''}: {agreement}")
+
     def to_markdown(self) -> str:
         """The report as a Markdown table (plus notes)."""
         lines = [f"| {self.name} | value |", "|---|---|"]
@@ -193,10 +199,6 @@ def class_accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(out.reshape(len(out), -1).argmax(1) == labels))
 
 
-def _float_outputs(model: Any, x: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.asarray(model(x[i : i + 256], training=False)) for i in range(0, len(x), 256)])
-
-
 def measure(
     tflite: bytes | str | os.PathLike,
     x: np.ndarray | None = None,
@@ -267,12 +269,13 @@ def measure(
     else:
         with ArenaProbe(data) as probe:  # still fail early on unsupported operators
             arena_size = working_arena(probe, data)
+    if x is not None and (y is not None or float_model is not None):
+        with capture_output():
+            raw, real, out_details = run_litert(data, x, num_threads=num_threads)
     if x is not None and y is not None:
         labels = _labels(y)
         if len(labels) != len(x):
             raise ValueError(f"measure: {len(x)} inputs but {len(labels)} labels; pass matching x and y")
-        with capture_output():
-            raw, _, _ = run_litert(data, x, num_threads=num_threads)
         pred = raw.reshape(len(x), -1)
         report.n_eval = len(x)
         report.accuracy_litert = class_accuracy(pred, labels)
@@ -292,13 +295,10 @@ def measure(
                 f"TFLM and LiteRT outputs differ by up to {int(diff.max())} LSB (tolerance {lsb_tolerance})"
             )
     if float_model is not None and x is not None:
+        reference = float_outputs(float_model, x)
         if y is not None:
-            report.float_accuracy = class_accuracy(_float_outputs(float_model, x), y)
-        with capture_output():
-            agreement = check_agreement(float_model, data, x[:1000])
-        report.int8_vs_float_argmax_agreement = agreement.argmax_agreement
-        report.int8_vs_float_max_steps = agreement.max_diff_steps
-        report.notes.append(f"int8 vs float: {agreement}")
+            report.float_accuracy = class_accuracy(reference, y)
+        report.record_agreement(compare_outputs(reference[:1000], real[:1000], out_details, data))
     if instructions:
         inp = summary.input_shapes[0]
         details = tflm_interpreter(data, arena_size).get_input_details(0)
