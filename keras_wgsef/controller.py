@@ -15,7 +15,7 @@ Adam the loss went back to chance for epochs). :class:`ReachK` therefore runs a 
    ``undo_shrink``), the support is pinned with a mask and the penalty is turned off: the rest of
    the run fine-tunes the k survivors.
 
-The controller drives the optimizer only through its :class:`keras_wgsef.optimizer.ScopeState`
+The controller drives the optimizer only through its :class:`keras_wgsef.scope_state.ScopeState`
 methods (``set_strength``, ``nonzero_count``, ``group_norms``, ``freeze``).
 
 Example:

@@ -99,16 +99,15 @@ class ChannelAnalysis:
         return out
 
 
-def analyze(model: Any, *, exclude: str | Iterable[str] | None = None, graph: Graph | None = None) -> ChannelAnalysis:
+def analyze(model: Any, *, exclude: str | Iterable[str] | None = None) -> ChannelAnalysis:
     """Builds the channel classes of ``model``.
 
     Args:
-      model: a Sequential or Functional Keras model (built).
+      model: a Sequential or Functional Keras model (built), or its :func:`flatten_model` graph.
       exclude: regexes on layer paths; a matching layer without a rule is treated as opaque (its
         input and output channels are kept).
-      graph: the model's :func:`flatten_model` graph, when the caller has it already.
     """
-    g = graph if graph is not None else flatten_model(model)
+    g = model if isinstance(model, Graph) else flatten_model(model)
     a = ChannelAnalysis(g, {}, [np.zeros(0, np.int64)] * len(g.shapes), {}, {}, {}, [], {})
     for t in g.inputs:
         a.tensor_ids[t] = a.new(int(g.shapes[t][-1]))
@@ -261,7 +260,7 @@ def channel_scopes(
     """
     if int(block) < 1:
         raise ValueError(f"block must be >= 1, got {block}.")
-    a = analyze(None, exclude=exclude, graph=graph)
+    a = analyze(graph, exclude=exclude)
     heads = set(heads)
     # the head's channels are the model's outputs; other output channels may be grouped when the
     # caller asked for the head too (the exporter still keeps every output channel)
@@ -339,17 +338,19 @@ def channel_scopes(
     return scopes, a
 
 
-def mac_weights(scopes: list[GroupScope], model: Any, a: ChannelAnalysis) -> list[GroupScope]:
+def mac_weights(scopes: list[GroupScope], a: ChannelAnalysis) -> list[GroupScope]:
     """The scopes with MAC cost weights ``d_j = |G_j| * M_j / mean(M)``.
 
     ``M_j`` is the MACs removed with the channel (producer MACs per output channel plus consumer
     MACs per input channel); the mean runs over every group of ``scopes``, so equal costs give the
     default weights (the group sizes).
     """
+    from keras_wgsef.graph.costs import count_macs
     from keras_wgsef.graph.model_graph import weight_paths
 
     shapes = {p: tuple(w.shape) for p, w in weight_paths(a.graph).items()}
-    costs = [_mac_costs(s, model, a) for s in scopes]
+    macs = count_macs(a.graph)
+    costs = [_mac_costs(s, macs, a) for s in scopes]
     mean = float(np.mean(np.concatenate(costs))) if scopes else 1.0
     return [s.replace(weights=s.sizes(shapes) * c / mean) for s, c in zip(scopes, costs)]
 
@@ -361,11 +362,8 @@ def _label(entry: tuple | None, root: int) -> str:
     return f"{path}:{c0}" if c0 == c1 else f"{path}:{c0}-{c1}"
 
 
-def _mac_costs(s: GroupScope, model: Any, a: ChannelAnalysis) -> np.ndarray:
+def _mac_costs(s: GroupScope, macs: dict[str, int], a: ChannelAnalysis) -> np.ndarray:
     """MACs removed with each group: producer MACs per output channel + consumer MACs per input channel."""
-    from keras_wgsef.graph.costs import count_macs
-
-    macs = count_macs(model)
     group_of_root: dict[int, int] = {}
     for mb in s.members:
         layer_path = mb.path.rpartition("/")[0]

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_wgsef.graph.model_graph import flatten_model, layer_variables
+from keras_wgsef.graph.model_graph import Graph, flatten_model, layer_variables
 
 __all__ = ["count_macs", "count_params", "layer_macs"]
 
@@ -70,8 +70,11 @@ def layer_macs(layer: Any, in_shape: tuple, out_shape: tuple) -> int:
 
 
 def count_macs(model: Any) -> dict[str, int]:
-    """MACs per layer path (layers with none included as 0) and ``"total"``."""
-    g = flatten_model(model)
+    """MACs per layer path (layers with none included as 0) and ``"total"``.
+
+    ``model`` is a Sequential or Functional model, or its :func:`flatten_model` graph.
+    """
+    g = model if isinstance(model, Graph) else flatten_model(model)
     out: dict[str, int] = dict.fromkeys(g.layers, 0)
     for node in g.nodes:
         if node.inputs:

@@ -185,7 +185,7 @@ def make_groups(
             g, include=include, exclude=exclude, heads=heads, block=block if kind == "block" else 1
         )
         if weights == "macs":
-            scopes = mac_weights(scopes, model, analysis)
+            scopes = mac_weights(scopes, analysis)
     else:
         if weights == "macs":
             raise ValueError("weights='macs' is defined for channel groups (kind='output_channel' or 'block').")
