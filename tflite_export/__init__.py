@@ -4,6 +4,7 @@ The flow, one module per step (public API, one name per line)::
 
     export, ExportResult        shrink -> int8 -> check -> measure -> artefacts  export.py
     shrink, plan_shrink         remove dead channels (a new model, outputs verified) shrink.py
+    cheaper_ops                 global average pooling -> AVERAGE_POOL_2D, not MEAN  rewrite.py
     to_tflite_int8              full-integer int8 conversion with calibration data convert.py
     check_agreement, run_litert int8 vs float, batches on the LiteRT interpreter    litert.py
     measure, Report, compare    bytes, MACs, latency, TFLM figures, accuracy        measure.py
@@ -33,6 +34,8 @@ _EXPORTS = {
     "ShrinkError": "shrink",
     "ShrinkPlan": "shrink",
     "ShrinkReport": "shrink",
+    "cheaper_ops": "rewrite",
+    "RewriteError": "rewrite",
     "to_tflite_int8": "convert",
     "CalibrationError": "convert",
     "ConversionError": "convert",

@@ -7,7 +7,10 @@ Usage::
 writes into ``build/``: ``model_int8.tflite``, ``model_data.cc``/``model_data.h`` (aligned C
 array with the length and the measured TFLM arena size), ``report.json`` and
 ``report.md``. Everything is written to a temporary folder next to ``--out`` and moved into
-place at the end, so a failure leaves no half-written output.
+place at the end, so a failure leaves no half-written output. ``GlobalAveragePooling`` layers
+are exported as ``AVERAGE_POOL_2D`` over the whole map instead of ``MEAN`` (same values, an
+optimized TFLite Micro kernel; the report gives the instruction saving); ``--keep-mean`` keeps
+``MEAN``.
 
 Data files: ``--calibration`` is a ``.npy`` array or an ``.npz`` holding it under ``x`` (or
 its only array), preprocessed exactly as for training; ``--eval`` is an ``.npz`` with ``x``
@@ -82,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare-dense",
         action="store_true",
         help="also export and measure the unshrunk model and print both side by side",
+    )
+    p.add_argument(
+        "--keep-mean",
+        action="store_true",
+        help="keep GlobalAveragePooling as TFLite MEAN (default: AVERAGE_POOL_2D over the whole map, "
+        "the same values with an optimized TFLM kernel; the report gives the instruction saving)",
     )
     p.add_argument("--no-instructions", action="store_true", help="skip the valgrind instruction count")
     p.add_argument("--runs", type=int, default=100, help="timed LiteRT invokes per latency figure (default 100)")
@@ -246,6 +255,7 @@ def _export(args: argparse.Namespace) -> int:
         "int8_io": not args.float_io,
         "runs": args.runs,
         "instructions": False if args.no_instructions else "auto",
+        "cheaper_ops": not args.keep_mean,
     }
     baseline = None
     if variants == 2:
@@ -298,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     from tflite_export.convert import CalibrationError, ConversionError
     from tflite_export.export import OutputFolderError
     from tflite_export.micro import UnsupportedOpError
+    from tflite_export.rewrite import RewriteError
 
     try:
         return _export(args)
@@ -307,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         message, code = str(exc), 1
     except (CalibrationError, ValueError) as exc:
         message, code = str(exc), 2
-    except (ConversionError, UnsupportedOpError) as exc:
+    except (ConversionError, UnsupportedOpError, RewriteError) as exc:
         message, code = str(exc), 1
     except KeyboardInterrupt:
         message, code = "interrupted; no output was written", 130

@@ -3,6 +3,7 @@
 ::
 
     model --shrink--> thinner Keras model (outputs verified equal)
+          --cheaper_ops--> GlobalAveragePooling -> AveragePooling + Reshape (outputs verified equal)
           --to_tflite_int8--> full-integer .tflite (calibrated on ``representative``)
           --measure--> Report: bytes, MACs, TFLM arena and instructions, int8 and float accuracy
           --(out=...)--> model_int8.tflite, model_data.cc/.h, report.json, report.md
@@ -42,7 +43,8 @@ class ExportResult:
     """What :func:`export` produced.
 
     Attributes:
-      model: the exported Keras model (shrunk, unless ``shrink=False``).
+      model: the exported Keras model (shrunk, unless ``shrink=False``; with cheaper operators,
+        unless ``cheaper_ops=False``).
       tflite: the int8 ``.tflite`` bytes.
       report: the measurements (:class:`tflite_export.measure.Report`).
       shrink_report: per-layer channels, parameters and MACs before and after (None without shrink).
@@ -152,6 +154,7 @@ def export(
     array_name: str = "g_model",
     baseline: Any = None,
     title: str | None = None,
+    cheaper_ops: bool = True,
 ) -> ExportResult:
     """Shrinks, converts to int8, checks and measures ``model``; optionally writes the artefacts.
 
@@ -174,6 +177,11 @@ def export(
       array_name: C identifier of the model array in ``model_data.cc``.
       baseline: a report to compare against in ``report.md`` (e.g. the dense model's).
       title: heading of ``report.md`` (default ``name``).
+      cheaper_ops: replace operators by cheaper ones of the same function before conversion
+        (:func:`tflite_export.rewrite.cheaper_ops`: global average pooling -> ``AVERAGE_POOL_2D``
+        instead of ``MEAN``); ``report.rewrites`` lists them. When instructions are counted, the
+        model without the rewrite is converted too and counted in the same callgrind run
+        (``report.tflm_instructions_without_rewrite``), and the two int8 models' outputs compared.
 
     Returns:
       an :class:`ExportResult`.
@@ -195,6 +203,15 @@ def export(
     exported, shrink_report = model, None
     if shrink:
         exported, shrink_report = shrink_model(model, calib[:64], multiple=multiple, return_report=True)
+    rewrites: list[str] = []
+    plain = None  # the int8 model without the operator rewrite, to measure the saving against
+    if cheaper_ops:
+        from tflite_export.rewrite import cheaper_ops as rewrite_ops
+
+        fast, rewrites = rewrite_ops(exported, calib[:64])
+        if fast is not exported and instructions:
+            plain = to_tflite_int8(exported, calib, int8_io=int8_io, check=False)
+        exported = fast
     tflite = to_tflite_int8(exported, calib, int8_io=int8_io, check=False)
     report = measure(
         tflite,
@@ -207,7 +224,14 @@ def export(
         instructions=instructions,
         tflm_samples=tflm_samples,
         float_model=exported,
+        without_rewrite=plain,
     )
+    report.rewrites = rewrites
+    if plain is not None:
+        from tflite_export.rewrite import record_saving
+
+        x_check, y_check = (calib, None) if x_eval is None else (x_eval, y_eval)
+        record_saving(report, tflite, plain, x_check, y_check, float_model=exported)
     if report.int8_vs_float_argmax_agreement is None:  # no evaluation inputs: check on the calibration data
         from tflite_export.console import capture_output
         from tflite_export.litert import check_agreement

@@ -42,7 +42,7 @@ from tflite_export.flatbuffer import read_tflite, summarize
 from tflite_export.litert import compare_outputs, float_outputs, latency_us, run_litert
 from tflite_export.micro import (
     ArenaProbe,
-    count_instructions,
+    count_instructions_many,
     run_tflm,
     tflm_interpreter,
     tflm_min_arena,
@@ -58,7 +58,10 @@ class Report:
     """Figures of one int8 model. Prints as a Markdown table; saves and loads as JSON.
 
     Latencies are host figures (this machine's CPU through LiteRT), not MCU figures; the
-    TFLM arena and instruction count are what to compare models by.
+    TFLM arena and instruction count are what to compare models by. ``rewrites`` lists the
+    cheaper-operator substitutions :func:`tflite_export.export` made (:mod:`tflite_export.rewrite`);
+    ``tflm_instructions_without_rewrite`` is the instruction count of the same model converted
+    without them (so the saving is ``tflm_instructions_without_rewrite - tflm_instructions``).
     """
 
     name: str = "model"
@@ -81,6 +84,8 @@ class Report:
     tflm_arena_bytes: int | None = None
     tflm_arena_reported: int | None = None
     tflm_instructions: int | None = None
+    tflm_instructions_without_rewrite: int | None = None
+    rewrites: list[str] = field(default_factory=list)
     n_eval: int = 0
     accuracy_litert: float | None = None
     n_tflm: int = 0
@@ -104,6 +109,7 @@ class Report:
         ("tflm_vs_litert_max_lsb", "TFLM vs LiteRT max diff (LSB)", "int"),
         ("tflm_arena_bytes", "TFLM arena bytes (minimal)", "int"),
         ("tflm_instructions", "TFLM instructions / inference", "int"),
+        ("tflm_instructions_without_rewrite", "TFLM instructions / inference without the op rewrite", "int"),
         ("litert_xnnpack_median_us", "host latency LiteRT XNNPACK median us", "f1"),
         ("litert_xnnpack_p90_us", "host latency LiteRT XNNPACK p90 us", "f1"),
         ("litert_ref_median_us", "host latency LiteRT reference median us", "f1"),
@@ -130,6 +136,8 @@ class Report:
         """The report as a Markdown table (plus notes)."""
         lines = [f"| {self.name} | value |", "|---|---|"]
         for attr, label, kind in self._ROWS:
+            if attr == "tflm_instructions_without_rewrite" and self.tflm_instructions_without_rewrite is None:
+                continue  # only when something was rewritten (see tflite_export.rewrite)
             lines.append(f"| {label} | {self._fmt(getattr(self, attr), kind)} |")
         lines.append(f"| operators | {', '.join(self.ops)} |")
         extra = [
@@ -137,6 +145,7 @@ class Report:
             f"{self.latency_warmup} warm-up, {self.num_threads} thread(s); "
             f"accuracy on {self.n_eval} samples (TFLM: {self.n_tflm})"
         ]
+        extra += [f"cheaper operator: {line}" for line in self.rewrites]
         return "\n".join(lines + [""] + [f"- {n}" for n in extra + self.notes]) + "\n"
 
     __str__ = to_markdown
@@ -214,6 +223,7 @@ def measure(
     tflm_samples: int = 1000,
     lsb_tolerance: int = 2,
     float_model: Any = None,
+    without_rewrite: bytes | None = None,
 ) -> Report:
     """Measure a ``.tflite`` model: size, MACs, host latency, TFLM arena and instructions.
 
@@ -232,6 +242,9 @@ def measure(
         lsb_tolerance: TFLM vs LiteRT output difference that is noted as acceptable.
         float_model: the Keras model the ``.tflite`` came from: with ``x`` its float accuracy
             (with ``y``) and the int8-vs-float agreement are reported too.
+        without_rewrite: the same model converted without the operator rewrite
+            (:mod:`tflite_export.rewrite`): its instruction count is taken in the same callgrind
+            run and stored as ``tflm_instructions_without_rewrite``.
 
     Raises:
         UnsupportedOpError (tflite_export.micro): an operator has no TFLite Micro kernel.
@@ -303,8 +316,15 @@ def measure(
         inp = summary.input_shapes[0]
         details = tflm_interpreter(data, arena_size).get_input_details(0)
         xq = quantize(np.asarray(sample).reshape(inp), details)
+        items = [(data, xq, arena_size)]
+        if without_rewrite is not None:  # same input tensor (same calibration); an arena with room to spare
+            other = read_tflite(without_rewrite)
+            items.append((other, xq, max(2 * arena_size, 64 * 1024, 10 * len(other))))
         try:
-            report.tflm_instructions = count_instructions(data, xq, arena_size=arena_size)
+            counts = count_instructions_many(items)
+            report.tflm_instructions = counts[0]
+            if without_rewrite is not None:
+                report.tflm_instructions_without_rewrite = counts[1]
         except FileNotFoundError as exc:
             if instructions is True:
                 raise
