@@ -3,9 +3,12 @@
 The flow, one module per step::
 
     make_groups(model)            groups/      which weights form each group (filters, blocks, ...)
-    WGSEF(inner, k, groups=...)   optimizer.py inner step, then the WGSEF prox per scope
-    callbacks.ReachK()            controller.py exactly k groups per scope, then fine-tuning
+    Budget(macs=0.25, ...)        budget/      hardware bounds, the int8 graph's cost models
+    WGSEF(inner, k | budget, groups=...)
+                                  optimizer.py inner step, then the WGSEF prox per scope
+    callbacks.ReachK()            controller.py exactly k groups per scope (or the budget), then fine-tuning
     callbacks.SparsityLogger()    monitor.py   nonzero groups, tau, strength (TensorBoard too)
+    Distiller(student, teacher)   distill.py   learn from the trained dense model while selecting
     recalibrate_batchnorm(...)    batchnorm.py exact BatchNorm statistics from data
     nonzero_groups(model)         sparsity.py  what is left
 
@@ -20,9 +23,14 @@ References:
 
 from keras_wgsef import callbacks as callbacks
 from keras_wgsef import datasets as datasets
+from keras_wgsef import schedules as schedules
 from keras_wgsef import training as training
 from keras_wgsef._version import __version__ as __version__
 from keras_wgsef.batchnorm import recalibrate_batchnorm as recalibrate_batchnorm
+from keras_wgsef.budget import Budget as Budget
+from keras_wgsef.budget import BudgetError as BudgetError
+from keras_wgsef.budget import BudgetPlan as BudgetPlan
+from keras_wgsef.distill import Distiller as Distiller
 from keras_wgsef.graph.costs import count_macs as count_macs
 from keras_wgsef.graph.costs import count_params as count_params
 from keras_wgsef.graph.rules import UnsupportedLayerError as UnsupportedLayerError

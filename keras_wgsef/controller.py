@@ -15,6 +15,12 @@ Adam the loss went back to chance for epochs). :class:`ReachK` therefore runs a 
    ``undo_shrink``), the support is pinned with a mask and the penalty is turned off: the rest of
    the run fine-tunes the k survivors.
 
+With a budget (``WGSEF(inner, budget=kw.Budget(...), groups=...)``) the same schedule runs on the
+one global envelope whose ``k`` the budget's plan set, and "reached" means *the predicted costs
+of the groups still nonzero meet every bound* (or the envelope is down to k): the support frozen
+then, and at the projection, is :meth:`keras_wgsef.BudgetPlan.select`'s (the nonzero groups minus
+the lowest rank per unit cost until every bound holds, then refilled while they still hold).
+
 The controller drives the optimizer only through its :class:`keras_wgsef.scope_state.ScopeState`
 methods (``set_strength``, ``nonzero_count``, ``group_norms``, ``freeze``).
 
@@ -71,6 +77,10 @@ class ReachK(keras.callbacks.Callback):
         penalty starts (scale-free: the same for a scope of 3x3x1 filters and of 3x3x64 ones).
       growth: log-growth of the strength per step while a scope is behind the cubic schedule.
       undo_shrink: cap of the de-biasing factor applied to kept groups at freeze; 1 disables.
+      rewind: learning-rate rewinding (:class:`keras_wgsef.schedules.Rewound`): when the last
+        scope freezes, the inner optimizer's learning-rate *schedule* replays from its start over
+        the remaining steps instead of continuing at its decayed rate (no effect with a constant
+        rate).
       verbose: 1 prints each freeze.
     """
 
@@ -88,6 +98,7 @@ class ReachK(keras.callbacks.Callback):
         growth: float | None = None,
         undo_shrink: float | str | None = None,
         preset: str = "auto",
+        rewind: bool = False,
         verbose: int = 1,
     ) -> None:
         super().__init__()
@@ -105,6 +116,7 @@ class ReachK(keras.callbacks.Callback):
         self.initial = initial
         self.growth = growth
         self.undo_shrink = undo_shrink
+        self.rewind = bool(rewind)
         self.verbose = verbose
         self.frozen: set[int] = set()
         self.freeze_log: list[tuple[float, str, int]] = []
@@ -138,6 +150,11 @@ class ReachK(keras.callbacks.Callback):
             raise ValueError(
                 "ReachK needs a known number of steps per epoch (pass arrays or a sized dataset / steps_per_epoch)."
             )
+        from keras_wgsef.distill import student_of
+
+        self.plan = self.opt.bind(student_of(self.model))  # None without a budget
+        self._schedule = self._rewindable(int(self.params.get("epochs") or 1)) if self.rewind else None
+        self._last_count = -1
         self._resolve(self.opt, int(self.params.get("epochs") or 1))
         if self._project <= self.start_epoch:
             raise ValueError(
@@ -185,12 +202,34 @@ class ReachK(keras.callbacks.Callback):
                 continue
             m, k = state.num_groups, state.k
             n = state.nonzero_count()
-            if n <= k and self._all_segments_alive(i):
+            if self.plan is not None:
+                if n != self._last_count:
+                    self._last_count = n
+                    if n <= k or self.plan.fits(self.plan.predict(state.group_norms() > 0, tuple(self.plan.bounds))):
+                        self._freeze(i, t, "reached the budget")
+                        continue
+            elif n <= k and self._all_segments_alive(i):
                 self._freeze(i, t, "reached k")
                 continue
             target = k + (m - k) * (1.0 - frac) ** 3
             if n > target:
                 state.set_strength(state.strength * math.exp(self._growth))
+
+    def _rewindable(self, epochs: int) -> Any:
+        """Wraps the inner optimizer's learning-rate schedule in a Rewound one (None for a constant rate)."""
+        from keras_wgsef.schedules import Rewound
+
+        inner = self.opt.inner_optimizer
+        config = inner.get_config()["learning_rate"]  # the schedule (the public getter evaluates it)
+        if not isinstance(config, dict):
+            return None  # a constant rate: nothing to rewind
+        current = keras.saving.deserialize_keras_object(config)
+        if isinstance(current, Rewound):
+            current = current.base
+        start = int(keras.ops.convert_to_numpy(inner.iterations))
+        schedule = Rewound(current, total_steps=start + epochs * self.steps)
+        inner.learning_rate = schedule
+        return schedule
 
     def _all_segments_alive(self, i: int) -> bool:
         """In a global scope, a layer with no nonzero group left is not a valid end point."""
@@ -200,10 +239,25 @@ class ReachK(keras.callbacks.Callback):
         norms = state.group_norms()
         return bool(np.all([np.any(norms[state.segments == s] > 0) for s in np.unique(state.segments)]))
 
+    def _support(self, i: int) -> np.ndarray:
+        state = self.opt.scopes[i]
+        if self.plan is None:
+            return state.top_k_support()
+        norms = state.group_norms()  # RMS per group; select() weighs it by the cost of each group
+        return self.plan.select(norms / np.sqrt(self.plan.sizes), candidates=norms > 0)
+
     def _freeze(self, i: int, t: float, why: str) -> None:
         state = self.opt.scopes[i]
-        state.freeze(state.top_k_support(), self._undo)
+        state.freeze(self._support(i), self._undo)
         self.frozen.add(i)
+        if self._schedule is not None and len(self.frozen) == len(self.opt.scopes):
+            self._schedule.rewind(int(keras.ops.convert_to_numpy(self.opt.iterations)))
         self.freeze_log.append((t, state.name, state.k))
         if self.verbose:
-            print(f"\n[ReachK] epoch {t:.2f}: {state.name} {why}, frozen at k = {state.k}")
+            extra = ""
+            if self.plan is not None:
+                costs = self.plan.predict(state.mask > 0)
+                extra = (
+                    " (predicted " + ", ".join(f"{c} {costs[c]:,} of {b:,}" for c, b in self.plan.bounds.items()) + ")"
+                )
+            print(f"\n[ReachK] epoch {t:.2f}: {state.name} {why}, frozen at k = {state.k}{extra}")

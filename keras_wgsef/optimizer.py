@@ -43,6 +43,7 @@ import numpy as np
 from keras import ops
 
 from keras_wgsef import prox_ops
+from keras_wgsef.budget.budget import Budget
 from keras_wgsef.groups.default import groups_from_paths
 from keras_wgsef.groups.scope import GroupScope, match_variables, merge_scopes
 from keras_wgsef.scope_state import ScopeState
@@ -104,7 +105,15 @@ class WGSEF(keras.optimizers.Optimizer):
     Args:
       inner_optimizer: any ``keras.optimizers.Optimizer`` (Adam, SGD, AdamW, ...).
       k: groups kept per scope: an int, a float fraction in (0, 1), or ``{path-regex: k}``
-        (first match wins). Scopes built with their own ``k`` keep it.
+        (first match wins; default 0.5). Scopes built with their own ``k`` keep it. Not with ``budget``.
+      budget: a :class:`keras_wgsef.Budget` (MACs, parameters, flash, arena, instructions) instead
+        of ``k``: one global envelope over ``groups`` (channel groups from
+        :func:`keras_wgsef.make_groups`), whose ``k`` and cost weights ``d_j`` come from the
+        budget's plan (:class:`keras_wgsef.BudgetPlan`; groups built with explicit ``weights``
+        keep theirs). The plan needs the model:
+        :class:`keras_wgsef.callbacks.ReachK` binds it when ``fit`` starts; a custom loop calls
+        :meth:`bind` first. The controller then freezes a support whose predicted costs meet
+        every bound.
       lam: initial strength ``lam_s`` per scope (float or ``{path-regex: lam}``), ``>= 0``. The
         prox step is ``learning_rate * lam``. Controllers raise or lower it during training.
       groups: the scopes to regularize: a list of :class:`GroupScope` (from
@@ -112,7 +121,8 @@ class WGSEF(keras.optimizers.Optimizer):
         connections), or None for output-channel groups inferred from the variable paths
         (kernel + bias of each layer, classifier head excluded; see
         :func:`keras_wgsef.groups.groups_from_paths`).
-      envelope: ``"layer"`` (one envelope per scope, the paper's per-layer k) or ``"model"`` (all
+      envelope: ``"layer"`` (one envelope per scope, the paper's per-layer k; the default without a
+        budget) or ``"model"`` (all
         scopes merged into one envelope: a global budget; pass an int k or a fraction). A global
         budget keeps at least one group per layer: at every prox step each layer's best group
         (by ``||x_j|| / sqrt(d_j)``) is protected (ridge only) and the envelope decides the other
@@ -127,10 +137,11 @@ class WGSEF(keras.optimizers.Optimizer):
     def __init__(
         self,
         inner_optimizer: keras.optimizers.Optimizer,
-        k: KSpec = 0.5,
+        k: KSpec | None = None,
         lam: float | Mapping[str, float] = 1e-3,
         groups: Sequence[GroupScope] | None = None,
-        envelope: str = "layer",
+        envelope: str | None = None,
+        budget: Budget | Mapping[str, float] | None = None,
         ridge: bool = True,
         include: str | None = None,
         exclude: str | None = None,
@@ -148,6 +159,28 @@ class WGSEF(keras.optimizers.Optimizer):
             raise TypeError(
                 f"inner_optimizer must be a keras.optimizers.Optimizer, got {type(inner_optimizer).__name__}."
             )
+        if isinstance(budget, Mapping):  # from get_config
+            budget = Budget.from_config(budget)
+        if budget is not None:
+            if not isinstance(budget, Budget):
+                raise TypeError(f"budget must be a keras_wgsef.Budget, got {type(budget).__name__}.")
+            if k is not None:
+                raise ValueError(
+                    f"WGSEF got both k={k!r} and budget={budget.bounds}: with a budget, k comes from the budget's "
+                    "plan. Pass one of them."
+                )
+            if envelope not in (None, "model"):
+                raise ValueError(
+                    f"a budget is one global envelope across layers (envelope='model'), got envelope={envelope!r}."
+                )
+            if groups is None:
+                raise ValueError(
+                    "a budget needs channel groups to price: pass groups=kw.make_groups(model) (kind "
+                    "'output_channel' or 'block')."
+                )
+            envelope = "model"
+        envelope = envelope or "layer"
+        k = 0.5 if k is None and budget is None else k
         if envelope not in ("layer", "model"):
             raise ValueError(
                 f"envelope must be 'layer' (one per scope) or 'model' (one global budget), got {envelope!r}."
@@ -164,7 +197,34 @@ class WGSEF(keras.optimizers.Optimizer):
         self.ridge = bool(ridge)
         self.include = include
         self.exclude = exclude
+        self.budget = budget
+        self.plan: Any = None  # the BudgetPlan, once bound to a model
         self.scopes: list[ScopeState] = []
+
+    def bind(self, model: keras.Model, *, name_bytes: int | None = None) -> Any:
+        """Binds the budget to ``model``: plans it (``k``, cost weights) and returns the :class:`BudgetPlan`.
+
+        Called by :class:`keras_wgsef.callbacks.ReachK` when ``fit`` starts; call it yourself before
+        a custom training loop. Raises :class:`keras_wgsef.BudgetError` for a budget the model
+        already meets or cannot reach, before any training step. Without a budget it does nothing.
+        ``name_bytes`` makes the flash prediction exact (see :class:`keras_wgsef.BudgetPlan`); once
+        bound to ``model``, later calls keep the plan.
+        """
+        if self.budget is None:
+            return None
+        if self.plan is None or self.plan.model is not model:
+            from keras_wgsef.budget.plan import BudgetPlan
+
+            self.plan = BudgetPlan(model, self.groups or [], self.budget, name_bytes=name_bytes)
+        if self.scopes:
+            self.scopes[0].retarget(self.plan.k, self._budget_weights())
+        return self.plan
+
+    def _budget_weights(self) -> np.ndarray | None:
+        """The plan's cost weights, unless the groups carry weights of their own (then None: keep them)."""
+        if any(s.weights is not None for s in self.groups or []):
+            return None
+        return self.plan.cost_weights()
 
     # ------------------------------------------------------------------ build
     def _resolve_scopes(self, var_list: Sequence[keras.Variable]) -> tuple[list[GroupScope], dict[str, Any]]:
@@ -199,7 +259,10 @@ class WGSEF(keras.optimizers.Optimizer):
         shapes = {p: tuple(v.shape) for p, v in by_member.items()}
         self.scopes = []
         for i, s in enumerate(scopes):
-            k = resolve_k(s.k if s.k is not None else _lookup(self.k, s.name, "k"), s)
+            if self.budget is not None:  # provisional until bind(): the plan sets k and the weights
+                k = self.plan.k if self.plan is not None else max(1, s.num_groups // 2)
+            else:
+                k = resolve_k(s.k if s.k is not None else _lookup(self.k, s.name, "k"), s)
             layers = 0 if s.segments is None else np.unique(s.segments).size
             if 0 < k < layers:
                 raise ValueError(
@@ -221,6 +284,8 @@ class WGSEF(keras.optimizers.Optimizer):
         self._skipped = self.add_variable((), initializer="zeros", dtype="int64", name="skipped_steps")
         self.inner_optimizer.build(var_list)
         super().build(var_list)
+        if self.plan is not None:
+            self.scopes[0].retarget(self.plan.k, self._budget_weights())
 
     @property
     def variables(self) -> list[keras.Variable]:
@@ -244,6 +309,11 @@ class WGSEF(keras.optimizers.Optimizer):
             with keras.name_scope(self.name, caller=self):
                 self.build(trainable_variables)
             self.built = True
+        if self.budget is not None and self.plan is None:
+            raise ValueError(
+                "WGSEF(budget=...) is not bound to a model yet: add kw.callbacks.ReachK() to fit(callbacks=...), "
+                "or call optimizer.bind(model) before a custom training loop."
+            )
         if keras.backend.backend() == "tensorflow":
             self._tf_apply(grads, trainable_variables)
         else:
@@ -352,6 +422,7 @@ class WGSEF(keras.optimizers.Optimizer):
             "lam": dict(self.lam) if isinstance(self.lam, Mapping) else self.lam,
             "groups": None if groups is None else [g.get_config() for g in groups],
             "envelope": self.envelope,
+            "budget": None if self.budget is None else self.budget.get_config(),
             "ridge": self.ridge,
             "include": self.include,
             "exclude": self.exclude,

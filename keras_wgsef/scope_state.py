@@ -116,6 +116,20 @@ class ScopeState:
         return top_k_support(self.rank(), self.k, self.segments)
 
     # --------------------------------------------------------------- change
+    def retarget(self, k: int, weights: np.ndarray | None = None) -> None:
+        """Sets the envelope's ``k`` and, when given, its weights ``d_j`` (a budget's plan does, knowing the model).
+
+        Call it before the training step is traced: both enter the prox as constants.
+        """
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64).reshape(-1)
+            if w.size != self.num_groups or not np.all(w > 0):
+                raise ValueError(f"weights of scope {self.name!r} must be {self.num_groups} numbers > 0.")
+            self.weights = w
+        if not 1 <= int(k) <= self.num_groups:
+            raise ValueError(f"k = {k} is out of range for scope {self.name!r}: it must be in [1, {self.num_groups}].")
+        self.k = int(k)
+
     def set_strength(self, value: float) -> None:
         """Sets ``lam_s`` (``>= 0``)."""
         if not (np.isfinite(value) and value >= 0):
@@ -128,8 +142,8 @@ class ScopeState:
         Groups outside ``support`` are zeroed; each kept group is multiplied by
         ``min(1 / attenuation_j, undo_cap)`` (undoing the prox's accumulated shrink, never
         shrinking further; ``undo_cap = 1`` leaves it as it is). The mask then keeps the dropped
-        groups at zero for the rest of training, the attenuation restarts at 1 and the strength
-        is set to 0.
+        groups at zero for the rest of training, the attenuation restarts at 1, the strength
+        is set to 0 and ``k`` becomes the size of the support.
 
         Args:
           support: boolean, length m.
@@ -153,6 +167,7 @@ class ScopeState:
         self._attenuation.assign(np.ones(self.num_groups, "float32"))
         self._strength.assign(0.0)
         self._nonzero.assign(int(keep.sum()))
+        self.k = int(keep.sum())
 
     # ------------------------------------------------------- used by the step
     def _scales(self, values, lr, ridge: bool):

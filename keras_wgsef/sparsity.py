@@ -18,7 +18,16 @@ import numpy as np
 from keras_wgsef.groups.scope import GroupScope, match_variables
 from keras_wgsef.prox import solve_alpha
 
-__all__ = ["find_wgsef", "model_scopes", "nonzero_groups", "scope_norms", "scope_tau", "top_k_support"]
+__all__ = [
+    "find_wgsef",
+    "group_norms",
+    "model_scopes",
+    "nonzero_groups",
+    "scope_norms",
+    "scope_tau",
+    "top_k_support",
+    "zero_groups",
+]
 
 
 def scope_norms(scope: GroupScope, values: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -133,3 +142,56 @@ def nonzero_groups(model: keras.Model, groups: Sequence[GroupScope] | None = Non
             name = s.labels[members[0]].rpartition(":")[0] if s.labels else f"{s.name}[{seg}]"
             counts[name] = int(np.count_nonzero(nonzero[members]))
     return counts
+
+
+def group_norms(model: keras.Model, scopes: Sequence[GroupScope]) -> np.ndarray:
+    """``||x_j||`` of every group of ``scopes`` in ``model``, concatenated in scope order (float64).
+
+    Example:
+      >>> import keras
+      >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, name="h"), keras.layers.Dense(1)])
+      >>> from keras_wgsef import make_groups
+      >>> group_norms(m, make_groups(m)).shape
+      (3,)
+    """
+    paths = sorted({p for s in scopes for p in s.paths})
+    values = {p: np.asarray(keras.ops.convert_to_numpy(v)) for p, v in match_variables(paths, model.variables).items()}
+    return np.concatenate([scope_norms(s, values) for s in scopes]) if scopes else np.zeros(0)
+
+
+def zero_groups(model: keras.Model, scopes: Sequence[GroupScope], drop: np.ndarray) -> None:
+    """Sets every group marked in ``drop`` (concatenated over ``scopes``, in order) to exactly zero, in place.
+
+    Use it on a copy: it changes ``model``'s variables.
+
+    Example:
+      >>> import keras
+      >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, name="h"), keras.layers.Dense(1)])
+      >>> from keras_wgsef import make_groups
+      >>> zero_groups(m, make_groups(m), np.array([True, False, True]))
+      >>> (group_norms(m, make_groups(m)) > 0).tolist()
+      [False, True, False]
+    """
+    drop = np.asarray(drop, bool).reshape(-1)
+    total = sum(s.num_groups for s in scopes)
+    if drop.size != total:
+        raise ValueError(f"drop has {drop.size} entries; the scopes have {total} groups.")
+    variables = match_variables(sorted({p for s in scopes for p in s.paths}), model.variables)
+    offset = 0
+    for s in scopes:
+        mine = drop[offset : offset + s.num_groups]
+        offset += s.num_groups
+        if not mine.any():
+            continue
+        for mb in s.members:
+            var = variables[mb.path]
+            x = np.array(keras.ops.convert_to_numpy(var))
+            dead = mine[mb.index]
+            if mb.axis is None:
+                x[dead] = 0
+            else:
+                ax = mb.axis % x.ndim
+                sl: list[Any] = [slice(None)] * x.ndim
+                sl[ax] = np.flatnonzero(dead)
+                x[tuple(sl)] = 0
+            var.assign(x)

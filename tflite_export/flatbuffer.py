@@ -21,11 +21,20 @@ Parameters are the elements of constant tensors that carry weights: float tensor
 quantized tensors (those with a scale), each buffer counted once. Integer shape or axis
 operands (e.g. the reduction indices of ``MEAN``) are not parameters.
 
+:func:`lowered_model` reads the main subgraph into the plain description of
+:mod:`keras_wgsef.budget.lowered` that the hardware cost models (:mod:`keras_wgsef.budget.hardware`)
+predict flash, arena and instructions from.
+
 Example:
-    >>> from tflite_export.flatbuffer import summarize
+    >>> from tflite_export.flatbuffer import lowered_model, summarize
     >>> s = summarize(tfl)                  # conv1-bn1-relu, pool, conv2-relu, mean, dense
     >>> s.macs, s.op_names[:2]
     (23200, ['CONV_2D', 'MAX_POOL_2D'])
+    >>> lm = lowered_model(tfl)
+    >>> [(op.kind, op.window, op.weight_elems, op.bias_elems, op.quant_channels) for op in lm.ops]
+    ... # doctest: +NORMALIZE_WHITESPACE
+    [('CONV_2D', 9, 72, 8, 8), ('MAX_POOL_2D', 4, 0, 0, 0), ('CONV_2D', 9, 1152, 16, 16),
+     ('MEAN', 16, 0, 0, 0), ('FULLY_CONNECTED', 1, 160, 10, 10)]
 """
 
 from __future__ import annotations
@@ -35,11 +44,23 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["ModelSummary", "OpInfo", "load_schema", "parse_model", "read_tflite", "summarize"]
+if TYPE_CHECKING:
+    from keras_wgsef.budget.lowered import LoweredModel
+
+__all__ = [
+    "ModelSummary",
+    "OpInfo",
+    "load_schema",
+    "lowered_model",
+    "parse_model",
+    "read_tflite",
+    "summarize",
+    "tensor_name_bytes",
+]
 
 _SCHEMA_MODULES = (
     "ai_edge_litert.schema_py_generated",
@@ -235,3 +256,135 @@ def summarize(tflite: bytes | bytearray | str | os.PathLike) -> ModelSummary:
         num_subgraphs=len(model.subgraphs),
         op_counts=dict(Counter(op.name for op in ops)),
     )
+
+
+# Bytes per element of the TensorType enum names (activation tensors of the lowered model).
+_TYPE_BYTES = {
+    "INT8": 1, "UINT8": 1, "BOOL": 1, "INT4": 1, "INT16": 2, "UINT16": 2, "FLOAT16": 2, "BFLOAT16": 2,
+    "INT32": 4, "UINT32": 4, "FLOAT32": 4, "INT64": 8, "UINT64": 8, "FLOAT64": 8, "COMPLEX64": 8,
+}  # fmt: skip
+# Operators whose second input is the kernel (weights), per-channel quantized along its output axis.
+_KERNEL_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"}
+
+
+def _has_data(buffer: Any) -> bool:
+    return buffer is not None and ((buffer.data is not None and len(buffer.data) > 0) or getattr(buffer, "size", 0) > 0)
+
+
+def lowered_model(tflite: bytes | bytearray | str | os.PathLike) -> LoweredModel:
+    """Read the main subgraph into a :class:`keras_wgsef.budget.lowered.LoweredModel`.
+
+    Activation tensors are the non-constant tensors (no buffer data) that an operator or the
+    graph reads or writes, with the shape stored without its leading batch axis and
+    ``dtype_bytes`` from their type. Constant operands are not tensors there; they fill each
+    operator's ``weight_elems`` (int8 or float kernels and other quantized or float constants),
+    ``bias_elems`` (quantized int32/int64 constants: biases) and ``quant_channels`` (the
+    kernel's per-channel scale count when above 1, else 0). ``macs`` are those of
+    :func:`summarize`; ``window`` is ``kh * kw`` of the filter (``CONV_2D``,
+    ``DEPTHWISE_CONV_2D``), of the pool options (``MAX_POOL_2D``, ``AVERAGE_POOL_2D``,
+    ``L2_POOL_2D``), the reduced elements per output element (``MEAN``, ``SUM``) and 1 otherwise.
+
+    Args:
+        tflite: the model bytes or a path to a ``.tflite`` file.
+
+    Returns:
+        The operators in execution order and their activation tensors; tensor ids are the
+        flatbuffer's tensor indices.
+
+    Example:
+        >>> lm = lowered_model(tfl)
+        >>> lm.op_kinds, lm.tensors[lm.inputs[0]].shape
+        (['CONV_2D', 'MAX_POOL_2D', 'CONV_2D', 'MEAN', 'FULLY_CONNECTED'], (8, 8, 1))
+    """
+    from keras_wgsef.budget.lowered import LoweredModel, Op, Tensor
+
+    schema = load_schema()
+    model = parse_model(tflite)
+    op_names = _enum_names(schema.BuiltinOperator)
+    type_names = _enum_names(schema.TensorType)
+    graph = model.subgraphs[0]
+    fb_tensors = graph.tensors or []
+    buffers = model.buffers or []
+
+    def constant(t: int) -> bool:
+        b = fb_tensors[t].buffer
+        return 0 <= b < len(buffers) and _has_data(buffers[b])
+
+    tensors: dict[int, Tensor] = {}
+
+    def activation(t: int) -> int:
+        if t not in tensors:
+            shape = _shape(fb_tensors[t])
+            nbytes = _TYPE_BYTES.get(type_names.get(fb_tensors[t].type, ""), 1)
+            tensors[t] = Tensor(t, tuple(shape[1:]) if len(shape) > 1 else shape, nbytes)
+        return t
+
+    graph_inputs = tuple(activation(int(t)) for t in (graph.inputs if graph.inputs is not None else []))
+    ops: list[Op] = []
+    for op in graph.operators or []:
+        code = model.operatorCodes[op.opcodeIndex]
+        builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
+        name = op_names.get(builtin, f"BUILTIN_{builtin}")
+        if name == "CUSTOM":
+            custom = code.customCode
+            name = f"CUSTOM({custom.decode() if isinstance(custom, bytes) else custom})"
+        inputs = [int(t) for t in (op.inputs if op.inputs is not None else [])]
+        outputs = [int(t) for t in (op.outputs if op.outputs is not None else [])]
+        ins = [(_shape(fb_tensors[t]) if t >= 0 else None) for t in inputs]
+        outs = [_shape(fb_tensors[t]) for t in outputs]
+        weight_elems = bias_elems = quant_channels = 0
+        act_in: list[int] = []
+        for k, t in enumerate(inputs):
+            if t < 0:
+                continue
+            if not constant(t):
+                act_in.append(activation(t))
+                continue
+            tensor = fb_tensors[t]
+            kind = type_names.get(tensor.type, "")
+            q = tensor.quantization
+            scales = len(q.scale) if q is not None and q.scale is not None else 0
+            elems = int(np.prod(_shape(tensor)))
+            if kind in ("INT32", "INT64") and scales > 0:
+                bias_elems += elems
+            elif kind in _FLOAT_TYPES or scales > 0:
+                weight_elems += elems
+            if k == 1 and name in _KERNEL_OPS and scales > 1:
+                quant_channels = scales
+        window = 1
+        if name in ("CONV_2D", "DEPTHWISE_CONV_2D") and len(ins) > 1 and ins[1] and len(ins[1]) == 4:
+            window = int(ins[1][1] * ins[1][2])
+        elif name in ("MAX_POOL_2D", "AVERAGE_POOL_2D", "L2_POOL_2D") and op.builtinOptions is not None:
+            window = int(op.builtinOptions.filterHeight * op.builtinOptions.filterWidth)
+        elif name in ("MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN", "REDUCE_PROD") and ins and ins[0] and outs:
+            window = max(1, int(np.prod(ins[0])) // max(1, int(np.prod(outs[0]))))
+        ops.append(
+            Op(
+                kind=name,
+                inputs=tuple(act_in),
+                outputs=tuple(activation(t) for t in outputs),
+                macs=_macs(name, ins, outs, op.builtinOptions),
+                window=window,
+                weight_elems=weight_elems,
+                bias_elems=bias_elems,
+                quant_channels=quant_channels,
+            )
+        )
+    graph_outputs = tuple(activation(int(t)) for t in (graph.outputs if graph.outputs is not None else []))
+    return LoweredModel(tensors=tensors, ops=ops, inputs=graph_inputs, outputs=graph_outputs)
+
+
+def tensor_name_bytes(tflite: bytes | bytearray | str | os.PathLike) -> int:
+    """Bytes the tensor names of the main subgraph take in the flatbuffer.
+
+    Each name is a flatbuffer string: a 4-byte length, the characters and a terminating zero,
+    padded to 4 bytes. The converter derives the names from the Keras model and layer names, not
+    from the widths, so the figure measured on one width of an architecture holds for all
+    (``keras_wgsef.budget.hardware.predict_flash_bytes(..., name_bytes=...)``).
+
+    Example:
+        >>> 0 < tensor_name_bytes(tfl) < len(tfl)
+        True
+    """
+    graph = parse_model(tflite).subgraphs[0]
+    return sum((4 + len(t.name or b"") + 1 + 3) // 4 * 4 for t in graph.tensors or [])
