@@ -155,6 +155,7 @@ def export(
     baseline: Any = None,
     title: str | None = None,
     cheaper_ops: bool = True,
+    budget: Any = "auto",
 ) -> ExportResult:
     """Shrinks, converts to int8, checks and measures ``model``; optionally writes the artefacts.
 
@@ -182,6 +183,10 @@ def export(
         instead of ``MEAN``); ``report.rewrites`` lists them. When instructions are counted, the
         model without the rewrite is converted too and counted in the same callgrind run
         (``report.tflm_instructions_without_rewrite``), and the two int8 models' outputs compared.
+      budget: the :class:`keras_wgsef.BudgetPlan` to meet *as measured* (:func:`tflite_export.budget_fit.meet_budget`:
+        if a bound is broken, groups of lowest rank per unit cost are removed until it holds; the
+        report's ``budget`` says what was bounded, measured and removed). ``"auto"`` uses the plan
+        of the model's ``WGSEF(budget=...)`` optimizer when it has one; None skips the check.
 
     Returns:
       an :class:`ExportResult`.
@@ -200,6 +205,18 @@ def export(
     x_eval, y_eval = eval_data if isinstance(eval_data, tuple) else (eval_data, None)
     if x_eval is not None:
         x_eval = calibration_samples(model, x_eval)  # the same checks for the evaluation inputs
+    plan = _budget_plan(model, budget)
+    fit = None
+    if plan is not None:
+        if not shrink or multiple != 1 or cheaper_ops != plan.gap_as_avgpool:
+            raise ValueError(
+                "a budget is met on the shrunk model with multiple=1 and the plan's operator lowering "
+                f"(cheaper_ops={plan.gap_as_avgpool}); pass budget=None to export without the budget check."
+            )
+        from tflite_export.budget_fit import meet_budget
+
+        fit = meet_budget(model, plan, calib, cheaper_ops=cheaper_ops)
+        model = fit.model  # the trained model, or a copy with the groups the measurement removed
     exported, shrink_report = model, None
     if shrink:
         exported, shrink_report = shrink_model(model, calib[:64], multiple=multiple, return_report=True)
@@ -227,6 +244,8 @@ def export(
         without_rewrite=plain,
     )
     report.rewrites = rewrites
+    if fit is not None:
+        report.budget = fit.summary()
     if plain is not None:
         from tflite_export.rewrite import record_saving
 
@@ -253,3 +272,23 @@ def export(
             )
         folder = Path(out).resolve()
     return ExportResult(exported, tflite, report, shrink_report, folder)
+
+
+def _budget_plan(model: Any, budget: Any) -> Any:
+    """The BudgetPlan to meet: given, the model's WGSEF optimizer's (``"auto"``), or None."""
+    if budget is None:
+        return None
+    if isinstance(budget, str):
+        if budget != "auto":
+            raise ValueError(f"budget must be a keras_wgsef.BudgetPlan, 'auto' or None, got {budget!r}.")
+        from keras_wgsef.sparsity import find_wgsef
+
+        opt = find_wgsef(getattr(model, "optimizer", None))
+        return getattr(opt, "plan", None)
+    from keras_wgsef.budget.plan import BudgetPlan
+
+    if not isinstance(budget, BudgetPlan):
+        raise TypeError(
+            f"budget must be a keras_wgsef.BudgetPlan (optimizer.plan), 'auto' or None, got {type(budget).__name__}."
+        )
+    return budget

@@ -58,7 +58,9 @@ class Report:
     """Figures of one int8 model. Prints as a Markdown table; saves and loads as JSON.
 
     Latencies are host figures (this machine's CPU through LiteRT), not MCU figures; the
-    TFLM arena and instruction count are what to compare models by. ``rewrites`` lists the
+    TFLM arena and instruction count are what to compare models by. ``budget`` holds the bounds
+    of a budgeted export, their measured and predicted figures and the groups removed after
+    measurement (:mod:`tflite_export.budget_fit`). ``rewrites`` lists the
     cheaper-operator substitutions :func:`tflite_export.export` made (:mod:`tflite_export.rewrite`);
     ``tflm_instructions_without_rewrite`` is the instruction count of the same model converted
     without them (so the saving is ``tflm_instructions_without_rewrite - tflm_instructions``).
@@ -86,6 +88,7 @@ class Report:
     tflm_instructions: int | None = None
     tflm_instructions_without_rewrite: int | None = None
     rewrites: list[str] = field(default_factory=list)
+    budget: dict[str, Any] | None = None
     n_eval: int = 0
     accuracy_litert: float | None = None
     n_tflm: int = 0
@@ -146,6 +149,19 @@ class Report:
             f"accuracy on {self.n_eval} samples (TFLM: {self.n_tflm})"
         ]
         extra += [f"cheaper operator: {line}" for line in self.rewrites]
+        if self.budget:
+            b = self.budget
+            extra += [
+                f"budget {c}: measured {b['measured'][c]:,} of {bound:,} (predicted {b['predicted'][c]:,})"
+                for c, bound in b["bounds"].items()
+            ]
+            removed = b["removed_after_measurement"]
+            extra.append(
+                f"budget: {len(removed)} group(s) removed after measurement ({', '.join(removed[:8])}"
+                f"{', ...' if len(removed) > 8 else ''})"
+                if removed
+                else "budget: the trained support met every bound as measured; nothing removed"
+            )
         return "\n".join(lines + [""] + [f"- {n}" for n in extra + self.notes]) + "\n"
 
     __str__ = to_markdown
