@@ -132,3 +132,22 @@ def test_distiller_loss_is_the_weighted_task_loss_plus_t2_kl():
     got = float(d.compute_loss(x=x, y=y, y_pred=student(x)))
     assert got == pytest.approx(0.7 * task + 0.3 * 4 * kl, rel=1e-5)
     assert teacher.trainable and len(d.trainable_variables) == 2  # the argument is not frozen; its copy is
+
+
+def test_budget_example_meets_its_command_line_bounds(tmp_path):
+    """examples/budget.py with a MAC and an arena bound, a few epochs: the measured figures meet both."""
+    import pathlib
+    import re
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "examples" / "budget.py"), "--macs", "0.3", "--arena-bytes", "0.6"]
+    cmd += ["--dense-epochs", "1", "--epochs", "3", "--out", str(tmp_path / "out")]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "budget met as measured: True" in proc.stdout
+    rows = dict(re.findall(r"^\| (macs|arena_bytes) \| ([\d,]+) \|", proc.stdout, re.MULTILINE))
+    assert set(rows) == {"macs", "arena_bytes"}
+    assert (tmp_path / "out" / "model_int8.tflite").exists()

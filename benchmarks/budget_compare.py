@@ -1,0 +1,302 @@
+"""The benchmark at equal *measured* cost: budgeted WGSEF against thin models and pruning at the same budget.
+
+For each model (the anchor CNN, ResNet-8-style, DS-CNN-style; ``models.py``), seed and budget
+(50 %, 25 %, 12.5 % of the dense MACs; half the dense TFLM arena; half the dense flash), every
+method ends as a physically smaller int8 model, exported and measured the same way
+(``tflite_export.export``: flatbuffer MACs, ``.tflite`` bytes, TFLM minimal arena and callgrind
+instructions, float and int8 accuracy on the test set):
+
+* ``wgsef_budget``: the dense model (the teacher, ``--dense-epochs``), then
+  ``WGSEF(SGD, budget=...)`` from its weights for ``--epochs`` with ``ReachK`` (the defaults chosen
+  by ``budget_recipes.py`` on the validation split); exported with the budget checked as measured;
+* ``thin``: the uniformly thinner model meeting the budget (``BudgetPlan.uniform``: one width
+  multiplier for every channel scope, as MobileNet's alpha), from scratch for the whole
+  pipeline's epochs (dense phase included);
+* ``thin_kd``: the same, distilled from the same dense teacher;
+* ``wgsef_layer``: per-layer WGSEF at the uniform model's widths (``k`` per scope), from the teacher;
+* ``l1``: L1-norm filter pruning of the teacher to the uniform widths, then a fine-tune of
+  ``--epochs`` (the strongest pruning baseline of ``RESULTS.md``).
+
+Every method: SGD momentum 0.9, lr 0.1, cosine decay, batch 64; BatchNorm recalibrated on the
+training set before evaluation; the training split is the first 4,000 of the bundled 5,000
+MNIST digits, the test set the last 1,000 (the anchor task of ``shared/design/anchors.md``).
+
+    .venv/bin/python benchmarks/budget_compare.py                       # 3 models x 5 budgets x 5 methods
+    .venv/bin/python benchmarks/budget_compare.py --seeds 0 1 2 3 4     # the issue's 5 seeds (hours)
+    .venv/bin/python benchmarks/budget_compare.py --report              # BUDGET_RESULTS.md + plots
+
+Rows go to ``benchmarks/budget_results.jsonl``; runs already there are skipped (resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import re
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+import numpy as np
+
+OUT = os.path.join(HERE, "budget_results.jsonl")
+PAGE = os.path.join(HERE, "BUDGET_RESULTS.md")
+BATCH, LR = 64, 0.1
+BUDGETS = ("macs=0.5", "macs=0.25", "macs=0.125", "arena_bytes=0.5", "flash_bytes=0.5")
+METHODS = ("wgsef_budget", "thin", "thin_kd", "wgsef_layer", "l1")
+EPOCHS = {"anchor": (15, 15), "resnet8": (10, 10), "dscnn": (10, 10)}  # (dense phase, budgeted phase)
+
+
+def _budget(text: str):
+    import keras_wgsef as kw
+
+    name, value = text.split("=")
+    return kw.Budget(**{name: float(value)})
+
+
+def _key(r: dict) -> tuple:
+    return (r["model"], r["budget"], r["method"], r["seed"])
+
+
+def _done() -> set:
+    if not os.path.exists(OUT):
+        return set()
+    with open(OUT) as f:
+        return {_key(json.loads(line)) for line in f}
+
+
+def _unit(job: tuple) -> list[dict]:
+    """One model and seed: the dense teacher, then every budget x method not done yet."""
+    model_name, seed, budgets, methods, done, out = job
+    import keras
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    from baselines import project_topk, rank_kernel_l1
+    from models import BUILDERS
+
+    import keras_wgsef as kw
+    import tflite_export as te
+
+    builder, _ = BUILDERS[model_name]
+    dense_epochs, epochs = (1, 2) if os.environ.get("WGSEF_BUDGET_QUICK") else EPOCHS[model_name]
+    (x, y), (xt, yt) = kw.datasets.load_mnist5k()
+    steps = int(np.ceil(len(x) / BATCH))
+
+    def sgd(n_epochs: int):
+        return keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(LR, steps * n_epochs), momentum=0.9)
+
+    def loss():
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    t0 = time.time()
+    keras.utils.set_random_seed(seed)
+    teacher = builder()
+    teacher.compile(optimizer=sgd(dense_epochs), loss=loss())
+    teacher.fit(x, y, batch_size=BATCH, epochs=dense_epochs, verbose=0)
+    kw.recalibrate_batchnorm(teacher, x)
+    teacher_s = time.time() - t0
+    rows = []
+    for btext in budgets:
+        budget = _budget(btext)
+        plan = kw.BudgetPlan(builder(), kw.make_groups(builder()), budget)
+        widths = [int(plan.uniform[plan.segments == s].sum()) for s in np.unique(plan.segments)]
+        for method in methods:
+            if (model_name, btext, method, seed) in done:
+                continue
+            keras.utils.set_random_seed(seed + 1000)
+            t1 = time.time()
+            export_budget = None
+            extra_s = teacher_s
+            if method in ("thin", "thin_kd"):
+                student = builder(widths)
+                total = dense_epochs + epochs
+                trained = kw.Distiller(student, teacher) if method == "thin_kd" else student
+                trained.compile(optimizer=sgd(total), loss=loss())
+                trained.fit(x, y, batch_size=BATCH, epochs=total, verbose=0)
+                extra_s = teacher_s if method == "thin_kd" else 0.0  # the teacher is part of that pipeline
+            elif method == "l1":
+                pruned = keras.models.clone_model(teacher)
+                pruned.set_weights(teacher.get_weights())
+                project_topk(pruned, kw.make_groups(pruned), widths, rank_kernel_l1)
+                student = te.shrink(pruned, x[:64])
+                student.compile(optimizer=sgd(epochs), loss=loss())
+                student.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0)
+            else:
+                student = keras.models.clone_model(teacher)
+                student.set_weights(teacher.get_weights())
+                groups = kw.make_groups(student)
+                if method == "wgsef_budget":
+                    opt = kw.WGSEF(sgd(epochs), budget=budget, groups=groups, ridge=False)
+                    if budget.flash_bytes is not None:
+                        from tflite_export.budget_fit import export_name_bytes
+
+                        opt.bind(student, name_bytes=export_name_bytes(student, x[:64]))
+                else:
+                    ks = {f"^{re.escape(s.name)}$": w for s, w in zip(groups, widths)}
+                    opt = kw.WGSEF(sgd(epochs), k=ks, groups=groups, ridge=False)
+                student.compile(optimizer=opt, loss=loss())
+                student.fit(
+                    x, y, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=[kw.callbacks.ReachK(0.0, verbose=0)]
+                )
+                export_budget = opt.plan if method == "wgsef_budget" else None
+            train_s = time.time() - t1 + extra_s
+            kw.recalibrate_batchnorm(student, x)
+            result = te.export(
+                student,
+                x[:200],
+                eval_data=(xt, yt),
+                latency=False,
+                instructions=True,
+                tflm_samples=200,
+                budget=export_budget,
+                shrink=method != "thin",
+            )
+            r = result.report
+            row = {
+                "model": model_name,
+                "budget": btext,
+                "method": method,
+                "seed": seed,
+                "bounds": plan.bounds,
+                "dense": plan.dense,
+                "widths": [s.num_groups for s in kw.make_groups(result.model)],
+                "float_acc": r.float_accuracy,
+                "int8_acc": r.accuracy_litert,
+                "macs": r.macs,
+                "params": r.params,
+                "flash_bytes": r.file_bytes,
+                "arena_bytes": r.tflm_arena_bytes,
+                "instructions": r.tflm_instructions,
+                "train_seconds": round(train_s, 1),
+                "budget_report": r.budget,
+                "epochs": (dense_epochs, epochs),
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            with open(out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    return rows
+
+
+def report() -> None:
+    with open(OUT) as f:
+        rows = [json.loads(line) for line in f]
+    lines = [
+        "# Benchmark at equal measured cost (`benchmarks/budget_compare.py`)",
+        "",
+        "Every figure is measured on the exported int8 model (flatbuffer MACs, `.tflite` bytes, TFLM",
+        "minimal arena, callgrind instructions of one `Invoke()`); accuracy on the 1,000 test digits",
+        "(float on the Keras model, int8 on LiteRT). Mean +- standard error over the seeds run (n).",
+        "`use` is the measured figure over the bound, for the bounded figure. Training time includes",
+        "the dense teacher where the method needs it.",
+        "",
+    ]
+    for model in ("anchor", "resnet8", "dscnn"):
+        for btext in BUDGETS:
+            rs = [r for r in rows if r["model"] == model and r["budget"] == btext]
+            if not rs:
+                continue
+            cost, _ = btext.split("=")
+            bound = rs[0]["bounds"][cost]
+            lines += [
+                f"## {model}, {btext} (bound {bound:,} {cost}; dense {rs[0]['dense'][cost]:,} predicted)",
+                "",
+                "| method | float acc % | int8 acc % | MACs | bytes | arena | instructions | use | widths "
+                "| train s | n |",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            for m in METHODS:
+                mr = [r for r in rs if r["method"] == m]
+                if not mr:
+                    continue
+
+                def ms(key, mr=mr):
+                    a = np.array([r[key] for r in mr], float)
+                    se = a.std(ddof=1) / np.sqrt(len(a)) if len(a) > 1 else 0.0
+                    return a.mean(), se
+
+                fa, fse = ms("float_acc")
+                ia, ise = ms("int8_acc")
+                use = np.mean([r[cost] / bound for r in mr])
+                mean = {k: np.mean([r[k] for r in mr]) for k in ("macs", "flash_bytes", "arena_bytes", "instructions")}
+                lines.append(
+                    f"| {m} | {100 * fa:.2f} +- {100 * fse:.2f} | {100 * ia:.2f} +- {100 * ise:.2f} "
+                    f"| {mean['macs']:,.0f} | {mean['flash_bytes']:,.0f} | {mean['arena_bytes']:,.0f} "
+                    f"| {mean['instructions']:,.0f} | {use:.3f} | {mr[0]['widths']} "
+                    f"| {np.mean([r['train_seconds'] for r in mr]):.0f} | {len(mr)} |"
+                )
+            lines.append("")
+    with open(PAGE, "w") as f:
+        f.write("\n".join(lines))
+    _plots(rows)
+    print("\n".join(lines))
+
+
+def _plots(rows: list[dict]) -> None:
+    if os.environ.get("WGSEF_BUDGET_QUICK"):
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = dict(zip(METHODS, "o^vsD"))
+    for cost in ("macs", "arena_bytes", "instructions"):
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+        for ax, model in zip(axes, ("anchor", "resnet8", "dscnn")):
+            for m in METHODS:
+                pts = [(r[cost], r["int8_acc"]) for r in rows if r["model"] == model and r["method"] == m]
+                if pts:
+                    xs, ys = zip(*pts)
+                    ax.scatter(xs, np.array(ys) * 100, marker=markers[m], label=m, alpha=0.8)
+            ax.set_title(model)
+            ax.set_xlabel(f"measured {cost}")
+            ax.set_ylabel("int8 test accuracy %")
+            ax.set_xscale("log")
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(HERE, f"budget_acc_vs_{cost}.png"), dpi=90)
+        plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["anchor", "resnet8", "dscnn"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--budgets", nargs="+", default=list(BUDGETS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--report", action="store_true")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 + 2 epochs, rows to a temporary file")
+    a = p.parse_args()
+    if a.quick:
+        global OUT, PAGE
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="budget-quick-")
+        OUT, PAGE = os.path.join(folder, "rows.jsonl"), os.path.join(folder, "page.md")
+        os.environ["WGSEF_BUDGET_QUICK"] = "1"
+    if a.report:
+        report()
+        return
+    done = _done()
+    jobs = [(m, s, a.budgets, a.methods, done, OUT) for s in a.seeds for m in a.models]
+    t0 = time.time()
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(a.jobs, maxtasksperchild=1) as pool:
+        for _ in pool.imap_unordered(_unit, jobs):
+            pass
+    print(f"done in {time.time() - t0:.0f} s")
+    report()
+
+
+if __name__ == "__main__":
+    main()
