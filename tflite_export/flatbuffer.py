@@ -161,6 +161,17 @@ def _enum_names(enum_cls: type) -> dict[int, str]:
     return {v: k for k, v in vars(enum_cls).items() if not k.startswith("_") and isinstance(v, int)}
 
 
+def _op_name(model: Any, op: Any, op_names: dict[int, str]) -> str:
+    """The builtin name of an operator (``CUSTOM(name)`` for custom ones)."""
+    code = model.operatorCodes[op.opcodeIndex]
+    builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
+    name = op_names.get(builtin, f"BUILTIN_{builtin}")
+    if name == "CUSTOM":
+        custom = code.customCode
+        name = f"CUSTOM({custom.decode() if isinstance(custom, bytes) else custom})"
+    return name
+
+
 def _shape(tensor: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in (tensor.shape if tensor.shape is not None else ()))
 
@@ -220,12 +231,7 @@ def summarize(tflite: bytes | bytearray | str | os.PathLike) -> ModelSummary:
     ops: list[OpInfo] = []
     total_params = 0
     for i, op in enumerate(graph.operators or []):
-        code = model.operatorCodes[op.opcodeIndex]
-        builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
-        name = op_names.get(builtin, f"BUILTIN_{builtin}")
-        if name == "CUSTOM":
-            custom = code.customCode
-            name = f"CUSTOM({custom.decode() if isinstance(custom, bytes) else custom})"
+        name = _op_name(model, op, op_names)
         inputs = [int(t) for t in (op.inputs if op.inputs is not None else [])]
         ins = [(_shape(tensors[t]) if t >= 0 else None) for t in inputs]
         outs = [_shape(tensors[t]) for t in (op.outputs if op.outputs is not None else [])]
@@ -322,12 +328,7 @@ def lowered_model(tflite: bytes | bytearray | str | os.PathLike) -> LoweredModel
     graph_inputs = tuple(activation(int(t)) for t in (graph.inputs if graph.inputs is not None else []))
     ops: list[Op] = []
     for op in graph.operators or []:
-        code = model.operatorCodes[op.opcodeIndex]
-        builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
-        name = op_names.get(builtin, f"BUILTIN_{builtin}")
-        if name == "CUSTOM":
-            custom = code.customCode
-            name = f"CUSTOM({custom.decode() if isinstance(custom, bytes) else custom})"
+        name = _op_name(model, op, op_names)
         inputs = [int(t) for t in (op.inputs if op.inputs is not None else [])]
         outputs = [int(t) for t in (op.outputs if op.outputs is not None else [])]
         ins = [(_shape(fb_tensors[t]) if t >= 0 else None) for t in inputs]

@@ -189,7 +189,7 @@ def cheaper_ops(model: Any, sample: Any = None, *, rtol: float = 1e-5) -> tuple[
     """
     import keras
 
-    from tflite_export.shrink import _predict
+    from tflite_export.shrink import output_difference
 
     plans, lines = _plan(model)
     if not plans:
@@ -212,14 +212,8 @@ def cheaper_ops(model: Any, sample: Any = None, *, rtol: float = 1e-5) -> tuple[
                 new_layers[path].set_weights([np.asarray(w.numpy()) for w in layer.weights])
     except Exception as e:
         raise RewriteError(f"could not rebuild the model with cheaper operators: {type(e).__name__}: {e}") from e
-    if sample is None:
-        rng = np.random.default_rng(0)
-        sample = [rng.standard_normal((4, *[int(s) for s in t.shape[1:]])).astype(np.float32) for t in model.inputs]
-        sample = sample[0] if len(sample) == 1 else sample
-    y0, y1 = _predict(model, sample), _predict(new, sample)
-    diff = max(float(np.max(np.abs(p - q))) if p.size else 0.0 for p, q in zip(y0, y1))
-    tol = rtol * max(1.0, max(float(np.max(np.abs(p))) if p.size else 0.0 for p in y0))
-    if not (len(y0) == len(y1) and all(p.shape == q.shape for p, q in zip(y0, y1)) and diff <= tol):
+    diff, tol, same = output_difference(model, new, sample, rtol)
+    if not same:
         raise RewriteError(
             f"the model with cheaper operators differs from the original: max |difference| {diff:.3g} > "
             f"tolerance {tol:.3g}. This is a bug; please report it with the model, and export with "

@@ -48,7 +48,7 @@ from keras_wgsef.graph.channels import ChannelAnalysis, analyze
 from keras_wgsef.graph.costs import count_macs, count_params
 from keras_wgsef.graph.model_graph import flatten_model, layer_variables, matches
 
-__all__ = ["ShrinkError", "ShrinkPlan", "ShrinkReport", "plan_shrink", "shrink"]
+__all__ = ["ShrinkError", "ShrinkPlan", "ShrinkReport", "output_difference", "plan_shrink", "shrink"]
 
 
 class ShrinkError(RuntimeError):
@@ -342,6 +342,23 @@ def _predict(model: Any, x: Any) -> list[np.ndarray]:
     return [np.asarray(keras.ops.convert_to_numpy(t), np.float64) for t in y]
 
 
+def output_difference(model: Any, new: Any, sample: Any = None, rtol: float = 1e-5) -> tuple[float, float, bool]:
+    """``(max |y_new - y|, tolerance, same)`` of two models on ``sample`` (the check of every rebuilt model).
+
+    ``sample`` None draws 4 random normal inputs (seed 0) of ``model``'s input shapes; the
+    tolerance is ``rtol * max(1, max |y|)``; ``same`` also requires equal output shapes.
+    """
+    if sample is None:
+        rng = np.random.default_rng(0)
+        sample = [rng.standard_normal((4, *[int(s) for s in t.shape[1:]])).astype(np.float32) for t in model.inputs]
+        sample = sample[0] if len(sample) == 1 else sample
+    y0, y1 = _predict(model, sample), _predict(new, sample)
+    shapes_equal = len(y0) == len(y1) and all(p.shape == q.shape for p, q in zip(y0, y1))
+    diff = max(float(np.max(np.abs(p - q))) if p.size else 0.0 for p, q in zip(y0, y1)) if shapes_equal else np.inf
+    tol = rtol * max(1.0, max(float(np.max(np.abs(p))) if p.size else 0.0 for p in y0))
+    return diff, tol, bool(shapes_equal and diff <= tol)
+
+
 def shrink(
     model: Any,
     sample: Any = None,
@@ -396,14 +413,8 @@ def shrink(
                 new_layers[path].set_weights(values)
     except Exception as e:
         raise ShrinkError(f"could not rebuild the thinner model: {type(e).__name__}: {e}") from e
-    if sample is None:
-        rng = np.random.default_rng(0)
-        sample = [rng.standard_normal((4, *[int(s) for s in t.shape[1:]])).astype(np.float32) for t in model.inputs]
-        sample = sample[0] if len(sample) == 1 else sample
-    y0, y1 = _predict(model, sample), _predict(new, sample)
-    diff = max(float(np.max(np.abs(p - q))) if p.size else 0.0 for p, q in zip(y0, y1))
-    tol = rtol * max(1.0, max(float(np.max(np.abs(p))) if p.size else 0.0 for p in y0))
-    if not diff <= tol:
+    diff, tol, same = output_difference(model, new, sample, rtol)
+    if not same:
         raise ShrinkError(
             f"the shrunk model differs from the original: max |difference| {diff:.3g} > tolerance {tol:.3g}. "
             "This is a bug or a layer rule that does not hold; please report it with the model."

@@ -57,22 +57,12 @@ import numpy as np
 
 from keras_wgsef.budget.lowered import LoweredModel, Op, Tensor
 from keras_wgsef.graph.model_graph import Graph, flatten_model
+from keras_wgsef.graph.rules import INFERENCE_IDENTITY
 
 __all__ = ["LoweringTemplate", "lowering_template"]
 
 _FUSABLE = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL"}
-_IDENTITY = {
-    "Dropout",
-    "SpatialDropout1D",
-    "SpatialDropout2D",
-    "SpatialDropout3D",
-    "GaussianNoise",
-    "GaussianDropout",
-    "AlphaDropout",
-    "Identity",
-    "ActivityRegularization",
-    "InputLayer",
-}
+_IDENTITY = {*INFERENCE_IDENTITY, "InputLayer"}
 
 
 @dataclasses.dataclass

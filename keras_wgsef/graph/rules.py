@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "INFERENCE_IDENTITY",
     "Carry",
     "ChannelRule",
     "Concat",
@@ -56,6 +57,19 @@ __all__ = [
     "rule_for",
     "value_at_zero",
 ]
+
+#: layer classes that are the identity at inference (dropout and noise layers): no operator after conversion
+INFERENCE_IDENTITY = (
+    "Identity",
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "ActivityRegularization",
+)
 
 
 class UnsupportedLayerError(ValueError):
@@ -270,15 +284,7 @@ def _ensure_builtin_rules() -> None:
         L.Rescaling: lambda layer: Passthrough(zero_preserving=bool(np.all(value_at_zero(layer) == 0))),
     }
     passthrough = [
-        "Identity",
-        "Dropout",
-        "SpatialDropout1D",
-        "SpatialDropout2D",
-        "SpatialDropout3D",
-        "GaussianNoise",
-        "GaussianDropout",
-        "AlphaDropout",
-        "ActivityRegularization",
+        *INFERENCE_IDENTITY,
         "MaxPooling1D",
         "MaxPooling2D",
         "MaxPooling3D",
