@@ -138,3 +138,15 @@ def test_wgsef_budget_config_round_trip():
     opt = kw.WGSEF(keras.optimizers.Adam(), budget=kw.Budget(macs=0.5, arena_bytes=4096), groups=kw.make_groups(m))
     again = kw.WGSEF.from_config(opt.get_config())
     assert again.budget == opt.budget and again.envelope == "model" and again.k is None
+
+
+def test_block_groups_give_widths_in_fast_multiples_at_the_predicted_cost():
+    """Channel blocks of 4 (CMSIS-NN's fast widths): the budget prices and keeps whole blocks."""
+    builder, _ = BUILDERS["dscnn"]
+    m = builder()
+    plan = BudgetPlan(m, kw.make_groups(m, "block", block=4), kw.Budget(macs=0.25))
+    keep = plan.select(np.random.default_rng(0).uniform(0.5, 1.0, plan.num_groups))
+    widths = tuple(4 * int(keep[plan.segments == s].sum()) for s in np.unique(plan.segments))
+    macs = plan.predict(keep, ("macs",))["macs"]
+    assert macs == kw.count_macs(builder(widths))["total"] <= plan.bounds["macs"]
+    assert macs >= 0.95 * plan.bounds["macs"]
