@@ -159,6 +159,12 @@ class WGSEF(keras.optimizers.Optimizer):
             raise TypeError(
                 f"inner_optimizer must be a keras.optimizers.Optimizer, got {type(inner_optimizer).__name__}."
             )
+        if getattr(inner_optimizer, "use_ema", False):
+            raise ValueError(
+                f"the inner optimizer {type(inner_optimizer).__name__} has use_ema=True: at the end of fit Keras "
+                "overwrites the weights with its moving average, which tracks the weights before the prox, so every "
+                "zeroed group would come back. Turn use_ema off."
+            )
         if isinstance(budget, Mapping):  # from get_config
             budget = Budget.from_config(budget)
         if budget is not None:
@@ -332,7 +338,11 @@ class WGSEF(keras.optimizers.Optimizer):
 
     def _handle_finite(self, grads, trainable_variables):
         lr = ops.convert_to_tensor(self.learning_rate, "float64")  # before the inner step advances iterations
-        self.inner_optimizer.apply(grads, trainable_variables=trainable_variables)
+        inner = self.inner_optimizer
+        before = ops.convert_to_tensor(inner.iterations) if inner.gradient_accumulation_steps else None
+        inner.apply(grads, trainable_variables=trainable_variables)
+        if before is not None:  # accumulating: the prox runs exactly when the inner update fired
+            lr = lr * ops.cast(ops.greater(ops.convert_to_tensor(inner.iterations), before), "float64")
         self._apply_prox(lr)
 
     def _handle_non_finite(self):

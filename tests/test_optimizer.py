@@ -357,3 +357,31 @@ def test_scope_state_is_changed_only_through_checked_methods():
         state.freeze(np.ones(3, bool))
     with pytest.raises(KeyError, match="the scopes are \\['c1'\\]"):
         opt.scope_named("c2")
+
+
+def test_use_ema_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match=r"use_ema=True.*zeroed group would come back"):
+        kw.WGSEF(keras.optimizers.Adam(use_ema=True), k=2)
+
+
+def test_gradient_accumulation_proxes_only_when_the_inner_update_fires():
+    m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(6, name="h"), keras.layers.Dense(1, name="out")])
+    inner = keras.optimizers.SGD(0.1, gradient_accumulation_steps=2)
+    opt = kw.WGSEF(inner, k=2, lam=5.0, groups=kw.make_groups(m))
+    opt.build(m.trainable_variables)
+    start = [np.array(v) for v in m.trainable_variables]
+    grads = [keras.ops.ones_like(v) * 0.01 for v in m.trainable_variables]
+    opt.apply(grads, m.trainable_variables)  # micro-step 1: no inner update, so no prox
+    assert all(np.array_equal(a, np.array(v)) for a, v in zip(start, m.trainable_variables))
+    assert (opt.scopes[0].attenuation == 1).all()
+    opt.apply(grads, m.trainable_variables)  # micro-step 2: the update fires, then the prox
+    assert (opt.scopes[0].attenuation < 1).any()
+    # the same as one step of the same optimizer without accumulation, on the same (averaged) gradient
+    ref = keras.models.clone_model(m)
+    for v, a in zip(ref.trainable_variables, start):
+        v.assign(a)
+    ref_opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=2, lam=5.0, groups=kw.make_groups(ref))
+    ref_opt.build(ref.trainable_variables)
+    ref_opt.apply(grads, ref.trainable_variables)
+    for a, b in zip(m.trainable_variables, ref.trainable_variables):
+        np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-6, atol=1e-7)
