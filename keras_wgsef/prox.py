@@ -88,6 +88,10 @@ def _phi(alpha: float, c: np.ndarray, L: np.ndarray) -> float:
     return float(np.sum(np.clip(alpha * c - L, 0.0, 1.0)))
 
 
+#: relative width, in units of L_j, below which ``alpha c_j - L_j`` is rounding at the breakpoint
+_SNAP = 8 * np.finfo(np.float64).eps
+
+
 def solve_alpha(c: np.ndarray, L: np.ndarray, k: int) -> float:
     """Root ``alpha > 0`` of ``phi(alpha) = sum_j clip(alpha c_j - L_j, 0, 1) = k``, worst-case O(m).
 
@@ -134,8 +138,6 @@ def solve_alpha(c: np.ndarray, L: np.ndarray, k: int) -> float:
         mid = B.size // 2
         beta = float(np.partition(B, mid)[mid])  # introselect: linear time
         v = S1 + beta * C - Ls + float(np.sum(np.clip(beta * c[U] - L[U], 0.0, 1.0)))
-        if v == k:
-            return beta
         if v < k:
             aL = beta
         else:
@@ -208,7 +210,10 @@ def prox_scales(a: np.ndarray, d: np.ndarray, k: int, lam: float, protect: np.nd
         theta[P] = 1.0
     else:
         alpha = solve_alpha(c[P], L[P], k)
-        theta[P] = np.clip(alpha * c[P] - L[P], 0.0, 1.0)
+        raw = alpha * c[P] - L[P]
+        # a group whose breakpoint is the root is exactly zero: alpha c_j - L_j there is rounding
+        # (a few ulps of L_j), and counting it would leave k + 1 groups nonzero
+        theta[P] = np.where(raw <= _SNAP * (1.0 + L[P]), 0.0, np.clip(raw, 0.0, 1.0))
     out = np.zeros(m)
     nz = theta > 0
     out[nz] = theta[nz] / (theta[nz] + L[nz])

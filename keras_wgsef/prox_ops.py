@@ -97,8 +97,13 @@ def prox_scales(a, d, k: int, lam, ridge: bool = True, protect=None):
     slope = ops.sum(lin * c)
     offset = ops.sum(lin * L)
     alpha = (kf - n_sat + offset) / ops.where(slope > 0, slope, ops.ones_like(slope))
-    alpha = ops.where(slope > 0, ops.clip(alpha, a_lo, a_hi), a_hi)
-    theta = ops.clip(alpha * c - L, 0.0, 1.0)
+    # slope 0: phi is flat on the bracket (only rounding kept phi(a_lo) below k): its left end,
+    # where the groups starting at a_hi are still exactly zero
+    alpha = ops.where(slope > 0, ops.clip(alpha, a_lo, a_hi), a_lo)
+    raw = alpha * c - L
+    # a group whose breakpoint is the root is exactly zero (raw there is a few ulps of L_j)
+    snap = 8 * float(np.finfo(np.float64).eps) * (1.0 + L)
+    theta = ops.where(raw <= snap, ops.zeros_like(raw), ops.clip(raw, 0.0, 1.0))
     theta = ops.where(npos <= kf, ops.ones_like(theta), theta) * posf
     theta = ops.where(kf > 0, theta, ops.zeros_like(theta)) + kept
     nz = theta > 0

@@ -260,3 +260,25 @@ def test_bad_weights_and_strength():
         P.wgsef_prox(X, G, 1, -0.1, D)
     with pytest.raises(ValueError, match="k must be >= 0"):
         P.wgsef_value(X, G, -1, D)
+
+
+def test_a_group_whose_breakpoint_is_the_root_is_exactly_zero_in_both_paths():
+    """Issue 11 item 6: phi is flat at k between the saturation of two groups and the start of the third."""
+    from keras import ops
+
+    from keras_wgsef import prox_ops
+
+    a, d = np.array([2.1, 6.9, 7.3]), np.ones(3)
+    ref = P.prox_scales(a, d, 2, 1.39)
+    ten = np.asarray(ops.convert_to_numpy(prox_ops.prox_scales(a, d, 2, 1.39)))
+    for s in (ref, ten):
+        assert s[0] == 0.0 and np.count_nonzero(s) == 2
+        np.testing.assert_allclose(s[1:], [0.418410042, 0.418410042], rtol=1e-8)
+    rng = np.random.default_rng(0)
+    for _ in range(500):  # rounded inputs land on breakpoints often: never a tiny nonzero factor
+        m = int(rng.integers(3, 12))
+        a, d = np.round(rng.uniform(0.1, 10, m), 1), rng.choice([0.5, 1.0, 2.0], m)
+        k, lam = int(rng.integers(1, m)), float(np.round(rng.uniform(0.01, 3), 2))
+        for s in (P.prox_scales(a, d, k, lam), np.asarray(ops.convert_to_numpy(prox_ops.prox_scales(a, d, k, lam)))):
+            assert not ((s > 0) & (s < 1e-9)).any()
+            assert np.count_nonzero(s) >= k
