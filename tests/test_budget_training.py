@@ -14,7 +14,7 @@ import tflite_export as te
 from keras_wgsef.budget.plan import BudgetPlan
 from keras_wgsef.distill import Distiller
 from keras_wgsef.schedules import Rewound
-from keras_wgsef.sparsity import group_norms
+from keras_wgsef.sparsity import find_wgsef, group_norms
 
 L = keras.layers
 
@@ -151,3 +151,15 @@ def test_budget_example_meets_its_command_line_bounds(tmp_path):
     rows = dict(re.findall(r"^\| (macs|arena_bytes) \| ([\d,]+) \|", proc.stdout, re.MULTILINE))
     assert set(rows) == {"macs", "arena_bytes"}
     assert (tmp_path / "out" / "model_int8.tflite").exists()
+
+
+def test_a_saved_budgeted_model_is_checked_against_its_budget_on_export(macs_run, tmp_path):
+    model, opt = macs_run
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert find_wgsef(loaded.optimizer).budget == opt.budget
+    x, _, _, _ = _digits()
+    result = te.export(loaded, x[:100], latency=False, arena=False, instructions=False)
+    assert result.report.budget["bounds"] == opt.plan.bounds
+    assert result.report.budget["measured"]["macs"] <= opt.plan.bounds["macs"]

@@ -186,7 +186,8 @@ def export(
       budget: the :class:`keras_wgsef.BudgetPlan` to meet *as measured* (:func:`tflite_export.budget_fit.meet_budget`:
         if a bound is broken, groups of lowest rank per unit cost are removed until it holds; the
         report's ``budget`` says what was bounded, measured and removed). ``"auto"`` uses the plan
-        of the model's ``WGSEF(budget=...)`` optimizer when it has one; None skips the check.
+        of the model's ``WGSEF(budget=...)`` optimizer when it has one (binding it to ``model`` if it
+        was saved and loaded); None skips the check.
 
     Returns:
       an :class:`ExportResult`.
@@ -284,7 +285,9 @@ def _budget_plan(model: Any, budget: Any) -> Any:
         from keras_wgsef.sparsity import find_wgsef
 
         opt = find_wgsef(getattr(model, "optimizer", None))
-        return getattr(opt, "plan", None)
+        if opt is None or getattr(opt, "budget", None) is None:
+            return None
+        return opt.plan if opt.plan is not None else opt.bind(model)  # e.g. a model loaded from .keras
     from keras_wgsef.budget.plan import BudgetPlan
 
     if not isinstance(budget, BudgetPlan):
