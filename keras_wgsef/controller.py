@@ -21,6 +21,12 @@ of the groups still nonzero meet every bound* (or the envelope is down to k): th
 then, and at the projection, is :meth:`keras_wgsef.BudgetPlan.select`'s (the nonzero groups minus
 the lowest rank per unit cost until every bound holds, then refilled while they still hold).
 
+Resuming: the strengths, masks and attenuations are optimizer variables, so a checkpoint keeps
+them; ``ReachK`` restarts the ramp only when the optimizer has not passed the warm-up yet, so a
+run killed and resumed with ``keras.callbacks.BackupAndRestore`` ends with the same support and
+weights as the uninterrupted one (tested). Not restored: the rewind offset of
+``ReachK(rewind=True)`` and the freeze log (the log does not change the result).
+
 The controller drives the optimizer only through its :class:`keras_wgsef.scope_state.ScopeState`
 methods (``set_strength``, ``nonzero_count``, ``group_norms``, ``freeze``).
 
@@ -162,7 +168,11 @@ class ReachK(keras.callbacks.Callback):
                 f"(start_epoch {self.start_epoch:g}); train longer or lower start_epoch."
             )
         self.frozen = {i for i, state in enumerate(self.opt.scopes) if state.frozen}
-        self._started = False
+        # Resuming (BackupAndRestore, or fit(initial_epoch=...) on a restored model): the optimizer
+        # variables hold the grown strengths and the frozen masks; only a run whose optimizer has
+        # not yet passed the warm-up starts the ramp afresh.
+        done_steps = int(keras.ops.convert_to_numpy(self.opt.iterations))
+        self._started = done_steps > 0 and done_steps >= self.start_epoch * self.steps
         self._epoch = 0
         self._step = 0
 

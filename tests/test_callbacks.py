@@ -143,3 +143,38 @@ def test_merged_scope_freeze_keeps_a_channel_per_layer():
     assert np.array_equal(again.segments, segments)
     counts = kw.nonzero_groups(model)  # reported per layer of the global budget
     assert sum(counts.values()) == 3 and len(counts) == len(np.unique(segments)) and min(counts.values()) >= 1
+
+
+@pytest.mark.parametrize("killed_at", [2, 3])
+def test_a_run_killed_and_resumed_with_backup_and_restore_ends_like_the_uninterrupted_one(tmp_path, killed_at):
+    """Issue 11 item 3: the grown strength lives in the optimizer; a resumed ReachK must not restart the ramp."""
+    (x, y), _ = kw.datasets.load_digits8x8()
+    x, y = x.reshape(len(x), -1)[:640], y[:640]
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == killed_at:
+                raise RuntimeError("killed")
+
+    def build():
+        keras.utils.set_random_seed(0)
+        m = keras.Sequential(
+            [keras.Input((64,)), keras.layers.Dense(16, activation="relu", name="h"), keras.layers.Dense(10)]
+        )
+        opt = kw.WGSEF(keras.optimizers.Adam(3e-3), k=0.5, groups=kw.make_groups(m))  # the growing (adaptive) ramp
+        m.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return m
+
+    def fit(m, *extra):
+        ctl = kw.callbacks.ReachK(start_epoch=1, project_epoch=3.5, verbose=0)
+        m.fit(x, y, batch_size=64, epochs=5, shuffle=False, verbose=0, callbacks=[*extra, ctl])
+
+    whole = build()
+    fit(whole)
+    resumed = build()
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(resumed, keras.callbacks.BackupAndRestore(str(tmp_path)), Kill())
+    fit(resumed, keras.callbacks.BackupAndRestore(str(tmp_path)))
+    for a, b in zip(whole.weights, resumed.weights):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+    assert kw.nonzero_groups(resumed) == kw.nonzero_groups(whole) == {"h": 8}
