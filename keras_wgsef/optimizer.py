@@ -66,6 +66,18 @@ def _lookup(spec: Any, name: str, what: str) -> Any:
     return spec
 
 
+def _check_k_spec(k: Any) -> None:
+    """What can be checked before the groups are known: the type, a fraction's range, an int's sign."""
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, float, np.integer, np.floating)):
+        raise TypeError(f"k must be an int (groups kept) or a float fraction in (0, 1), got {k!r}.")
+    if isinstance(k, (float, np.floating)) and not 0.0 < float(k) < 1.0:
+        raise ValueError(
+            f"k = {k}: a float k is the fraction of groups kept and must lie in (0, 1); use an int for a count."
+        )
+    if isinstance(k, (int, np.integer)) and int(k) < 1:
+        raise ValueError(f"k = {k}: keep at least one group (k >= 1; the upper bound m - 1 is checked per scope).")
+
+
 def resolve_k(k: int | float, scope: GroupScope) -> int:
     """The integer k of a scope: an int as given, a float in (0, 1) as a fraction of its groups.
 
@@ -192,8 +204,13 @@ class WGSEF(keras.optimizers.Optimizer):
                 f"envelope must be 'layer' (one per scope) or 'model' (one global budget), got {envelope!r}."
             )
         for value in lam.values() if isinstance(lam, Mapping) else [lam]:
-            if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+            number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+                value, (bool, np.bool_)
+            )
+            if not (number and np.isfinite(value) and value >= 0):
                 raise ValueError(f"lam must be a finite number >= 0 (or a mapping to such numbers), got {value!r}.")
+        for value in k.values() if isinstance(k, Mapping) else [] if k is None else [k]:
+            _check_k_spec(value)
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = inner_optimizer
         self.k = k

@@ -66,8 +66,11 @@ def _validate_groups(n: int, groups: Sequence[np.ndarray]) -> tuple[np.ndarray, 
 
 
 def group_norms(x: np.ndarray, groups: Sequence[np.ndarray]) -> np.ndarray:
-    """Euclidean norm of each group, ``a_j = ||x_{G_j}||`` (float64, length m)."""
+    """Euclidean norm of each group, ``a_j = ||x_{G_j}||`` (float64, length m); raises on NaN or inf."""
     x = np.asarray(x, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(x)):
+        bad = np.flatnonzero(~np.isfinite(x))[:5].tolist()
+        raise ValueError(f"x has NaN or inf entries (e.g. at {bad}); the prox and the value need finite numbers.")
     owner, sizes = _validate_groups(x.size, groups)
     return np.sqrt(np.bincount(owner, weights=x**2, minlength=sizes.size))
 
@@ -82,6 +85,13 @@ def group_weights(groups: Sequence[np.ndarray], weights: Sequence[float] | np.nd
     if not np.all(np.isfinite(d)) or np.any(d <= 0):
         raise ValueError("weights d_j must be finite and > 0 (the count is never weighted).")
     return d
+
+
+def check_k(k: object) -> int:
+    """``k`` as an int ``>= 0``; a fractional, boolean or negative ``k`` raises with the legal range."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) < 0:
+        raise ValueError(f"k must be an integer >= 0 (the number of groups kept), got {k!r}.")
+    return int(k)
 
 
 def _phi(alpha: float, c: np.ndarray, L: np.ndarray) -> float:
@@ -186,8 +196,7 @@ def prox_scales(a: np.ndarray, d: np.ndarray, k: int, lam: float, protect: np.nd
     a = np.asarray(a, dtype=np.float64)
     d = np.asarray(d, dtype=np.float64)
     m = a.size
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}.")
+    k = check_k(k)
     if lam < 0 or not np.isfinite(lam):
         raise ValueError(f"lam must be a finite number >= 0, got {lam}.")
     if k == 0:
@@ -238,8 +247,7 @@ def wgsef_value(
       >>> round(wgsef_value(x, groups, k=2, weights=[2, 1, 0.5, 1]), 10)
       9.3102475842
     """
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}.")
+    k = check_k(k)
     a = group_norms(x, groups)
     d = group_weights(groups, weights)
     w = np.sqrt(d) * a
@@ -272,7 +280,7 @@ def wgsef_prox(
       [0.5, -1.0, 0.0, 2.4, 0.8, 0.0]
     """
     x = np.asarray(x, dtype=np.float64).reshape(-1)
-    owner, sizes = _validate_groups(x.size, groups)
-    a = np.sqrt(np.bincount(owner, weights=x**2, minlength=sizes.size))
+    a = group_norms(x, groups)
+    owner, _ = _validate_groups(x.size, groups)
     d = group_weights(groups, weights)
-    return x * prox_scales(a, d, k, lam)[owner]
+    return x * prox_scales(a, d, check_k(k), lam)[owner]

@@ -250,8 +250,9 @@ def test_non_finite_gradients_skip_the_step():
 
 
 # ---------------------------------------------------------------- bad input
-@pytest.mark.parametrize("k,match", [(0, r"\[1, 7\]"), (8, r"\[1, 7\]"), (1.5, r"\(0, 1\)"), ("3", "int or a float")])
+@pytest.mark.parametrize("k,match", [(8, r"\[1, 7\]"), ({"c1": 9}, r"\[1, 7\]")])
 def test_bad_k_names_scope_and_range(k, match):
+    """A k too large for its scope is only known at build: the message names the scope and the range."""
     model = small_model()
     opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=k, groups=[c1_scope(model)])
     with pytest.raises((ValueError, TypeError), match=match):
@@ -385,3 +386,24 @@ def test_gradient_accumulation_proxes_only_when_the_inner_update_fires():
     ref_opt.apply(grads, ref.trainable_variables)
     for a, b in zip(m.trainable_variables, ref.trainable_variables):
         np.testing.assert_allclose(np.array(a), np.array(b), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"k": 1.5}, ValueError, r"fraction of groups kept and must lie in \(0, 1\)"),
+        ({"k": 0}, ValueError, r"keep at least one group"),
+        ({"k": True}, TypeError, r"k must be an int"),
+        ({"k": "half"}, TypeError, r"k must be an int"),
+        ({"k": {"conv": 2.0}}, ValueError, r"must lie in \(0, 1\)"),
+        ({"lam": True}, ValueError, r"lam must be a finite number"),
+        ({"lam": float("nan")}, ValueError, r"lam must be a finite number"),
+    ],
+)
+def test_bad_k_and_lam_are_refused_at_construction(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        kw.WGSEF(keras.optimizers.SGD(0.1), **kwargs)
+
+
+def test_numpy_lam_is_accepted():
+    assert kw.WGSEF(keras.optimizers.SGD(0.1), k=2, lam=np.float32(1e-3)).lam == np.float32(1e-3)

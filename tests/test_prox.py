@@ -258,7 +258,7 @@ def test_bad_weights_and_strength():
         P.wgsef_prox(X, G, 1, 0.1, [1, 0, 1, 1])
     with pytest.raises(ValueError, match="lam"):
         P.wgsef_prox(X, G, 1, -0.1, D)
-    with pytest.raises(ValueError, match="k must be >= 0"):
+    with pytest.raises(ValueError, match="k must be an integer >= 0"):
         P.wgsef_value(X, G, -1, D)
 
 
@@ -282,3 +282,17 @@ def test_a_group_whose_breakpoint_is_the_root_is_exactly_zero_in_both_paths():
         for s in (P.prox_scales(a, d, k, lam), np.asarray(ops.convert_to_numpy(prox_ops.prox_scales(a, d, k, lam)))):
             assert not ((s > 0) & (s < 1e-9)).any()
             assert np.count_nonzero(s) >= k
+
+
+def test_numpy_reference_refuses_a_fractional_k_and_nan_inputs():
+    x, groups = np.array([1.0, -2.0, 0.5, 3.0]), [np.array([0, 1]), np.array([2]), np.array([3])]
+    for bad in (1.5, True, -1):
+        with pytest.raises(ValueError, match=r"k must be an integer >= 0"):
+            P.wgsef_prox(x, groups, k=bad, lam=0.5)
+        with pytest.raises(ValueError, match=r"k must be an integer >= 0"):
+            P.wgsef_value(x, groups, k=bad)
+    x[2] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or inf entries \(e.g. at \[2\]\)"):
+        P.wgsef_prox(x, groups, k=1, lam=0.5)
+    with pytest.raises(ValueError, match=r"NaN or inf"):
+        P.wgsef_value(x, groups, k=1)

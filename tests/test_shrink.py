@@ -538,3 +538,11 @@ def test_nested_sequential_is_rebuilt_with_its_thinner_input():
     assert report.params["inner/ibn"] == (16, 8)
     assert new.count_params() == (27 * 3 + 3) + (27 * 2 + 2) + 8 + (2 * 3 + 3) + (64 * 3 * 2 + 2)
     assert_same_outputs(m, new, sample((8, 8, 3)))
+
+
+def test_shrink_refuses_an_empty_or_nan_sample_with_the_reason():
+    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="h"), keras.layers.Dense(2, name="out")])
+    with pytest.raises(ValueError, match=r"sample is empty, so the output check could not run"):
+        shrink(m, np.zeros((0, 4), np.float32))
+    with pytest.raises(ValueError, match=r"NaN or inf values; pass finite inputs"):
+        shrink(m, np.full((2, 4), np.nan, np.float32))

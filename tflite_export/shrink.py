@@ -389,6 +389,14 @@ def shrink(
     """
     import keras
 
+    for s in sample if isinstance(sample, (list, tuple)) else [] if sample is None else [sample]:
+        arr = np.asarray(s)
+        if arr.size == 0 or len(arr) == 0:
+            raise ValueError(
+                "shrink: the sample is empty, so the output check could not run; pass some inputs or None."
+            )
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise ValueError("shrink: the sample has NaN or inf values; pass finite inputs (or None for random ones).")
     plan = plan_shrink(model, multiple=multiple, exclude=exclude)
     a = plan.analysis
     serialized = copy.deepcopy(keras.saving.serialize_keras_object(model))
