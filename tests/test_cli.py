@@ -320,3 +320,64 @@ def test_package_names_stay_functions_after_submodule_imports():
     for name in ("shrink", "measure", "export"):
         value = getattr(tflite_export, name)
         assert callable(value) and value.__name__ == name and value.__module__ == f"tflite_export.{name}"
+
+
+def test_multi_output_model_is_refused_up_front_as_bad_input(files, tmp_path, capsys):
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Flatten()(inp)
+    keras.Model(inp, [keras.layers.Dense(2)(h), keras.layers.Dense(3)(h)]).save(tmp_path / "two.keras")
+    code = main([str(tmp_path / "two.keras"), "--calibration", str(files["calib.npz"]), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "the model has 2 outputs" in err and "model.outputs[i]" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_internal_error_exits_1_and_debug_shows_the_traceback(files, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    export_module = importlib.import_module("tflite_export.export")  # the module (the package binds the function)
+
+    def broken(*args, **kwargs):
+        raise ValueError("setting an array element with a sequence")  # not the user's fault
+
+    monkeypatch.setattr(export_module, "export", broken)
+    argv = [str(files["cnn.keras"]), "--calibration", str(files["calib.npz"]), "--out", str(tmp_path / "o")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "unexpected ValueError" in err and "--debug" in err
+    with pytest.raises(ValueError, match="array element"):
+        main([*argv, "--debug"])
+
+
+def test_force_never_replaces_a_folder_that_holds_an_input(files, tmp_path, capsys):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    model, calib = folder / "cnn.keras", folder / "calib.npz"
+    model.write_bytes(files["cnn.keras"].read_bytes())
+    calib.write_bytes(files["calib.npz"].read_bytes())
+    code = main([str(model), "--calibration", str(calib), "--out", str(folder), "--force"])
+    assert code == 2 and "contains the model file" in capsys.readouterr().err
+    assert model.exists() and calib.exists()
+
+
+def test_sigterm_during_export_leaves_no_temporary_folder(files, tmp_path, capsys, monkeypatch):
+    import importlib
+    import signal
+
+    export_module = importlib.import_module("tflite_export.export")
+    real = export_module.write_artefacts
+
+    def killed(folder, *args, **kwargs):
+        real(folder, *args, **kwargs)  # half the work is on disk when the signal comes
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(export_module, "write_artefacts", killed)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        out = tmp_path / "o"
+        code = main([str(files["cnn.keras"]), "--calibration", str(files["calib.npz"]), "--out", str(out),
+                     "--no-instructions", "--runs", "1"])  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 130 and "interrupted" in capsys.readouterr().err
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []

@@ -17,8 +17,11 @@ its only array), preprocessed exactly as for training; ``--eval`` is an ``.npz``
 and ``y``; ``--labels`` is a ``.npy`` of labels for the calibration samples (accuracy is
 then measured on those).
 
-Exit codes: 0 success, 1 a step failed (conversion, unsupported operator, writing the
-output), 2 bad input (arguments, model file, data files).
+Exit codes: 0 success; 2 bad input, one line (arguments, model file, data files, a model with
+several inputs or outputs, a budget that cannot be met); 1 a step failed (conversion,
+unsupported operator, writing the output) or an unexpected error (``--debug`` shows its
+traceback); 130 interrupted (Ctrl-C or SIGTERM: nothing is written and the temporary folder is
+removed; after SIGKILL a hidden ``.<out>.tmp-*`` folder next to ``--out`` may remain: delete it).
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Shrink a WGSEF-trained Keras model, convert it to full-integer int8 TFLite, "
         "check it on LiteRT and TFLite Micro, and write firmware files and a report.",
+        epilog="Exit codes: 0 success, 2 bad input, 1 a failed step or an unexpected error (--debug shows the "
+        "traceback), 130 interrupted (Ctrl-C or SIGTERM: nothing is written). After SIGKILL a hidden "
+        "'.<out>.tmp-*' folder next to --out may remain: delete it.",
     )
     p.add_argument("model", help="the trained model (.keras)")
     p.add_argument(
@@ -71,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", metavar="FILE", help=".npz with 'x' and 'y' for accuracy (float and int8)")
     p.add_argument("--labels", metavar="FILE", help=".npy labels of the calibration samples (accuracy on them)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; must not exist or be empty)")
-    p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a non-empty output folder (never one that holds an input file)",
+    )
     p.add_argument(
         "--multiple",
         type=int,
@@ -223,6 +233,30 @@ def _load_model(path: str, unsafe: bool) -> Any:
         ) from None
 
 
+def _refuse_inputs_inside(args: argparse.Namespace) -> None:
+    """``--out`` is replaced as a whole (with ``--force``): it must not hold the model or a data file."""
+    out = Path(args.out).resolve()
+    for flag, path in (("model", args.model), ("--calibration", args.calibration), ("--eval", args.eval),
+                       ("--labels", args.labels)):  # fmt: skip
+        if path and (out == Path(path).resolve() or out in Path(path).resolve().parents):
+            raise ExportError(
+                f"--out {args.out} contains the {flag} file {path}; the output folder is replaced as a whole, so "
+                "choose a folder that holds none of the inputs"
+            )
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (e.g. a CI timeout) cleans up like Ctrl-C: the temporary output folder is removed."""
+    import contextlib
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread: leave the default
+        signal.signal(signal.SIGTERM, handler)
+
+
 def _export(args: argparse.Namespace) -> int:
     from tflite_export.console import capture_output
     from tflite_export.convert import CalibrationError, calibration_samples
@@ -236,6 +270,7 @@ def _export(args: argparse.Namespace) -> int:
         raise ExportError(
             f"--array-name {args.array_name!r} is not a valid C identifier; use letters, digits and '_' (e.g. g_model)"
         )
+    _refuse_inputs_inside(args)
     calib_raw = _calibration(args.calibration)
     x_eval, y_eval, eval_where = _eval_data(args, calib_raw)
     try:
@@ -305,18 +340,20 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # at run time only, before TF loads
+    from keras_wgsef.budget.plan import BudgetError
     from tflite_export.convert import CalibrationError, ConversionError
     from tflite_export.export import OutputFolderError
     from tflite_export.micro import UnsupportedOpError
     from tflite_export.rewrite import RewriteError
 
+    _interrupt_on_sigterm()
     try:
         return _export(args)
     except ExportError as exc:
         message, code = str(exc), exc.code
     except OutputFolderError as exc:
         message, code = str(exc), 1
-    except (CalibrationError, ValueError) as exc:
+    except (CalibrationError, BudgetError) as exc:  # the user's input: one line, exit 2
         message, code = str(exc), 2
     except (ConversionError, UnsupportedOpError, RewriteError) as exc:
         message, code = str(exc), 1

@@ -43,6 +43,12 @@ def _model_input_shape(model: Any) -> tuple[int | None, ...]:
         )
     if len(inputs) != 1:
         raise CalibrationError(f"the model has {len(inputs)} inputs; only single-input models are supported")
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) > 1:
+        raise CalibrationError(
+            f"the model has {len(outputs)} outputs; the int8 export, its checks and the report take single-output "
+            "models: export keras.Model(model.inputs, model.outputs[i]) for the output you deploy"
+        )
     return tuple(inputs[0].shape)
 
 
