@@ -175,3 +175,23 @@ def test_report_round_trip_table_and_compare(tmp_path, trained, half):
     ratio = f"{b.macs / a.macs:.3f}"
     assert f"| MACs / inference | {a.macs:,} | {b.macs:,} | {ratio} |" in side
     assert float(ratio) < 0.5  # half the channels: about a quarter of the MACs
+
+
+def test_accuracy_is_not_reported_for_an_output_that_is_not_a_class_vector(tmp_path):
+    """Issue 11 item 10: a segmentation-style output gets a note, not an argmax 'accuracy'."""
+    import keras
+
+    from tflite_export import to_tflite_int8
+    from tflite_export.measure import accuracy_applies, class_accuracy, measure
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    seg = keras.Model(inp, keras.layers.Conv2D(2, 3, padding="same")(inp))  # per-pixel logits
+    x = np.random.default_rng(0).random((20, 8, 8, 1), dtype=np.float32)
+    y = np.random.default_rng(1).integers(0, 2, (20, 8, 8))
+    r = measure(to_tflite_int8(seg, x), x, y, latency=False, arena=False, instructions=False, float_model=seg)
+    assert r.accuracy_litert is None and r.accuracy_tflm is None and r.float_accuracy is None
+    assert any("accuracy not reported: the output (1, 8, 8, 2) is not a (batch, classes) vector" in n for n in r.notes)
+    with pytest.raises(ValueError, match="no classification accuracy here"):
+        class_accuracy(np.zeros((3, 4)), np.array([0.5, 1.2, 3.3]))
+    assert accuracy_applies((1, 4), np.array([0, 5])) == "the labels range over [0, 5], outside the 4 classes"

@@ -50,7 +50,7 @@ from tflite_export.micro import (
 )
 from tflite_export.quantization import dequantized_output_scale, quantize
 
-__all__ = ["Report", "class_accuracy", "compare", "measure"]
+__all__ = ["Report", "accuracy_applies", "class_accuracy", "compare", "measure"]
 
 
 @dataclass
@@ -208,16 +208,49 @@ def _labels(y: np.ndarray) -> np.ndarray:
     return y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(len(y)).astype(np.int64)
 
 
+def accuracy_applies(output_shape: tuple[int, ...], y: np.ndarray) -> str | None:
+    """None when argmax accuracy means something here, else the reason it does not.
+
+    It does for a ``(batch, classes)`` output (``classes >= 2``) with integer class labels in range
+    (or one-hot rows of the same width); not for a segmentation map, a regression output or float
+    targets, where the argmax over a flattened output would be reported as an accuracy.
+
+    Example:
+        >>> accuracy_applies((1, 10), np.array([3, 7])) is None
+        True
+        >>> accuracy_applies((1, 8, 8, 2), np.zeros((2, 8, 8)))
+        'the output (1, 8, 8, 2) is not a (batch, classes) vector'
+    """
+    shape = tuple(int(s) for s in output_shape)
+    if len(shape) != 2 or shape[-1] < 2:
+        return f"the output {shape} is not a (batch, classes) vector"
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[-1] == shape[-1]:
+        return None  # one-hot
+    if y.ndim > 1 and not (y.ndim == 2 and y.shape[-1] == 1):
+        return f"the labels have shape {y.shape}, not one class index per sample"
+    flat = y.reshape(len(y))
+    if not (np.issubdtype(flat.dtype, np.integer) or np.all(np.equal(np.mod(flat, 1), 0))):
+        return "the labels are not integer class indices"
+    if flat.size and (flat.min() < 0 or flat.max() >= shape[-1]):
+        return f"the labels range over [{flat.min()}, {flat.max()}], outside the {shape[-1]} classes"
+    return None
+
+
 def class_accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
     """Fraction of samples whose argmax output is the label (class indices or one-hot).
 
     The one place where accuracy is computed: for the float model, LiteRT and TFLite Micro alike.
+    Raises for outputs and labels :func:`accuracy_applies` refuses.
 
     Example:
         >>> class_accuracy(np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]]), np.array([1, 0, 0]))
         0.6666666666666666
     """
     out = np.asarray(outputs)
+    why = accuracy_applies((1, *out.shape[1:]), y)
+    if why is not None:
+        raise ValueError(f"no classification accuracy here: {why}.")
     labels = _labels(y)
     if len(labels) != len(out):
         raise ValueError(f"{len(out)} outputs but {len(labels)} labels; pass one label per sample")
@@ -301,6 +334,10 @@ def measure(
     if x is not None and (y is not None or float_model is not None):
         with capture_output():
             raw, real, out_details = run_litert(data, x, num_threads=num_threads)
+    no_accuracy = None if y is None else accuracy_applies(summary.output_shapes[0], y)
+    if no_accuracy is not None:
+        report.notes.append(f"accuracy not reported: {no_accuracy} (argmax accuracy would mean nothing)")
+        y = None
     if x is not None and y is not None:
         labels = _labels(y)
         if len(labels) != len(x):

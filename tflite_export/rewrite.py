@@ -275,7 +275,7 @@ def record_saving(
     """
     from tflite_export.console import capture_output
     from tflite_export.litert import compare_outputs, float_outputs, run_litert
-    from tflite_export.measure import class_accuracy
+    from tflite_export.measure import accuracy_applies, class_accuracy
 
     before, after = report.tflm_instructions_without_rewrite, report.tflm_instructions
     if before and after is not None:
@@ -302,6 +302,6 @@ def record_saving(
             f"; int8 vs float max diff {with_.max_diff_steps:.1f} output steps with, "
             f"{without.max_diff_steps:.1f} without"
         )
-    if y is not None:
+    if y is not None and accuracy_applies((1, *np.asarray(raw_b).shape[1:]), np.asarray(y)[: len(x)]) is None:
         note += f"; int8 accuracy without them {100 * class_accuracy(raw_b, np.asarray(y)[: len(x)]):.2f} %"
     report.notes.append(note)
