@@ -142,3 +142,29 @@ def test_weights_callable_has_one_signature_for_every_kind():
         scopes = kw.make_groups(model, kind, weights=weights)
         assert all(np.array_equal(s.weights, np.arange(1, s.num_groups + 1)) for s in scopes)
     assert seen and all(same for _, same in seen)
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        lambda h: keras.layers.Conv2D(4, 3, padding="same", activation="sigmoid", name="c")(h),
+        lambda h: keras.layers.Rescaling(2.0, offset=1.0, name="shift")(keras.layers.Conv2D(4, 3, name="c")(h)),
+    ],
+)
+def test_groups_that_zeroing_cannot_remove_are_left_out_with_a_warning(after):
+    """Issue 11 item 5: sigmoid(0) = 0.5 (or an offset) makes a zero filter emit a constant: not removable."""
+    x = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="ok")(x)
+    h = after(h)
+    m = keras.Model(x, keras.layers.Dense(2, name="head")(keras.layers.Flatten()(h)))
+    with pytest.warns(UserWarning, match=r"\['c'\] are left out of the groups: zeroing them would not remove them"):
+        scopes = kw.make_groups(m)
+    assert [s.name for s in scopes] == ["ok"]
+    # the rule is shrink's: zero every group that is offered, and shrink removes exactly those channels
+    from keras_wgsef.sparsity import zero_groups
+    from tflite_export import shrink
+
+    drop = np.zeros(6, bool)
+    drop[:3] = True
+    zero_groups(m, scopes, drop)
+    assert shrink(m).get_layer("ok").filters == 3

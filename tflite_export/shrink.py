@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from keras_wgsef.graph import rules as cr
-from keras_wgsef.graph.channels import ChannelAnalysis, analyze
+from keras_wgsef.graph.channels import ChannelAnalysis, analyze, zero_channels
 from keras_wgsef.graph.costs import count_macs, count_params
 from keras_wgsef.graph.model_graph import flatten_model, layer_variables, matches
 
@@ -111,72 +111,6 @@ class ShrinkReport:
     __str__ = table
 
 
-def _act_zero(layer: Any) -> bool:
-    fn = getattr(layer, "activation", None)
-    return True if fn is None else bool(np.all(cr.value_at_zero(fn) == 0))
-
-
-def _zero_status(a: ChannelAnalysis) -> list[np.ndarray]:
-    """Per tensor, which channels are exactly zero for every input (from the weights alone)."""
-    import keras
-
-    g = a.graph
-    zero: list[np.ndarray] = [np.zeros(len(ids), bool) for ids in a.tensor_ids]
-    for node in g.nodes:
-        rule, layer = a.rules[node.path], node.layer
-        v = {k: np.asarray(w.numpy()) for k, w in layer_variables(layer).items()}
-        ins = [zero[t] for t in node.inputs]
-        out_n = len(a.tensor_ids[node.outputs[0]])
-        if isinstance(rule, cr.Opaque):
-            continue
-        if isinstance(rule, (cr.Produce, cr.Separable)):
-            if isinstance(rule, cr.Produce):
-                w = np.moveaxis(
-                    v[rule.kernel], [rule.in_axis % v[rule.kernel].ndim, rule.out_axis % v[rule.kernel].ndim], [-2, -1]
-                )
-                live = ~ins[0]
-            else:
-                dw, dm = v[rule.depthwise], rule.depth_multiplier
-                mid_zero = np.repeat(ins[0], dm) | np.all(dw == 0, axis=tuple(range(dw.ndim - 2))).reshape(-1)
-                w, live = v[rule.pointwise], ~mid_zero
-            out = np.all(w[..., live, :] == 0, axis=tuple(range(w.ndim - 1)))
-            if rule.bias:
-                out &= v[rule.bias] == 0
-            out &= _act_zero(layer)
-        elif isinstance(rule, cr.Carry):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                n = len(ins[0])
-                gamma, beta = v.get("gamma", np.ones(n)), v.get("beta", np.zeros(n))
-                mean = v.get("moving_mean", np.zeros(n))
-                out = ((gamma == 0) & (beta == 0)) | (ins[0] & (beta == 0) & ((gamma == 0) | (mean == 0)))
-            else:
-                out = ins[0].copy()
-                if isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
-                    k = v["kernel"]
-                    out |= np.all(np.moveaxis(k, -2, -1) == 0, axis=tuple(range(k.ndim - 1)))
-                    out &= _act_zero(layer)
-                if rule.bias:
-                    out &= v[rule.bias] == 0
-        elif isinstance(rule, cr.Passthrough):
-            out = ins[0] if rule.zero_preserving else np.zeros(out_n, bool)
-        elif isinstance(rule, cr.Merge):
-            full = [z for z in ins if len(z) == out_n]
-            bcast = [bool(z[0]) for z in ins if len(z) != out_n]
-            if rule.op == "product":
-                out = np.logical_or.reduce(full) | any(bcast)
-            else:
-                out = np.logical_and.reduce(full) & all(bcast)
-        elif isinstance(rule, cr.Concat):
-            same = len(ins[0]) == out_n and len(ins) > 1 and sum(len(z) for z in ins) != out_n
-            out = np.logical_and.reduce(ins) if same else np.concatenate(ins)
-        elif isinstance(rule, cr.Flatten):
-            out = np.tile(ins[0], out_n // max(len(ins[0]), 1))
-        else:
-            raise TypeError(f"{node.path}: unknown rule {type(rule).__name__}")
-        zero[node.outputs[0]] = np.asarray(out, bool)
-    return zero
-
-
 def plan_shrink(model: Any, *, multiple: int = 1, exclude: str | Iterable[str] | None = None) -> ShrinkPlan:
     """Finds the dead channels of ``model`` (see the module docstring); builds nothing.
 
@@ -194,7 +128,7 @@ def plan_shrink(model: Any, *, multiple: int = 1, exclude: str | Iterable[str] |
     for path in a.out_ids:
         if matches(exclude, path):
             a.pin(a.out_ids[path], f"producer {path} is excluded")
-    zero = _zero_status(a)
+    zero = zero_channels(a)
     pinned = a.pinned_roots()
     nonzero_at: dict[int, str] = {}
     seen: set[int] = set()

@@ -40,7 +40,7 @@ from keras_wgsef.graph import rules as cr
 from keras_wgsef.graph.model_graph import Graph, Node, flatten_model, layer_variables, matches
 from keras_wgsef.groups.scope import GroupScope, Member
 
-__all__ = ["ChannelAnalysis", "analyze", "channel_scopes", "mac_weights"]
+__all__ = ["ChannelAnalysis", "analyze", "channel_scopes", "mac_weights", "zero_channels"]
 
 
 @dataclasses.dataclass
@@ -201,6 +201,83 @@ def _apply(a: ChannelAnalysis, node: Node, exclude: Any) -> None:
         raise TypeError(f"{where}: unknown rule type {type(rule).__name__}.")
 
 
+def _act_zero(layer: Any) -> bool:
+    """``activation(0) == 0`` for the layer's activation (True without one)."""
+    fn = getattr(layer, "activation", None)
+    return True if fn is None else bool(np.all(cr.value_at_zero(fn) == 0))
+
+
+def zero_channels(a: ChannelAnalysis, zeroed: Iterable[str] = ()) -> list[np.ndarray]:
+    """Per tensor, which channels are exactly zero for every input (from the weights alone).
+
+    ``zeroed``: weight paths (``"layer/path/weight"``) to take as all zero instead of their
+    values: with a group's parameters there, the result says whether zeroing the group silences
+    its channel wherever it is read (the group is zero-invariant). :mod:`tflite_export.shrink`
+    calls it with the trained weights to find the dead channels.
+    """
+    import keras
+
+    g = a.graph
+    zeroed = set(zeroed)
+    zero: list[np.ndarray] = [np.zeros(len(ids), bool) for ids in a.tensor_ids]
+    for node in g.nodes:
+        rule, layer = a.rules[node.path], node.layer
+        v = {
+            k: np.zeros(tuple(w.shape)) if f"{node.path}/{k}" in zeroed else np.asarray(keras.ops.convert_to_numpy(w))
+            for k, w in layer_variables(layer).items()
+        }
+        ins = [zero[t] for t in node.inputs]
+        out_n = len(a.tensor_ids[node.outputs[0]])
+        if isinstance(rule, cr.Opaque):
+            continue
+        if isinstance(rule, (cr.Produce, cr.Separable)):
+            if isinstance(rule, cr.Produce):
+                w = np.moveaxis(
+                    v[rule.kernel], [rule.in_axis % v[rule.kernel].ndim, rule.out_axis % v[rule.kernel].ndim], [-2, -1]
+                )
+                live = ~ins[0]
+            else:
+                dw, dm = v[rule.depthwise], rule.depth_multiplier
+                mid_zero = np.repeat(ins[0], dm) | np.all(dw == 0, axis=tuple(range(dw.ndim - 2))).reshape(-1)
+                w, live = v[rule.pointwise], ~mid_zero
+            out = np.all(w[..., live, :] == 0, axis=tuple(range(w.ndim - 1)))
+            if rule.bias:
+                out &= v[rule.bias] == 0
+            out &= _act_zero(layer)
+        elif isinstance(rule, cr.Carry):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                n = len(ins[0])
+                gamma, beta = v.get("gamma", np.ones(n)), v.get("beta", np.zeros(n))
+                mean = v.get("moving_mean", np.zeros(n))
+                out = ((gamma == 0) & (beta == 0)) | (ins[0] & (beta == 0) & ((gamma == 0) | (mean == 0)))
+            else:
+                out = ins[0].copy()
+                if isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
+                    k = v["kernel"]
+                    out |= np.all(np.moveaxis(k, -2, -1) == 0, axis=tuple(range(k.ndim - 1)))
+                    out &= _act_zero(layer)
+                if rule.bias:
+                    out &= v[rule.bias] == 0
+        elif isinstance(rule, cr.Passthrough):
+            out = ins[0] if rule.zero_preserving else np.zeros(out_n, bool)
+        elif isinstance(rule, cr.Merge):
+            full = [z for z in ins if len(z) == out_n]
+            bcast = [bool(z[0]) for z in ins if len(z) != out_n]
+            if rule.op == "product":
+                out = np.logical_or.reduce(full) | any(bcast)
+            else:
+                out = np.logical_and.reduce(full) & all(bcast)
+        elif isinstance(rule, cr.Concat):
+            same = len(ins[0]) == out_n and len(ins) > 1 and sum(len(z) for z in ins) != out_n
+            out = np.logical_and.reduce(ins) if same else np.concatenate(ins)
+        elif isinstance(rule, cr.Flatten):
+            out = np.tile(ins[0], out_n // max(len(ins[0]), 1))
+        else:
+            raise TypeError(f"{node.path}: unknown rule {type(rule).__name__}")
+        zero[node.outputs[0]] = np.asarray(out, bool)
+    return zero
+
+
 def _group_params(a: ChannelAnalysis) -> list[tuple[str, int, np.ndarray, int]]:
     """(variable path, axis, channel ids along the axis, variable size) for every grouped parameter."""
     out = []
@@ -281,6 +358,7 @@ def channel_scopes(
             for s in range(0, len(ids), block):
                 a.union(np.repeat(ids[s], block - 1), ids[s + 1 : s + block], path)
     params = _group_params(a)
+    _pin_not_zero_invariant(a, params)
     pinned = set(a.pinned_roots())
     changed = True
     while changed:  # a variable touching any pinned class cannot be grouped: pin all its classes
@@ -336,6 +414,43 @@ def channel_scopes(
         name = "+".join(owner.get(s, [])) or qs[0][0].rsplit("/", 1)[0]
         scopes.append(GroupScope(name, members, len(order), None, None, labels))
     return scopes, a
+
+
+def _pin_not_zero_invariant(a: ChannelAnalysis, params: list[tuple[str, int, np.ndarray, int]]) -> None:
+    """Pins the classes that zeroing their group would not silence where a kernel reads them.
+
+    E.g. a convolution with ``activation="sigmoid"`` emits ``sigmoid(0) = 0.5`` from a zero filter,
+    and a ``Rescaling`` with an offset after it does the same: such a group could be driven to zero
+    and still never be removed. They get no group; a warning names the producers.
+    """
+    zero = zero_channels(a, zeroed={p for p, _, _, _ in params})
+    pinned = a.pinned_roots()
+    grouped = {int(r) for _, _, ids, _ in params for r in a.roots(ids).tolist()} - set(pinned)
+    reasons: dict[int, str] = {}
+    for node in a.graph.nodes:
+        if isinstance(a.rules.get(node.path), (cr.Produce, cr.Separable)):
+            t = node.inputs[0]
+            for r, z in zip(a.roots(a.tensor_ids[t]).tolist(), zero[t].tolist()):
+                if r in grouped and not z:
+                    reasons.setdefault(r, f"its channel is nonzero where {node.path} reads it with the group at zero")
+    for t in a.graph.outputs:  # a head left in the groups (exclude_outputs=False): read by the caller
+        for r, z in zip(a.roots(a.tensor_ids[t]).tolist(), zero[t].tolist()):
+            if r in grouped and not z:
+                reasons.setdefault(r, "its channel is nonzero in the model output with the group at zero")
+    if not reasons:
+        return
+    for r, why in reasons.items():
+        a.pins.setdefault(r, f"not zero-invariant: {why}")
+    producers = sorted({p for p, ids in a.out_ids.items() if set(a.roots(ids).tolist()) & set(reasons)})
+    import warnings
+
+    warnings.warn(
+        f"channels of {producers} are left out of the groups: zeroing them would not remove them (an activation "
+        f"or layer maps 0 to a nonzero value, e.g. {next(iter(reasons.values()))}); use a zero-preserving "
+        "activation (relu, linear, tanh) there to make them prunable.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def mac_weights(scopes: list[GroupScope], a: ChannelAnalysis) -> list[GroupScope]:
