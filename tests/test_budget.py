@@ -150,3 +150,14 @@ def test_block_groups_give_widths_in_fast_multiples_at_the_predicted_cost():
     macs = plan.predict(keep, ("macs",))["macs"]
     assert macs == kw.count_macs(builder(widths))["total"] <= plan.bounds["macs"]
     assert macs >= 0.95 * plan.bounds["macs"]
+
+
+def test_select_terminates_when_only_locked_groups_could_go():
+    """A trade locks the candidate's layer; if no other layer may shrink, the reduction stops (it used to spin)."""
+    m = _two_convs()
+    plan = BudgetPlan(m, kw.make_groups(m), kw.Budget(macs=0.5))
+    plan.min_keep = {0: 8, 1: 1}  # c1 may not shrink at all
+    keep = np.ones(16, bool)
+    rank = np.where(np.arange(16) >= 8, np.inf, 1.0)  # c2 locked, as in a trade
+    out = plan._reduce(keep, keep.copy(), rank)
+    assert out.sum() == 16 and not plan.fits(plan.predict(out))

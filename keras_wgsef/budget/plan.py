@@ -308,6 +308,8 @@ class BudgetPlan:
                 covered += float(unit[j]) / max(len(broken), 1)
                 if covered >= excess / 2:
                     break
+            if not taken:  # nothing left that may go (minimum widths, locked groups): the caller checks fits()
+                return keep
             keep[taken[:1] if excess < 0.02 else taken] = False
 
     def _trade(self, keep: np.ndarray, pool: np.ndarray, rank: np.ndarray, min_use: float) -> np.ndarray:
