@@ -103,10 +103,15 @@ def _unit(job: tuple) -> list[dict]:
     teacher.fit(x, y, batch_size=BATCH, epochs=dense_epochs, verbose=0)
     kw.recalibrate_batchnorm(teacher, x)
     teacher_s = time.time() - t0
+    # the tensor names' bytes (the same at every width) make every flash prediction exact, so every
+    # method sees the same flash bound and the thin widths are chosen on the right figure
+    from tflite_export.budget_fit import export_name_bytes
+
+    names = export_name_bytes(builder(), x[:64])
     rows = []
     for btext in budgets:
         budget = _budget(btext)
-        plan = kw.BudgetPlan(builder(), kw.make_groups(builder()), budget)
+        plan = kw.BudgetPlan(builder(), kw.make_groups(builder()), budget, name_bytes=names)
         widths = [int(plan.uniform[plan.segments == s].sum()) for s in np.unique(plan.segments)]
         for method in methods:
             if (model_name, btext, method, seed) in done:
@@ -135,10 +140,7 @@ def _unit(job: tuple) -> list[dict]:
                 groups = kw.make_groups(student)
                 if method == "wgsef_budget":
                     opt = kw.WGSEF(sgd(epochs), budget=budget, groups=groups, ridge=False)
-                    if budget.flash_bytes is not None:
-                        from tflite_export.budget_fit import export_name_bytes
-
-                        opt.bind(student, name_bytes=export_name_bytes(student, x[:64]))
+                    opt.bind(student, name_bytes=names)
                 else:
                     ks = {f"^{re.escape(s.name)}$": w for s, w in zip(groups, widths)}
                     opt = kw.WGSEF(sgd(epochs), k=ks, groups=groups, ridge=False)
