@@ -80,15 +80,15 @@ def main() -> None:
 
     keras.utils.set_random_seed(a.seed)
     dense = builder()
-    # the tensor names' bytes (the same at every width) make the flash prediction exact
-    names = export_name_bytes(dense, x[:64]) if budget.flash_bytes is not None else None
-    plan = kw.BudgetPlan(dense, kw.make_groups(dense), budget, name_bytes=names)  # refuses a bad budget now
+    plan = kw.BudgetPlan(dense, kw.make_groups(dense), budget)  # refuses a bad budget before any training
     print(f"== {a.model}: budget {budget.bounds} -> bounds {plan.bounds}")
     print(f"   dense (predicted): {plan.dense}")
     print(f"== dense phase, {a.dense_epochs} epochs")
     dense.compile(optimizer=sgd(steps, a.dense_epochs), loss=loss(), metrics=["accuracy"])
     dense.fit(x, y, batch_size=BATCH, epochs=a.dense_epochs, verbose=2)
     kw.recalibrate_batchnorm(dense, x)
+    # the tensor names' bytes (the same at every width, measured on a trained model) make flash exact
+    names = export_name_bytes(dense, x[:64]) if budget.flash_bytes is not None else None
 
     print(f"== budgeted WGSEF phase, {a.epochs} epochs (distill={a.distill}, rewind={a.rewind})")
     model = keras.models.clone_model(dense)
