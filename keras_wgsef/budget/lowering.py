@@ -73,9 +73,7 @@ class _OpSpec:
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     formula: str = "none"  # how MACs and weights follow from the tensors: conv, depthwise, dense, per_channel, none
-    window: int = 1
-    kernel_spatial: int = 1  # kh * kw (conv, depthwise)
-    depth_multiplier: int = 1
+    window: int = 1  # kh * kw for conv and depthwise (what their MACs and weights scale with)
     fused_activation: str | None = None
     has_bias: bool = True
     gap_alternative: bool = False  # a GlobalAveragePooling2D (lowered as MEAN or AVERAGE_POOL_2D + RESHAPE)
@@ -149,12 +147,12 @@ class LoweringTemplate:
         cout = out.shape[-1]
         if spec.formula == "conv":
             cin = tensors[spec.inputs[0]].shape[-1]
-            w = spec.kernel_spatial * cin * cout
-            return Op(spec.kind, spec.inputs, spec.outputs, macs=out.elements * spec.kernel_spatial * cin,
-                      window=spec.kernel_spatial, weight_elems=w, bias_elems=cout, quant_channels=cout)  # fmt: skip
+            w = spec.window * cin * cout
+            return Op(spec.kind, spec.inputs, spec.outputs, macs=out.elements * spec.window * cin,
+                      window=spec.window, weight_elems=w, bias_elems=cout, quant_channels=cout)  # fmt: skip
         if spec.formula == "depthwise":
-            return Op(spec.kind, spec.inputs, spec.outputs, macs=out.elements * spec.kernel_spatial,
-                      window=spec.kernel_spatial, weight_elems=spec.kernel_spatial * cout, bias_elems=cout,
+            return Op(spec.kind, spec.inputs, spec.outputs, macs=out.elements * spec.window,
+                      window=spec.window, weight_elems=spec.window * cout, bias_elems=cout,
                       quant_channels=cout)  # fmt: skip
         if spec.formula == "per_channel":  # a standalone BatchNormalization's MUL or ADD: one constant per channel
             return Op(spec.kind, spec.inputs, spec.outputs, weight_elems=cout)
@@ -214,15 +212,15 @@ def lowering_template(model: Any, analysis: Any = None) -> LoweringTemplate:
         spec = _OpSpec(cls.upper(), tuple(dict.fromkeys(ins)), (out,))
         if cls in ("Conv1D", "Conv2D"):
             spec.kind, spec.formula = "CONV_2D", "conv"
-            spec.kernel_spatial = spec.window = int(np.prod(cfg["kernel_size"]))
+            spec.window = int(np.prod(cfg["kernel_size"]))
         elif cls == "DepthwiseConv2D":
             spec.kind, spec.formula = "DEPTHWISE_CONV_2D", "depthwise"
-            spec.kernel_spatial = spec.window = int(np.prod(cfg["kernel_size"]))
+            spec.window = int(np.prod(cfg["kernel_size"]))
         elif cls == "SeparableConv2D":
             mid = extra_tensor(out, np.repeat(a.in_ids[node.path], int(cfg.get("depth_multiplier", 1))))
             ks = int(np.prod(cfg["kernel_size"]))
-            ops.append(_OpSpec("DEPTHWISE_CONV_2D", (ins[0],), (mid,), "depthwise", ks, ks))
-            spec = _OpSpec("CONV_2D", (mid,), (out,), "conv", 1, 1)
+            ops.append(_OpSpec("DEPTHWISE_CONV_2D", (ins[0],), (mid,), "depthwise", ks))
+            spec = _OpSpec("CONV_2D", (mid,), (out,), "conv", 1)
         elif cls == "Dense":
             spec.kind, spec.formula = "FULLY_CONNECTED", "dense"
         elif cls == "BatchNormalization":
