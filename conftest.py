@@ -7,6 +7,9 @@ only when a doctest runs.
 
 import pytest
 
+#: scripts the tests run in fresh processes (they train when imported): not for collection
+collect_ignore_glob = ["tests/*_check.py"]
+
 
 @pytest.fixture(scope="session")
 def _doctest_objects(tmp_path_factory):

@@ -21,11 +21,18 @@ of the groups still nonzero meet every bound* (or the envelope is down to k): th
 then, and at the projection, is :meth:`keras_wgsef.BudgetPlan.select`'s (the nonzero groups minus
 the lowest rank per unit cost until every bound holds, then refilled while they still hold).
 
-Resuming: the strengths, masks and attenuations are optimizer variables, so a checkpoint keeps
-them; ``ReachK`` restarts the ramp only when the optimizer has not passed the warm-up yet, so a
-run killed and resumed with ``keras.callbacks.BackupAndRestore`` ends with the same support and
-weights as the uninterrupted one (tested). Not restored: the rewind offset of
-``ReachK(rewind=True)`` and the freeze log (the log does not change the result).
+Resuming: the strengths, masks, attenuations and the step of the learning-rate rewind are
+optimizer variables, so a checkpoint keeps them; ``ReachK`` reads them when the first epoch
+begins (after every callback's ``on_train_begin``, so ``BackupAndRestore`` may sit anywhere in
+the list) and restarts the ramp only when the optimizer has not passed the warm-up yet.
+Guaranteed granularity: the epoch. A run killed at any step and resumed in a fresh process with
+``keras.callbacks.BackupAndRestore(dir)`` (``save_freq="epoch"``, the default) restarts the
+interrupted epoch from its saved start and ends with the same support and the same weights as the
+uninterrupted run, for both presets, with a learning-rate schedule and with rewinding (tested
+with deterministic ops). With ``save_freq=N`` Keras restores the weights saved mid-epoch but
+replays that epoch from its first batch, so the run is a different (valid) run: the controller
+keeps its state (no new ramp; frozen scopes stay frozen; exactly k) but the weights differ.
+Not restored: the freeze log (it does not change the result).
 
 The controller drives the optimizer only through its :class:`keras_wgsef.scope_state.ScopeState`
 methods (``set_strength``, ``nonzero_count``, ``group_norms``, ``freeze``).
@@ -159,7 +166,6 @@ class ReachK(keras.callbacks.Callback):
         from keras_wgsef.distill import student_of
 
         self.plan = self.opt.bind(student_of(self.model))  # None without a budget
-        self._schedule = self._rewindable(int(self.params.get("epochs") or 1)) if self.rewind else None
         self._last_count = -1
         self._resolve(self.opt, int(self.params.get("epochs") or 1))
         if self._project <= self.start_epoch:
@@ -167,16 +173,33 @@ class ReachK(keras.callbacks.Callback):
                 f"ReachK: the projection (epoch {self._project:g}) must come after the dense warm-up "
                 f"(start_epoch {self.start_epoch:g}); train longer or lower start_epoch."
             )
-        self.frozen = {i for i, state in enumerate(self.opt.scopes) if state.frozen}
-        # Resuming (BackupAndRestore, or fit(initial_epoch=...) on a restored model): the optimizer
-        # variables hold the grown strengths and the frozen masks; only a run whose optimizer has
-        # not yet passed the warm-up starts the ramp afresh.
-        done_steps = int(keras.ops.convert_to_numpy(self.opt.iterations))
-        self._started = done_steps > 0 and done_steps >= self.start_epoch * self.steps
         self._epoch = 0
-        self._step = 0
+        self._resumed = False  # the optimizer's state is read at the first epoch, after every on_train_begin
+
+    def _resume(self, epoch: int) -> None:
+        """Reads the controller's state from the optimizer, once every callback's ``on_train_begin`` ran.
+
+        A ``BackupAndRestore`` anywhere in the callback list has then restored the optimizer
+        variables: the grown strengths, the frozen masks and the step of the learning-rate rewind.
+        Only a run whose optimizer has not yet passed the warm-up starts the ramp afresh.
+        """
+        opt = self.opt
+        if not opt.built:  # as BackupAndRestore does: the first train step would build it the same way
+            opt.build(self.model.trainable_variables)
+        done_steps = int(keras.ops.convert_to_numpy(opt.iterations))
+        self.frozen = {i for i, state in enumerate(opt.scopes) if state.frozen}
+        # the ramp starts (strengths set to `initial`) at the first step with t >= start_epoch
+        self._started = done_steps > math.ceil(self.start_epoch * self.steps - 1e-9)
+        self._schedule = None
+        if self.rewind:  # the schedule runs on the inner optimizer's steps: S = done + still to run
+            epochs = int(self.params.get("epochs") or 1)
+            inner_done = int(keras.ops.convert_to_numpy(opt.inner_optimizer.iterations))
+            self._schedule = opt.rewindable_schedule(inner_done + (epochs - epoch) * self.steps)
+        self._resumed = True
 
     def on_epoch_begin(self, epoch, logs=None) -> None:
+        if not self._resumed:
+            self._resume(epoch)
         self._epoch = epoch
 
     def _now(self, batch: int) -> float:
@@ -225,22 +248,6 @@ class ReachK(keras.callbacks.Callback):
             if n > target:
                 state.set_strength(state.strength * math.exp(self._growth))
 
-    def _rewindable(self, epochs: int) -> Any:
-        """Wraps the inner optimizer's learning-rate schedule in a Rewound one (None for a constant rate)."""
-        from keras_wgsef.schedules import Rewound
-
-        inner = self.opt.inner_optimizer
-        config = inner.get_config()["learning_rate"]  # the schedule (the public getter evaluates it)
-        if not isinstance(config, dict):
-            return None  # a constant rate: nothing to rewind
-        current = keras.saving.deserialize_keras_object(config)
-        if isinstance(current, Rewound):
-            current = current.base
-        start = int(keras.ops.convert_to_numpy(inner.iterations))
-        schedule = Rewound(current, total_steps=start + epochs * self.steps)
-        inner.learning_rate = schedule
-        return schedule
-
     def _all_segments_alive(self, i: int) -> bool:
         """In a global scope, a layer with no nonzero group left is not a valid end point."""
         state = self.opt.scopes[i]
@@ -261,7 +268,7 @@ class ReachK(keras.callbacks.Callback):
         state.freeze(self._support(i), self._undo)
         self.frozen.add(i)
         if self._schedule is not None and len(self.frozen) == len(self.opt.scopes):
-            self._schedule.rewind(int(keras.ops.convert_to_numpy(self.opt.iterations)))
+            self._schedule.rewind(int(keras.ops.convert_to_numpy(self.opt.inner_optimizer.iterations)))
         self.freeze_log.append((t, state.name, state.k))
         if self.verbose:
             extra = ""

@@ -223,6 +223,7 @@ class WGSEF(keras.optimizers.Optimizer):
         self.budget = budget
         self.plan: Any = None  # the BudgetPlan, once bound to a model
         self.scopes: list[ScopeState] = []
+        self._rewound: Any = None  # the Rewound schedule of ReachK(rewind=True), made once
 
     def bind(self, model: keras.Model, *, name_bytes: int | None = None) -> Any:
         """Binds the budget to ``model``: plans it (``k``, cost weights) and returns the :class:`BudgetPlan`.
@@ -305,6 +306,8 @@ class WGSEF(keras.optimizers.Optimizer):
             variables = [by_member[p] for p in s.paths]
             self.scopes.append(ScopeState(s, k, s.resolved_weights(shapes), variables, state))
         self._skipped = self.add_variable((), initializer="zeros", dtype="int64", name="skipped_steps")
+        # the step of the last learning-rate rewind (0: none): an optimizer variable, so checkpointed
+        self._rewind_step = self.add_variable((), initializer="zeros", dtype="int64", name="rewind_step")
         self.inner_optimizer.build(var_list)
         super().build(var_list)
         if self.plan is not None:
@@ -318,6 +321,29 @@ class WGSEF(keras.optimizers.Optimizer):
     def skipped_steps(self) -> int:
         """Steps skipped because a gradient was not finite (no inner step, no prox)."""
         return int(keras.ops.convert_to_numpy(self._skipped))
+
+    def rewindable_schedule(self, total_steps: int) -> Any:
+        """The inner optimizer's learning-rate schedule, wrapped once in a :class:`~keras_wgsef.schedules.Rewound`.
+
+        The wrapper's offset is this optimizer's ``rewind_step`` variable, so a checkpoint of the
+        optimizer (``BackupAndRestore``, ``save_weights``) keeps the step of the rewind; later calls
+        return the same schedule with ``total_steps`` updated (a compiled step keeps following it).
+        Returns None for a constant learning rate (nothing to rewind). Needs a built optimizer.
+        """
+        from keras_wgsef.schedules import Rewound
+
+        if self._rewound is None:
+            config = self.inner_optimizer.get_config()["learning_rate"]  # the public getter evaluates it
+            if not isinstance(config, dict):
+                return None
+            base = keras.saving.deserialize_keras_object(config)
+            if isinstance(base, Rewound):
+                base = base.base
+            self._rewound = Rewound(base, total_steps, offset=self._rewind_step)
+            self.inner_optimizer.learning_rate = self._rewound
+        else:
+            self._rewound.total_steps = total_steps
+        return self._rewound
 
     def scope_named(self, name: str) -> ScopeState:
         """The scope called ``name`` (raises with the known names)."""

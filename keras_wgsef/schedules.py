@@ -8,7 +8,9 @@ wraps any schedule; after :meth:`Rewound.rewind` at step ``s0`` it returns
     lr(step) = base((step - s0) * S / (S - s0))
 
 so the whole base schedule (warm-up, peak, decay over ``S = total_steps``) replays, compressed
-into the steps that remain. The offset is a variable, so a compiled training step follows it.
+into the steps that remain. ``s0`` and ``S`` are variables, so a compiled training step follows
+them; ``offset`` may be a variable owned elsewhere (``WGSEF`` passes its checkpointed
+``rewind_step``, so a run resumed from a checkpoint replays from the same step).
 
 Example:
   >>> import keras
@@ -36,26 +38,45 @@ class Rewound(keras.optimizers.schedules.LearningRateSchedule):
 
     Args:
       base: the schedule to replay (e.g. ``CosineDecay``).
-      total_steps: the steps of the whole run ``S``.
-      offset: the step of the last rewind (0: none).
+      total_steps: the steps of the whole run ``S`` (settable: a resumed run recomputes it).
+      offset: the step of the last rewind (0: none), or an int64 variable holding it.
     """
 
-    def __init__(self, base: keras.optimizers.schedules.LearningRateSchedule, total_steps: int, offset: int = 0):
+    def __init__(
+        self,
+        base: keras.optimizers.schedules.LearningRateSchedule,
+        total_steps: int,
+        offset: int | keras.Variable = 0,
+    ):
         if int(total_steps) < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}.")
         self.base = base
-        self.total_steps = int(total_steps)
-        self.offset = keras.Variable(float(offset), dtype="float32", trainable=False, name="rewind_offset")
+        self._total = keras.Variable(int(total_steps), dtype="int64", trainable=False, name="rewind_total")
+        if isinstance(offset, keras.Variable):
+            self.offset = offset
+        else:
+            self.offset = keras.Variable(int(offset), dtype="int64", trainable=False, name="rewind_offset")
+
+    @property
+    def total_steps(self) -> int:
+        """The steps of the whole run ``S``."""
+        return int(keras.ops.convert_to_numpy(self._total))
+
+    @total_steps.setter
+    def total_steps(self, value: int) -> None:
+        if int(value) < 1:
+            raise ValueError(f"total_steps must be >= 1, got {value}.")
+        self._total.assign(int(value))
 
     def rewind(self, step: int) -> None:
         """Replays the base schedule from its start, from ``step`` to ``total_steps``."""
         if not 0 <= int(step) < self.total_steps:
             raise ValueError(f"rewind step must be in [0, {self.total_steps}), got {step}.")
-        self.offset.assign(float(step))
+        self.offset.assign(int(step))
 
     def __call__(self, step: Any) -> Any:
-        s0 = ops.convert_to_tensor(self.offset, "float32")
-        total = float(self.total_steps)
+        s0 = ops.cast(ops.convert_to_tensor(self.offset), "float32")
+        total = ops.cast(ops.convert_to_tensor(self._total), "float32")
         local = (ops.cast(step, "float32") - s0) * total / ops.maximum(total - s0, 1.0)
         return self.base(ops.maximum(local, 0.0))
 

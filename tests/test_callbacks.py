@@ -178,3 +178,74 @@ def test_a_run_killed_and_resumed_with_backup_and_restore_ends_like_the_uninterr
     for a, b in zip(whole.weights, resumed.weights):
         np.testing.assert_array_equal(np.array(a), np.array(b))
     assert kw.nonzero_groups(resumed) == kw.nonzero_groups(whole) == {"h": 8}
+
+
+@pytest.mark.parametrize("preset", ["adaptive", "sgd"])
+def test_a_run_killed_at_random_steps_resumes_in_fresh_processes_to_the_same_support_and_weights(tmp_path, preset):
+    """Issue 11: SIGKILL twice (during the ramp, then after the freeze and the LR rewind), resume each time."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent / "resume_check.py"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+    def run(*args):
+        proc = subprocess.run([sys.executable, str(script), preset, *args], capture_output=True, text=True, env=env)
+        return proc
+
+    rng = np.random.default_rng(["adaptive", "sgd"].index(preset) + 11)
+    ramp_step, late_step = int(rng.integers(11, 27)), int(rng.integers(36, 60))  # freeze+rewind by step 33
+    whole = run(str(tmp_path / "whole.npz"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    backup = str(tmp_path / "backup")
+    for step in (ramp_step, late_step):
+        killed = run(str(tmp_path / "resumed.npz"), "--backup", backup, "--kill-at", str(step))
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = run(str(tmp_path / "resumed.npz"), "--backup", backup)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = np.load(tmp_path / "whole.npz"), np.load(tmp_path / "resumed.npz")
+    assert sorted(a.files) == sorted(b.files)
+    assert a["nonzero"].tolist() == b["nonzero"].tolist() == [6, 8]  # exactly k = 0.5 of 12 and 16
+    for name in a.files:
+        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_batch_level_checkpoints_replay_the_epoch_but_keep_the_controller_state(tmp_path):
+    """With save_freq=N Keras restores mid-epoch weights and replays the epoch: a valid run, exactly k, no new ramp."""
+    (x, y), _ = kw.datasets.load_digits8x8()
+    x, y = x.reshape(len(x), -1)[:640], y[:640]
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(16, activation="relu", name="h"), keras.layers.Dense(10)]
+    )
+    m.compile(
+        optimizer=kw.WGSEF(keras.optimizers.Adam(3e-3), k=0.5, groups=kw.make_groups(m)),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    strengths = []
+
+    class Kill(keras.callbacks.Callback):
+        def __init__(self, armed):
+            super().__init__()
+            self.armed = armed
+
+        def on_train_batch_begin(self, batch, logs=None):
+            strengths.append(m.optimizer.scopes[0].strength)
+            if self.armed and len(strengths) == 25:  # epoch 2, batch 4: the ramp has grown the strength
+                raise RuntimeError("killed")
+
+    def fit(*extra):
+        backup = keras.callbacks.BackupAndRestore(str(tmp_path), save_freq=3)
+        ctl = kw.callbacks.ReachK(start_epoch=1, project_epoch=3.5, verbose=0)
+        m.fit(x, y, batch_size=64, epochs=5, shuffle=False, verbose=0, callbacks=[ctl, *extra, backup])
+
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(Kill(True))
+    grown = strengths[-1]
+    strengths.clear()
+    fit(Kill(False))  # restored at step 24 of 50 (saved after batch 3 of epoch 2), replays epoch 2 from its batch 0
+    assert int(m.optimizer.iterations) > 0 and strengths[0] >= 0.9 * grown > 0  # the ramp was not restarted
+    assert kw.nonzero_groups(m) == {"h": 8} and m.optimizer.scopes[0].frozen

@@ -465,21 +465,20 @@ REFUSALS = {"graphs": 0, "refused": 0}
 MAX_REFUSED = 0.1
 
 
-@settings(
-    max_examples=int(os.environ.get("WGSEF_HYPOTHESIS_EXAMPLES", "18")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-@given(
-    ops=st.lists(st.sampled_from(["conv_bn", "residual", "concat", "depthwise", "pool", "se"]), min_size=1, max_size=4),
-    widths=st.lists(st.sampled_from([2, 3, 4, 6]), min_size=5, max_size=5),
-    head=st.sampled_from(["gap", "flatten"]),
-    frac=st.floats(0.0, 1.0),
-    partial=st.booleans(),
-    seed=st.integers(0, 10_000),
-)
-@example(**EXPLICIT)
-def check_random_graph(ops, widths, head, frac, partial, seed):
+#: the random graphs: a stem, 1-4 blocks of six kinds, a GAP or Flatten head, random zeroing
+GRAPHS = {
+    "ops": st.lists(
+        st.sampled_from(["conv_bn", "residual", "concat", "depthwise", "pool", "se"]), min_size=1, max_size=4
+    ),
+    "widths": st.lists(st.sampled_from([2, 3, 4, 6]), min_size=5, max_size=5),
+    "head": st.sampled_from(["gap", "flatten"]),
+    "frac": st.floats(0.0, 1.0),
+    "partial": st.booleans(),
+    "seed": st.integers(0, 10_000),
+}
+
+
+def one_random_graph(ops, widths, head, frac, partial, seed):
     """One random graph: shrink gives an equal, no larger model, or refuses (counted in REFUSALS)."""
     REFUSALS["graphs"] += 1
     m = build_random_graph(ops, widths, head)
@@ -507,12 +506,33 @@ def check_random_graph(ops, widths, head, frac, partial, seed):
     assert count_params(new)["total"] <= count_params(m)["total"]
 
 
+def _property(examples: int, explicit: bool = True):
+    """``one_random_graph`` as a Hypothesis test over ``examples`` graphs (plus the explicit one)."""
+    test = given(**GRAPHS)(one_random_graph)
+    if explicit:
+        test = example(**EXPLICIT)(test)
+    return settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])(test)
+
+
+def _run_property(examples: int) -> dict[str, int]:
+    REFUSALS.update(graphs=0, refused=0)
+    _property(examples)()
+    print(f"random graphs: {REFUSALS['graphs']} shrunk or refused, {REFUSALS['refused']} refused")
+    assert REFUSALS["refused"] <= MAX_REFUSED * REFUSALS["graphs"], REFUSALS
+    return dict(REFUSALS)
+
+
 def test_random_graphs_shrink_to_an_equal_model():
     """The property over random graphs, with the refusals counted: it cannot pass by refusing everything."""
-    REFUSALS.update(graphs=0, refused=0)
-    check_random_graph()
-    assert REFUSALS["graphs"] >= 10, REFUSALS
-    assert REFUSALS["refused"] <= MAX_REFUSED * REFUSALS["graphs"], REFUSALS
+    counts = _run_property(int(os.environ.get("WGSEF_HYPOTHESIS_EXAMPLES", "18")))
+    assert counts["graphs"] >= 10, counts
+
+
+@pytest.mark.slow
+def test_five_hundred_random_graphs_shrink_to_an_equal_model():
+    """The same property over at least 500 graphs (the slow suite; prints how many were refused)."""
+    counts = _run_property(520)
+    assert counts["graphs"] >= 500, counts
 
 
 def test_nested_sequential_is_rebuilt_with_its_thinner_input():
