@@ -12,7 +12,9 @@ export PYTHONHASHSEED ?= 0
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,lint]"
+	@# a venv made before 0.2 had tensorflow-cpu: remove it, or it would overlay the full tensorflow
+	$(PY) -m pip uninstall --quiet --yes tensorflow-cpu 2>/dev/null || true
+	$(PY) -m pip install --quiet -e ".[all,test,lint]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -4,7 +4,9 @@ Each script is written in the "percent" cell format: ``# %%`` starts a code cell
 ``# %% [markdown]`` a Markdown cell (its lines without the leading ``# ``),
 ``# %% tags=["parameters"]`` the parameter cell (nbclient / papermill inject values after it),
 and ``# %% script-only`` a cell that only the script runs (its command-line flags). The module
-docstring before the first cell is the script's help and is left out of the notebook.
+docstring before the first cell is the script's help and is left out of the notebook. Every
+notebook starts with :data:`INSTALL_CELL`, the Colab install line (a no-op where the project is
+already installed).
 
     python examples/make_notebooks.py           # (re)write examples/*.ipynb
     python examples/make_notebooks.py --check   # exit 1 if a notebook differs from its script
@@ -21,6 +23,17 @@ import nbformat
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ("resnet8.py", "ds_cnn.py", "custom_loop.py", "hardware_blocks.py")
 _MARK = re.compile(r"^# %%(?P<rest>.*)$")
+#: the first cell of every notebook: the README's Colab install line, run only where needed
+INSTALL_CELL = """\
+# Colab: install keras-wgsef beside Colab's own TensorFlow. The `export` extra asks for the full
+# `tensorflow` over 2.19-2.21 (never `tensorflow-cpu`), so pip keeps the TensorFlow that is there.
+# First clone or upload the repository as ./keras-wgsef. Where it is installed, this does nothing.
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("keras_wgsef") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "./keras-wgsef[export,data,plots]"], check=True)"""
 
 
 def cells_of(source: str) -> list[tuple[str, str, list[str]]]:
@@ -55,6 +68,9 @@ def notebook_of(script: Path) -> nbformat.NotebookNode:
         "language_info": {"name": "python"},
         "generated_from": f"examples/{script.name} by examples/make_notebooks.py",
     }
+    install = nbformat.v4.new_code_cell(INSTALL_CELL)
+    install.id = f"{script.stem}-install"
+    nb.cells.append(install)
     for i, (kind, text, tags) in enumerate(cells_of(script.read_text())):
         if kind == "script":
             continue

@@ -79,18 +79,66 @@ class SparsityLogger(keras.callbacks.Callback):
                 )
             )
         if self.log_dir is not None:
-            import tensorflow as tf
-
             if self._writer is None:
-                self._writer = tf.summary.create_file_writer(self.log_dir)
-            writer = self._writer
-            with writer.as_default():
-                for name, r in rows.items():
-                    for key in ("nonzero", "tau", "lam"):
-                        tf.summary.scalar(f"wgsef/{name}/{key}", r[key], step=epoch)
-            writer.flush()
+                self._writer = scalar_writer(self.log_dir)
+            for name, r in rows.items():
+                for key in ("nonzero", "tau", "lam"):
+                    self._writer.scalar(f"wgsef/{name}/{key}", float(r[key]), epoch)
+            self._writer.flush()
 
     def on_train_end(self, logs=None) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class _TFWriter:
+    def __init__(self, log_dir: str) -> None:
+        import tensorflow as tf
+
+        self._tf = tf
+        self._writer = tf.summary.create_file_writer(log_dir)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        with self._writer.as_default():
+            self._tf.summary.scalar(tag, value, step=step)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class _TensorboardXWriter:
+    def __init__(self, log_dir: str) -> None:
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self._writer.add_scalar(tag, value, step)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def scalar_writer(log_dir: str) -> Any:
+    """A TensorBoard scalar writer for ``log_dir``: ``tf.summary`` where TensorFlow is installed
+    (any Keras backend), else tensorboardX; neither raises an ImportError that names the extra.
+
+    The writer has ``scalar(tag, value, step)``, ``flush()`` and ``close()``.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is not None:
+        return _TFWriter(log_dir)
+    if importlib.util.find_spec("tensorboardX") is not None:
+        return _TensorboardXWriter(log_dir)
+    raise ImportError(
+        "SparsityLogger(log_dir=...) writes TensorBoard logs with tf.summary or tensorboardX, and neither is "
+        "installed: `pip install 'keras-wgsef[tensorboard]'` (or drop log_dir)."
+    )

@@ -249,3 +249,27 @@ def test_batch_level_checkpoints_replay_the_epoch_but_keep_the_controller_state(
     fit(Kill(False))  # restored at step 24 of 50 (saved after batch 3 of epoch 2), replays epoch 2 from its batch 0
     assert int(m.optimizer.iterations) > 0 and strengths[0] >= 0.9 * grown > 0  # the ramp was not restarted
     assert kw.nonzero_groups(m) == {"h": 8} and m.optimizer.scopes[0].frozen
+
+
+def test_tensorboard_logs_without_tensorflow_use_tensorboardx_or_name_the_extra(tmp_path, monkeypatch):
+    """Issue 10: SparsityLogger(log_dir=...) on a backend without TensorFlow."""
+    import importlib.util
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from keras_wgsef.monitor import scalar_writer
+
+    find_spec = importlib.util.find_spec
+    hidden = {"tensorflow"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else find_spec(name, *a))
+    writer = scalar_writer(str(tmp_path / "tbx"))
+    assert type(writer).__name__ == "_TensorboardXWriter"
+    for step in range(3):
+        writer.scalar("wgsef/c1/nonzero", 8.0 - step, step)
+    writer.close()
+    events = EventAccumulator(str(tmp_path / "tbx"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("wgsef/c1/nonzero")] == [(0, 8.0), (1, 7.0), (2, 6.0)]
+    hidden.add("tensorboardX")
+    with pytest.raises(ImportError, match=r"keras-wgsef\[tensorboard\]"):
+        scalar_writer(str(tmp_path / "none"))

@@ -21,8 +21,10 @@ name bound to the function even after ``from tflite_export.shrink import plan_sh
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import types
+import warnings
 from typing import Any
 
 _EXPORTS = {
@@ -55,10 +57,33 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
+#: what the conversion, interpreter and microcontroller steps import, all from the ``export`` extra
+_EXPORT_EXTRA = ("tensorflow", "ai_edge_litert", "tflite_micro")
+INSTALL_EXPORT = "pip install 'keras-wgsef[export]'"
+#: the modules that need Keras only (the others convert, interpret or run on TFLite Micro)
+_KERAS_ONLY = {"shrink", "firmware"}
+
+
+def missing_export_modules() -> list[str]:
+    """The modules of the ``export`` extra that are not installed (empty when it is)."""
+    return [m for m in _EXPORT_EXTRA if importlib.util.find_spec(m) is None]
+
+
+if missing_export_modules():
+    warnings.warn(
+        f"tflite_export: {', '.join(missing_export_modules())} not installed: shrink and plan_shrink work "
+        f"(Keras only); conversion, LiteRT and TFLite Micro need `{INSTALL_EXPORT}`.",
+        stacklevel=2,
+    )
+
+
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'tflite_export' has no attribute {name!r}")
+    missing = [] if module in _KERAS_ONLY else missing_export_modules()
+    if missing:
+        raise ImportError(f"tflite_export.{name} needs {', '.join(missing)}, not installed: `{INSTALL_EXPORT}`.")
     value = getattr(importlib.import_module(f"tflite_export.{module}"), name)
     globals()[name] = value
     return value

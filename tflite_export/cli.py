@@ -340,6 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # at run time only, before TF loads
+    from tflite_export import INSTALL_EXPORT, missing_export_modules
+
+    if missing_export_modules():
+        print(f"error: wgsef-export needs {', '.join(missing_export_modules())}: `{INSTALL_EXPORT}`.", file=sys.stderr)
+        return 2
     from keras_wgsef.budget.plan import BudgetError
     from tflite_export.convert import CalibrationError, ConversionError
     from tflite_export.export import OutputFolderError
