@@ -1,27 +1,29 @@
-"""Per-step training cost of the WGSEF optimizer wrapper on the anchor CNN (a benchmark script, not a test).
+"""Per-step training cost of WGSEF over the bare inner optimizer, on four models (a benchmark, not a test).
 
-Model: ``examples/anchor_cnn.py:anchor_cnn()`` (Conv16-BN-Conv32-BN-Conv64-BN-GAP-Dense10), batch 64,
-the real 4,000 training digits of ``keras_wgsef.datasets.load_mnist5k()`` (a repeated tf.data
-pipeline, the last partial batch dropped). For each inner optimizer (Adam(1e-3); SGD(0.1,
-momentum 0.9)) and ``jit_compile`` False / True it compiles three models side by side:
+Models, synthetic data (random inputs and labels: the cost of a step does not depend on them):
 
-* ``bare``      -- the inner optimizer alone;
-* ``wgsef``     -- ``keras_wgsef.WGSEF(inner, k=0.5, lam=1e-3, groups=keras_wgsef.make_groups(model))``;
-* ``wgsef off`` -- the same with ``lam=0`` (strength 0, the fine-tuning phase; the prox code still
-  runs, its factors are then replaced by the mask).
+* ``anchor``      -- ``examples/anchor_cnn.py:anchor_cnn()``, 28x28x1, batch 64;
+* ``resnet8``     -- ResNet-8 of MLPerf Tiny (16/32/64, 1x1 projections), 32x32x3, batch 64;
+* ``mobilenetv2`` -- ``keras.applications.MobileNetV2(alpha=1.0)``, 96x96x3, batch 16;
+* ``resnet50``    -- ``keras.applications.ResNet50``, 128x128x3, batch 8.
 
-Each model runs ``--warmup`` untimed steps (tracing, XLA compilation). Then ``--cycles`` cycles run
-one step of every model, the order rotated each cycle (A B C, B C A, C A B, ...), so host drift hits
-the arms alike. A step is timed as ``fit`` runs it: ``model.train_function(iterator)`` (Keras's
-compiled train function on the next batch, no callbacks), the loss read back to synchronise.
-Reports the median ms/step, the overhead ``median(wgsef) / median(bare) - 1``, the paired overhead
-(median over cycles of the per-cycle ratio) and the range of the overhead over blocks of
-``--block`` cycles. Noisy wall-clock timings on a shared host.
+Arms, each SGD(0.01, momentum 0.9), compiled with the backend's default ``jit_compile`` (or the
+one given): ``bare``; ``layer`` = ``WGSEF(sgd, k=0.5, lam=1e-3, groups=make_groups(model))`` (one
+envelope per scope, the prox active on every step); ``model`` = the same with
+``envelope="model"`` (one global envelope). The WGSEF arms run one batched prox over all scopes
+per step (``keras_wgsef.scope_state.prox_factors``).
 
-    TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/python benchmarks/step_overhead.py
-    ... --cycles 60 --configs adam:0                 # quicker
+Timing: ``--warmup`` untimed steps per arm (tracing, XLA), then ``--cycles`` cycles of one step
+per arm, the order rotated every cycle, so host drift hits the arms alike. On TensorFlow a step
+is ``model.train_function(iterator)`` as ``fit`` runs it, with the loss read back; on JAX and
+torch it is ``model.train_on_batch`` (the same for every arm). Reports medians (ms/step) and the
+overhead ``median(arm) / median(bare) - 1``; wall-clock timings on a shared host.
 
-Writes benchmarks/step_overhead.json and benchmarks/step_overhead.md next to this file.
+    KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/step_overhead.py
+    ... --models anchor resnet8 --cycles 20 --jit 1        # a subset, XLA on
+
+Appends one JSON line per (backend, jit, model) to benchmarks/step_overhead.jsonl and rewrites
+benchmarks/step_overhead.md from all the lines there (the latest per key).
 """
 
 from __future__ import annotations
@@ -39,188 +41,181 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
-import tensorflow as tf
+import numpy as np
 
 import keras_wgsef as kw
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-BATCH = 64
+JSONL = HERE / "step_overhead.jsonl"
+ARMS = ("bare", "layer", "model")
 
 
-def load_anchor_cnn():
-    """``anchor_cnn`` from examples/anchor_cnn.py (examples/ is not a package)."""
+def _anchor_cnn():
     spec = importlib.util.spec_from_file_location("anchor_cnn_example", ROOT / "examples" / "anchor_cnn.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.anchor_cnn
+    return mod.anchor_cnn()
 
 
-def timed_step(model: keras.Model, iterator) -> float:
-    """Wall time (s) of one training step as ``fit`` runs it (the compiled train function on the
-    next batch of ``iterator``), the loss read back so the step has finished."""
-    t0 = time.perf_counter()
-    logs = model.train_function(iterator)
-    float(logs["loss"])
-    return time.perf_counter() - t0
+def _resnet8() -> keras.Model:
+    """ResNet-8 of MLPerf Tiny (as examples/resnet8.py), 32x32x3."""
+    L = keras.layers
+
+    def conv_bn(h, filters, kernel, stride, name, relu=True):
+        h = L.Conv2D(filters, kernel, strides=stride, padding="same", name=name)(h)
+        h = L.BatchNormalization(name=f"{name}_bn")(h)
+        return L.ReLU(name=f"{name}_relu")(h) if relu else h
+
+    inp = keras.Input((32, 32, 3))
+    h = conv_bn(inp, 16, 3, 1, "stem")
+    for stage, w in enumerate((16, 32, 64), start=1):
+        stride = 1 if stage == 1 else 2
+        r = conv_bn(conv_bn(h, w, 3, stride, f"s{stage}_conv1"), w, 3, 1, f"s{stage}_conv2", relu=False)
+        if stage > 1:
+            h = conv_bn(h, w, 1, stride, f"s{stage}_proj", relu=False)
+        h = L.ReLU(name=f"s{stage}_out")(L.Add(name=f"s{stage}_add")([h, r]))
+    return keras.Model(inp, L.Dense(10, name="head")(L.GlobalAveragePooling2D(name="gap")(h)), name="resnet8")
 
 
-def make_inner(name: str) -> keras.optimizers.Optimizer:
-    if name == "adam":
-        return keras.optimizers.Adam(1e-3)
-    if name == "sgd":
-        return keras.optimizers.SGD(0.1, momentum=0.9)
-    raise ValueError(name)
+MODELS = {
+    "anchor": (_anchor_cnn, (28, 28, 1), 64),
+    "resnet8": (_resnet8, (32, 32, 3), 64),
+    "mobilenetv2": (
+        lambda: keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=1.0, weights=None, classes=10),
+        (96, 96, 3),
+        16,
+    ),
+    "resnet50": (
+        lambda: keras.applications.ResNet50(input_shape=(128, 128, 3), weights=None, classes=10),
+        (128, 128, 3),
+        8,
+    ),
+}
 
 
-def build(arm: str, inner: str, jit: bool, anchor_cnn, seed: int) -> keras.Model:
+def build(name: str, arm: str, jit, seed: int) -> keras.Model:
     keras.utils.set_random_seed(seed)
-    model = anchor_cnn()
-    opt = make_inner(inner)
-    if arm == "wgsef":
-        opt = kw.WGSEF(opt, k=0.5, lam=1e-3, groups=kw.make_groups(model))
-    elif arm == "wgsef off":
-        opt = kw.WGSEF(opt, k=0.5, lam=0.0, groups=kw.make_groups(model))
-    model.compile(
-        optimizer=opt,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=jit,
-    )
+    model = MODELS[name][0]()
+    opt = keras.optimizers.SGD(0.01, momentum=0.9)
+    if arm != "bare":
+        opt = kw.WGSEF(opt, k=0.5, lam=1e-3, groups=kw.make_groups(model), envelope=arm)
+    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
     return model
+
+
+def stepper(model: keras.Model, x: np.ndarray, y: np.ndarray):
+    """One training step as a callable returning its wall time (s), synchronised on the loss."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
+        model.make_train_function()
+
+        def step() -> float:
+            t0 = time.perf_counter()
+            float(model.train_function(iterator)["loss"])
+            return time.perf_counter() - t0
+
+        return step
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        float(np.asarray(model.train_on_batch(x, y)))
+        return time.perf_counter() - t0
+
+    return step
+
+
+def measure(name: str, jit, cycles: int, warmup: int, seed: int) -> dict:
+    _, shape, batch = MODELS[name]
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch, *shape)).astype("float32")
+    y = rng.integers(0, 10, size=batch)
+    models = {arm: build(name, arm, jit, seed) for arm in ARMS}
+    steps = {arm: stepper(m, x, y) for arm, m in models.items()}
+    t0 = time.time()
+    for arm in ARMS:
+        for _ in range(warmup):
+            steps[arm]()
+    warm_s = time.time() - t0
+    times: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    for c in range(cycles):
+        for arm in ARMS[c % 3 :] + ARMS[: c % 3]:
+            times[arm].append(steps[arm]())
+    med = {arm: 1e3 * statistics.median(t) for arm, t in times.items()}
+    scopes = {arm: len(models[arm].optimizer.scopes) for arm in ARMS[1:]}
+    row = {
+        "backend": keras.backend.backend(),
+        "jit_compile": str(jit),
+        "model": name,
+        "batch": batch,
+        "input": list(shape),
+        "params": int(models["bare"].count_params()),
+        "scopes": scopes,
+        "groups": int(sum(s.num_groups for s in models["layer"].optimizer.scopes)),
+        "median_ms": med,
+        "overhead_pct": {arm: 100.0 * (med[arm] / med["bare"] - 1.0) for arm in ARMS[1:]},
+        "cycles": cycles,
+        "warmup_s": warm_s,
+        "host": {
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "keras": keras.__version__,
+            "loadavg": os.getloadavg(),
+        },
+    }
+    del models
+    keras.backend.clear_session()
+    return row
+
+
+def page() -> str:
+    latest: dict[tuple, dict] = {}
+    for line in JSONL.read_text().splitlines():
+        r = json.loads(line)
+        latest[(r["host"]["machine"], r["host"]["cpus"], r["backend"], r["jit_compile"], r["model"])] = r
+    lines = [
+        "# WGSEF per-step overhead over the bare optimizer",
+        "",
+        "SGD(0.01, momentum 0.9); WGSEF(k=0.5, lam=1e-3, make_groups(model)), the prox active on every step;",
+        "'layer' = one envelope per scope, 'model' = one global envelope; one batched prox per step over all",
+        "scopes. Median ms/step of interleaved steps, synthetic data (`benchmarks/step_overhead.py`).",
+        "",
+        "| host | backend | jit_compile | model (batch) | scopes | bare ms | layer ms | model ms "
+        "| layer overhead | model overhead |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (machine, cpus, backend, jit, name), r in sorted(latest.items()):
+        m, o = r["median_ms"], r["overhead_pct"]
+        lines.append(
+            f"| {machine}, {cpus} cpus | {backend} | {jit} | {name} ({r['batch']}) | {r['scopes']['layer']} | "
+            f"{m['bare']:.1f} | {m['layer']:.1f} | {m['model']:.1f} | {o['layer']:+.1f} % | {o['model']:+.1f} % |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cycles", type=int, default=100, help="timed steps per model, interleaved step by step")
-    p.add_argument("--block", type=int, default=25, help="cycles per block for the spread of the overhead")
-    p.add_argument("--warmup", type=int, default=5, help="untimed warm-up steps per model")
-    p.add_argument(
-        "--configs",
-        nargs="+",
-        default=["adam:0", "adam:1", "sgd:0", "sgd:1"],
-        help="inner:jit pairs, e.g. adam:0 sgd:1",
-    )
-    p.add_argument("--no-off", action="store_true", help="skip the penalty-off arm")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--jit", choices=["auto", "0", "1"], default="auto", help="jit_compile: the default, off, on")
+    p.add_argument("--cycles", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
-
-    t_start = time.time()
-    anchor_cnn = load_anchor_cnn()
-    (x, y), _ = kw.datasets.load_mnist5k()
-    n = (len(x) // BATCH) * BATCH
-    ds = tf.data.Dataset.from_tensor_slices((x[:n], y[:n])).batch(BATCH, drop_remainder=True).repeat().prefetch(2)
-    arms = ["bare", "wgsef"] + ([] if a.no_off else ["wgsef off"])
-
-    results = []
-    for cfg in a.configs:
-        inner, jit = cfg.split(":")
-        jit = bool(int(jit))
-        models = {arm: build(arm, inner, jit, anchor_cnn, a.seed) for arm in arms}
-        iters = {arm: iter(ds) for arm in arms}
-        t_warm = time.time()
-        for arm, model in models.items():  # warm-up: tracing / XLA compilation, not timed
-            model.make_train_function()
-            for _ in range(a.warmup):
-                timed_step(model, iters[arm])
-        t_warm = time.time() - t_warm
-        times = {arm: [] for arm in arms}
-        for c in range(a.cycles):  # one step per arm per cycle, order rotated every cycle
-            order = arms[c % len(arms) :] + arms[: c % len(arms)]
-            for arm in order:
-                times[arm].append(timed_step(models[arm], iters[arm]))
-        med = {arm: statistics.median(times[arm]) for arm in arms}
-        blocks = max(1, a.cycles // a.block)
-        block_med = {
-            arm: [statistics.median(times[arm][b * a.block : (b + 1) * a.block]) for b in range(blocks)] for arm in arms
-        }
-        row = {
-            "inner": inner,
-            "jit_compile": jit,
-            "median_ms": {arm: 1e3 * med[arm] for arm in arms},
-            "block_median_ms": {arm: [1e3 * t for t in block_med[arm]] for arm in arms},
-            "step_ms": {arm: [round(1e3 * t, 3) for t in times[arm]] for arm in arms},
-            "n_steps": {arm: len(times[arm]) for arm in arms},
-            "warmup_s_all_arms": t_warm,
-            "overhead_pct": {},
-            "paired_overhead_pct": {},
-            "block_overhead_pct_range": {},
-        }
-        for arm in arms[1:]:
-            row["overhead_pct"][arm] = 100.0 * (med[arm] / med["bare"] - 1.0)
-            row["paired_overhead_pct"][arm] = 100.0 * statistics.median(
-                [w / b - 1.0 for w, b in zip(times[arm], times["bare"])]
-            )
-            ratios = [100.0 * (w / b - 1.0) for w, b in zip(block_med[arm], block_med["bare"])]
-            row["block_overhead_pct_range"][arm] = [min(ratios), max(ratios)]
-        wg = models["wgsef"].optimizer
-        row["wgsef_nonzero_after"] = [int(v.numpy()) for v in wg.nonzero]
-        row["wgsef_skipped_steps"] = int(wg.skipped_steps.numpy())
-        results.append(row)
+    jit = {"auto": "auto", "0": False, "1": True}[a.jit]
+    for name in a.models:
+        row = measure(name, jit, a.cycles, a.warmup, a.seed)
+        with JSONL.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        m, o = row["median_ms"], row["overhead_pct"]
         print(
-            f"{inner} jit={jit}: "
-            + ", ".join(f"{arm} {1e3 * med[arm]:.2f} ms" for arm in arms)
-            + " | overhead "
-            + ", ".join(
-                f"{arm} {row['overhead_pct'][arm]:+.1f}% (paired {row['paired_overhead_pct'][arm]:+.1f}%)"
-                for arm in arms[1:]
-            ),
+            f"{row['backend']} jit={jit} {name}: bare {m['bare']:.1f} ms, layer {m['layer']:.1f} ms "
+            f"({o['layer']:+.1f} %), model {m['model']:.1f} ms ({o['model']:+.1f} %)",
             flush=True,
         )
-        del models
-        keras.backend.clear_session()
-
-    head = (
-        "| inner | jit_compile | "
-        + " | ".join(f"{arm} ms/step" for arm in arms)
-        + " | "
-        + " | ".join(f"{arm} overhead (paired; block range)" for arm in arms[1:])
-        + " |"
-    )
-    lines = [
-        "# WGSEF per-step overhead on the anchor CNN",
-        "",
-        f"anchor_cnn(), batch {BATCH}, load_mnist5k() train split (4,000 digits, last partial batch dropped), "
-        f"WGSEF(inner, k=0.5, lam=1e-3, groups=make_groups(model)); 'wgsef off' is lam=0. {a.warmup} untimed warm-up "
-        f"steps per model, then {a.cycles} timed steps per model, interleaved step by step (order rotated each cycle); "
-        "a step is `model.train_function(iterator)` with the loss read back. "
-        "Overhead = median(wgsef)/median(bare) - 1; "
-        f"paired = median of the per-cycle ratio; range = min..max of the overhead over blocks of {a.block} cycles. "
-        f"Noisy wall-clock timings on a shared {os.cpu_count()}-core host with other jobs running.",
-        "",
-        head,
-        "|---|---|" + "---|" * (len(arms) + len(arms) - 1),
-    ]
-    for r in results:
-        lines.append(
-            f"| {r['inner']} | {r['jit_compile']} | "
-            + " | ".join(f"{r['median_ms'][arm]:.2f}" for arm in arms)
-            + " | "
-            + " | ".join(
-                f"{r['overhead_pct'][arm]:+.1f}% ({r['paired_overhead_pct'][arm]:+.1f}%; "
-                f"{r['block_overhead_pct_range'][arm][0]:+.0f}..{r['block_overhead_pct_range'][arm][1]:+.0f}%)"
-                for arm in arms[1:]
-            )
-            + " |"
-        )
-    md = "\n".join(lines) + "\n"
-    print()
-    print(md)
-    out = {
-        "description": "WGSEF per-step overhead on the anchor CNN; milliseconds, noisy shared-host timings",
-        "host": {
-            "python": sys.version.split()[0],
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-            "loadavg_at_end": os.getloadavg(),
-        },
-        "args": vars(a),
-        "results": results,
-        "wall_s": time.time() - t_start,
-    }
-    (HERE / "step_overhead.json").write_text(json.dumps(out, indent=1))
-    (HERE / "step_overhead.md").write_text(md)
+    (HERE / "step_overhead.md").write_text(page())
 
 
 if __name__ == "__main__":

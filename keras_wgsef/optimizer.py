@@ -46,7 +46,7 @@ from keras_wgsef import prox_ops
 from keras_wgsef.budget.budget import Budget
 from keras_wgsef.groups.default import groups_from_paths
 from keras_wgsef.groups.scope import GroupScope, match_variables, merge_scopes
-from keras_wgsef.scope_state import ScopeState
+from keras_wgsef.scope_state import ScopeState, prox_factors
 
 __all__ = ["WGSEF", "KSpec", "ScopeState", "resolve_k"]
 
@@ -432,9 +432,9 @@ class WGSEF(keras.optimizers.Optimizer):
         tf.__internal__.distribute.interim.maybe_merge_call(update, tf.distribute.get_strategy(), lr)
 
     def _prox_assign(self, lr, assign) -> None:
-        for state in self.scopes:
-            values = [ops.convert_to_tensor(v) for v in state.variables]
-            scales, norms = state._scales(values, lr, self.ridge)
+        values = [[ops.convert_to_tensor(v) for v in state.variables] for state in self.scopes]
+        factors = prox_factors(self.scopes, values, lr, self.ridge)  # one batched prox for every scope
+        for state, (scales, norms) in zip(self.scopes, factors):
             for var, mb in zip(state.variables, state.members):
                 factor = prox_ops.expand_scales(scales, tuple(var.shape), mb.axis, mb.index)
                 assign(var, ops.cast(factor, var.dtype))

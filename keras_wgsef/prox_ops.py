@@ -21,17 +21,18 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
-__all__ = ["expand_scales", "group_sq_norms", "prox_scales", "segment_leaders"]
+__all__ = ["batched_prox_scales", "expand_scales", "group_sq_norms", "prox_scales", "segment_leaders"]
 
 
 def prox_scales(a, d, k: int, lam, ridge: bool = True, protect=None):
-    """Per-group factors of ``prox_{lam WGSEF_k}`` on tensors (float64).
+    """Per-group factors of ``prox_{lam WGSEF_k}`` on tensors (float64): one scope.
 
     With ``protect`` (0/1 per group, e.g. :func:`segment_leaders`), the protected groups with a
     nonzero norm count as kept: they get the ridge factor ``1 / (1 + lam d_j)`` and the others the
     prox of ``WGSEF_{k - p}`` (``p`` protected nonzero groups), i.e. the exact prox of
     ``lam (1/2 sum_{protected} d_j ||x_j||^2 + WGSEF_{k-p}(x_rest))`` (NumPy reference:
-    :func:`keras_wgsef.prox.prox_scales` with ``protect``).
+    :func:`keras_wgsef.prox.prox_scales` with ``protect``). The computation is
+    :func:`batched_prox_scales` with one row.
 
     Args:
       a: group norms ``||z_j||`` (float64 tensor, length m).
@@ -50,62 +51,107 @@ def prox_scales(a, d, k: int, lam, ridge: bool = True, protect=None):
       >>> np.round(ops.convert_to_numpy(s), 6).tolist()
       [0.5, 0.0, 0.8, 0.0]
     """
-    a = ops.cast(a, "float64")
-    d = ops.cast(d, "float64")
     m = int(a.shape[0])
-    if k <= 0:
-        return ops.zeros((m,), "float64")
     lam = ops.convert_to_tensor(lam, "float64") if isinstance(lam, (int, float)) else ops.cast(lam, "float64")
+    rows = batched_prox_scales(
+        ops.reshape(ops.cast(a, "float64"), (1, m)),
+        ops.reshape(ops.cast(d, "float64"), (1, m)),
+        np.array([k]),
+        ops.reshape(lam, (1,)),
+        np.ones((1, m), bool),
+        ridge=ridge,
+        protect=None if protect is None else ops.reshape(ops.cast(protect, "float64"), (1, m)),
+    )
+    return ops.reshape(rows, (m,))
+
+
+def batched_prox_scales(a, d, k: np.ndarray, lam, valid: np.ndarray, ridge: bool = True, protect=None):
+    """The prox factors of S scopes at once, each row its own ``k``, weights and strength.
+
+    Row ``s`` holds scope ``s``'s ``m_s`` groups in its first ``m_s`` columns (``valid``) and
+    padding after them; the result's row ``s`` is :func:`prox_scales` of that scope (0 on the
+    padding). One sort of every row's ``2 M`` breakpoints and one bisection vectorised over the
+    rows: the number of operations does not grow with the number of scopes.
+
+    Args:
+      a: group norms, float64 ``(S, M)`` (anything on the padding).
+      d: group weights ``> 0``, float64 ``(S, M)`` (anything ``> 0`` on the padding).
+      k: NumPy ints ``(S,)``, ``>= 0``.
+      lam: strengths ``>= 0``, float64 tensor ``(S,)``.
+      valid: NumPy bool ``(S, M)``, True on each scope's groups.
+      ridge: as in :func:`prox_scales`.
+      protect: optional float64 0/1 ``(S, M)``, as in :func:`prox_scales`.
+
+    Returns:
+      float64 ``(S, M)``: ``s_j = theta_j / (theta_j + lam_s d_j)`` per scope, 0 on the padding.
+
+    Example:
+      >>> a = np.array([[np.sqrt(5.), .5, np.sqrt(10.), .2], [3., 1., 0., 0.]])
+      >>> d = np.array([[2., 1., .5, 1.], [1., 1., 1., 1.]])
+      >>> valid = np.array([[True] * 4, [True, True, False, False]])
+      >>> s = batched_prox_scales(a, d, np.array([2, 1]), np.array([0.5, 1.0]), valid)
+      >>> np.round(ops.convert_to_numpy(s), 6).tolist()
+      [[0.5, 0.0, 0.8, 0.0], [0.5, 0.0, 0.0, 0.0]]
+    """
+    valid = np.asarray(valid, bool)
+    n_rows, m = valid.shape
+    k = np.asarray(k, np.int64).reshape(n_rows)
+    a = ops.cast(a, "float64")
+    d = ops.where(valid, ops.cast(d, "float64"), 1.0)
+    lam = ops.reshape(ops.cast(lam, "float64"), (n_rows, 1))
+    validf = ops.convert_to_tensor(valid.astype(np.float64))
     L = lam * d
-    pos0 = a > 0
+    pos0 = (a > 0) & valid
     kept = ops.zeros_like(a) if protect is None else ops.cast(protect, "float64") * ops.cast(pos0, "float64")
     pos = pos0 & (kept == 0)  # the groups the envelope decides on
     posf = ops.cast(pos, "float64")
-    npos = ops.sum(posf)
+    npos = ops.sum(posf, axis=1)
     c = ops.sqrt(d) * a
     safe_c = ops.where(pos, c, ops.ones_like(c))
     inf = ops.full_like(c, np.inf)
     lo = ops.where(pos, L / safe_c, inf)
     hi = ops.where(pos, (1.0 + L) / safe_c, inf)
-    bs = ops.sort(ops.concatenate([lo, hi]))  # the 2 * npos finite breakpoints come first
-    kf = ops.cast(k, "float64") - ops.sum(kept)
+    bs = ops.sort(ops.concatenate([lo, hi], axis=1), axis=1)  # each row's 2 npos finite breakpoints first
+    kf = ops.convert_to_tensor(k.astype(np.float64)) - ops.sum(kept, axis=1)
 
     def phi(alpha):
-        """phi evaluated directly (sums of nonnegative terms: no cancellation)."""
-        return ops.sum(ops.clip(alpha * c - L, 0.0, 1.0) * posf)
+        """phi of every row at its own alpha (sums of nonnegative terms: no cancellation)."""
+        return ops.sum(ops.clip(ops.expand_dims(alpha, 1) * c - L, 0.0, 1.0) * posf, axis=1)
 
-    # Bisection over the sorted breakpoints for the first index i with phi(b_i) >= k; a fixed
-    # number of halvings keeps the graph static (XLA). phi(b_{2 npos - 1}) = npos > k.
-    n_finite = ops.cast(2.0 * npos, "int32")
-    lo_i = ops.convert_to_tensor(-1, "int32")  # virtual breakpoint 0, phi(0) = 0 < k
-    hi_i = n_finite - 1
+    def at(index):
+        return ops.squeeze(ops.take_along_axis(bs, ops.expand_dims(ops.maximum(index, 0), 1), axis=1), 1)
+
+    # Bisection over each row's sorted breakpoints for the first index i with phi(b_i) >= k; a
+    # fixed number of halvings keeps the graph static (XLA). phi(b_{2 npos - 1}) = npos > k.
+    lo_i = ops.full((n_rows,), -1, "int32")  # virtual breakpoint 0, phi(0) = 0 < k
+    hi_i = ops.cast(2.0 * npos, "int32") - 1
     for _ in range(int(np.ceil(np.log2(2 * m + 1))) + 1):
         mid_i = (lo_i + hi_i) // 2
-        above = phi(ops.take(bs, ops.maximum(mid_i, 0))) >= kf
+        above = phi(at(mid_i)) >= kf
         open_ = hi_i - lo_i > 1
         hi_i = ops.where(open_ & above, mid_i, hi_i)
         lo_i = ops.where(open_ & ~above, mid_i, lo_i)
-    zero = ops.zeros((), "float64")
-    a_lo = ops.where(lo_i < 0, zero, ops.take(bs, ops.maximum(lo_i, 0)))
-    a_hi = ops.take(bs, hi_i)
+    a_lo = ops.where(lo_i < 0, ops.zeros((n_rows,), "float64"), at(lo_i))
+    a_hi = at(hi_i)
     # No breakpoint lies strictly inside (a_lo, a_hi): the midpoint classifies every group as
     # saturated, linear or zero on the bracket, and phi is linear there.
-    mid = 0.5 * (a_lo + a_hi)
+    mid = ops.expand_dims(0.5 * (a_lo + a_hi), 1)
     sat = ops.cast(hi <= mid, "float64") * posf
     lin = ops.cast((lo <= mid) & (hi > mid), "float64") * posf
-    n_sat = ops.sum(sat)
-    slope = ops.sum(lin * c)
-    offset = ops.sum(lin * L)
+    n_sat = ops.sum(sat, axis=1)
+    slope = ops.sum(lin * c, axis=1)
+    offset = ops.sum(lin * L, axis=1)
     alpha = (kf - n_sat + offset) / ops.where(slope > 0, slope, ops.ones_like(slope))
     # slope 0: phi is flat on the bracket (only rounding kept phi(a_lo) below k): its left end,
     # where the groups starting at a_hi are still exactly zero
     alpha = ops.where(slope > 0, ops.clip(alpha, a_lo, a_hi), a_lo)
-    raw = alpha * c - L
+    raw = ops.expand_dims(alpha, 1) * c - L
     # a group whose breakpoint is the root is exactly zero (raw there is a few ulps of L_j)
     snap = 8 * float(np.finfo(np.float64).eps) * (1.0 + L)
     theta = ops.where(raw <= snap, ops.zeros_like(raw), ops.clip(raw, 0.0, 1.0))
-    theta = ops.where(npos <= kf, ops.ones_like(theta), theta) * posf
-    theta = ops.where(kf > 0, theta, ops.zeros_like(theta)) + kept
+    theta = ops.where(ops.expand_dims(npos <= kf, 1), ops.ones_like(theta), theta) * posf
+    theta = ops.where(ops.expand_dims(kf > 0, 1), theta, ops.zeros_like(theta)) + kept
+    theta = theta * validf * ops.convert_to_tensor((k > 0).astype(np.float64).reshape(n_rows, 1))
     nz = theta > 0
     scale = theta / ops.where(nz, theta + L, ops.ones_like(theta))
     if not ridge:

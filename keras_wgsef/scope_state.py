@@ -27,7 +27,7 @@ from keras_wgsef import prox_ops
 from keras_wgsef.groups.scope import GroupScope
 from keras_wgsef.sparsity import scope_norms, top_k_support
 
-__all__ = ["ScopeState"]
+__all__ = ["ScopeState", "prox_factors"]
 
 
 class ScopeState:
@@ -170,25 +170,72 @@ class ScopeState:
         self.k = int(keep.sum())
 
     # ------------------------------------------------------- used by the step
-    def _scales(self, values, lr, ridge: bool):
-        """Per-group factors (prox, then the frozen mask) and the group norms, as tensors."""
-        s = self.scope
-        sq = prox_ops.group_sq_norms(
-            values, [mb.axis for mb in s.members], [mb.index for mb in s.members], s.num_groups
-        )
-        a = ops.sqrt(sq)
-        step = lr * ops.cast(self._strength, "float64")
-        d = self.weights
-
-        def prox():
-            # a global budget keeps each layer's best group: no layer is emptied (disconnected)
-            protect = None if s.segments is None else prox_ops.segment_leaders(a, d, s.segments)
-            return prox_ops.prox_scales(a, d, self.k, step, ridge=ridge, protect=protect)
-
-        # penalty off (warm-up, fine-tuning): skip the prox's ~300 small ops
-        scales = ops.cond(step > 0, prox, lambda: ops.ones_like(a))
-        return scales * ops.cast(self._mask, "float64"), a
-
     def _record(self, scales, norms) -> None:
         self._attenuation.assign(self._attenuation * ops.cast(scales, "float32"))
         self._nonzero.assign(ops.sum(ops.cast(norms * scales > 0, "int32")))
+
+
+def prox_factors(states: Sequence[ScopeState], values: Sequence[Sequence], lr, ridge: bool) -> list[tuple]:
+    """The prox factors (then each frozen mask) of every scope at once, and the group norms.
+
+    The group norms of all scopes are packed into one ``(S, M)`` matrix (row ``s``: scope ``s``'s
+    ``m_s`` groups, then padding) and :func:`keras_wgsef.prox_ops.batched_prox_scales` runs once,
+    each row with its own ``k``, weights ``d_j`` and step ``lr * lam_s``; a global scope's layer
+    leaders are protected as in the single-scope prox. The number of prox operations is the same
+    for 1 scope or 100; only the per-variable reductions and products grow with the variables.
+    When every strength is 0 (warm-up, fine-tuning) the prox is skipped.
+
+    Args:
+      states: the scopes.
+      values: per scope, its variables' current values (tensors, member order).
+      lr: the learning rate of this step (float64 scalar tensor).
+      ridge: as in :func:`keras_wgsef.prox_ops.prox_scales`.
+
+    Returns:
+      per scope ``(scales, norms)``: float64 factors and group norms, length ``m_s``.
+    """
+    sizes = [st.num_groups for st in states]
+    n, width = len(states), max(sizes)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    total = int(offsets[-1])
+    norms = [
+        ops.sqrt(
+            prox_ops.group_sq_norms(
+                vals, [mb.axis for mb in st.members], [mb.index for mb in st.members], st.num_groups
+            )
+        )
+        for st, vals in zip(states, values)
+    ]
+    flat = ops.concatenate(norms) if n > 1 else norms[0]
+    pack = np.full((n, width), total, np.int64)  # the padding reads an appended 0
+    weights = np.ones((n, width))
+    for r, st in enumerate(states):
+        pack[r, : sizes[r]] = offsets[r] + np.arange(sizes[r])
+        weights[r, : sizes[r]] = st.weights
+    valid = pack < total
+    padded = ops.take(ops.concatenate([flat, ops.zeros((1,), "float64")]), ops.convert_to_tensor(pack, "int32"))
+    steps = lr * ops.stack([ops.cast(st._strength, "float64") for st in states])
+    protect = None
+    if any(st.segments is not None for st in states):
+        # a global budget keeps each layer's best group: no layer is emptied (disconnected)
+        seg = np.full(total, -1, np.int64)
+        for r, st in enumerate(states):
+            if st.segments is not None:
+                seg[offsets[r] : offsets[r + 1]] = np.asarray(st.segments) + (seg.max() + 1)
+        guarded = seg >= 0
+        seg[~guarded] = seg.max() + 1 + np.arange(int((~guarded).sum()))  # one group each, masked out below
+        flat_d = np.concatenate([st.weights for st in states])
+        lead = prox_ops.segment_leaders(flat, flat_d, seg) * guarded.astype(np.float64)
+        protect = ops.take(ops.concatenate([lead, ops.zeros((1,), "float64")]), ops.convert_to_tensor(pack, "int32"))
+    k = np.array([st.k for st in states])
+
+    def prox():
+        return prox_ops.batched_prox_scales(padded, weights, k, steps, valid, ridge=ridge, protect=protect)
+
+    scales = ops.cond(ops.any(steps > 0), prox, lambda: ops.ones((n, width), "float64"))
+    scales = ops.where(ops.expand_dims(steps > 0, 1), scales, ops.ones_like(scales))
+    unpack = np.concatenate([r * width + np.arange(m) for r, m in enumerate(sizes)])
+    flat_scales = ops.take(ops.reshape(scales, (-1,)), ops.convert_to_tensor(unpack, "int32"))
+    masks = [ops.cast(st._mask, "float64") for st in states]
+    flat_scales = flat_scales * (ops.concatenate(masks) if n > 1 else masks[0])
+    return [(flat_scales[offsets[r] : offsets[r + 1]], norms[r]) for r in range(n)]

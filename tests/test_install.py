@@ -53,6 +53,12 @@ PROBE = textwrap.dedent(
 )
 
 
+def _clone(tmp_path: Path) -> Path:
+    """A copy of the checkout, as a user's clone (pip builds in the source folder: not in ours)."""
+    junk = shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", ".hypothesis", "demo", "logs")
+    return Path(shutil.copytree(ROOT, tmp_path / "keras-wgsef", ignore=junk))
+
+
 def _venv(path: Path) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
     return path / "bin" / "python"
@@ -76,7 +82,7 @@ def _colab_like_install(tmp_path: Path, tf_version: str) -> None:
         _pip(py, f"tensorflow=={tf_version}")  # what the user had (Colab: the full tensorflow)
         before = _probe(py)
         assert before.get("tf_version") == tf_version, before
-        _pip(py, f"{ROOT}[{COLAB_EXTRAS}]")  # the README's Colab line, from a clone of the repository
+        _pip(py, f"{_clone(tmp_path)}[{COLAB_EXTRAS}]")  # the README's Colab line, from a clone
         after = _probe(py)
         present = TF_DISTRIBUTIONS & set(after["distributions"])
         assert present == {"tensorflow"}, f"exactly the user's tensorflow must be installed, found {present}"
@@ -105,7 +111,7 @@ def test_the_core_installs_and_trains_without_tensorflow(tmp_path):
     try:
         py = _venv(venv)
         _pip(py, "torch==2.13.0")  # the CPU wheel this machine keeps on disk (the index has CUDA builds)
-        _pip(py, str(ROOT))
+        _pip(py, str(_clone(tmp_path)))
         names = set(_probe(py)["distributions"])
         assert not TF_DISTRIBUTIONS & names and "ai-edge-litert" not in names and "scikit-learn" not in names
         script = textwrap.dedent(

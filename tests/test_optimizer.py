@@ -54,6 +54,35 @@ def test_tensor_prox_matches_numpy_reference():
         np.testing.assert_allclose(got * a, ref * a, rtol=1e-6, atol=1e-12 * max(1.0, a.max()))
 
 
+def test_batched_prox_is_the_prox_of_each_scope():
+    """Issue 10: S scopes of different m, k, weights and strengths in one (S, M) call, row by row exact."""
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        n = int(rng.integers(1, 9))
+        sizes = rng.integers(1, 30, size=n)
+        width = int(sizes.max()) + int(rng.integers(0, 3))
+        a, d = np.full((n, width), 7.0), np.full((n, width), 3.0)  # junk on the padding
+        valid = np.arange(width)[None, :] < sizes[:, None]
+        k = np.array([int(rng.integers(0, m + 2)) for m in sizes])
+        lam = 10 ** rng.uniform(-5, 1, size=n)
+        protect = np.zeros((n, width))
+        for r, m in enumerate(sizes):
+            a[r, :m] = np.abs(rng.normal(size=m)) * 10 ** rng.uniform(-6, 3)
+            a[r, :m][rng.random(m) < 0.2] = 0
+            d[r, :m] = rng.uniform(0.1, 50, size=m)
+            protect[r, :m] = (rng.random(m) < 0.15) & (r % 2 == 1)
+        for guard in (None, protect):
+            got = ops.convert_to_numpy(prox_ops.batched_prox_scales(a, d, k, lam, valid, protect=guard))
+            assert np.all(got[~valid] == 0)
+            for r, m in enumerate(sizes):
+                kw_ = {} if guard is None else {"protect": guard[r, :m] > 0}
+                ref = P.prox_scales(a[r, :m], d[r, :m], int(k[r]), float(lam[r]), **kw_)
+                np.testing.assert_allclose(
+                    got[r, :m] * a[r, :m], ref * a[r, :m], rtol=1e-6, atol=1e-12 * max(1.0, a[r, :m].max())
+                )
+                assert np.array_equal(got[r, :m] == 0, ref == 0)  # the same support, exactly
+
+
 def test_tensor_prox_wide_norm_range_keeps_k():
     """Tiny and large norms with MAC-like weights: a prefix scan cancels here; the bisection must not."""
     rng = np.random.default_rng(0)
