@@ -14,6 +14,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	@# a venv made before 0.2 had tensorflow-cpu: remove it, or it would overlay the full tensorflow
 	$(PY) -m pip uninstall --quiet --yes tensorflow-cpu 2>/dev/null || true
+	@# the other Keras backends, for the backend runs of `make test`: torch 2.13.0 is the CPU wheel
+	@# this machine keeps on disk (PyPI has CUDA builds only, ~2.7 GB); jax[cpu] from PyPI
+	$(PY) -m pip install --quiet "torch==2.13.0" "jax[cpu]>=0.4.30"
 	$(PY) -m pip install --quiet -e ".[all,test,lint]"
 	touch $(STAMP)
 
@@ -25,9 +28,17 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-# lint, type check, then the suite with every docstring example (--doctest-modules, see pyproject.toml)
+# the prox, optimizer, controller, batchnorm and save/load tests on every Keras backend
+BACKEND_TESTS := tests/test_optimizer.py tests/test_callbacks.py tests/test_batchnorm.py
+BACKEND_RUN    = WGSEF_CASE_FRACTION=0.1 $(PY) -m pytest -q -p no:cacheprovider -o addopts="-m 'not slow'" $(BACKEND_TESTS)
+
+# lint, type check, the suite (TensorFlow backend) with every docstring example
+# (--doctest-modules, see pyproject.toml), then the backend tests under JAX (x64 on: the
+# reference-precision checks; tests/test_backends.py covers x64 off) and torch
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
+	KERAS_BACKEND=jax JAX_ENABLE_X64=1 $(BACKEND_RUN)
+	KERAS_BACKEND=torch $(BACKEND_RUN)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m slow

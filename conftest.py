@@ -11,6 +11,18 @@ import pytest
 collect_ignore_glob = ["tests/*_check.py"]
 
 
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.tensorflow_only`` tests (tf.GradientTape, tf.distribute, the converter) skip on other backends."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        return
+    skip = pytest.mark.skip(reason=f"TensorFlow only; KERAS_BACKEND={keras.backend.backend()}")
+    for item in items:
+        if "tensorflow_only" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def _doctest_objects(tmp_path_factory):
     import keras

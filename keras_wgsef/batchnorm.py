@@ -53,7 +53,7 @@ def _channel_stats(probe: keras.Model, x, axis: int, batch_size: int) -> tuple[n
     s1: np.ndarray | float = 0.0
     s2: np.ndarray | float = 0.0
     for xb in _batches(x, batch_size):
-        h = np.asarray(probe(xb, training=False), dtype=np.float64)
+        h = np.asarray(keras.ops.convert_to_numpy(probe(xb, training=False)), dtype=np.float64)
         h = np.moveaxis(h, axis, -1).reshape(-1, h.shape[axis])
         s1 = s1 + h.sum(0)
         s2 = s2 + (h**2).sum(0)
@@ -66,7 +66,7 @@ def _channel_stats(probe: keras.Model, x, axis: int, batch_size: int) -> tuple[n
 
 def _inputs_to(model: keras.Model, layer: keras.layers.Layer, x, batch_size: int):
     probe = _probe(model, _input_of(layer))
-    return np.concatenate([np.asarray(probe(xb, training=False)) for xb in _batches(x, batch_size)])
+    return np.concatenate([keras.ops.convert_to_numpy(probe(xb, training=False)) for xb in _batches(x, batch_size)])
 
 
 def recalibrate_batchnorm(model: keras.Model, x, batch_size: int = 256) -> dict[str, float]:

@@ -54,7 +54,7 @@ import numpy as np
 
 from keras_wgsef.sparsity import find_wgsef
 
-__all__ = ["ReachK", "wgsef_of"]
+__all__ = ["ReachK", "sync_jax_state", "wgsef_of"]
 
 
 def wgsef_of(model: keras.Model) -> Any:
@@ -66,6 +66,18 @@ def wgsef_of(model: keras.Model) -> Any:
             f"(found {type(getattr(model, 'optimizer', None)).__name__})."
         )
     return opt
+
+
+def sync_jax_state(model: keras.Model) -> None:
+    """Attaches the JAX trainer's current state to the variables (a no-op on other backends).
+
+    Under JAX, ``fit`` keeps the variables' values in its own state between steps and writes them
+    back at the end of each epoch. A callback that reads or assigns optimizer variables in the
+    middle of an epoch calls this first; the trainer then takes its next step from the variables,
+    including what the callback assigned (Keras' ``jax_state_sync`` contract).
+    """
+    if keras.backend.backend() == "jax" and hasattr(model, "jax_state_sync"):
+        model.jax_state_sync()
 
 
 class ReachK(keras.callbacks.Callback):
@@ -195,6 +207,7 @@ class ReachK(keras.callbacks.Callback):
             epochs = int(self.params.get("epochs") or 1)
             inner_done = int(keras.ops.convert_to_numpy(opt.inner_optimizer.iterations))
             self._schedule = opt.rewindable_schedule(inner_done + (epochs - epoch) * self.steps)
+        self._dense = False  # strengths not yet zeroed for the dense warm-up of this run
         self._resumed = True
 
     def on_epoch_begin(self, epoch, logs=None) -> None:
@@ -209,10 +222,16 @@ class ReachK(keras.callbacks.Callback):
         t = self._now(batch)
         opt = self.opt
         live = [i for i in range(len(opt.scopes)) if i not in self.frozen]
-        if t < self.start_epoch:
-            for i in live:
-                opt.scopes[i].set_strength(0.0)
+        if not live:
             return
+        if t < self.start_epoch:
+            if not self._dense:  # once: nothing else changes a strength before the ramp sets it
+                sync_jax_state(self.model)
+                for i in live:
+                    opt.scopes[i].set_strength(0.0)
+                self._dense = True
+            return
+        sync_jax_state(self.model)
         if t >= self._project:
             for i in live:
                 self._freeze(i, t, "projected")
@@ -226,8 +245,9 @@ class ReachK(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None) -> None:
         t = self._now(batch + 1)
-        if not self._started or t >= self._project:
+        if not self._started or t >= self._project or len(self.frozen) == len(self.opt.scopes):
             return
+        sync_jax_state(self.model)
         opt = self.opt
         frac = min(1.0, max(0.0, (t - self.start_epoch) / (self._project - self.start_epoch)))
         for i, state in enumerate(opt.scopes):

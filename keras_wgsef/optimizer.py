@@ -305,9 +305,9 @@ class WGSEF(keras.optimizers.Optimizer):
             )
             variables = [by_member[p] for p in s.paths]
             self.scopes.append(ScopeState(s, k, s.resolved_weights(shapes), variables, state))
-        self._skipped = self.add_variable((), initializer="zeros", dtype="int64", name="skipped_steps")
+        self._skipped = self.add_variable((), initializer="zeros", dtype="int32", name="skipped_steps")
         # the step of the last learning-rate rewind (0: none): an optimizer variable, so checkpointed
-        self._rewind_step = self.add_variable((), initializer="zeros", dtype="int64", name="rewind_step")
+        self._rewind_step = self.add_variable((), initializer="zeros", dtype="int32", name="rewind_step")
         self.inner_optimizer.build(var_list)
         super().build(var_list)
         if self.plan is not None:
@@ -363,30 +363,82 @@ class WGSEF(keras.optimizers.Optimizer):
                 "WGSEF(budget=...) is not bound to a model yet: add kw.callbacks.ReachK() to fit(callbacks=...), "
                 "or call optimizer.bind(model) before a custom training loop."
             )
-        if keras.backend.backend() == "tensorflow":
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
             self._tf_apply(grads, trainable_variables)
-        else:
+            return
+        if backend != "jax":  # torch (eager): assign in place; its optimizers update in place anyway
             self._common_apply(grads, trainable_variables)
+            return
+        # JAX: compute every new value without assigning (stateless_apply), then assign once,
+        # outside any conditional (assignments inside a traced cond leak JAX tracers)
+        built = self._trainable_variables
+        grads = [None if g is None else ops.convert_to_tensor(g) for g in grads]
+        if trainable_variables is not None and [id(v) for v in trainable_variables] != [id(v) for v in built]:
+            where = {id(v): i for i, v in enumerate(trainable_variables)}
+            missing = [v.path for v in built if id(v) not in where]
+            if missing:
+                raise ValueError(f"apply() got no gradient for {missing[:3]}: pass the variables WGSEF was built with.")
+            grads = [grads[where[id(v)]] for v in built]
+        new_values, new_state = self.stateless_apply([v.value for v in self.variables], grads, [v.value for v in built])
+        for var, value in zip([*built, *self.variables], [*new_values, *new_state]):
+            var.assign(value)
 
     def check_finite(self, grads):
         finite = [ops.all(ops.isfinite(g)) for g in grads if g is not None]
         return ops.all(ops.convert_to_tensor(finite))
 
+    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        """New values of the model's and the optimizer's variables after one step; nothing is assigned.
+
+        What the JAX backend's ``fit`` calls (it keeps the state outside the variables between
+        steps). The inner optimizer's step and the prox run in a :class:`keras.StatelessScope` that
+        records their assignments; a step with a non-finite gradient keeps every value and only
+        counts itself in ``skipped_steps``, selected with ``where`` (no assignment in a branch).
+        """
+        if not self.built:
+            raise ValueError("To call stateless_apply, WGSEF must be built: call optimizer.build(trainable_variables).")
+        built, own = self._trainable_variables, self.variables
+        if len(optimizer_variables) != len(own) or len(trainable_variables) != len(built):
+            raise ValueError(
+                f"stateless_apply needs {len(own)} optimizer values and {len(built)} trainable values "
+                f"(got {len(optimizer_variables)} and {len(trainable_variables)})."
+            )
+        # values, not variables (LossScaleOptimizer passes its inner optimizer's variables themselves)
+        trainable_variables = [ops.convert_to_tensor(v) for v in trainable_variables]
+        optimizer_variables = [ops.convert_to_tensor(v) for v in optimizer_variables]
+        mapping = list(zip(built, trainable_variables)) + list(zip(own, optimizer_variables))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            self._handle_finite(grads, None)  # the inner optimizer steps the variables it was built with
+        finite = self.check_finite(grads)
+
+        def pick(var, old):
+            new = scope.get_current_value(var)
+            return old if new is None else ops.where(finite, new, old)
+
+        new_values = [pick(v, old) for v, old in zip(built, trainable_variables)]
+        new_state = [pick(v, old) for v, old in zip(own, optimizer_variables)]
+        i = next(i for i, v in enumerate(own) if v is self._skipped)
+        new_state[i] = optimizer_variables[i] + ops.cast(ops.logical_not(finite), optimizer_variables[i].dtype)
+        return new_values, new_state
+
+    def _handle_finite(self, grads, trainable_variables):
+        dt = prox_ops.prox_dtype()
+        lr = ops.cast(self.learning_rate, dt)  # before the inner step advances iterations
+        inner = self.inner_optimizer
+        before = ops.convert_to_tensor(inner.iterations) if inner.gradient_accumulation_steps else None
+        inner.apply(grads, trainable_variables=trainable_variables)
+        if before is not None:  # accumulating: the prox runs exactly when the inner update fired
+            lr = lr * ops.cast(ops.greater(ops.convert_to_tensor(inner.iterations), before), dt)
+        self._apply_prox(lr)
+
     def _common_apply(self, grads, trainable_variables=None):
+        """TensorFlow (no merge call) and torch: the inner step and the prox when the gradients are finite."""
         ops.cond(
             self.check_finite(grads),
             lambda: self._handle_finite(grads, trainable_variables),
             self._handle_non_finite,
         )
-
-    def _handle_finite(self, grads, trainable_variables):
-        lr = ops.convert_to_tensor(self.learning_rate, "float64")  # before the inner step advances iterations
-        inner = self.inner_optimizer
-        before = ops.convert_to_tensor(inner.iterations) if inner.gradient_accumulation_steps else None
-        inner.apply(grads, trainable_variables=trainable_variables)
-        if before is not None:  # accumulating: the prox runs exactly when the inner update fired
-            lr = lr * ops.cast(ops.greater(ops.convert_to_tensor(inner.iterations), before), "float64")
-        self._apply_prox(lr)
 
     def _handle_non_finite(self):
         self._skipped.assign_add(1)
@@ -458,12 +510,6 @@ class WGSEF(keras.optimizers.Optimizer):
 
     def finalize_variable_values(self, var_list):
         self.inner_optimizer.finalize_variable_values(var_list)
-
-    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
-        raise NotImplementedError(
-            "WGSEF is stateful (it assigns the prox in place); stateless_apply is not supported, so the JAX "
-            "backend's fit cannot use it yet. Train with KERAS_BACKEND=tensorflow or torch."
-        )
 
     # ----------------------------------------------------------------- config
     def get_config(self) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Same math as :mod:`keras_wgsef.prox` (the NumPy reference), organised for vector
 execution: the root ``alpha`` of ``phi(alpha) = sum_j clip(alpha c_j - L_j, 0, 1) = k`` is found by
 sorting the 2m breakpoints ``lo_j = L_j/c_j``, ``hi_j = (1 + L_j)/c_j`` and bisecting over them
 with ``phi`` evaluated directly (O(m log m), a fixed number of steps, no data-dependent loop).
-Everything on the group norms runs in float64 whatever the variables' dtype.
+Everything on the group norms runs in float64 whatever the variables' dtype (float32 under JAX
+with x64 off: :func:`prox_dtype`).
 
 A prefix scan of the pieces (``phi(b_i) = S1_i + b_i C_i - Ls_i``) would be cheaper, but its
 running sums of ``+c_j`` and ``-c_j`` cancel: with tiny and large group norms together (seen in
@@ -18,10 +19,11 @@ References:
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["batched_prox_scales", "expand_scales", "group_sq_norms", "prox_scales", "segment_leaders"]
+__all__ = ["batched_prox_scales", "expand_scales", "group_sq_norms", "prox_dtype", "prox_scales", "segment_leaders"]
 
 
 def prox_scales(a, d, k: int, lam, ridge: bool = True, protect=None):
@@ -51,16 +53,17 @@ def prox_scales(a, d, k: int, lam, ridge: bool = True, protect=None):
       >>> np.round(ops.convert_to_numpy(s), 6).tolist()
       [0.5, 0.0, 0.8, 0.0]
     """
+    dt = prox_dtype()
     m = int(a.shape[0])
-    lam = ops.convert_to_tensor(lam, "float64") if isinstance(lam, (int, float)) else ops.cast(lam, "float64")
+    lam = _t(lam, dt)
     rows = batched_prox_scales(
-        ops.reshape(ops.cast(a, "float64"), (1, m)),
-        ops.reshape(ops.cast(d, "float64"), (1, m)),
+        ops.reshape(_t(a, dt), (1, m)),
+        ops.reshape(_t(d, dt), (1, m)),
         np.array([k]),
         ops.reshape(lam, (1,)),
         np.ones((1, m), bool),
         ridge=ridge,
-        protect=None if protect is None else ops.reshape(ops.cast(protect, "float64"), (1, m)),
+        protect=None if protect is None else ops.reshape(_t(protect, dt), (1, m)),
     )
     return ops.reshape(rows, (m,))
 
@@ -93,18 +96,20 @@ def batched_prox_scales(a, d, k: np.ndarray, lam, valid: np.ndarray, ridge: bool
       >>> np.round(ops.convert_to_numpy(s), 6).tolist()
       [[0.5, 0.0, 0.8, 0.0], [0.5, 0.0, 0.0, 0.0]]
     """
+    dt = prox_dtype()
     valid = np.asarray(valid, bool)
     n_rows, m = valid.shape
     k = np.asarray(k, np.int64).reshape(n_rows)
-    a = ops.cast(a, "float64")
-    d = ops.where(valid, ops.cast(d, "float64"), 1.0)
-    lam = ops.reshape(ops.cast(lam, "float64"), (n_rows, 1))
-    validf = ops.convert_to_tensor(valid.astype(np.float64))
+    validb = ops.convert_to_tensor(valid)  # a tensor: NumPy operands would wrap torch tensors
+    a = _t(a, dt)
+    d = ops.where(validb, _t(d, dt), 1.0)
+    lam = ops.reshape(_t(lam, dt), (n_rows, 1))
+    validf = ops.convert_to_tensor(valid.astype(np.float64), dt)
     L = lam * d
-    pos0 = (a > 0) & valid
-    kept = ops.zeros_like(a) if protect is None else ops.cast(protect, "float64") * ops.cast(pos0, "float64")
+    pos0 = (a > 0) & validb
+    kept = ops.zeros_like(a) if protect is None else _t(protect, dt) * ops.cast(pos0, dt)
     pos = pos0 & (kept == 0)  # the groups the envelope decides on
-    posf = ops.cast(pos, "float64")
+    posf = ops.cast(pos, dt)
     npos = ops.sum(posf, axis=1)
     c = ops.sqrt(d) * a
     safe_c = ops.where(pos, c, ops.ones_like(c))
@@ -112,7 +117,7 @@ def batched_prox_scales(a, d, k: np.ndarray, lam, valid: np.ndarray, ridge: bool
     lo = ops.where(pos, L / safe_c, inf)
     hi = ops.where(pos, (1.0 + L) / safe_c, inf)
     bs = ops.sort(ops.concatenate([lo, hi], axis=1), axis=1)  # each row's 2 npos finite breakpoints first
-    kf = ops.convert_to_tensor(k.astype(np.float64)) - ops.sum(kept, axis=1)
+    kf = ops.convert_to_tensor(k.astype(np.float64), dt) - ops.sum(kept, axis=1)
 
     def phi(alpha):
         """phi of every row at its own alpha (sums of nonnegative terms: no cancellation)."""
@@ -131,13 +136,13 @@ def batched_prox_scales(a, d, k: np.ndarray, lam, valid: np.ndarray, ridge: bool
         open_ = hi_i - lo_i > 1
         hi_i = ops.where(open_ & above, mid_i, hi_i)
         lo_i = ops.where(open_ & ~above, mid_i, lo_i)
-    a_lo = ops.where(lo_i < 0, ops.zeros((n_rows,), "float64"), at(lo_i))
+    a_lo = ops.where(lo_i < 0, ops.zeros((n_rows,), dt), at(lo_i))
     a_hi = at(hi_i)
     # No breakpoint lies strictly inside (a_lo, a_hi): the midpoint classifies every group as
     # saturated, linear or zero on the bracket, and phi is linear there.
     mid = ops.expand_dims(0.5 * (a_lo + a_hi), 1)
-    sat = ops.cast(hi <= mid, "float64") * posf
-    lin = ops.cast((lo <= mid) & (hi > mid), "float64") * posf
+    sat = ops.cast(hi <= mid, dt) * posf
+    lin = ops.cast((lo <= mid) & (hi > mid), dt) * posf
     n_sat = ops.sum(sat, axis=1)
     slope = ops.sum(lin * c, axis=1)
     offset = ops.sum(lin * L, axis=1)
@@ -147,11 +152,11 @@ def batched_prox_scales(a, d, k: np.ndarray, lam, valid: np.ndarray, ridge: bool
     alpha = ops.where(slope > 0, ops.clip(alpha, a_lo, a_hi), a_lo)
     raw = ops.expand_dims(alpha, 1) * c - L
     # a group whose breakpoint is the root is exactly zero (raw there is a few ulps of L_j)
-    snap = 8 * float(np.finfo(np.float64).eps) * (1.0 + L)
+    snap = 8 * float(np.finfo(dt).eps) * (1.0 + L)
     theta = ops.where(raw <= snap, ops.zeros_like(raw), ops.clip(raw, 0.0, 1.0))
     theta = ops.where(ops.expand_dims(npos <= kf, 1), ops.ones_like(theta), theta) * posf
     theta = ops.where(ops.expand_dims(kf > 0, 1), theta, ops.zeros_like(theta)) + kept
-    theta = theta * validf * ops.convert_to_tensor((k > 0).astype(np.float64).reshape(n_rows, 1))
+    theta = theta * validf * ops.convert_to_tensor((k > 0).astype(np.float64).reshape(n_rows, 1), dt)
     nz = theta > 0
     scale = theta / ops.where(nz, theta + L, ops.ones_like(theta))
     if not ridge:
@@ -170,17 +175,44 @@ def segment_leaders(a, d, segments: np.ndarray):
       >>> ops.convert_to_numpy(lead).tolist()
       [0.0, 1.0, 0.0, 1.0]
     """
-    a = ops.cast(a, "float64")
-    d = ops.cast(d, "float64")
-    seg = ops.convert_to_tensor(np.asarray(segments, np.int64).reshape(-1), "int32")
-    n_seg = int(np.max(segments)) + 1
+    dt = prox_dtype()
+    a = _t(a, dt)
+    d = _t(d, dt)
+    segments = np.asarray(segments, np.int64).reshape(-1)
     m = int(a.shape[0])
+    # a dense (segments x groups) membership instead of segment_max: exact in float64 on every
+    # backend (torch's segment_max rounds through float32, and ties then lose their leader)
+    member = ops.convert_to_tensor(segments[None, :] == np.unique(segments)[:, None])
     r = ops.where(a > 0, a / ops.sqrt(d), -ops.ones_like(a))
-    best = ops.take(ops.segment_max(r, seg, num_segments=n_seg), seg)
-    idx = ops.cast(ops.arange(m), "float64")
-    cand = ops.where((r >= best) & (a > 0), idx, ops.full_like(idx, float(m)))
-    first = -ops.take(ops.segment_max(-cand, seg, num_segments=n_seg), seg)
-    return ops.cast((idx == first) & (a > 0), "float64")
+    best = ops.max(ops.where(member, r[None, :], -np.inf), axis=1)  # per segment
+    best_of = ops.sum(ops.where(member, best[:, None], 0.0), axis=0)  # per group: its segment's best
+    idx = ops.cast(ops.arange(m), dt)
+    cand = ops.where((r >= best_of) & (a > 0), idx, float(m))
+    first = ops.min(ops.where(member, cand[None, :], float(m)), axis=1)
+    first_of = ops.sum(ops.where(member, first[:, None], 0.0), axis=0)
+    return ops.cast((idx == first_of) & (a > 0), dt)
+
+
+def prox_dtype() -> str:
+    """The dtype of the prox's arithmetic: float64, except under JAX with x64 off.
+
+    JAX without ``jax_enable_x64`` has no float64 (it truncates to float32 and warns on every
+    op), and turning x64 on is a process-wide choice that is the user's: there the prox runs in
+    float32 (``tests/test_optimizer.py`` measures how often its support differs from float64's).
+    """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.read("jax_enable_x64"):
+            return "float32"
+    return "float64"
+
+
+def _t(x, dt: str):
+    """``x`` as a tensor of ``dt`` (NumPy and Python numbers converted directly, never via float64)."""
+    if isinstance(x, (np.ndarray, np.generic, float, int)):
+        return ops.convert_to_tensor(np.asarray(x, np.float64), dt)
+    return ops.cast(x, dt)
 
 
 def _index_is_identity(index: np.ndarray, num_groups: int) -> bool:
@@ -196,9 +228,10 @@ def group_sq_norms(values, axes, indices, num_groups: int):
       indices: per value, the NumPy group index (see :class:`keras_wgsef.groups.Member`).
       num_groups: m.
     """
-    total = ops.zeros((num_groups,), "float64")
+    dt = prox_dtype()
+    total = ops.zeros((num_groups,), dt)
     for x, axis, index in zip(values, axes, indices):
-        sq = ops.square(ops.cast(x, "float64"))
+        sq = ops.square(ops.cast(x, dt))
         if axis is None:
             total = total + ops.segment_sum(
                 ops.reshape(sq, (-1,)), ops.convert_to_tensor(index.reshape(-1), "int32"), num_segments=num_groups

@@ -39,7 +39,7 @@ class Rewound(keras.optimizers.schedules.LearningRateSchedule):
     Args:
       base: the schedule to replay (e.g. ``CosineDecay``).
       total_steps: the steps of the whole run ``S`` (settable: a resumed run recomputes it).
-      offset: the step of the last rewind (0: none), or an int64 variable holding it.
+      offset: the step of the last rewind (0: none), or an int32 variable holding it.
     """
 
     def __init__(
@@ -51,11 +51,11 @@ class Rewound(keras.optimizers.schedules.LearningRateSchedule):
         if int(total_steps) < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}.")
         self.base = base
-        self._total = keras.Variable(int(total_steps), dtype="int64", trainable=False, name="rewind_total")
+        self._total = keras.Variable(int(total_steps), dtype="int32", trainable=False, name="rewind_total")
         if isinstance(offset, keras.Variable):
             self.offset = offset
         else:
-            self.offset = keras.Variable(int(offset), dtype="int64", trainable=False, name="rewind_offset")
+            self.offset = keras.Variable(int(offset), dtype="int32", trainable=False, name="rewind_offset")
 
     @property
     def total_steps(self) -> int:

@@ -213,29 +213,27 @@ def prox_factors(states: Sequence[ScopeState], values: Sequence[Sequence], lr, r
         pack[r, : sizes[r]] = offsets[r] + np.arange(sizes[r])
         weights[r, : sizes[r]] = st.weights
     valid = pack < total
-    padded = ops.take(ops.concatenate([flat, ops.zeros((1,), "float64")]), ops.convert_to_tensor(pack, "int32"))
-    steps = lr * ops.stack([ops.cast(st._strength, "float64") for st in states])
+    dt = prox_ops.prox_dtype()
+    padded = ops.take(ops.concatenate([flat, ops.zeros((1,), dt)]), ops.convert_to_tensor(pack, "int32"))
+    steps = ops.cast(lr, dt) * ops.stack([ops.cast(st._strength, dt) for st in states])
     protect = None
     if any(st.segments is not None for st in states):
         # a global budget keeps each layer's best group: no layer is emptied (disconnected)
-        seg = np.full(total, -1, np.int64)
-        for r, st in enumerate(states):
-            if st.segments is not None:
-                seg[offsets[r] : offsets[r + 1]] = np.asarray(st.segments) + (seg.max() + 1)
-        guarded = seg >= 0
-        seg[~guarded] = seg.max() + 1 + np.arange(int((~guarded).sum()))  # one group each, masked out below
-        flat_d = np.concatenate([st.weights for st in states])
-        lead = prox_ops.segment_leaders(flat, flat_d, seg) * guarded.astype(np.float64)
-        protect = ops.take(ops.concatenate([lead, ops.zeros((1,), "float64")]), ops.convert_to_tensor(pack, "int32"))
+        leads = [
+            ops.zeros((m,), dt) if st.segments is None else prox_ops.segment_leaders(a, st.weights, st.segments)
+            for st, a, m in zip(states, norms, sizes)
+        ]
+        lead = ops.concatenate(leads) if n > 1 else leads[0]
+        protect = ops.take(ops.concatenate([lead, ops.zeros((1,), dt)]), ops.convert_to_tensor(pack, "int32"))
     k = np.array([st.k for st in states])
 
     def prox():
         return prox_ops.batched_prox_scales(padded, weights, k, steps, valid, ridge=ridge, protect=protect)
 
-    scales = ops.cond(ops.any(steps > 0), prox, lambda: ops.ones((n, width), "float64"))
+    scales = ops.cond(ops.any(steps > 0), prox, lambda: ops.ones((n, width), dt))
     scales = ops.where(ops.expand_dims(steps > 0, 1), scales, ops.ones_like(scales))
     unpack = np.concatenate([r * width + np.arange(m) for r, m in enumerate(sizes)])
     flat_scales = ops.take(ops.reshape(scales, (-1,)), ops.convert_to_tensor(unpack, "int32"))
-    masks = [ops.cast(st._mask, "float64") for st in states]
+    masks = [ops.cast(st._mask, dt) for st in states]
     flat_scales = flat_scales * (ops.concatenate(masks) if n > 1 else masks[0])
     return [(flat_scales[offsets[r] : offsets[r + 1]], norms[r]) for r in range(n)]

@@ -21,17 +21,17 @@ def test_recalibration_sets_exact_statistics_in_order():
     x = np.random.default_rng(0).normal(2.0, 3.0, size=(300, 5, 5, 2)).astype("float32")
     trainable = [v.numpy().copy() for v in model.trainable_variables]
     kw.recalibrate_batchnorm(model, x, batch_size=37)
-    h1 = keras.Model(inp, bn1.input)(x).numpy().reshape(-1, 4)
+    h1 = keras.ops.convert_to_numpy(keras.Model(inp, bn1.input)(x)).reshape(-1, 4)
     np.testing.assert_allclose(bn1.moving_mean.numpy(), h1.mean(0), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(bn1.moving_variance.numpy(), h1.var(0), rtol=1e-4)
     # bn2's statistics are computed with bn1 already recalibrated (layer order)
-    h2 = keras.Model(inp, bn2.input)(x).numpy().reshape(-1, 3)
+    h2 = keras.ops.convert_to_numpy(keras.Model(inp, bn2.input)(x)).reshape(-1, 3)
     np.testing.assert_allclose(bn2.moving_mean.numpy(), h2.mean(0), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(bn2.moving_variance.numpy(), h2.var(0), rtol=1e-4)
     for before, v in zip(trainable, model.trainable_variables):
         np.testing.assert_array_equal(before, v.numpy())
     # inference output now equals batch-statistics normalization over the whole set
-    y_inf = model(x, training=False).numpy().reshape(-1, 3)
+    y_inf = keras.ops.convert_to_numpy(model(x, training=False)).reshape(-1, 3)
     np.testing.assert_allclose(y_inf.mean(0), bn2.beta.numpy(), atol=1e-3)
 
 
@@ -45,6 +45,6 @@ def test_nested_model_is_recalibrated():
     x = np.random.default_rng(1).normal(1.0, 2.0, size=(200, 4)).astype("float32")
     changes = kw.recalibrate_batchnorm(model, x)
     assert any("ibn" in name for name in changes)
-    pre = keras.Model(inp, model.layers[1].output)(x).numpy()
-    h = inner.layers[0](pre).numpy()
+    pre = keras.ops.convert_to_numpy(keras.Model(inp, model.layers[1].output)(x))
+    h = keras.ops.convert_to_numpy(inner.layers[0](pre))
     np.testing.assert_allclose(inner.get_layer("ibn").moving_mean.numpy(), h.mean(0), rtol=1e-4, atol=1e-5)

@@ -340,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # at run time only, before TF loads
+    if "keras" not in sys.modules:  # its own process: convert on TensorFlow whatever the user trains on
+        os.environ["KERAS_BACKEND"] = "tensorflow"
     from tflite_export import INSTALL_EXPORT, missing_export_modules
 
     if missing_export_modules():

@@ -175,8 +175,15 @@ def to_tflite_int8(
         >>> (tmp / "model.tflite").write_bytes(tfl) == len(tfl)
         True
     """
+    import keras
     import tensorflow as tf
 
+    if keras.backend.backend() != "tensorflow":
+        raise ConversionError(
+            f"int8 conversion runs on the TensorFlow backend, and Keras runs on {keras.backend.backend()!r}: "
+            "save the model (model.save('m.keras')) and export it with `wgsef-export m.keras ...` (which uses "
+            "TensorFlow), or set KERAS_BACKEND=tensorflow before importing Keras."
+        )
     samples = calibration_samples(model, representative, num_calibration)
 
     def representative_dataset() -> Iterator[list[np.ndarray]]:
