@@ -367,13 +367,13 @@ class WGSEF(keras.optimizers.Optimizer):
         if backend == "tensorflow":
             self._tf_apply(grads, trainable_variables)
             return
+        grads = [None if g is None else ops.convert_to_tensor(g) for g in grads]
         if backend != "jax":  # torch (eager): assign in place; its optimizers update in place anyway
             self._common_apply(grads, trainable_variables)
             return
         # JAX: compute every new value without assigning (stateless_apply), then assign once,
         # outside any conditional (assignments inside a traced cond leak JAX tracers)
         built = self._trainable_variables
-        grads = [None if g is None else ops.convert_to_tensor(g) for g in grads]
         if trainable_variables is not None and [id(v) for v in trainable_variables] != [id(v) for v in built]:
             where = {id(v): i for i, v in enumerate(trainable_variables)}
             missing = [v.path for v in built if id(v) not in where]

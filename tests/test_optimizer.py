@@ -95,13 +95,13 @@ def test_float32_prox_of_jax_without_x64_keeps_the_float64_support(monkeypatch):
     """JAX with x64 off runs the prox in float32: over 400 random scopes (norms over 4 decades,
     weights 0.5-5, m up to 200; fewer in the backend runs) the support equals float64's every time."""
     rng = np.random.default_rng(0)
-    cases = []
+    scopes = []
     for _ in range(cases(400)):
         m = int(rng.integers(2, 200))
         a = np.abs(rng.normal(size=m)) * 10 ** rng.uniform(-3, 1)
-        cases.append((a, rng.uniform(0.5, 5, size=m), int(rng.integers(1, m)), float(10 ** rng.uniform(-4, 0))))
+        scopes.append((a, rng.uniform(0.5, 5, size=m), int(rng.integers(1, m)), float(10 ** rng.uniform(-4, 0))))
     monkeypatch.setattr(prox_ops, "prox_dtype", lambda: "float32")
-    for a, d, k, lam in cases:
+    for a, d, k, lam in scopes:
         got = ops.convert_to_numpy(prox_ops.prox_scales(a.astype(np.float32), d, k, lam)).astype(np.float64)
         ref = P.prox_scales(a, d, k, lam)
         assert np.array_equal(got > 0, ref > 0)
