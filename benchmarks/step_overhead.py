@@ -82,12 +82,16 @@ MODELS = {
     "anchor": (_anchor_cnn, (28, 28, 1), 64),
     "resnet8": (_resnet8, (32, 32, 3), 64),
     "mobilenetv2": (
-        lambda: keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=1.0, weights=None, classes=10),
+        lambda: keras.applications.MobileNetV2(
+            input_shape=(96, 96, 3), alpha=1.0, weights=None, classes=10, classifier_activation=None
+        ),
         (96, 96, 3),
         16,
     ),
     "resnet50": (
-        lambda: keras.applications.ResNet50(input_shape=(128, 128, 3), weights=None, classes=10),
+        lambda: keras.applications.ResNet50(
+            input_shape=(128, 128, 3), weights=None, classes=10, classifier_activation=None
+        ),
         (128, 128, 3),
         8,
     ),

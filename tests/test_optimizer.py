@@ -48,7 +48,10 @@ def c1_scope(model):
     )
 
 
-def test_tensor_prox_matches_numpy_reference():
+@pytest.mark.parametrize("root_finding", ["dense", "bisection"])
+def test_tensor_prox_matches_numpy_reference(root_finding, monkeypatch):
+    if root_finding == "bisection":
+        monkeypatch.setattr(prox_ops, "DENSE_PHI_LIMIT", 0)
     rng = np.random.default_rng(0)
     for _ in range(cases(200)):
         m = int(rng.integers(1, 40))
@@ -62,8 +65,11 @@ def test_tensor_prox_matches_numpy_reference():
         np.testing.assert_allclose(got * a, ref * a, rtol=1e-6, atol=1e-12 * max(1.0, a.max()))
 
 
-def test_batched_prox_is_the_prox_of_each_scope():
+@pytest.mark.parametrize("root_finding", ["dense", "bisection"])
+def test_batched_prox_is_the_prox_of_each_scope(root_finding, monkeypatch):
     """Issue 10: S scopes of different m, k, weights and strengths in one (S, M) call, row by row exact."""
+    if root_finding == "bisection":
+        monkeypatch.setattr(prox_ops, "DENSE_PHI_LIMIT", 0)
     rng = np.random.default_rng(3)
     for _ in range(cases(40)):
         n = int(rng.integers(1, 9))
@@ -108,8 +114,11 @@ def test_float32_prox_of_jax_without_x64_keeps_the_float64_support(monkeypatch):
         np.testing.assert_allclose(got * a, ref * a, rtol=0, atol=1e-6 * a.max())
 
 
-def test_tensor_prox_wide_norm_range_keeps_k():
-    """Tiny and large norms with MAC-like weights: a prefix scan cancels here; the bisection must not."""
+@pytest.mark.parametrize("root_finding", ["dense", "bisection"])
+def test_tensor_prox_wide_norm_range_keeps_k(root_finding, monkeypatch):
+    """Tiny and large norms with MAC-like weights: a prefix scan cancels here; neither root finding may."""
+    if root_finding == "bisection":
+        monkeypatch.setattr(prox_ops, "DENSE_PHI_LIMIT", 0)
     rng = np.random.default_rng(0)
     for _ in range(cases(150)):
         m = int(rng.integers(20, 150))
@@ -132,7 +141,10 @@ def numpy_leaders(a, d, segments):
     return lead
 
 
-def test_protected_tensor_prox_matches_numpy_reference():
+@pytest.mark.parametrize("root_finding", ["dense", "bisection"])
+def test_protected_tensor_prox_matches_numpy_reference(root_finding, monkeypatch):
+    if root_finding == "bisection":
+        monkeypatch.setattr(prox_ops, "DENSE_PHI_LIMIT", 0)
     rng = np.random.default_rng(1)
     for _ in range(cases(200)):
         m = int(rng.integers(2, 40))
