@@ -186,6 +186,7 @@ def page() -> str:
         "SGD(0.01, momentum 0.9); WGSEF(k=0.5, lam=1e-3, make_groups(model)), the prox active on every step;",
         "'layer' = one envelope per scope, 'model' = one global envelope; one batched prox per step over all",
         "scopes. Median ms/step of interleaved steps, synthetic data (`benchmarks/step_overhead.py`).",
+        "jit_compile 'auto' is the backend's default (on this CPU's TensorFlow it resolved to no XLA).",
         "",
         "| host | backend | jit_compile | model (batch) | scopes | bare ms | layer ms | model ms "
         "| layer overhead | model overhead |",

@@ -12,6 +12,14 @@ from keras_wgsef import prox as P
 from keras_wgsef import prox_ops
 
 
+@pytest.fixture(params=["dense", "bisection"])
+def root_finding(request, monkeypatch):
+    """Runs a test with each of the tensor prox's root findings (dense phi for small problems, bisection)."""
+    if request.param == "bisection":
+        monkeypatch.setattr(prox_ops, "DENSE_PHI_LIMIT", 0)
+    return request.param
+
+
 def cases(n: int) -> int:
     """``n`` random cases, or a fraction of them (``WGSEF_CASE_FRACTION``): the JAX and torch runs of
     ``make test`` use 0.1, since eager JAX compiles every new shape (all cases run on TensorFlow)."""
@@ -48,10 +56,7 @@ def c1_scope(model):
     )
 
 
-@pytest.mark.parametrize("root_finding", ["dense", "bisection"])
-def test_tensor_prox_matches_numpy_reference(root_finding, monkeypatch):
-    if root_finding == "bisection":
-        monkeypatch.setattr(prox_ops, "DENSE_PHI_LIMIT", 0)
+def test_tensor_prox_matches_numpy_reference(root_finding):
     rng = np.random.default_rng(0)
     for _ in range(cases(200)):
         m = int(rng.integers(1, 40))
@@ -65,11 +70,8 @@ def test_tensor_prox_matches_numpy_reference(root_finding, monkeypatch):
         np.testing.assert_allclose(got * a, ref * a, rtol=1e-6, atol=1e-12 * max(1.0, a.max()))
 
 
-@pytest.mark.parametrize("root_finding", ["dense", "bisection"])
-def test_batched_prox_is_the_prox_of_each_scope(root_finding, monkeypatch):
+def test_batched_prox_is_the_prox_of_each_scope(root_finding):
     """Issue 10: S scopes of different m, k, weights and strengths in one (S, M) call, row by row exact."""
-    if root_finding == "bisection":
-        monkeypatch.setattr(prox_ops, "DENSE_PHI_LIMIT", 0)
     rng = np.random.default_rng(3)
     for _ in range(cases(40)):
         n = int(rng.integers(1, 9))
@@ -114,11 +116,8 @@ def test_float32_prox_of_jax_without_x64_keeps_the_float64_support(monkeypatch):
         np.testing.assert_allclose(got * a, ref * a, rtol=0, atol=1e-6 * a.max())
 
 
-@pytest.mark.parametrize("root_finding", ["dense", "bisection"])
-def test_tensor_prox_wide_norm_range_keeps_k(root_finding, monkeypatch):
+def test_tensor_prox_wide_norm_range_keeps_k(root_finding):
     """Tiny and large norms with MAC-like weights: a prefix scan cancels here; neither root finding may."""
-    if root_finding == "bisection":
-        monkeypatch.setattr(prox_ops, "DENSE_PHI_LIMIT", 0)
     rng = np.random.default_rng(0)
     for _ in range(cases(150)):
         m = int(rng.integers(20, 150))
@@ -141,10 +140,7 @@ def numpy_leaders(a, d, segments):
     return lead
 
 
-@pytest.mark.parametrize("root_finding", ["dense", "bisection"])
-def test_protected_tensor_prox_matches_numpy_reference(root_finding, monkeypatch):
-    if root_finding == "bisection":
-        monkeypatch.setattr(prox_ops, "DENSE_PHI_LIMIT", 0)
+def test_protected_tensor_prox_matches_numpy_reference(root_finding):
     rng = np.random.default_rng(1)
     for _ in range(cases(200)):
         m = int(rng.integers(2, 40))
