@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+BACKENDS := $(VENV)/.backends
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
@@ -14,11 +15,14 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	@# a venv made before 0.2 had tensorflow-cpu: remove it, or it would overlay the full tensorflow
 	$(PY) -m pip uninstall --quiet --yes tensorflow-cpu 2>/dev/null || true
-	@# the other Keras backends, for the backend runs of `make test`: torch 2.13.0 is the CPU wheel
-	@# this machine keeps on disk (PyPI has CUDA builds only, ~2.7 GB); jax[cpu] from PyPI
-	$(PY) -m pip install --quiet "torch==2.13.0" "jax[cpu]>=0.4.30"
 	$(PY) -m pip install --quiet -e ".[all,test,lint]"
 	touch $(STAMP)
+
+# the other Keras backends, for the tests only: torch 2.13.0 is the CPU wheel this machine keeps
+# on disk (PyPI has CUDA builds only, ~2.7 GB); jax[cpu] from PyPI
+$(BACKENDS): $(STAMP)
+	$(PY) -m pip install --quiet "torch==2.13.0" "jax[cpu]>=0.4.30"
+	touch $(BACKENDS)
 
 install: $(STAMP)
 
@@ -35,12 +39,12 @@ BACKEND_RUN    = WGSEF_CASE_FRACTION=0.1 $(PY) -m pytest -q -p no:cacheprovider 
 # lint, type check, the suite (TensorFlow backend) with every docstring example
 # (--doctest-modules, see pyproject.toml), then the backend tests under JAX (x64 on: the
 # reference-precision checks; tests/test_backends.py covers x64 off) and torch
-test: lint
+test: lint $(BACKENDS)
 	$(PY) -m pytest -q -p no:cacheprovider
 	KERAS_BACKEND=jax JAX_ENABLE_X64=1 $(BACKEND_RUN)
 	KERAS_BACKEND=torch $(BACKEND_RUN)
 
-test-slow: $(STAMP)
+test-slow: $(BACKENDS)
 	$(PY) -m pytest -q -p no:cacheprovider -m slow
 
 demo: $(STAMP)
