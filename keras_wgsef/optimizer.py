@@ -48,6 +48,9 @@ from keras_wgsef.groups.default import groups_from_paths
 from keras_wgsef.groups.scope import GroupScope, match_variables, merge_scopes
 from keras_wgsef.scope_state import ScopeState, prox_factors
 
+#: the Keras backends WGSEF trains on (each tested by `make test`)
+TRAINING_BACKENDS = ("tensorflow", "jax", "torch")
+
 __all__ = ["WGSEF", "KSpec", "ScopeState", "resolve_k"]
 
 KSpec = int | float | Mapping[str, int | float]
@@ -364,6 +367,11 @@ class WGSEF(keras.optimizers.Optimizer):
                 "or call optimizer.bind(model) before a custom training loop."
             )
         backend = keras.backend.backend()
+        if backend not in TRAINING_BACKENDS:  # a model loads anywhere; it trains on these
+            raise ValueError(
+                f"WGSEF trains on the {', '.join(TRAINING_BACKENDS)} backends of Keras, and Keras runs on "
+                f"{backend!r}, which cannot train: set KERAS_BACKEND to one of them before importing Keras."
+            )
         if backend == "tensorflow":
             self._tf_apply(grads, trainable_variables)
             return

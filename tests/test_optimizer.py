@@ -472,3 +472,13 @@ def test_bad_k_and_lam_are_refused_at_construction(kwargs, error, message):
 
 def test_numpy_lam_is_accepted():
     assert kw.WGSEF(keras.optimizers.SGD(0.1), k=2, lam=np.float32(1e-3)).lam == np.float32(1e-3)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "openvino"])
+def test_a_backend_that_cannot_train_is_refused_with_the_alternatives(backend, monkeypatch):
+    m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, name="h"), keras.layers.Dense(1)])
+    opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=2, groups=kw.make_groups(m))  # constructing (loading) works
+    opt.build(m.trainable_variables)
+    monkeypatch.setattr(keras.backend, "backend", lambda: backend)
+    with pytest.raises(ValueError, match=rf"Keras runs on '{backend}', which cannot train: set KERAS_BACKEND"):
+        opt.apply([np.zeros(v.shape, "float32") for v in m.trainable_variables], m.trainable_variables)
