@@ -188,7 +188,7 @@ def prox_factors(states: Sequence[ScopeState], values: Sequence[Sequence], lr, r
     Args:
       states: the scopes.
       values: per scope, its variables' current values (tensors, member order).
-      lr: the learning rate of this step (float64 scalar tensor).
+      lr: the learning rate of this step (a scalar tensor; cast to ``prox_ops.prox_dtype()``).
       ridge: as in :func:`keras_wgsef.prox_ops.prox_scales`.
 
     Returns:

@@ -52,7 +52,8 @@ def test_reachk_ends_with_exactly_k_and_learns(digits, inner, tmp_path):
     _, acc = model.evaluate(xt, yt, verbose=0)
     # 10 classes, chance 0.1; 8 short epochs on 1,400 digits under a strong prox. Measured (seeds 0, 1):
     # Adam 0.8+; SGD preset 0.41/0.38 on TensorFlow, 0.27/0.59 on JAX, 0.17/0.27 on torch
-    assert acc > (0.35 if inner == "adam" else 0.15), acc
+    floor = 0.35 if inner == "adam" or keras.backend.backend() == "tensorflow" else 0.15  # TensorFlow: as before
+    assert acc > floor, acc
     assert any(p.name.startswith("events") for p in (tmp_path / "tb").iterdir())
     assert log.history[-1][opt.scopes[0].name]["tau"] == 0.0  # exactly k: tau = 0
 

@@ -231,9 +231,11 @@ def test_fit_reaches_k_with_strong_lam(jit):
     model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
     model.fit(x, y, epochs=2, batch_size=32, verbose=0)
     norms = opt.scopes[0].group_norms()
-    # the prox alone keeps at least k (exactly k is the controller's job): here 3 on TensorFlow and
-    # JAX, 4 on torch (its own initialisation and Adam); the recorded count is the true one
-    assert 3 <= np.count_nonzero(norms) <= 4 and np.count_nonzero(norms) < 8
+    # the prox alone keeps at least k (exactly k is the controller's job): 3 here on TensorFlow, as
+    # before; torch (its own initialisation and Adam) ends with 4; the recorded count is the true one
+    if keras.backend.backend() == "tensorflow":
+        assert np.count_nonzero(norms) == 3
+    assert 3 <= np.count_nonzero(norms) <= 4
     assert opt.scopes[0].nonzero_count() == np.count_nonzero(norms)
 
 

@@ -69,9 +69,10 @@ def missing_export_modules() -> list[str]:
     return [m for m in _EXPORT_EXTRA if importlib.util.find_spec(m) is None]
 
 
-if missing_export_modules():
+_missing = missing_export_modules()
+if _missing:
     warnings.warn(
-        f"tflite_export: {', '.join(missing_export_modules())} not installed: shrink and plan_shrink work "
+        f"tflite_export: {', '.join(_missing)} not installed: shrink and plan_shrink work "
         f"(Keras only); conversion, LiteRT and TFLite Micro need `{INSTALL_EXPORT}`.",
         stacklevel=2,
     )
