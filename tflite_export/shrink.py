@@ -2,7 +2,9 @@
 
 A channel class (see :mod:`keras_wgsef.graph.channels`) is **dead** when every place that reads it
 through a kernel (a Conv/Dense input slice, a Dense after Flatten at positions ``s*C + c``) sees an
-exact zero, and it is neither a model input/output channel nor read by an opaque layer. Exact zeros
+exact zero or reads it with an all-zero slice of its kernel (an input-channel group at zero: the
+channel is computed but never used, so the producer's output channel goes too), and it is neither
+a model input/output channel nor read by an opaque layer. Exact zeros
 are propagated through the graph from the weights alone:
 
 * producer channel ``c``: ``bias[c] = 0``, ``kernel[..., i, c] = 0`` for every input channel ``i``
@@ -43,7 +45,6 @@ from typing import Any
 
 import numpy as np
 
-from keras_wgsef.graph import rules as cr
 from keras_wgsef.graph.channels import ChannelAnalysis, analyze, zero_channels
 from keras_wgsef.graph.costs import count_macs, count_params
 from keras_wgsef.graph.model_graph import flatten_model, layer_variables, matches
@@ -133,24 +134,20 @@ def plan_shrink(model: Any, *, multiple: int = 1, exclude: str | Iterable[str] |
     nonzero_at: dict[int, str] = {}
     seen: set[int] = set()
     for node in g.nodes:
-        if isinstance(a.rules[node.path], (cr.Produce, cr.Separable)):
+        rule = a.rules[node.path]
+        if rule.reads_channels:
             t = node.inputs[0]
-            for r, z in zip(a.roots(a.tensor_ids[t]).tolist(), zero[t].tolist()):
+            unread = rule.unread_inputs(_weights(node.layer), len(a.tensor_ids[t]))
+            for r, z, u in zip(a.roots(a.tensor_ids[t]).tolist(), zero[t].tolist(), unread.tolist()):
                 seen.add(r)
-                if not z:
+                if not (z or u):
                     nonzero_at.setdefault(r, f"nonzero where {node.path} ({type(node.layer).__name__}) reads it")
     candidates: set[int] = set()
     for node in g.nodes:
         for t in node.outputs:
             candidates |= {r for r, z in zip(a.roots(a.tensor_ids[t]).tolist(), zero[t].tolist()) if z}
     for path, ids in a.out_ids.items():  # a zero filter (even with a nonzero bias) is worth a note
-        rule = a.rules[path]
-        k = np.asarray(
-            layer_variables(a.graph.layers[path])[getattr(rule, "kernel", getattr(rule, "pointwise", ""))].numpy()
-        )
-        k = np.moveaxis(k, getattr(rule, "out_axis", -1) % k.ndim, -1).reshape(
-            -1, k.shape[getattr(rule, "out_axis", -1)]
-        )
+        k = _output_kernel(a, path)
         candidates |= {r for r, z in zip(a.roots(ids).tolist(), np.all(k == 0, axis=0).tolist()) if z}
     dead = {r for r in seen if r not in pinned and r not in nonzero_at}
     kept = [(r, pinned.get(r) or nonzero_at.get(r, "")) for r in sorted(candidates - dead)]
@@ -185,11 +182,7 @@ def _round_widths(a: ChannelAnalysis, dead: set[int], multiple: int) -> tuple[se
             target = min(len(roots), max(multiple, -(-n_keep // multiple) * multiple))
             if n_keep >= target:
                 continue
-            w = layer_variables(a.graph.layers[path])
-            rule = a.rules[path]
-            kernel = np.asarray(w[getattr(rule, "kernel", getattr(rule, "pointwise", "kernel"))].numpy())
-            k = np.moveaxis(kernel, getattr(rule, "out_axis", -1) % kernel.ndim, -1)
-            norms = np.sqrt((k.reshape(-1, k.shape[-1]) ** 2).sum(0))
+            norms = np.sqrt((_output_kernel(a, path) ** 2).sum(0))
             for c in sorted((c for c, r in enumerate(roots) if r in dead), key=lambda c: -norms[c]):
                 if n_keep >= target:
                     break
@@ -201,35 +194,25 @@ def _round_widths(a: ChannelAnalysis, dead: set[int], multiple: int) -> tuple[se
     return dead, padded
 
 
-def _mask(a: ChannelAnalysis, ids: np.ndarray, dead: set[int]) -> np.ndarray:
-    return np.array([r not in dead for r in a.roots(ids).tolist()], bool)
+def _weights(layer: Any) -> dict[str, np.ndarray]:
+    import keras
+
+    return {k: np.asarray(keras.ops.convert_to_numpy(w)) for k, w in layer_variables(layer).items()}
+
+
+def _output_kernel(a: ChannelAnalysis, path: str) -> np.ndarray:
+    """The producer's kernel as a ``(-1, n_out)`` matrix (its rule says which weight and axis)."""
+    k = a.rules[path].output_kernel(_weights(a.graph.layers[path]))
+    if k is None:
+        raise TypeError(f"the rule of {path!r} ({type(a.rules[path]).__name__}) makes channels but names no kernel.")
+    return k
 
 
 def _sliced_weights(a: ChannelAnalysis, path: str, dead: set[int]) -> dict[str, np.ndarray] | None:
-    layer, rule = a.graph.layers[path], a.rules[path]
-    v = {k: np.asarray(w.numpy()) for k, w in layer_variables(layer).items()}
-    if isinstance(rule, cr.Produce):
-        out_m, in_m = _mask(a, a.out_ids[path], dead), _mask(a, a.in_ids[path], dead)
-        k = v[rule.kernel]
-        v[rule.kernel] = np.compress(
-            in_m, np.compress(out_m, k, axis=rule.out_axis % k.ndim), axis=rule.in_axis % k.ndim
-        )
-        if rule.bias:
-            v[rule.bias] = v[rule.bias][out_m]
-    elif isinstance(rule, cr.Separable):
-        out_m, in_m = _mask(a, a.out_ids[path], dead), _mask(a, a.in_ids[path], dead)
-        v[rule.depthwise] = np.compress(in_m, v[rule.depthwise], axis=-2)
-        pw = np.compress(np.repeat(in_m, rule.depth_multiplier), v[rule.pointwise], axis=-2)
-        v[rule.pointwise] = np.compress(out_m, pw, axis=-1)
-        if rule.bias:
-            v[rule.bias] = v[rule.bias][out_m]
-    elif isinstance(rule, cr.Carry):
-        m = _mask(a, a.carry_ids[path], dead)
-        for name, axis in rule.params + (((rule.bias, 0),) if rule.bias else ()):
-            v[name] = np.compress(m, v[name], axis=axis % v[name].ndim)
-    else:
+    own = a.channels.get(path)
+    if own is None:
         return None
-    return v
+    return a.rules[path].slice_weights(_weights(a.graph.layers[path]), a.keep_mask(dead), own)
 
 
 def _edit_config(cfg: dict, prefix: str, plan: ShrinkPlan, nested_inputs: dict[str, list[int]]) -> None:
@@ -245,7 +228,7 @@ def _edit_config(cfg: dict, prefix: str, plan: ShrinkPlan, nested_inputs: dict[s
             if prefix:
                 idx = next((i for i, r in enumerate(input_refs) if r[0] == name), 0)
                 t = nested_inputs[prefix][idx]
-                width = int(_mask(a, a.tensor_ids[t], plan.dead).sum())
+                width = int(a.keep_mask(plan.dead)(a.tensor_ids[t]).sum())
                 shape = list(lc["config"]["batch_shape"])
                 lc["config"]["batch_shape"] = [*shape[:-1], width]
             continue
@@ -255,13 +238,8 @@ def _edit_config(cfg: dict, prefix: str, plan: ShrinkPlan, nested_inputs: dict[s
         rule = a.rules.get(path)
         if path not in plan.channels or rule is None:
             continue
-        width = len(plan.channels[path])
-        if isinstance(rule, (cr.Produce, cr.Separable)):
-            lc["config"][rule.width_key] = width
-        elif isinstance(rule, cr.Passthrough) and rule.resize_key:
-            lc["config"][rule.resize_key] = [*list(lc["config"][rule.resize_key])[:-1], width]
-        elif isinstance(rule, cr.Flatten) and rule.resize_key:
-            lc["config"][rule.resize_key] = [width]
+        before, kept = plan.widths[path]
+        rule.edit_config(lc["config"], kept, before)
 
 
 def _refs(x: Any) -> list:
@@ -353,6 +331,8 @@ def shrink(
             )
             if values:
                 new_layers[path].set_weights(values)
+                if hasattr(new_layers[path], "finalize_state"):  # preprocessing layers cache their state
+                    new_layers[path].finalize_state()
     except Exception as e:
         raise ShrinkError(f"could not rebuild the thinner model: {type(e).__name__}: {e}") from e
     diff, tol, same = output_difference(model, new, sample, rtol)

@@ -135,17 +135,12 @@ class BudgetPlan:
         for s in self.scopes:
             per_group: list[set[int]] = [set() for _ in range(s.num_groups)]
             for mb in s.members:
-                layer, _, weight = mb.path.rpartition("/")
                 if mb.axis is None:
                     raise BudgetError(
                         f"scope {s.name!r}: member {mb.path!r} is not a channel group; a budget needs channel "
                         "groups (kw.make_groups(model) with kind 'output_channel' or 'block')."
                     )
-                ids = (
-                    a.in_ids.get(layer)
-                    if weight == "depthwise_kernel"
-                    else a.out_ids.get(layer, a.carry_ids.get(layer))
-                )
+                ids = a.param_ids.get(mb.path, (None, None))[1]
                 if ids is None or len(ids) != len(mb.index):
                     raise BudgetError(
                         f"scope {s.name!r}: member {mb.path!r} does not name a channel of this model's layers; "

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from keras_wgsef.graph import rules as cr
-from keras_wgsef.graph.model_graph import Graph, Node, flatten_model, layer_variables, matches
+from keras_wgsef.graph.model_graph import Graph, Node, flatten_model, layer_variables, matches, weight_paths
 from keras_wgsef.groups.scope import GroupScope, Member
 
 __all__ = ["ChannelAnalysis", "analyze", "channel_scopes", "mac_weights", "zero_channels"]
@@ -45,25 +45,39 @@ __all__ = ["ChannelAnalysis", "analyze", "channel_scopes", "mac_weights", "zero_
 
 @dataclasses.dataclass
 class ChannelAnalysis:
-    """Channel ids of every tensor and of every weighted layer, with union-find classes and pins.
+    """Channel ids of every tensor and of every layer, with union-find classes and pins.
 
     Attributes:
       graph: the flat graph.
-      rules: resolved rule per layer path.
+      rules: resolved rule per layer path (each rule owns its layer's channel behaviour).
       tensor_ids: channel ids along the last axis of each tensor.
-      out_ids: a producer's (Produce/Separable) output channels; ``in_ids``: the input channels its
-        kernel reads (Produce/Separable); ``carry_ids``: a carrier's channels.
+      channels: per layer, the ids it owns (:class:`~keras_wgsef.graph.rules.LayerChannels`:
+        a producer's output and input channels, a carrier's channels).
+      param_ids: ``"layer/weight"`` -> (axis, channel ids along it) for every weight indexed by channel.
       pins: id -> reason the channel can never be removed (model input/output, opaque layer, ...).
     """
 
     graph: Graph
     rules: dict[str, cr.ChannelRule]
     tensor_ids: list[np.ndarray]
-    out_ids: dict[str, np.ndarray]
-    in_ids: dict[str, np.ndarray]
-    carry_ids: dict[str, np.ndarray]
+    channels: dict[str, cr.LayerChannels]
     parent: list[int]
     pins: dict[int, str]
+    param_ids: dict[str, tuple[int, np.ndarray]] = dataclasses.field(default_factory=dict)
+
+    def own(self, path: str) -> cr.LayerChannels:
+        """The ids layer ``path`` owns (created empty on first use)."""
+        return self.channels.setdefault(path, cr.LayerChannels())
+
+    @property
+    def out_ids(self) -> dict[str, np.ndarray]:
+        """Producer path -> the output channels it makes."""
+        return {p: c.out for p, c in self.channels.items() if c.out is not None}
+
+    @property
+    def in_ids(self) -> dict[str, np.ndarray]:
+        """Producer path -> the input channels its kernel reads."""
+        return {p: c.inp for p, c in self.channels.items() if c.inp is not None}
 
     def new(self, n: int) -> np.ndarray:
         start = len(self.parent)
@@ -98,24 +112,41 @@ class ChannelAnalysis:
             out.setdefault(self.find(i), why)
         return out
 
+    def keep_mask(self, dead: set[int]) -> cr.Keep:
+        """``ids -> bool mask`` of the channels that are not in the ``dead`` classes."""
+        return lambda ids: np.array([r not in dead for r in self.roots(ids).tolist()], bool)
+
 
 def analyze(model: Any, *, exclude: str | Iterable[str] | None = None) -> ChannelAnalysis:
     """Builds the channel classes of ``model``.
 
     Args:
       model: a Sequential or Functional Keras model (built), or its :func:`flatten_model` graph.
-      exclude: regexes on layer paths; a matching layer without a rule is treated as opaque (its
-        input and output channels are kept).
+      exclude: regexes on layer paths; a matching layer without a rule (or refused) is treated as
+        opaque (its input and output channels are kept).
     """
     g = model if isinstance(model, Graph) else flatten_model(model)
-    a = ChannelAnalysis(g, {}, [np.zeros(0, np.int64)] * len(g.shapes), {}, {}, {}, [], {})
+    a = ChannelAnalysis(g, {}, [np.zeros(0, np.int64)] * len(g.shapes), {}, [], {})
     for t in g.inputs:
-        a.tensor_ids[t] = a.new(int(g.shapes[t][-1]))
+        a.tensor_ids[t] = a.new(int(g.shapes[t][-1]) if g.shapes[t] else 1)
         a.pin(a.tensor_ids[t], "model input")
     for node in g.nodes:
-        _apply(a, node, exclude)
+        rule = _resolve_rule(node, g, exclude)
+        a.rules[node.path] = rule
+        ins = [a.tensor_ids[t] for t in node.inputs]
+        a.tensor_ids[node.outputs[0]] = rule.propagate(a, node, ins)
     for t in g.outputs:
         a.pin(a.tensor_ids[t], "model output")
+    for path, layer in g.layers.items():
+        layer_rule, own = a.rules.get(path), a.channels.get(path)
+        if layer_rule is None or own is None:
+            continue
+        v = layer_variables(layer)
+        for name, axis, ids in layer_rule.weight_slices(own):
+            ax = axis % len(v[name].shape)
+            if int(v[name].shape[ax]) != len(ids):
+                raise ValueError(f"{v[name].path}: axis {ax} has {v[name].shape[ax]} entries, expected {len(ids)}.")
+            a.param_ids[f"{path}/{name}"] = (ax, ids)
     return a
 
 
@@ -127,84 +158,10 @@ def _resolve_rule(node: Node, g: Graph, exclude: Any) -> cr.ChannelRule:
             return cr.Opaque(f"excluded {type(node.layer).__name__} layer")
         raise
     in_shape = g.shapes[node.inputs[0]] if node.inputs else ()
-    out_shape = g.shapes[node.outputs[0]]
-    if isinstance(rule, cr.Reshape):
-        if len(out_shape) == 2 and len(in_shape) > 2:
-            return cr.Flatten(resize_key=rule.resize_key)
-        if in_shape and in_shape[-1] == out_shape[-1]:
-            return cr.Passthrough(resize_key=rule.resize_key)
-        return cr.Opaque("Reshape that moves the channel axis")
-    if isinstance(rule, cr.Carry) and rule.channel_axis not in (-1, len(in_shape) - 1):
-        return cr.Opaque(f"per-channel axis {rule.channel_axis} is not the last axis")
+    rule = rule.resolve(node.layer, tuple(in_shape), tuple(g.shapes[node.outputs[0]]))
     if len(node.outputs) != 1 and not isinstance(rule, cr.Opaque):
         return cr.Opaque("layer with several outputs")
     return rule
-
-
-def _apply(a: ChannelAnalysis, node: Node, exclude: Any) -> None:
-    g, path, layer = a.graph, node.path, node.layer
-    rule = _resolve_rule(node, g, exclude)
-    a.rules[path] = rule
-    ins = [a.tensor_ids[t] for t in node.inputs]
-    where = f"layer {path!r} ({type(layer).__name__})"
-    out_width = g.shapes[node.outputs[0]][-1] if g.shapes[node.outputs[0]] else None
-    if isinstance(rule, cr.Opaque):
-        for ids in ins:
-            a.pin(ids, f"read by {path} ({type(layer).__name__}: {rule.reason})")
-        for t in node.outputs:
-            a.tensor_ids[t] = a.new(int(g.shapes[t][-1]) if g.shapes[t] else 1)
-            a.pin(a.tensor_ids[t], f"made by {path} ({type(layer).__name__}: {rule.reason})")
-        return
-    out = node.outputs[0]
-    if isinstance(rule, (cr.Produce, cr.Separable)):
-        v = layer_variables(layer)
-        if isinstance(rule, cr.Produce):
-            shape = v[rule.kernel].shape
-            n_out, n_in = int(shape[rule.out_axis]), int(shape[rule.in_axis])
-        else:
-            n_out, n_in = int(v[rule.pointwise].shape[-1]), int(v[rule.depthwise].shape[-2])
-        if path not in a.out_ids:
-            a.out_ids[path], a.in_ids[path] = a.new(n_out), a.new(n_in)
-        a.union(ins[0], a.in_ids[path], where)
-        a.tensor_ids[out] = a.out_ids[path]
-        if getattr(rule, "mixes_output", False):
-            a.pin(a.out_ids[path], f"made by {path} (its activation mixes channels)")
-    elif isinstance(rule, cr.Carry):
-        if path not in a.carry_ids:
-            a.carry_ids[path] = a.new(len(ins[0]))
-        a.union(ins[0], a.carry_ids[path], where)
-        a.tensor_ids[out] = a.carry_ids[path]
-    elif isinstance(rule, cr.Passthrough):
-        if len(ins[0]) != out_width:
-            raise ValueError(f"{where}: a passthrough rule, but it changes the channel count.")
-        a.tensor_ids[out] = ins[0]
-    elif isinstance(rule, cr.Merge):
-        full = [ids for ids in ins if len(ids) == out_width]
-        for ids in full[1:]:
-            a.union(full[0], ids, where)
-        if len(full) < len(ins) and rule.op != "product":
-            a.pin(full[0], f"{path}: a one-channel input is broadcast onto every channel")
-        a.tensor_ids[out] = full[0]
-    elif isinstance(rule, cr.Concat):
-        rank = len(g.shapes[out])
-        if rule.axis in (-1, rank - 1):
-            a.tensor_ids[out] = np.concatenate(ins)
-        else:
-            for ids in ins[1:]:
-                a.union(ins[0], ids, where)
-            a.tensor_ids[out] = ins[0]
-    elif isinstance(rule, cr.Flatten):
-        in_shape = g.shapes[node.inputs[0]]
-        reps = int(np.prod(in_shape[1:-1])) if len(in_shape) > 2 else 1
-        a.tensor_ids[out] = np.tile(ins[0], reps)
-    else:
-        raise TypeError(f"{where}: unknown rule type {type(rule).__name__}.")
-
-
-def _act_zero(layer: Any) -> bool:
-    """``activation(0) == 0`` for the layer's activation (True without one)."""
-    fn = getattr(layer, "activation", None)
-    return True if fn is None else bool(np.all(cr.value_at_zero(fn) == 0))
 
 
 def zero_channels(a: ChannelAnalysis, zeroed: Iterable[str] = ()) -> list[np.ndarray]:
@@ -213,7 +170,8 @@ def zero_channels(a: ChannelAnalysis, zeroed: Iterable[str] = ()) -> list[np.nda
     ``zeroed``: weight paths (``"layer/path/weight"``) to take as all zero instead of their
     values: with a group's parameters there, the result says whether zeroing the group silences
     its channel wherever it is read (the group is zero-invariant). :mod:`tflite_export.shrink`
-    calls it with the trained weights to find the dead channels.
+    calls it with the trained weights to find the dead channels. Each layer's rule decides
+    (:meth:`~keras_wgsef.graph.rules.ChannelRule.zero`).
     """
     import keras
 
@@ -221,89 +179,26 @@ def zero_channels(a: ChannelAnalysis, zeroed: Iterable[str] = ()) -> list[np.nda
     zeroed = set(zeroed)
     zero: list[np.ndarray] = [np.zeros(len(ids), bool) for ids in a.tensor_ids]
     for node in g.nodes:
-        rule, layer = a.rules[node.path], node.layer
-        v = {
-            k: np.zeros(tuple(w.shape)) if f"{node.path}/{k}" in zeroed else np.asarray(keras.ops.convert_to_numpy(w))
-            for k, w in layer_variables(layer).items()
-        }
-        ins = [zero[t] for t in node.inputs]
-        out_n = len(a.tensor_ids[node.outputs[0]])
+        rule = a.rules[node.path]
         if isinstance(rule, cr.Opaque):
             continue
-        if isinstance(rule, (cr.Produce, cr.Separable)):
-            if isinstance(rule, cr.Produce):
-                w = np.moveaxis(
-                    v[rule.kernel], [rule.in_axis % v[rule.kernel].ndim, rule.out_axis % v[rule.kernel].ndim], [-2, -1]
-                )
-                live = ~ins[0]
-            else:
-                dw, dm = v[rule.depthwise], rule.depth_multiplier
-                mid_zero = np.repeat(ins[0], dm) | np.all(dw == 0, axis=tuple(range(dw.ndim - 2))).reshape(-1)
-                w, live = v[rule.pointwise], ~mid_zero
-            out = np.all(w[..., live, :] == 0, axis=tuple(range(w.ndim - 1)))
-            if rule.bias:
-                out &= v[rule.bias] == 0
-            out &= _act_zero(layer)
-        elif isinstance(rule, cr.Carry):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                n = len(ins[0])
-                gamma, beta = v.get("gamma", np.ones(n)), v.get("beta", np.zeros(n))
-                mean = v.get("moving_mean", np.zeros(n))
-                out = ((gamma == 0) & (beta == 0)) | (ins[0] & (beta == 0) & ((gamma == 0) | (mean == 0)))
-            else:
-                out = ins[0].copy()
-                if isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
-                    k = v["kernel"]
-                    out |= np.all(np.moveaxis(k, -2, -1) == 0, axis=tuple(range(k.ndim - 1)))
-                    out &= _act_zero(layer)
-                if rule.bias:
-                    out &= v[rule.bias] == 0
-        elif isinstance(rule, cr.Passthrough):
-            out = ins[0] if rule.zero_preserving else np.zeros(out_n, bool)
-        elif isinstance(rule, cr.Merge):
-            full = [z for z in ins if len(z) == out_n]
-            bcast = [bool(z[0]) for z in ins if len(z) != out_n]
-            if rule.op == "product":
-                out = np.logical_or.reduce(full) | any(bcast)
-            else:
-                out = np.logical_and.reduce(full) & all(bcast)
-        elif isinstance(rule, cr.Concat):
-            same = len(ins[0]) == out_n and len(ins) > 1 and sum(len(z) for z in ins) != out_n
-            out = np.logical_and.reduce(ins) if same else np.concatenate(ins)
-        elif isinstance(rule, cr.Flatten):
-            out = np.tile(ins[0], out_n // max(len(ins[0]), 1))
-        else:
-            raise TypeError(f"{node.path}: unknown rule {type(rule).__name__}")
-        zero[node.outputs[0]] = np.asarray(out, bool)
+        v = {
+            k: np.zeros(tuple(w.shape)) if f"{node.path}/{k}" in zeroed else np.asarray(keras.ops.convert_to_numpy(w))
+            for k, w in layer_variables(node.layer).items()
+        }
+        out_n = len(a.tensor_ids[node.outputs[0]])
+        zero[node.outputs[0]] = np.asarray(rule.zero(node.layer, v, [zero[t] for t in node.inputs], out_n), bool)
     return zero
 
 
 def _group_params(a: ChannelAnalysis) -> list[tuple[str, int, np.ndarray, int]]:
-    """(variable path, axis, channel ids along the axis, variable size) for every grouped parameter."""
+    """(weight path, axis, channel ids along the axis, weight size) for every trainable grouped weight."""
+    weights = weight_paths(a.graph)
     out = []
-    for path, layer in a.graph.layers.items():
-        rule, v = a.rules.get(path), layer_variables(layer)
-        entries: list[tuple[str, int, np.ndarray]] = []
-        if isinstance(rule, cr.Produce):
-            entries = [(rule.kernel, rule.out_axis, a.out_ids[path])]
-            if rule.bias:
-                entries.append((rule.bias, 0, a.out_ids[path]))
-        elif isinstance(rule, cr.Separable):
-            entries = [(rule.pointwise, -1, a.out_ids[path])]
-            if rule.bias:
-                entries.append((rule.bias, 0, a.out_ids[path]))
-            entries.append((rule.depthwise, -2, a.in_ids[path]))
-        elif isinstance(rule, cr.Carry):
-            entries = [(n, ax, a.carry_ids[path]) for n, ax in rule.params]
-            if rule.bias:
-                entries.append((rule.bias, 0, a.carry_ids[path]))
-        for name, axis, ids in entries:
-            var = v[name]
-            if var.trainable:
-                ax = axis % len(var.shape)
-                if int(var.shape[ax]) != len(ids):
-                    raise ValueError(f"{var.path}: axis {ax} has {var.shape[ax]} entries, expected {len(ids)}.")
-                out.append((f"{path}/{name}", ax, ids, int(np.prod(var.shape))))
+    for wpath, (axis, ids) in a.param_ids.items():
+        var = weights[wpath]
+        if var.trainable:
+            out.append((wpath, axis, ids, int(np.prod(var.shape))))
     return out
 
 
@@ -428,7 +323,8 @@ def _pin_not_zero_invariant(a: ChannelAnalysis, params: list[tuple[str, int, np.
     grouped = {int(r) for _, _, ids, _ in params for r in a.roots(ids).tolist()} - set(pinned)
     reasons: dict[int, str] = {}
     for node in a.graph.nodes:
-        if isinstance(a.rules.get(node.path), (cr.Produce, cr.Separable)):
+        rule = a.rules.get(node.path)
+        if rule is not None and rule.reads_channels:
             t = node.inputs[0]
             for r, z in zip(a.roots(a.tensor_ids[t]).tolist(), zero[t].tolist()):
                 if r in grouped and not z:
@@ -461,7 +357,6 @@ def mac_weights(scopes: list[GroupScope], a: ChannelAnalysis) -> list[GroupScope
     default weights (the group sizes).
     """
     from keras_wgsef.graph.costs import count_macs
-    from keras_wgsef.graph.model_graph import weight_paths
 
     shapes = {p: tuple(w.shape) for p, w in weight_paths(a.graph).items()}
     macs = count_macs(a.graph)
@@ -481,18 +376,16 @@ def _mac_costs(s: GroupScope, macs: dict[str, int], a: ChannelAnalysis) -> np.nd
     """MACs removed with each group: producer MACs per output channel + consumer MACs per input channel."""
     group_of_root: dict[int, int] = {}
     for mb in s.members:
-        layer_path = mb.path.rpartition("/")[0]
-        if mb.path.endswith("depthwise_kernel"):
-            ids = a.in_ids[layer_path]
-        else:
-            ids = a.out_ids[layer_path] if layer_path in a.out_ids else a.carry_ids[layer_path]
+        _, ids = a.param_ids[mb.path]
         for r, gid in zip(a.roots(ids).tolist(), mb.index.tolist()):
             group_of_root[r] = gid
     d = np.zeros(s.num_groups)
-    for table in (a.out_ids, a.in_ids, a.carry_ids):
-        for path, ids in table.items():
-            per = macs.get(path, 0) / max(len(ids), 1)
-            for r in a.roots(ids).tolist():
+    for path, own in a.channels.items():
+        for owned in (own.out, own.inp, own.carry):
+            if owned is None:
+                continue
+            per = macs.get(path, 0) / max(len(owned), 1)
+            for r in a.roots(owned).tolist():
                 if r in group_of_root:
                     d[group_of_root[r]] += per
     return np.maximum(d, 1.0)

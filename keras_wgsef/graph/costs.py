@@ -65,6 +65,11 @@ def layer_macs(layer: Any, in_shape: tuple, out_shape: tuple) -> int:
         layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
     )
     shape = in_shape if transposed else out_shape
+    if None in tuple(shape[1:-1]):
+        raise ValueError(
+            f"MACs of layer {layer.name!r} ({type(layer).__name__}): its shape {tuple(shape)} has an unknown "
+            "dimension; build the model with static shapes (e.g. EinsumDense(output_shape=(5, 8)), not (None, 8))."
+        )
     positions = int(np.prod([int(s) for s in shape[1:-1]])) if len(shape) > 2 else 1
     return positions * sum(int(np.prod(k.shape)) for k in kernels)
 

@@ -95,7 +95,10 @@ def _output_shapes(layer: Any, shapes: list[tuple]) -> list[tuple]:
         out = layer.compute_output_shape(arg)
     except Exception:
         specs = [keras.KerasTensor(s) for s in shapes]
-        out = layer.compute_output_spec(specs[0] if len(specs) == 1 else specs)
+        try:
+            out = layer.compute_output_spec(specs[0] if len(specs) == 1 else specs)
+        except TypeError:  # separate positional inputs (MultiHeadAttention(query, value))
+            out = layer.compute_output_spec(*specs)
         out = [o.shape for o in out] if isinstance(out, (list, tuple)) else out.shape
     if isinstance(out, (list, tuple)) and out and isinstance(out[0], (list, tuple)):
         return [tuple(o) for o in out]
@@ -162,7 +165,9 @@ def _expand(model: Any, prefix: str, bound: list[int], g: Graph, calls: dict) ->
             for k, a in zip(ins, args):
                 if g.shapes[k] is None or g.shapes[k] == ():
                     g.shapes[k] = tuple(a["shape"])
-            layer = model.get_layer(lc["config"]["name"])
+                elif len(g.shapes[k]) == len(a["shape"]):  # the traced shape knows dims the layer left open
+                    g.shapes[k] = tuple(s if s is not None else t for s, t in zip(g.shapes[k], a["shape"]))
+            layer = _layer_or_operation(model, lc["config"]["name"])
             outs = _call(layer, prefix + layer.name, ins, g, calls)
             for j, o in enumerate(outs):
                 hist[(layer.name, idx, j)] = o
@@ -171,6 +176,14 @@ def _expand(model: Any, prefix: str, bound: list[int], g: Graph, calls: dict) ->
             raise ValueError(f"model {name!r}: could not order the layer graph (unresolved inbound tensors).")
         pending = rest
     return [hist[(r[0], int(r[1]), int(r[2]))] for r in _as_refs(cfg["output_layers"])]
+
+
+def _layer_or_operation(model: Any, name: str) -> Any:
+    """The layer called ``name``, or the ``keras.ops`` operation of that name (e.g. ``not_equal``)."""
+    for op in model.operations:
+        if op.name == name:
+            return op
+    raise ValueError(f"model {model.name!r}: no layer or operation named {name!r}.")
 
 
 def _call(layer: Any, path: str, ins: list[int], g: Graph, calls: dict) -> list[int]:
@@ -186,8 +199,8 @@ def _call(layer: Any, path: str, ins: list[int], g: Graph, calls: dict) -> list[
 
 
 def layer_variables(layer: Any) -> dict[str, Any]:
-    """``{short name: variable}`` of a layer (``"kernel"``, ``"bias"``, ``"gamma"``, ...)."""
-    return {w.path.rsplit("/", 1)[-1]: w for w in layer.weights}
+    """``{short name: variable}`` of a layer (``"kernel"``, ``"bias"``, ``"gamma"``, ...); none for an operation."""
+    return {w.path.rsplit("/", 1)[-1]: w for w in getattr(layer, "weights", [])}
 
 
 def weight_paths(g: Graph) -> dict[str, Any]:

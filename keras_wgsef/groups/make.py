@@ -9,14 +9,14 @@ output_channel    a filter: its kernel slice, bias, the following BatchNorm's   
                   gamma/beta, depthwise slices that carry it, residual and
                   concatenation partners (dependency-aware, see graph.channels)
 block             ``block`` consecutive output channels (SIMD-friendly widths)   yes
-input_channel     one input channel's slice of the kernel (all filters)          no [#]_
+input_channel     one input channel's slice of the kernel (all filters)          yes [#]_
 filter_shape      one kernel position ``(*spatial, c)`` across all filters       no
 layer             every kernel and bias of a layer (use with ``envelope="model"``)  yes
 unstructured      a single weight                                                no
 ================  =============================================================  ==========
 
-.. [#] input-channel sparsity can be removed by the producer of that channel; the exporter
-   removes output channels only.
+.. [#] when every layer that reads the channel ignores it (``tflite_export.shrink`` then removes
+   the input slices and the producer's output channel); not the model's input channels.
 
 Weights ``d_j``: ``"size"`` (group size, the default: ``k = 1`` is then the squared group
 lasso), ``"uniform"`` (1), ``"macs"`` (group size times relative cost,

@@ -1,0 +1,363 @@
+"""Every ``keras.layers`` class has a channel rule; each rule is checked by shrinking a model around it.
+
+The check for a rule: a producer ``a`` (8 channels) feeds the layer under test, which feeds a
+consumer; random groups of ``a`` are zeroed as WGSEF would (kernel slice, bias and every
+per-channel parameter of the group), the model is shrunk, and
+
+* where the rule says the channels pass (passthrough, per-channel carriers, inference identities,
+  Embedding, EinsumDense), ``a`` loses exactly the zeroed channels;
+* where it says they stay (opaque layers, ``f(0) != 0``), ``a`` keeps all 8 with the reason;
+
+and the thinner model's outputs equal the original's on random inputs in both cases.
+"""
+
+import inspect
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import pytest
+
+from keras_wgsef import make_groups
+from keras_wgsef.graph import rules as cr
+from keras_wgsef.graph.channels import analyze
+from keras_wgsef.graph.model_graph import model_weights
+from tflite_export.shrink import output_difference, plan_shrink, shrink
+
+L = keras.layers
+ZEROED = [1, 4, 6]  # groups of producer "a" set to zero (3 of 8)
+
+
+def keras_layer_classes() -> dict[type, str]:
+    out: dict[type, str] = {}
+    for name, obj in vars(keras.layers).items():
+        if inspect.isclass(obj) and issubclass(obj, keras.layers.Layer):
+            out.setdefault(obj, name)
+    return out
+
+
+def test_every_keras_layer_class_has_a_rule():
+    classes = keras_layer_classes()
+    assert len(classes) > 100  # the enumeration itself works
+    missing = sorted(name for cls, name in classes.items() if not cr.has_rule(cls))
+    assert not missing, f"keras.layers classes without a channel rule (or refusal): {missing}"
+
+
+_IDENTITY_ARGS = {
+    "RandomCrop": (16, 16),
+    "RandomZoom": (0.2,),
+    "RandomRotation": (0.2,),
+    "RandomTranslation": (0.2, 0.2),
+    "RandomContrast": (0.5,),
+    "RandomBrightness": (0.5,),
+    "RandomHue": (0.5,),
+    "RandomSaturation": (0.5,),
+    "RandomColorDegeneration": (0.5,),
+    "RandomSharpness": (0.5,),
+    "RandomShear": (0.2, 0.2),
+    "RandomPosterization": ((1, 8),),
+    "MaxNumBoundingBoxes": (5,),
+    "GaussianNoise": (0.3,),
+    "GaussianDropout": (0.3,),
+    "AlphaDropout": (0.3,),
+    "Dropout": (0.3,),
+    "SpatialDropout2D": (0.3,),
+}
+
+
+@pytest.mark.parametrize("name", [n for n in cr.INFERENCE_IDENTITY if hasattr(L, n) and not n.endswith(("1D", "3D"))])
+def test_inference_identity_layers_are_the_identity_at_inference(name):
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    layer = getattr(L, name)(*_IDENTITY_ARGS.get(name, ()))
+    y = keras.ops.convert_to_numpy(layer(x, training=False))
+    np.testing.assert_array_equal(y, x)
+    assert isinstance(cr.rule_for(layer, name), cr.InferenceIdentity)
+
+
+# --------------------------------------------------------------------------- around a producer
+def around(layer_fn, shape=(12, 12, 3), producer=None, consumer=None, head_pool=None):
+    """``x -> a (8 channels) -> layer -> b (4 channels) -> pool -> head (3)``."""
+    keras.utils.set_random_seed(0)
+    rank = len(shape) - 1
+    conv = {1: L.Conv1D, 2: L.Conv2D, 3: L.Conv3D}.get(rank)
+    x = keras.Input(shape)
+    a = (producer or (lambda t: conv(8, 3, padding="same", name="a")(t)))(x)
+    h = layer_fn(a)
+    b = (consumer or (lambda t: L.Dense(4, name="b")(t)))(h)
+    pool = head_pool or {3: L.GlobalAveragePooling1D, 4: L.GlobalAveragePooling2D, 5: L.GlobalAveragePooling3D}.get(
+        len(b.shape), L.Identity
+    )
+    y = L.Dense(3, name="head")(pool()(b))
+    model = keras.Model(x, y)
+    rng = np.random.default_rng(1)
+    for w in model.weights:  # nonzero biases and per-channel parameters: only the zeroed groups are dead
+        if w.path.endswith(("bias", "beta", "scale", "alpha")):
+            w.assign(rng.normal(0, 0.3, w.shape).astype("float32") + (1.0 if w.path.endswith("scale") else 0.0))
+    return model
+
+
+def zero_producer_groups(model, producer="a", groups=ZEROED):
+    scope = next(s for s in make_groups(model) if producer in s.name.split("+"))
+    weights = model_weights(model)
+    for mb in scope.members:
+        v = keras.ops.convert_to_numpy(weights[mb.path]).copy()
+        idx = [slice(None)] * v.ndim
+        idx[mb.axis] = np.flatnonzero(np.isin(mb.index, groups))
+        v[tuple(idx)] = 0
+        weights[mb.path].assign(v)
+    return scope
+
+
+def random_input(model, seed=2):
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in model.inputs:
+        shape = (4, *[int(s) for s in t.shape[1:]])
+        if "int" in str(t.dtype):
+            out.append(rng.integers(0, 20, shape).astype("int32"))
+        else:
+            out.append(rng.uniform(0, 2, shape).astype("float32"))
+    return out[0] if len(out) == 1 else out
+
+
+def check_removed(model, producer="a", removed=3):
+    x = random_input(model)
+    new, report = shrink(model, x, return_report=True)
+    before = report.plan.widths[producer][0]
+    assert report.plan.widths[producer] == (before, before - removed), report.plan.table()
+    diff, tol, same = output_difference(model, new, random_input(model, seed=5))
+    assert same, (diff, tol)
+    return new, report
+
+
+PASSING = {
+    "Resizing": (lambda t: L.Resizing(6, 6)(t), {}),
+    "CenterCrop": (lambda t: L.CenterCrop(8, 8)(t), {}),
+    "AutoContrast": (lambda t: L.AutoContrast()(L.ReLU()(t)), {}),
+    "AdaptiveAveragePooling2D": (lambda t: L.AdaptiveAveragePooling2D((3, 3))(t), {}),
+    "AdaptiveMaxPooling2D": (lambda t: L.AdaptiveMaxPooling2D((3, 3))(t), {}),
+    "UpSampling2D": (lambda t: L.UpSampling2D()(t), {}),
+    "ZeroPadding2D": (lambda t: L.ZeroPadding2D(1)(t), {}),
+    "Cropping2D": (lambda t: L.Cropping2D(1)(t), {}),
+    "RandomFlip": (lambda t: L.RandomFlip()(t), {}),
+    "RandomRotation": (lambda t: L.RandomRotation(0.2)(t), {}),
+    "RandomContrast": (lambda t: L.RandomContrast(0.3)(t), {}),
+    "RandomTranslation": (lambda t: L.RandomTranslation(0.1, 0.1)(t), {}),
+    "UnitNormalization": (lambda t: L.UnitNormalization()(t), {}),
+    "RMSNormalization": (lambda t: L.RMSNormalization()(t), {}),
+    "GroupNormalization(groups=-1)": (lambda t: L.GroupNormalization(groups=-1)(t), {}),
+    "PReLU": (lambda t: L.PReLU()(t), {}),
+    "PReLU(shared)": (lambda t: L.PReLU(shared_axes=[1, 2, 3])(t), {}),
+    "Permute((2, 1, 3))": (lambda t: L.Permute((2, 1, 3))(t), {}),
+    "Softmax(axis=1) then UnitNormalization": (lambda t: L.UnitNormalization(axis=[1, 2])(t), {}),
+    "Pipeline": (lambda t: L.Pipeline([L.RandomFlip(), L.RandomRotation(0.1)])(t), {}),
+    "Conv1D+UpSampling1D+ZeroPadding1D+Cropping1D": (
+        lambda t: L.Cropping1D(1)(L.ZeroPadding1D(2)(L.UpSampling1D()(t))),
+        {"shape": (10, 3)},
+    ),
+    "DepthwiseConv1D": (lambda t: L.DepthwiseConv1D(3, padding="same")(t), {"shape": (10, 3)}),
+    "SeparableConv1D": (
+        lambda t: t,
+        {"shape": (10, 3), "consumer": lambda t: L.SeparableConv1D(4, 3, padding="same", name="b")(t)},
+    ),
+    "Conv1DTranspose consumer": (
+        lambda t: t,
+        {"shape": (10, 3), "consumer": lambda t: L.Conv1DTranspose(4, 3, name="b")(t)},
+    ),
+    "Conv3D+UpSampling3D+ZeroPadding3D+Cropping3D": (
+        lambda t: L.Cropping3D(1)(L.ZeroPadding3D(1)(L.UpSampling3D()(t))),
+        {"shape": (4, 4, 4, 2)},
+    ),
+    "Conv3DTranspose producer": (
+        lambda t: t,
+        {"shape": (4, 4, 4, 2), "producer": lambda t: L.Conv3DTranspose(8, 2, name="a")(t)},
+    ),
+    "RepeatVector": (
+        lambda t: L.RepeatVector(3)(t),
+        {"shape": (6,), "producer": lambda t: L.Dense(8, name="a")(t)},
+    ),
+    "Masking(0)": (
+        lambda t: L.Masking(0.0)(t),
+        {"shape": (5, 6), "producer": lambda t: L.Dense(8, name="a")(t), "head_pool": L.Flatten},
+    ),
+    "EinsumDense producer": (
+        lambda t: t,
+        {
+            "shape": (5, 6),
+            "producer": lambda t: L.EinsumDense("abc,cd->abd", output_shape=(5, 8), bias_axes="d", name="a")(t),
+        },
+    ),
+    "EinsumDense consumer": (
+        lambda t: t,
+        {"shape": (5, 6), "consumer": lambda t: L.EinsumDense("abc,cd->abd", output_shape=(5, 4), name="b")(t)},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(PASSING))
+def test_zeroed_channels_pass_through_the_layer_and_are_removed_exactly(case):
+    fn, kw = PASSING[case]
+    model = around(fn, **kw)
+    zero_producer_groups(model)
+    check_removed(model)
+
+
+def test_embedding_output_dimensions_are_groups_and_are_removed():
+    keras.utils.set_random_seed(0)
+    x = keras.Input((5,), dtype="int32")
+    h = L.Embedding(20, 8, name="a")(x)
+    h = L.Conv1D(4, 3, padding="same", name="b")(h)
+    model = keras.Model(x, L.Dense(3, name="head")(L.GlobalAveragePooling1D()(h)))
+    scope = zero_producer_groups(model)
+    assert scope.paths == ("a/embeddings",)
+    new, _ = check_removed(model)
+    assert new.get_layer("a").output_dim == 5
+
+
+def test_normalization_adapted_on_the_features_passes_zero_channels():
+    keras.utils.set_random_seed(0)
+    x = keras.Input((8, 8, 3))
+    a = L.Conv2D(8, 3, padding="same", name="a")
+    norm = L.Normalization(name="norm")
+    h = L.Conv2D(4, 1, name="b")(norm(a(x)))
+    model = keras.Model(x, L.Dense(3, name="head")(L.GlobalAveragePooling2D()(h)))
+    zero_producer_groups(model)
+    probe = keras.Model(x, a.output)
+    norm.adapt(probe.predict(random_input(model), verbose=0))  # the zeroed channels have mean 0
+    new, _ = check_removed(model)
+    assert tuple(new.get_layer("norm").mean.shape)[-1] == 5
+
+
+def test_rms_normalization_rescales_epsilon_and_scale_to_stay_exact():
+    model = around(lambda t: L.RMSNormalization(epsilon=0.5, name="rms")(t))
+    scope = zero_producer_groups(model)
+    assert "rms/scale" in scope.paths  # the scale is part of the channel's group
+    new, _ = check_removed(model)
+    assert new.get_layer("rms").epsilon == pytest.approx(0.5 * 8 / 5)
+
+
+KEPT = {
+    "LayerNormalization": (lambda t: L.LayerNormalization()(t), "mean"),
+    "GroupNormalization(groups=2)": (lambda t: L.GroupNormalization(groups=2)(t), "group"),
+    "Softmax": (lambda t: L.Softmax()(t), "softmax"),
+    "Softmax over space (f(0) != 0)": (lambda t: L.Softmax(axis=1)(t), "nonzero"),
+    "Permute moving the channel axis": (lambda t: L.Permute((3, 1, 2))(t), "moves the channel axis"),
+    "Rescaling with offset": (lambda t: L.Rescaling(2.0, offset=1.0)(t), "nonzero"),
+}
+
+
+@pytest.mark.parametrize("case", list(KEPT))
+def test_layers_that_cannot_pass_zero_channels_keep_them_with_the_reason(case):
+    fn, why = KEPT[case]
+    model = around(fn)
+    make_groups(model)  # analysable
+    for w in model_weights(model).values():
+        if w.path.startswith("a/"):
+            v = keras.ops.convert_to_numpy(w).copy()
+            v[..., ZEROED] = 0
+            w.assign(v)
+    plan = plan_shrink(model)
+    assert plan.widths["a"] == (8, 8)
+    assert any(why in reason for _, reason in plan.not_removed), plan.not_removed
+    new = shrink(model)  # and the rest still shrinks to an equal model
+    assert output_difference(model, new)[2]
+
+
+def sequence_model(mixer):
+    """``c`` (zeroed, removable: read by ``d``) -> ``d`` -> mixer -> head: the mixer keeps ``d``'s channels."""
+    keras.utils.set_random_seed(0)
+    x = keras.Input((6, 5))
+    h = L.Conv1D(8, 3, padding="same", name="c")(x)
+    h = L.Conv1D(8, 3, padding="same", name="d")(h)
+    h = mixer(h)
+    return keras.Model(x, L.Dense(3, name="head")(h))
+
+
+@pytest.mark.parametrize(
+    "mixer",
+    [
+        lambda h: L.LSTM(4)(h),
+        lambda h: L.GRU(4)(h),
+        lambda h: L.SimpleRNN(4)(h),
+        lambda h: L.Bidirectional(L.LSTM(3))(h),
+        lambda h: L.GlobalAveragePooling1D()(L.MultiHeadAttention(2, 4)(h, h)),
+        lambda h: L.GlobalAveragePooling1D()(L.Attention()([h, h])),
+        lambda h: L.Flatten()(L.TimeDistributed(L.Dense(3))(h)),
+    ],
+    ids=["LSTM", "GRU", "SimpleRNN", "Bidirectional", "MultiHeadAttention", "Attention", "TimeDistributed"],
+)
+def test_recurrent_and_attention_layers_keep_their_channels_and_the_rest_shrinks(mixer):
+    model = sequence_model(mixer)
+    zero_producer_groups(model, "c")
+    plan = plan_shrink(model)
+    assert plan.widths["d"] == (8, 8)
+    assert any("not analysed yet" in why for _, why in plan.not_removed) or plan.analysis.pins
+    new, _ = check_removed(model, "c")
+    assert new.count_params() < model.count_params()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: L.Lambda(lambda t: t * 2.0, name="refused"),
+        lambda: L.Hashing(num_bins=3, name="refused"),
+        lambda: L.StringLookup(vocabulary=["a", "b"], name="refused"),
+        lambda: L.IntegerLookup(vocabulary=[1, 2], name="refused"),
+        lambda: L.TextVectorization(name="refused"),
+    ],
+    ids=["Lambda", "Hashing", "StringLookup", "IntegerLookup", "TextVectorization"],
+)
+def test_layers_without_channel_meaning_are_refused_with_the_reason_and_the_way_out(make):
+    layer = make()
+    with pytest.raises(cr.UnsupportedLayerError) as e:
+        cr.rule_for(layer, "block/refused")
+    msg = str(e.value)
+    assert type(layer).__name__ in msg and "'block/refused'" in msg
+    assert "refused:" in msg and "register_channel_rule" in msg and "exclude=r'block/refused'" in msg
+
+
+def test_a_refused_layer_is_opaque_when_excluded():
+    keras.utils.set_random_seed(0)
+    x = keras.Input((6, 6, 2))
+    h = L.Conv2D(8, 3, name="a")(x)
+    h = L.Lambda(lambda t: t * 2.0, name="double")(h)
+    model = keras.Model(x, L.Dense(3, name="head")(L.Flatten()(L.Conv2D(4, 1, name="b")(h))))
+    with pytest.raises(cr.UnsupportedLayerError, match="Lambda"):
+        analyze(model)
+    a = analyze(model, exclude="double")
+    assert isinstance(a.rules["double"], cr.Opaque)
+
+
+def test_every_rule_names_its_parameters_with_their_channel_axis():
+    """The analysis records, for each weight indexed by channel, its axis and ids (no layer-class checks)."""
+    model = around(lambda t: L.RMSNormalization(name="rms")(L.BatchNormalization(name="bn")(t)))
+    a = analyze(model)
+    assert {p: ax for p, (ax, _) in a.param_ids.items() if p.startswith(("a/", "bn/", "rms/"))} == {
+        "a/kernel": 3,
+        "a/bias": 0,
+        "bn/gamma": 0,
+        "bn/beta": 0,
+        "bn/moving_mean": 0,
+        "bn/moving_variance": 0,
+        "rms/scale": 0,
+    }
+    roots = {p: tuple(a.roots(ids)) for p, (_, ids) in a.param_ids.items()}
+    assert roots["a/kernel"] == roots["bn/gamma"] == roots["rms/scale"]
+
+
+def test_efficientnet_with_its_normalization_rescaling_and_squeeze_excite_shrinks_exactly():
+    """``keras.applications.EfficientNetB0`` starts with ``Rescaling`` and ``Normalization`` (it failed there)."""
+    from test_shrink import assert_same_outputs, out_width, randomize, sample, zero_random
+
+    m = keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None)
+    randomize(m, seed=3, shift=0.02, variance=(0.2, 0.5))
+    bounds = zero_random(m, 0.3, seed=4)
+    x = sample((32, 32, 3), seed=7)
+    assert np.mean(np.std(keras.ops.convert_to_numpy(m(x, training=False)), axis=0)) > 1e-3
+    new, report = shrink(m, return_report=True)
+    for name, (low, high) in bounds.items():
+        assert low <= out_width(new, name) <= high, name
+    assert new.count_params() < 0.85 * m.count_params()
+    assert_same_outputs(m, new, x)
