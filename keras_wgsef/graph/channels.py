@@ -161,6 +161,8 @@ def _resolve_rule(node: Node, g: Graph, exclude: Any) -> cr.ChannelRule:
     rule = rule.resolve(node.layer, tuple(in_shape), tuple(g.shapes[node.outputs[0]]))
     if len(node.outputs) != 1 and not isinstance(rule, cr.Opaque):
         return cr.Opaque("layer with several outputs")
+    if rule.one_input and len(node.inputs) > 1:
+        return cr.Opaque("called with several inputs (an initial state or a mask)")
     return rule
 
 

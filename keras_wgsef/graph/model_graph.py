@@ -101,6 +101,9 @@ def _output_shapes(layer: Any, shapes: list[tuple]) -> list[tuple]:
             out = layer.compute_output_spec(*specs)
         out = [o.shape for o in out] if isinstance(out, (list, tuple)) else out.shape
     if isinstance(out, (list, tuple)) and out and isinstance(out[0], (list, tuple)):
+        if not all(isinstance(o, (list, tuple)) for o in out):  # the extra inputs were states or masks
+            out = layer.compute_output_shape(shapes[0])
+            return [tuple(o) for o in out] if out and isinstance(out[0], (list, tuple)) else [tuple(out)]
         return [tuple(o) for o in out]
     return [tuple(out)]
 

@@ -179,6 +179,8 @@ class ChannelRule:
     """
 
     reads_channels: ClassVar[bool] = False
+    #: the rule holds only for a call with one input (e.g. no initial state for an RNN)
+    one_input: ClassVar[bool] = False
 
     def resolve(self, layer: Any, in_shape: tuple, out_shape: tuple) -> ChannelRule:
         """The rule for a call with these shapes (most rules do not depend on them)."""
@@ -289,6 +291,107 @@ class EinsumProduce(Produce):
     def edit_config(self, config: dict, kept: int, before: int) -> None:
         shape = config[self.width_key]
         config[self.width_key] = [*list(shape)[:-1], kept] if isinstance(shape, (list, tuple)) else kept
+
+
+@dataclasses.dataclass(frozen=True)
+class RecurrentProduce(ChannelRule):
+    """LSTM / GRU / SimpleRNN: unit ``j`` is a channel; its group spans its gate blocks.
+
+    The kernel ``(c, gates*u)``, the recurrent kernel ``(u, gates*u)`` and the bias
+    (``(gates*u,)``, or ``(2, gates*u)`` for a GRU with ``reset_after``) hold unit ``j``'s
+    columns ``g*u + j`` for every gate ``g``; the recurrent kernel's row ``j`` reads the unit's own
+    output and goes with it. A unit whose candidate block (LSTM ``c``, GRU ``h``, SimpleRNN: the
+    only block) is zero never leaves its zero initial state: its output is exactly zero, whatever
+    the gates (``h = o * tanh(c)``, ``c = f*c + i*tanh(0)``; GRU ``h = z*h + (1-z)*tanh(0)``).
+    Input channel ``i`` is read through the kernel's row ``i``.
+    """
+
+    gates: int = 4
+    candidate: int = 2
+
+    reads_channels: ClassVar[bool] = True
+    one_input: ClassVar[bool] = True  # an initial state (or a mask) comes as a second input
+
+    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
+        from keras_wgsef.graph.model_graph import layer_variables
+
+        own = a.own(node.path)
+        if own.out is None:
+            v = layer_variables(node.layer)
+            own.out, own.inp = a.new(int(v["recurrent_kernel"].shape[0])), a.new(int(v["kernel"].shape[0]))
+        a.union(ins[0], own.inp, _where(node))
+        return own.out
+
+    def _block(self, x: np.ndarray) -> np.ndarray:
+        u = x.shape[-1] // self.gates
+        return x[..., self.candidate * u : (self.candidate + 1) * u]
+
+    def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
+        out = np.all(self._block(v["kernel"][~ins[0]]) == 0, axis=0)
+        out &= np.all(self._block(v["recurrent_kernel"]) == 0, axis=0)
+        bias = self._block(v["bias"])
+        out &= np.all(bias.reshape(-1, bias.shape[-1]) == 0, axis=0)
+        return out & _act_zero(layer)
+
+    def weight_slices(self, own: LayerChannels) -> list[tuple[str, int, np.ndarray]]:
+        cols = np.tile(own.out, self.gates)
+        return [("kernel", -1, cols), ("recurrent_kernel", -1, cols), ("bias", -1, cols)]
+
+    def slice_weights(self, v: dict[str, np.ndarray], keep: Keep, own: LayerChannels) -> dict[str, np.ndarray]:
+        out = super().slice_weights(v, keep, own)
+        out["kernel"] = np.compress(keep(own.inp), out["kernel"], axis=0)
+        out["recurrent_kernel"] = np.compress(keep(own.out), out["recurrent_kernel"], axis=0)
+        return out
+
+    def edit_config(self, config: dict, kept: int, before: int) -> None:
+        config["units"] = kept
+
+    def output_kernel(self, v: dict[str, np.ndarray]) -> np.ndarray | None:
+        u = v["recurrent_kernel"].shape[0]
+        return np.concatenate([v[k].reshape(-1, u) for k in ("kernel", "recurrent_kernel")])
+
+    def unread_inputs(self, v: dict[str, np.ndarray], n_in: int) -> np.ndarray:
+        return np.all(v["kernel"] == 0, axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Wrapped(ChannelRule):
+    """``TimeDistributed(layer)``: the wrapped layer's rule, applied over the extra time axis.
+
+    The wrapper holds the inner layer's weights under the same names; its config nests the inner
+    layer's config under ``"layer"``, where the width is edited.
+    """
+
+    inner: ChannelRule = dataclasses.field(default_factory=ChannelRule)
+
+    @property
+    def reads_channels(self) -> bool:  # type: ignore[override]
+        return self.inner.reads_channels
+
+    def resolve(self, layer: Any, in_shape: tuple, out_shape: tuple) -> ChannelRule:
+        inner = self.inner.resolve(layer.layer, in_shape, out_shape)
+        return inner if isinstance(inner, Opaque) else dataclasses.replace(self, inner=inner)
+
+    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
+        return self.inner.propagate(a, node, ins)
+
+    def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
+        return self.inner.zero(layer.layer, v, ins, out_n)
+
+    def weight_slices(self, own: LayerChannels) -> list[tuple[str, int, np.ndarray]]:
+        return self.inner.weight_slices(own)
+
+    def unread_inputs(self, v: dict[str, np.ndarray], n_in: int) -> np.ndarray:
+        return self.inner.unread_inputs(v, n_in)
+
+    def slice_weights(self, v: dict[str, np.ndarray], keep: Keep, own: LayerChannels) -> dict[str, np.ndarray]:
+        return self.inner.slice_weights(v, keep, own)
+
+    def edit_config(self, config: dict, kept: int, before: int) -> None:
+        self.inner.edit_config(config["layer"]["config"], kept, before)
+
+    def output_kernel(self, v: dict[str, np.ndarray]) -> np.ndarray | None:
+        return self.inner.output_kernel(v)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -841,7 +944,28 @@ def _pipeline_factory(layer: Any) -> ChannelRule:
     return Opaque("a Pipeline with a layer that is not per-channel")
 
 
-_RECURRENT = "recurrent units are not analysed yet: the units and the channels it reads are kept"
+_RECURRENT = "these recurrent units are not analysed yet: the units and the channels it reads are kept"
+
+
+def _recurrent_factory(gates: int, candidate: int) -> Callable[[Any], ChannelRule]:
+    def factory(layer: Any) -> ChannelRule:
+        cfg = layer.get_config()
+        if cfg.get("return_state") or cfg.get("stateful"):
+            return Opaque("a recurrent layer that returns or keeps its state")
+        if not cfg.get("use_bias", True):
+            return Opaque("a recurrent layer without bias is not handled")
+        return RecurrentProduce(gates=gates, candidate=candidate)
+
+    return factory
+
+
+def _wrapped_factory(layer: Any) -> ChannelRule:
+    inner = rule_for(layer.layer, layer.name + "/" + layer.layer.name)
+    if isinstance(inner, (Produce, Passthrough, Carry)):
+        return Wrapped(inner)
+    return Opaque(f"TimeDistributed({type(layer.layer).__name__}) is not handled")
+
+
 _ATTENTION = "attention is not analysed yet: its heads and the channels it reads are kept"
 _NO_CHANNELS = "it works on strings, token ids or foreign code, where channels have no meaning for pruning"
 
@@ -905,11 +1029,11 @@ def _ensure_builtin_rules() -> None:
         "AdditiveAttention": Opaque(_ATTENTION),
         "MultiHeadAttention": Opaque(_ATTENTION),
         "GroupQueryAttention": Opaque(_ATTENTION),
-        **{
-            n: Opaque(_RECURRENT) for n in ("LSTM", "GRU", "SimpleRNN", "RNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
-        },
-        "Bidirectional": Opaque(_RECURRENT),
-        "TimeDistributed": Opaque("the wrapped layer's channels are not analysed yet"),
+        "LSTM": _recurrent_factory(gates=4, candidate=2),
+        "GRU": _recurrent_factory(gates=3, candidate=2),
+        "SimpleRNN": _recurrent_factory(gates=1, candidate=0),
+        **{n: Opaque(_RECURRENT) for n in ("RNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "Bidirectional")},
+        "TimeDistributed": _wrapped_factory,
         **{
             n: Refuse(_NO_CHANNELS)
             for n in (
