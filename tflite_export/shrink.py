@@ -48,6 +48,7 @@ import numpy as np
 from keras_wgsef.graph.channels import ChannelAnalysis, analyze, zero_channels
 from keras_wgsef.graph.costs import count_macs, count_params
 from keras_wgsef.graph.model_graph import flatten_model, layer_variables, matches
+from tflite_export.branches import drop_zero_branches
 
 __all__ = ["ShrinkError", "ShrinkPlan", "ShrinkReport", "output_difference", "plan_shrink", "shrink"]
 
@@ -92,6 +93,7 @@ class ShrinkReport:
     macs: dict[str, tuple[int, int]]
     max_abs_diff: float
     tolerance: float
+    dropped: list[str] = dataclasses.field(default_factory=list)  # layers of zero residual branches
 
     def table(self) -> str:
         lines = [f"{'layer':36s} {'channels':>13s} {'params':>19s} {'MACs':>25s}"]
@@ -105,6 +107,8 @@ class ShrinkReport:
         pb, pa = self.params["total"]
         mb, ma = self.macs["total"]
         lines.append(f"{'total':36s} {'':13s} {pb:8d} -> {pa:8d} {mb:11d} -> {ma:11d}")
+        if self.dropped:
+            lines.append(f"  removed zero residual branches: {', '.join(self.dropped)}")
         lines += [f"  kept {lab}: {why}" for lab, why in self.plan.not_removed]
         lines.append(f"max |output difference| {self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g})")
         return "\n".join(lines)
@@ -309,6 +313,8 @@ def shrink(
             )
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             raise ValueError("shrink: the sample has NaN or inf values; pass finite inputs (or None for random ones).")
+    original = model
+    model, dropped = drop_zero_branches(model, exclude=exclude, rtol=rtol)  # Add(x, 0) = x: branch and all
     plan = plan_shrink(model, multiple=multiple, exclude=exclude)
     a = plan.analysis
     serialized = copy.deepcopy(keras.saving.serialize_keras_object(model))
@@ -335,7 +341,7 @@ def shrink(
                     new_layers[path].finalize_state()
     except Exception as e:
         raise ShrinkError(f"could not rebuild the thinner model: {type(e).__name__}: {e}") from e
-    diff, tol, same = output_difference(model, new, sample, rtol)
+    diff, tol, same = output_difference(original, new, sample, rtol)
     if not same:
         raise ShrinkError(
             f"the shrunk model differs from the original: max |difference| {diff:.3g} > tolerance {tol:.3g}. "
@@ -343,8 +349,8 @@ def shrink(
         )
     if not return_report:
         return new
-    p0, p1, m0, m1 = count_params(model), count_params(new), count_macs(model), count_macs(new)
+    p0, p1, m0, m1 = count_params(original), count_params(new), count_macs(original), count_macs(new)
     report = ShrinkReport(
-        plan, {k: (p0[k], p1.get(k, 0)) for k in p0}, {k: (m0[k], m1.get(k, 0)) for k in m0}, diff, tol
+        plan, {k: (p0[k], p1.get(k, 0)) for k in p0}, {k: (m0[k], m1.get(k, 0)) for k in m0}, diff, tol, dropped
     )
     return new, report

@@ -40,7 +40,15 @@ from keras_wgsef.graph import rules as cr
 from keras_wgsef.graph.model_graph import Graph, Node, flatten_model, layer_variables, matches, weight_paths
 from keras_wgsef.groups.scope import GroupScope, Member
 
-__all__ = ["ChannelAnalysis", "analyze", "channel_scopes", "mac_weights", "zero_channels"]
+__all__ = [
+    "ChannelAnalysis",
+    "analyze",
+    "channel_scopes",
+    "droppable_inputs",
+    "mac_weights",
+    "weight_values",
+    "zero_channels",
+]
 
 
 @dataclasses.dataclass
@@ -166,31 +174,88 @@ def _resolve_rule(node: Node, g: Graph, exclude: Any) -> cr.ChannelRule:
     return rule
 
 
-def zero_channels(a: ChannelAnalysis, zeroed: Iterable[str] = ()) -> list[np.ndarray]:
+def weight_values(a: ChannelAnalysis) -> dict[str, np.ndarray]:
+    """``"layer/weight"`` -> its value as NumPy, for every layer of the analysed graph."""
+    import keras
+
+    return {p: np.asarray(keras.ops.convert_to_numpy(w)) for p, w in weight_paths(a.graph).items()}
+
+
+def zero_channels(
+    a: ChannelAnalysis, zeroed: Iterable[str] = (), values: dict[str, np.ndarray] | None = None
+) -> list[np.ndarray]:
     """Per tensor, which channels are exactly zero for every input (from the weights alone).
 
     ``zeroed``: weight paths (``"layer/path/weight"``) to take as all zero instead of their
     values: with a group's parameters there, the result says whether zeroing the group silences
     its channel wherever it is read (the group is zero-invariant). :mod:`tflite_export.shrink`
     calls it with the trained weights to find the dead channels. Each layer's rule decides
-    (:meth:`~keras_wgsef.graph.rules.ChannelRule.zero`).
+    (:meth:`~keras_wgsef.graph.rules.ChannelRule.zero`). ``values``: :func:`weight_values`, to
+    read the weights once for several calls.
     """
-    import keras
-
     g = a.graph
     zeroed = set(zeroed)
+    values = weight_values(a) if values is None else values
     zero: list[np.ndarray] = [np.zeros(len(ids), bool) for ids in a.tensor_ids]
     for node in g.nodes:
         rule = a.rules[node.path]
         if isinstance(rule, cr.Opaque):
             continue
         v = {
-            k: np.zeros(tuple(w.shape)) if f"{node.path}/{k}" in zeroed else np.asarray(keras.ops.convert_to_numpy(w))
+            k: np.zeros(tuple(w.shape)) if f"{node.path}/{k}" in zeroed else values[f"{node.path}/{k}"]
             for k, w in layer_variables(node.layer).items()
         }
         out_n = len(a.tensor_ids[node.outputs[0]])
         zero[node.outputs[0]] = np.asarray(rule.zero(node.layer, v, [zero[t] for t in node.inputs], out_n), bool)
     return zero
+
+
+def droppable_inputs(
+    a: ChannelAnalysis, zeroed: Iterable[str] = (), values: dict[str, np.ndarray] | None = None
+) -> dict[str, list[int]]:
+    """Merge layer path -> the inputs that are exactly zero and may go (``Add(x, 0) = x``).
+
+    ``zeroed``: weight paths taken as zero (as in :func:`zero_channels`): with a layer's weights
+    there, a nonempty result says that zeroing the layer silences a whole residual branch. A merge
+    layer called more than once is left alone (its other calls would change too); an input must
+    have the output's shape (no broadcast) and every channel zero.
+    """
+    zero = zero_channels(a, zeroed, values)
+    calls: dict[str, int] = {}
+    for node in a.graph.nodes:
+        calls[node.path] = calls.get(node.path, 0) + 1
+    out: dict[str, list[int]] = {}
+    for node in a.graph.nodes:
+        if calls[node.path] != 1:
+            continue
+        shape = tuple(a.graph.shapes[node.outputs[0]][1:])
+        all_zero = [bool(zero[t].all()) and tuple(a.graph.shapes[t][1:]) == shape for t in node.inputs]
+        drop = a.rules[node.path].droppable(all_zero)
+        if drop:
+            out[node.path] = drop
+    return out
+
+
+def dropped_layers(a: ChannelAnalysis, drops: dict[str, list[int]]) -> set[str]:
+    """Layer paths that no model output depends on once the ``drops`` merge inputs are gone.
+
+    ``drops``: :func:`droppable_inputs`. These are the zero branches' layers; a merge left with one
+    input is not counted (the surgery removes it and rewires its readers).
+    """
+    g = a.graph
+    producer = {t: n for n in g.nodes for t in n.outputs}
+    used: set[str] = set()
+    stack, seen = list(g.outputs), set()
+    while stack:
+        t = stack.pop()
+        if t in seen or t not in producer:
+            continue
+        seen.add(t)
+        node = producer[t]
+        used.add(node.path)
+        gone = drops.get(node.path, [])
+        stack.extend(i for k, i in enumerate(node.inputs) if k not in gone)
+    return {n.path for n in g.nodes} - used
 
 
 def _group_params(a: ChannelAnalysis) -> list[tuple[str, int, np.ndarray, int]]:

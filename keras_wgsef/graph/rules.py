@@ -220,6 +220,10 @@ class ChannelRule:
         """The kernel that makes the output channels, as a ``(-1, n)`` matrix (producers only)."""
         return None
 
+    def droppable(self, all_zero: list[bool]) -> list[int]:
+        """Inputs that may leave the layer when exactly zero (``all_zero[i]``), the output unchanged."""
+        return []
+
 
 # ----------------------------------------------------------------------------------- producers
 @dataclasses.dataclass(frozen=True)
@@ -628,6 +632,16 @@ class InferenceIdentity(Passthrough):
 @dataclasses.dataclass(frozen=True)
 class Merge(ChannelRule):
     op: str = "sum"  # "sum" | "extremum" | "product"
+    #: which inputs may be dropped when they are exactly zero (``x + 0 = x``): "any" (Add),
+    #: "last" (Subtract: ``x - 0 = x``), "none" (Average, extrema, products)
+    drops: str = "none"
+
+    def droppable(self, all_zero: list[bool]) -> list[int]:
+        """Indices of inputs that are exactly zero and can go without changing the output (one input stays)."""
+        candidates = [i for i, z in enumerate(all_zero) if z and (self.drops == "any" or i == len(all_zero) - 1)]
+        if self.drops == "none" or len(candidates) == len(all_zero):
+            return []
+        return candidates
 
     def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
         out_width = a.graph.shapes[node.outputs[0]][-1]
@@ -1009,8 +1023,8 @@ def _ensure_builtin_rules() -> None:
             "mean and variance of the others (not exact)"
         ),
         "SpectralNormalization": Opaque("it normalizes the wrapped kernel by its largest singular value"),
-        "Add": Merge("sum"),
-        "Subtract": Merge("sum"),
+        "Add": Merge("sum", drops="any"),
+        "Subtract": Merge("sum", drops="last"),
         "Average": Merge("sum"),
         "Maximum": Merge("extremum"),
         "Minimum": Merge("extremum"),

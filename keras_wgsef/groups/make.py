@@ -11,10 +11,13 @@ output_channel    a filter: its kernel slice, bias, the following BatchNorm's   
 block             ``block`` consecutive output channels (SIMD-friendly widths)   yes
 input_channel     one input channel's slice of the kernel (all filters)          yes [#]_
 filter_shape      one kernel position ``(*spatial, c)`` across all filters       no
-layer             every kernel and bias of a layer (use with ``envelope="model"``)  yes
+layer             every kernel and bias of a layer (use with ``envelope="model"``)  some [#]_
 unstructured      a single weight                                                no
 ================  =============================================================  ==========
 
+.. [#] a layer alone in a residual branch (``Add(x, branch)``): at zero the branch goes, branch
+   and all (``tflite_export.branches``); in a plain chain a zero layer would cut the network, and a
+   warning names those layers (:func:`removable_layers`).
 .. [#] when every layer that reads the channel ignores it (``tflite_export.shrink`` then removes
    the input slices and the producer's output channel); not the model's input channels.
 
@@ -59,7 +62,7 @@ import numpy as np
 from keras_wgsef.graph.model_graph import Graph, flatten_model, head_layers, layer_variables, weight_paths
 from keras_wgsef.groups.scope import GroupScope, Member
 
-__all__ = ["KINDS", "Weights", "make_groups"]
+__all__ = ["KINDS", "Weights", "make_groups", "removable_layers"]
 
 KINDS = ("output_channel", "block", "input_channel", "filter_shape", "layer", "unstructured")
 
@@ -139,6 +142,44 @@ def _layer_scopes(g: Graph, kind: str, include: str | None, exclude: str | None,
     return scopes
 
 
+def _warn_unremovable_layers(g: Graph, scopes: list[GroupScope]) -> None:
+    import warnings
+
+    from keras_wgsef.graph.rules import UnsupportedLayerError
+
+    try:
+        removable, fixed = removable_layers(g, scopes)
+    except UnsupportedLayerError as e:
+        warnings.warn(f"make_groups('layer'): cannot tell which layers are removable: {e}", UserWarning, stacklevel=3)
+        return
+    if fixed:
+        warnings.warn(
+            f"make_groups('layer'): {len(fixed)} of {len(scopes)} layers cannot be removed when zero (they are not "
+            f"alone in a residual branch, so a zero layer would cut the network): {fixed}. Removable: {removable}.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def removable_layers(g: Graph, scopes: list[GroupScope]) -> tuple[list[str], list[str]]:
+    """``(removable, not_removable)`` layer scopes: zeroing a removable one silences a residual branch.
+
+    ``Add(x, 0) = x``: a layer whose zero weights make a whole ``Add`` input zero goes with its
+    branch (``tflite_export.shrink``); in a plain chain a zero layer would cut the network instead
+    (its output is zero, or a constant from the next bias), so it cannot be removed.
+    """
+    from keras_wgsef.graph.channels import analyze, droppable_inputs, dropped_layers, weight_values
+
+    a = analyze(g)
+    values = weight_values(a)
+    removable: list[str] = []
+    fixed: list[str] = []
+    for s in scopes:
+        gone = dropped_layers(a, droppable_inputs(a, s.paths, values))
+        (removable if s.name in gone else fixed).append(s.name)
+    return removable, fixed
+
+
 def make_groups(
     model: Any,
     kind: str = "output_channel",
@@ -190,6 +231,8 @@ def make_groups(
         if weights == "macs":
             raise ValueError("weights='macs' is defined for channel groups (kind='output_channel' or 'block').")
         scopes = _layer_scopes(g, kind, include, exclude, heads)
+        if kind == "layer" and scopes:
+            _warn_unremovable_layers(g, scopes)
     if not scopes:
         raise ValueError(
             f"make_groups({kind!r}) found nothing to group in {model.name!r} "

@@ -190,7 +190,8 @@ def merge_scopes(
 
     Group ids are offset so they stay disjoint. Weights: each scope's own ``d_j`` (given, or its
     group sizes, which then needs ``shapes``). ``segments`` records which scope each group came
-    from (a projection keeps at least one group per segment: no layer is cut out entirely).
+    from (a projection keeps at least one group per segment: no layer is cut out entirely), except
+    when every scope has one group: those are whole layers, which a layer budget may remove.
     """
     members: list[Member] = []
     weights: list[np.ndarray] = []
@@ -209,9 +210,10 @@ def merge_scopes(
             raise ValueError(f"merge_scopes: scope {s.name!r} has no weights; pass the variable shapes.")
         labels.extend(s.labels if s.labels is not None else [f"{s.name}:{j}" for j in range(s.num_groups)])
         offset += s.num_groups
-    return GroupScope(
-        name, tuple(members), offset, np.concatenate(weights), None, tuple(labels), np.concatenate(segments)
-    )
+    # scopes of one group each are whole layers (make_groups(kind="layer")): removing a layer is the
+    # point, so there is no floor of one group per scope
+    floor = None if all(s.num_groups == 1 for s in scopes) else np.concatenate(segments)
+    return GroupScope(name, tuple(members), offset, np.concatenate(weights), None, tuple(labels), floor)
 
 
 def _suffix_match(member: str, variable: str) -> bool:
