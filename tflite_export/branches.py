@@ -18,13 +18,10 @@ Example (``model`` the doctest CNN, which has no residual branch: nothing to dro
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-import numpy as np
-
 from keras_wgsef.graph.channels import analyze, droppable_inputs
-from keras_wgsef.graph.model_graph import flatten_model, layer_variables
+from tflite_export.rebuild import rebuild
 
 __all__ = ["drop_zero_branches"]
 
@@ -108,27 +105,14 @@ def drop_zero_branches(model: Any, *, exclude: Any = None, rtol: float = 1e-5) -
     Raises:
       tflite_export.shrink.ShrinkError: the rebuilt model differs from the original.
     """
-    import keras
-
     from tflite_export.shrink import ShrinkError, output_difference
 
     drops = droppable_inputs(analyze(model, exclude=exclude))
     if not drops:
         return model, []
-    serialized = copy.deepcopy(keras.saving.serialize_keras_object(model))
-    serialized.pop("compile_config", None)
     dropped: list[str] = []
-    _edit(serialized["config"], "", drops, dropped)
-    old_layers = flatten_model(model).layers
-    classes = {type(layer).__name__: type(layer) for layer in old_layers.values()}
     try:
-        new = keras.saving.deserialize_keras_object(serialized, custom_objects=classes, safe_mode=False)
-        for path, layer in flatten_model(new).layers.items():
-            old = old_layers[path]
-            if layer_variables(old):
-                layer.set_weights([np.asarray(keras.ops.convert_to_numpy(w)) for w in old.weights])
-                if hasattr(layer, "finalize_state"):
-                    layer.finalize_state()
+        new = rebuild(model, lambda config: _edit(config, "", drops, dropped))
     except Exception as e:
         raise ShrinkError(f"could not rebuild the model without its zero branches: {type(e).__name__}: {e}") from e
     diff, tol, same = output_difference(model, new, None, rtol)

@@ -138,6 +138,50 @@ def calibration_samples(model: Any, data: Any, num_calibration: int | None = Non
     return out
 
 
+def _convert(model: Any, representative_dataset: Any, int8_io: bool, quiet: bool) -> bytes:
+    import tensorflow as tf
+
+    with capture_output(quiet) as captured:
+        try:
+            converter = tf.lite.TFLiteConverter.from_keras_model(model)
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = representative_dataset
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            if int8_io:
+                converter.inference_input_type = tf.int8
+                converter.inference_output_type = tf.int8
+            tflite = converter.convert()
+            error = None
+        except Exception as exc:  # converter errors carry the useful text in their message
+            error = exc
+    if error is not None:
+        detail = " ".join(str(error).split())[:600]
+        raise ConversionError(
+            f"TFLite int8 conversion failed: {_failing_op(str(error), model)}{detail}. An operator without an "
+            "int8 kernel is the usual cause: replace that layer or exclude it from the model"
+            + (f" (converter log: {' '.join(captured.getvalue().split())[-400:]})" if quiet else "")
+        ) from error
+    return bytes(tflite)
+
+
+def _failing_op(message: str, model: Any) -> str:
+    """``"operator X (from layer 'name', Class) has no int8 TFLite kernel. "`` read from a converter error."""
+    import re
+
+    op = re.search(r"'tf\.(\w+)' op is neither a custom op nor a flex op", message) or re.search(
+        r'fused\["(\w+):', message
+    )
+    if op is None:
+        return ""
+    names = {layer.name: type(layer).__name__ for layer in getattr(model, "layers", [])}
+    scope = re.search(r'fused\["\w+:", "([^"@]+)', message)
+    parts = scope.group(1).split("/")[1:] if scope else []  # model scope, then the layer ("odd_1": call 1)
+    candidates = [q for p in parts for q in (p, re.sub(r"_\d+$", "", p))]
+    layer = next((q for q in candidates if q in names), None)
+    where = f" (from layer {layer!r}, {names[layer]})" if layer else ""
+    return f"operator {op.group(1)}{where} has no int8 TFLite kernel. "
+
+
 def to_tflite_int8(
     model: Any,
     representative: Any,
@@ -151,7 +195,10 @@ def to_tflite_int8(
 
     Weights and activations are int8 (biases int32); every operator must have an int8
     kernel (``TFLITE_BUILTINS_INT8``), so the result runs on TFLite Micro. The model is
-    not modified.
+    not modified. Recurrent layers are converted unrolled over their static time steps
+    (:func:`tflite_export.rewrite.unroll_recurrent`: the same function, checked), and a model whose
+    dynamic-batch conversion computes shapes at run time (attention, recurrent state) is converted
+    with a fixed batch of one (:func:`tflite_export.rewrite.with_batch_one`), which TFLite Micro runs.
 
     Args:
         model: a built single-input Keras 3 model.
@@ -176,7 +223,6 @@ def to_tflite_int8(
         True
     """
     import keras
-    import tensorflow as tf
 
     if keras.backend.backend() != "tensorflow":
         raise ConversionError(
@@ -185,31 +231,24 @@ def to_tflite_int8(
             "TensorFlow), or set KERAS_BACKEND=tensorflow before importing Keras."
         )
     samples = calibration_samples(model, representative, num_calibration)
+    from tflite_export.rewrite import unroll_recurrent
+
+    model, unrolled = unroll_recurrent(model, samples[:8])  # TensorList loops have no int8 kernel
+    for line in unrolled:
+        log.info("converted unrolled: %s", line)
 
     def representative_dataset() -> Iterator[list[np.ndarray]]:
         for i in range(len(samples)):
             yield [samples[i : i + 1]]
 
-    with capture_output(quiet) as captured:
-        try:
-            converter = tf.lite.TFLiteConverter.from_keras_model(model)
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = representative_dataset
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            if int8_io:
-                converter.inference_input_type = tf.int8
-                converter.inference_output_type = tf.int8
-            tflite = converter.convert()
-            error = None
-        except Exception as exc:  # converter errors carry the useful text in their message
-            error = exc
-    if error is not None:
-        detail = " ".join(str(error).split())[:600]
-        raise ConversionError(
-            f"TFLite int8 conversion failed: {detail}. An operator without an int8 kernel is the "
-            "usual cause: replace that layer or exclude it from the model"
-            + (f" (converter log: {' '.join(captured.getvalue().split())[-400:]})" if quiet else "")
-        ) from error
+    tflite = _convert(model, representative_dataset, int8_io, quiet)
+    from tflite_export.flatbuffer import summarize
+
+    if "SHAPE" in summarize(tflite).op_names:  # shapes computed at run time: TFLM cannot run them
+        from tflite_export.rewrite import with_batch_one
+
+        tflite = _convert(with_batch_one(model), representative_dataset, int8_io, quiet)
+        log.info("converted with a fixed batch of 1 (the dynamic batch left SHAPE operators)")
     if check:
         try:
             from tflite_export.litert import check_agreement

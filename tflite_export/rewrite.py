@@ -49,7 +49,7 @@ import numpy as np
 
 from keras_wgsef.graph.model_graph import flatten_model
 
-__all__ = ["RewriteError", "cheaper_ops", "int8_difference", "record_saving"]
+__all__ = ["RewriteError", "cheaper_ops", "int8_difference", "record_saving", "unroll_recurrent", "with_batch_one"]
 
 _GAP = {"GlobalAveragePooling2D": ("AveragePooling2D", 2), "GlobalAveragePooling1D": ("AveragePooling1D", 1)}
 
@@ -305,3 +305,71 @@ def record_saving(
     if y is not None and accuracy_applies((1, *np.asarray(raw_b).shape[1:]), np.asarray(y)[: len(x)]) is None:
         note += f"; int8 accuracy without them {100 * class_accuracy(raw_b, np.asarray(y)[: len(x)]):.2f} %"
     report.notes.append(note)
+
+
+def _unroll_edit(cfg: dict, prefix: str, steps: dict[str, int], lines: list[str]) -> None:
+    for lc in cfg.get("layers", []):
+        conf = lc.get("config", {})
+        if "layers" in conf:
+            _unroll_edit(conf, prefix + conf["name"] + "/", steps, lines)
+            continue
+        path = prefix + conf.get("name", "")
+        if conf.get("unroll") is False and path in steps:
+            conf["unroll"] = True
+            lines.append(f"{path}: {lc['class_name']} unrolled over {steps[path]} steps")
+
+
+def unroll_recurrent(model: Any, sample: Any = None, *, rtol: float = 1e-5) -> tuple[Any, list[str]]:
+    """The model with its recurrent layers unrolled over their (static) time steps, outputs checked.
+
+    A Keras 3 ``LSTM``/``GRU``/``SimpleRNN`` converts to a TensorFlow while loop over TensorList
+    operators, which have no int8 TFLite kernel. Unrolled (``unroll=True``), the same layer is a
+    fixed chain of ``FULLY_CONNECTED``, ``LOGISTIC``, ``TANH``, ``MUL`` and ``ADD`` per step, which
+    quantize and run on TFLite Micro. Only layers whose input has a static number of steps are
+    unrolled; ``(model, [])`` when there is none (the model itself).
+
+    Example (``model`` the doctest CNN has no recurrent layer):
+      >>> unroll_recurrent(model)[1]
+      []
+    """
+    from tflite_export.rebuild import rebuild
+    from tflite_export.shrink import output_difference
+
+    g = flatten_model(model)
+    steps = {}
+    for node in g.nodes:
+        shape = g.shapes[node.inputs[0]] if node.inputs else ()
+        if node.layer.get_config().get("unroll") is False and len(shape) >= 3 and shape[1] is not None:
+            steps[node.path] = int(shape[1])
+    if not steps:
+        return model, []
+    lines: list[str] = []
+    try:
+        new = rebuild(model, lambda config: _unroll_edit(config, "", steps, lines))
+    except Exception as e:
+        raise RewriteError(f"could not unroll the recurrent layers: {type(e).__name__}: {e}") from e
+    diff, tol, same = output_difference(model, new, sample, rtol)
+    if not same:
+        raise RewriteError(f"the unrolled model differs from the original: max |difference| {diff:.3g} > {tol:.3g}")
+    return new, lines
+
+
+def with_batch_one(model: Any) -> Any:
+    """The model with a fixed batch of one sample (what a microcontroller runs), weights shared by value.
+
+    Converted with a dynamic batch, some layers compute shapes at run time (``SHAPE``,
+    ``REDUCE_PROD``, ``FILL`` with computed dimensions: attention's reshapes, a recurrent layer's
+    zero state), which TFLite Micro cannot run; with the batch fixed they fold into constants.
+
+    Example (``model`` the doctest CNN):
+      >>> with_batch_one(model).inputs[0].shape
+      (1, 8, 8, 1)
+    """
+    from tflite_export.rebuild import rebuild
+
+    def edit(config: dict) -> None:
+        for lc in config.get("layers", []):
+            if lc.get("class_name") == "InputLayer":
+                lc["config"]["batch_shape"] = [1, *list(lc["config"]["batch_shape"])[1:]]
+
+    return rebuild(model, edit)

@@ -1,0 +1,79 @@
+"""int8 export of the new layers: recurrent layers (unrolled), attention, and a clear error naming the op.
+
+Each model is shrunk first (so the thinner recurrent layer is what converts), converted to int8,
+run on LiteRT against the float model, and allocated under TensorFlow Lite Micro.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import pytest
+
+from tflite_export import check_agreement, shrink, tflm_min_arena, to_tflite_int8
+from tflite_export.convert import ConversionError
+from tflite_export.flatbuffer import summarize
+from tflite_export.rewrite import unroll_recurrent
+
+pytestmark = pytest.mark.tensorflow_only
+L = keras.layers
+
+
+def sequence_model(mixer):
+    keras.utils.set_random_seed(0)
+    x = keras.Input((10, 6))
+    h = L.Conv1D(8, 3, padding="same", activation="relu", name="c")(x)
+    return keras.Model(x, L.Dense(3, name="head")(mixer(h)))
+
+
+def data(n=64):
+    return np.random.default_rng(0).standard_normal((n, 10, 6)).astype("float32")
+
+
+@pytest.mark.parametrize(
+    "mixer",
+    [lambda h: L.LSTM(8, name="rnn")(h), lambda h: L.GRU(8, name="rnn")(h), lambda h: L.SimpleRNN(8, name="rnn")(h)],
+    ids=["LSTM", "GRU", "SimpleRNN"],
+)
+def test_recurrent_models_convert_unrolled_run_on_litert_and_tflm(mixer):
+    model = sequence_model(mixer)
+    rnn = model.get_layer("rnn")
+    weights = rnn.get_weights()
+    gates = weights[0].shape[1] // 8
+    for w in weights:  # zero units 2 and 5 in every gate block
+        cols = np.arange(w.shape[-1]) % 8
+        w[..., np.isin(cols, [2, 5])] = 0
+    rnn.set_weights(weights)
+    small = shrink(model, data(8))
+    assert small.get_layer("rnn").units == 6
+    unrolled, lines = unroll_recurrent(small)
+    assert lines == [f"rnn: {type(rnn).__name__} unrolled over 10 steps"]
+    tfl = to_tflite_int8(small, data())
+    ops = summarize(tfl).op_names
+    assert "FULLY_CONNECTED" in ops and not any("WHILE" in o or "TENSOR_LIST" in o for o in ops), ops
+    agreement = check_agreement(small, tfl, data())
+    assert agreement.max_diff_steps <= 8 * gates and agreement.argmax_agreement >= 0.9, agreement
+    arena, _ = tflm_min_arena(tfl)
+    assert 0 < arena < 200_000
+
+
+def test_attention_and_layer_norm_convert_with_batch_one_and_run_on_tflm():
+    def mixer(h):
+        a = L.MultiHeadAttention(2, 4, name="mha")(h, h)
+        return L.GlobalAveragePooling1D()(L.LayerNormalization(name="ln")(L.Add()([h, a])))
+
+    model = sequence_model(mixer)
+    tfl = to_tflite_int8(model, data())
+    summary = summarize(tfl)
+    assert "SHAPE" not in summary.op_names and "BATCH_MATMUL" in summary.op_names
+    assert check_agreement(model, tfl, data()).argmax_agreement >= 0.9
+    arena, _ = tflm_min_arena(tfl)
+    assert arena > 0
+
+
+def test_an_op_without_an_int8_kernel_is_named_with_its_layer():
+    model = sequence_model(lambda h: L.Flatten()(L.Lambda(keras.ops.erf, name="odd")(h)))
+    with pytest.raises(ConversionError, match=r"operator Erf \(from layer 'odd', Lambda\) has no int8 TFLite kernel"):
+        to_tflite_int8(model, data(), check=False)

@@ -1,0 +1,62 @@
+"""Rebuild a Keras model from its edited config, weights copied by layer path (one way to do it).
+
+Every surgery of the exporter (:mod:`tflite_export.branches`, the recurrent unrolling of
+:mod:`tflite_export.rewrite`) makes a new model the same way: serialize the model, edit the
+Functional/Sequential config, deserialize it (the classes of the model's own layers given as
+custom objects), then copy each layer's weights by its path in the model (nested models
+included), and let preprocessing layers recompute their cached state.
+
+Example (``model`` the doctest CNN; an edit that changes nothing gives an equal copy):
+  >>> copy_ = rebuild(model, lambda config: None)
+  >>> copy_ is model, [w.shape for w in copy_.get_weights()] == [w.shape for w in model.get_weights()]
+  (False, True)
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from keras_wgsef.graph.model_graph import flatten_model
+
+__all__ = ["rebuild"]
+
+
+def rebuild(
+    model: Any,
+    edit: Callable[[dict], None],
+    weights: Callable[[str, Any], list[np.ndarray] | None] | None = None,
+) -> Any:
+    """A new model from ``model``'s config after ``edit(config)``; ``model`` is not modified.
+
+    Args:
+      model: a built Sequential or Functional model.
+      edit: edits the serialized ``config`` (the model's ``"config"`` entry) in place.
+      weights: ``(layer path, old layer) -> values`` for a layer of the new model; None (or a
+        None result) copies the old layer's weights unchanged.
+
+    Returns:
+      The new model, uncompiled.
+    """
+    import keras
+
+    serialized = copy.deepcopy(keras.saving.serialize_keras_object(model))
+    serialized.pop("compile_config", None)
+    edit(serialized["config"])
+    old_layers = flatten_model(model).layers
+    classes = {type(layer).__name__: type(layer) for layer in old_layers.values()}
+    # safe_mode=False: the config comes from the caller's own in-memory model (Lambda layers included)
+    new = keras.saving.deserialize_keras_object(serialized, custom_objects=classes, safe_mode=False)
+    for path, layer in flatten_model(new).layers.items():
+        old = old_layers[path]
+        values = weights(path, old) if weights is not None else None
+        if values is None:
+            values = [np.asarray(keras.ops.convert_to_numpy(w)) for w in old.weights]
+        if values:
+            layer.set_weights(values)
+            if hasattr(layer, "finalize_state"):  # preprocessing layers cache their state
+                layer.finalize_state()
+    return new
