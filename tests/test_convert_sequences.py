@@ -67,7 +67,7 @@ def test_attention_and_layer_norm_convert_with_batch_one_and_run_on_tflm():
     model = sequence_model(mixer)
     tfl = to_tflite_int8(model, data())
     summary = summarize(tfl)
-    assert "SHAPE" not in summary.op_names and "BATCH_MATMUL" in summary.op_names
+    assert not {"FILL", "REDUCE_PROD"} & set(summary.op_names) and "BATCH_MATMUL" in summary.op_names
     assert check_agreement(model, tfl, data()).argmax_agreement >= 0.9
     arena, _ = tflm_min_arena(tfl)
     assert arena > 0

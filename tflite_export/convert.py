@@ -26,6 +26,11 @@ __all__ = ["CalibrationError", "ConversionError", "calibration_samples", "to_tfl
 log = logging.getLogger(__name__)
 
 
+#: operators the dynamic batch leaves behind (a recurrent layer's zero state, attention's reshapes)
+#: that TFLite Micro cannot run on computed shapes; a model that has them converts with batch 1
+BATCH_DEPENDENT_OPS = {"FILL", "REDUCE_PROD"}
+
+
 class CalibrationError(ValueError):
     """The calibration (representative) data cannot be used for this model."""
 
@@ -197,8 +202,9 @@ def to_tflite_int8(
     kernel (``TFLITE_BUILTINS_INT8``), so the result runs on TFLite Micro. The model is
     not modified. Recurrent layers are converted unrolled over their static time steps
     (:func:`tflite_export.rewrite.unroll_recurrent`: the same function, checked), and a model whose
-    dynamic-batch conversion computes shapes at run time (attention, recurrent state) is converted
-    with a fixed batch of one (:func:`tflite_export.rewrite.with_batch_one`), which TFLite Micro runs.
+    dynamic-batch conversion leaves :data:`BATCH_DEPENDENT_OPS` (attention, recurrent state) is
+    converted with a fixed batch of one (:func:`tflite_export.rewrite.with_batch_one`), which
+    TFLite Micro runs.
 
     Args:
         model: a built single-input Keras 3 model.
@@ -244,11 +250,11 @@ def to_tflite_int8(
     tflite = _convert(model, representative_dataset, int8_io, quiet)
     from tflite_export.flatbuffer import summarize
 
-    if "SHAPE" in summarize(tflite).op_names:  # shapes computed at run time: TFLM cannot run them
+    if set(summarize(tflite).op_names) & BATCH_DEPENDENT_OPS:  # TFLM cannot run them on computed shapes
         from tflite_export.rewrite import with_batch_one
 
         tflite = _convert(with_batch_one(model), representative_dataset, int8_io, quiet)
-        log.info("converted with a fixed batch of 1 (the dynamic batch left SHAPE operators)")
+        log.info("converted with a fixed batch of 1 (the dynamic batch left FILL / REDUCE_PROD operators)")
     if check:
         try:
             from tflite_export.litert import check_agreement

@@ -36,7 +36,8 @@ def rebuild(
       model: a built Sequential or Functional model.
       edit: edits the serialized ``config`` (the model's ``"config"`` entry) in place.
       weights: ``(layer path, old layer) -> values`` for a layer of the new model; None (or a
-        None result) copies the old layer's weights unchanged.
+        None result) copies the old layer's weights unchanged. Layers the edit added keep their
+        own (initial) weights.
 
     Returns:
       The new model, uncompiled.
@@ -51,7 +52,9 @@ def rebuild(
     # safe_mode=False: the config comes from the caller's own in-memory model (Lambda layers included)
     new = keras.saving.deserialize_keras_object(serialized, custom_objects=classes, safe_mode=False)
     for path, layer in flatten_model(new).layers.items():
-        old = old_layers[path]
+        old = old_layers.get(path)
+        if old is None:  # a layer the edit added (padding, cropping): no weights to carry over
+            continue
         values = weights(path, old) if weights is not None else None
         if values is None:
             values = [np.asarray(keras.ops.convert_to_numpy(w)) for w in old.weights]

@@ -357,9 +357,9 @@ def unroll_recurrent(model: Any, sample: Any = None, *, rtol: float = 1e-5) -> t
 def with_batch_one(model: Any) -> Any:
     """The model with a fixed batch of one sample (what a microcontroller runs), weights shared by value.
 
-    Converted with a dynamic batch, some layers compute shapes at run time (``SHAPE``,
-    ``REDUCE_PROD``, ``FILL`` with computed dimensions: attention's reshapes, a recurrent layer's
-    zero state), which TFLite Micro cannot run; with the batch fixed they fold into constants.
+    Converted with a dynamic batch, some layers compute shapes at run time (``REDUCE_PROD``,
+    ``FILL`` with computed dimensions: attention's reshapes, a recurrent layer's zero state), which
+    TFLite Micro cannot run; with the batch fixed they fold into constants.
 
     Example (``model`` the doctest CNN):
       >>> with_batch_one(model).inputs[0].shape

@@ -49,6 +49,7 @@ from keras_wgsef.graph.channels import ChannelAnalysis, analyze, zero_channels
 from keras_wgsef.graph.costs import count_macs, count_params
 from keras_wgsef.graph.model_graph import flatten_model, layer_variables, matches
 from tflite_export.branches import drop_zero_branches
+from tflite_export.kernels import trim_zero_borders
 
 __all__ = ["ShrinkError", "ShrinkPlan", "ShrinkReport", "output_difference", "plan_shrink", "shrink"]
 
@@ -94,6 +95,7 @@ class ShrinkReport:
     max_abs_diff: float
     tolerance: float
     dropped: list[str] = dataclasses.field(default_factory=list)  # layers of zero residual branches
+    trimmed: list[str] = dataclasses.field(default_factory=list)  # kernels without their zero borders
 
     def table(self) -> str:
         lines = [f"{'layer':36s} {'channels':>13s} {'params':>19s} {'MACs':>25s}"]
@@ -109,6 +111,7 @@ class ShrinkReport:
         lines.append(f"{'total':36s} {'':13s} {pb:8d} -> {pa:8d} {mb:11d} -> {ma:11d}")
         if self.dropped:
             lines.append(f"  removed zero residual branches: {', '.join(self.dropped)}")
+        lines += [f"  {line}" for line in self.trimmed]
         lines += [f"  kept {lab}: {why}" for lab, why in self.plan.not_removed]
         lines.append(f"max |output difference| {self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g})")
         return "\n".join(lines)
@@ -282,6 +285,7 @@ def shrink(
     multiple: int = 1,
     rtol: float = 1e-5,
     exclude: str | Iterable[str] | None = None,
+    trim_kernels: bool = True,
     return_report: bool = False,
 ) -> Any:
     """A new model without the dead channels of ``model``, checked to give the same outputs.
@@ -293,6 +297,8 @@ def shrink(
       multiple: round kept producer widths up to a multiple of this (see :func:`plan_shrink`).
       rtol: the check passes when ``max |y_new - y| <= rtol * max(1, max |y|)``.
       exclude: regexes on layer paths (see :func:`plan_shrink`).
+      trim_kernels: also cut all-zero border rows and columns off convolution kernels (filter-shape
+        sparsity; :func:`tflite_export.kernels.trim_zero_borders`).
       return_report: also return a :class:`ShrinkReport`.
 
     Returns:
@@ -341,6 +347,9 @@ def shrink(
                     new_layers[path].finalize_state()
     except Exception as e:
         raise ShrinkError(f"could not rebuild the thinner model: {type(e).__name__}: {e}") from e
+    trimmed: list[str] = []
+    if trim_kernels:
+        new, trimmed = trim_zero_borders(new, sample, rtol=rtol)
     diff, tol, same = output_difference(original, new, sample, rtol)
     if not same:
         raise ShrinkError(
@@ -351,6 +360,12 @@ def shrink(
         return new
     p0, p1, m0, m1 = count_params(original), count_params(new), count_macs(original), count_macs(new)
     report = ShrinkReport(
-        plan, {k: (p0[k], p1.get(k, 0)) for k in p0}, {k: (m0[k], m1.get(k, 0)) for k in m0}, diff, tol, dropped
+        plan,
+        {k: (p0[k], p1.get(k, 0)) for k in p0},
+        {k: (m0[k], m1.get(k, 0)) for k in m0},
+        diff,
+        tol,
+        dropped,
+        trimmed,
     )
     return new, report

@@ -10,16 +10,18 @@ output_channel    a filter: its kernel slice, bias, the following BatchNorm's   
                   concatenation partners (dependency-aware, see graph.channels)
 block             ``block`` consecutive output channels (SIMD-friendly widths)   yes
 input_channel     one input channel's slice of the kernel (all filters)          yes [#]_
-filter_shape      one kernel position ``(*spatial, c)`` across all filters       no
+filter_shape      one kernel position ``(*spatial, c)`` across all filters       borders [#]_
 layer             every kernel and bias of a layer (use with ``envelope="model"``)  some [#]_
 unstructured      a single weight                                                no
 ================  =============================================================  ==========
 
+.. [#] when every layer that reads the channel ignores it (``tflite_export.shrink`` then removes
+   the input slices and the producer's output channel); not the model's input channels.
+.. [#] whole border rows and columns of positions: ``tflite_export.kernels`` cuts them off (a
+   smaller kernel, the padding rewritten); interior positions stay in a dense kernel.
 .. [#] a layer alone in a residual branch (``Add(x, branch)``): at zero the branch goes, branch
    and all (``tflite_export.branches``); in a plain chain a zero layer would cut the network, and a
    warning names those layers (:func:`removable_layers`).
-.. [#] when every layer that reads the channel ignores it (``tflite_export.shrink`` then removes
-   the input slices and the producer's output channel); not the model's input channels.
 
 Weights ``d_j``: ``"size"`` (group size, the default: ``k = 1`` is then the squared group
 lasso), ``"uniform"`` (1), ``"macs"`` (group size times relative cost,
