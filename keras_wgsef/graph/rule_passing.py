@@ -1,0 +1,164 @@
+"""Rules of the layers without channel weights: they pass, merge, stack, flatten, keep or refuse channels.
+
+:class:`Passthrough` (and :class:`InferenceIdentity`), :class:`Merge`, :class:`Concat`,
+:class:`Flatten`, :class:`Reshape` / :class:`Permute` (resolved with the shapes), :class:`Opaque`
+(works, channels kept) and :class:`Refuse` (an error with the way out).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from keras_wgsef.graph.channels import ChannelAnalysis
+    from keras_wgsef.graph.model_graph import Node
+
+from keras_wgsef.graph.rule_base import ChannelRule, Keep, LayerChannels, where
+
+__all__ = ["Concat", "Flatten", "InferenceIdentity", "Merge", "Opaque", "Passthrough", "Permute", "Refuse", "Reshape"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Passthrough(ChannelRule):
+    zero_preserving: bool = True
+    resize_key: str | None = None  # config key (a shape tuple) whose last entry is the channel width
+
+    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
+        out_width = a.graph.shapes[node.outputs[0]][-1]
+        if len(ins[0]) != out_width:
+            raise ValueError(f"{where(node)}: a passthrough rule, but it changes the channel count.")
+        return ins[0]
+
+    def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
+        return ins[0].copy() if self.zero_preserving else np.zeros(out_n, bool)
+
+    def edit_config(self, config: dict, kept: int, before: int) -> None:
+        if self.resize_key:
+            config[self.resize_key] = [*list(config[self.resize_key])[:-1], kept]
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceIdentity(Passthrough):
+    """The identity at inference (``training=False``): dropout, noise, random augmentation.
+
+    In training these layers act per sample (flips, crops, noise, colour changes); some of them mix
+    channels then (``RandomGrayscale``, ``RandomHue``) or add to every channel (``RandomBrightness``).
+    The groups are about the exported, inference-time model, where they are the identity, so a
+    channel that is zero in the trained weights is zero after them and removable.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class Merge(ChannelRule):
+    op: str = "sum"  # "sum" | "extremum" | "product"
+    #: which inputs may be dropped when they are exactly zero (``x + 0 = x``): "any" (Add),
+    #: "last" (Subtract: ``x - 0 = x``), "none" (Average, extrema, products)
+    drops: str = "none"
+
+    def droppable(self, all_zero: list[bool]) -> list[int]:
+        """Indices of inputs that are exactly zero and can go without changing the output (one input stays)."""
+        candidates = [i for i, z in enumerate(all_zero) if z and (self.drops == "any" or i == len(all_zero) - 1)]
+        if self.drops == "none" or len(candidates) == len(all_zero):
+            return []
+        return candidates
+
+    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
+        out_width = a.graph.shapes[node.outputs[0]][-1]
+        full = [ids for ids in ins if len(ids) == out_width]
+        for ids in full[1:]:
+            a.union(full[0], ids, where(node))
+        if len(full) < len(ins) and self.op != "product":
+            a.pin(full[0], f"{node.path}: a one-channel input is broadcast onto every channel")
+        return full[0]
+
+    def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
+        full = [z for z in ins if len(z) == out_n]
+        bcast = [bool(z[0]) for z in ins if len(z) != out_n]
+        if self.op == "product":
+            return np.logical_or.reduce(full) | any(bcast)
+        return np.logical_and.reduce(full) & all(bcast)
+
+
+@dataclasses.dataclass(frozen=True)
+class Concat(ChannelRule):
+    axis: int = -1
+
+    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
+        if self.axis in (-1, len(a.graph.shapes[node.outputs[0]]) - 1):
+            return np.concatenate(ins)
+        for ids in ins[1:]:
+            a.union(ins[0], ids, where(node))
+        return ins[0]
+
+    def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
+        same = len(ins[0]) == out_n and len(ins) > 1 and sum(len(z) for z in ins) != out_n
+        return np.logical_and.reduce(ins) if same else np.concatenate(ins)
+
+
+@dataclasses.dataclass(frozen=True)
+class Flatten(ChannelRule):
+    resize_key: str | None = None  # Reshape((n,)) used as a flatten: config key to update
+
+    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
+        in_shape = a.graph.shapes[node.inputs[0]]
+        reps = int(np.prod(in_shape[1:-1])) if len(in_shape) > 2 else 1
+        return np.tile(ins[0], reps)
+
+    def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
+        return np.tile(ins[0], out_n // max(len(ins[0]), 1))
+
+    def edit_config(self, config: dict, kept: int, before: int) -> None:
+        if self.resize_key:
+            config[self.resize_key] = [kept]
+
+
+@dataclasses.dataclass(frozen=True)
+class Reshape(ChannelRule):
+    """Resolved with the shapes: same last axis -> passthrough; ``(batch, n)`` -> flatten; else opaque."""
+
+    resize_key: str = "target_shape"
+
+    def resolve(self, layer: Any, in_shape: tuple, out_shape: tuple) -> ChannelRule:
+        if len(out_shape) == 2 and len(in_shape) > 2:
+            return Flatten(resize_key=self.resize_key)
+        if in_shape and in_shape[-1] == out_shape[-1]:
+            return Passthrough(resize_key=self.resize_key)
+        return Opaque("Reshape that moves the channel axis")
+
+
+@dataclasses.dataclass(frozen=True)
+class Permute(ChannelRule):
+    """``Permute(dims)``: passthrough when the channel axis stays last, opaque when it moves."""
+
+    def resolve(self, layer: Any, in_shape: tuple, out_shape: tuple) -> ChannelRule:
+        dims = tuple(layer.get_config()["dims"])
+        if dims and dims[-1] == len(dims):
+            return Passthrough()
+        return Opaque(f"Permute{dims} moves the channel axis (the analysis follows the last axis)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Opaque(ChannelRule):
+    reason: str = "opaque layer"
+
+    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
+        what = f"{type(node.layer).__name__}: {self.reason}"
+        for ids in ins:
+            a.pin(ids, f"read by {node.path} ({what})")
+        for t in node.outputs:
+            a.tensor_ids[t] = a.new(int(a.graph.shapes[t][-1]) if a.graph.shapes[t] else 1)
+            a.pin(a.tensor_ids[t], f"made by {node.path} ({what})")
+        return a.tensor_ids[node.outputs[0]]
+
+    def slice_weights(self, v: dict[str, np.ndarray], keep: Keep, own: LayerChannels) -> dict[str, np.ndarray]:
+        return v
+
+
+@dataclasses.dataclass(frozen=True)
+class Refuse(ChannelRule):
+    """A layer with no channel meaning for this purpose; :func:`rule_for` raises with the reason."""
+
+    reason: str = "no channel semantics"

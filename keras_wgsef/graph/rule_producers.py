@@ -1,0 +1,275 @@
+"""Rules of the layers that make channels from a kernel: their output channels are groups.
+
+:class:`Produce` (Dense, Conv*, EinsumDense ``...c,cn->...n``), :class:`RecurrentProduce`
+(LSTM, GRU, SimpleRNN units), :class:`Embed` (Embedding dimensions), :class:`Separable`
+(SeparableConv) and :class:`Wrapped` (TimeDistributed of any rule).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from keras_wgsef.graph.channels import ChannelAnalysis
+    from keras_wgsef.graph.model_graph import Node
+
+from keras_wgsef.graph.rule_base import ChannelRule, Keep, LayerChannels, act_zero, where
+from keras_wgsef.graph.rule_passing import Opaque
+
+__all__ = ["EinsumProduce", "Embed", "Produce", "RecurrentProduce", "Separable", "Wrapped"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Produce(ChannelRule):
+    kernel: str = "kernel"
+    out_axis: int = -1
+    in_axis: int = -2
+    bias: str | None = "bias"
+    width_key: str = "filters"
+    mixes_output: bool = False  # e.g. activation="softmax": the output channels are coupled
+
+    reads_channels: ClassVar[bool] = True
+
+    def _sizes(self, layer: Any) -> tuple[int, int]:
+        from keras_wgsef.graph.model_graph import layer_variables
+
+        shape = layer_variables(layer)[self.kernel].shape
+        return int(shape[self.out_axis]), int(shape[self.in_axis])
+
+    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
+        own = a.own(node.path)
+        if own.out is None:
+            n_out, n_in = self._sizes(node.layer)
+            own.out, own.inp = a.new(n_out), a.new(n_in)
+        a.union(ins[0], own.inp, where(node))
+        if self.mixes_output:
+            a.pin(own.out, f"made by {node.path} (its activation mixes channels)")
+        return own.out
+
+    def _kernel_in_out(self, k: np.ndarray) -> np.ndarray:
+        return np.moveaxis(k, [self.in_axis % k.ndim, self.out_axis % k.ndim], [-2, -1])
+
+    def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
+        w = self._kernel_in_out(v[self.kernel])
+        out = np.all(w[..., ~ins[0], :] == 0, axis=tuple(range(w.ndim - 1)))
+        if self.bias:
+            out &= v[self.bias] == 0
+        return out & act_zero(layer)
+
+    def weight_slices(self, own: LayerChannels) -> list[tuple[str, int, np.ndarray]]:
+        entries = [(self.kernel, self.out_axis, own.out)]
+        return [*entries, (self.bias, 0, own.out)] if self.bias else entries
+
+    def slice_weights(self, v: dict[str, np.ndarray], keep: Keep, own: LayerChannels) -> dict[str, np.ndarray]:
+        out = super().slice_weights(v, keep, own)
+        k = out[self.kernel]
+        out[self.kernel] = np.compress(keep(own.inp), k, axis=self.in_axis % k.ndim)
+        return out
+
+    def edit_config(self, config: dict, kept: int, before: int) -> None:
+        config[self.width_key] = kept
+
+    def output_kernel(self, v: dict[str, np.ndarray]) -> np.ndarray | None:
+        k = v[self.kernel]
+        k = np.moveaxis(k, self.out_axis % k.ndim, -1)
+        return k.reshape(-1, k.shape[-1])
+
+    def unread_inputs(self, v: dict[str, np.ndarray], n_in: int) -> np.ndarray:
+        w = self._kernel_in_out(v[self.kernel])
+        return np.all(np.moveaxis(w, -2, 0).reshape(w.shape[-2], -1) == 0, axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class EinsumProduce(Produce):
+    """``EinsumDense`` of the form ``...c,cn->...n``: a Dense over the last axis (``output_shape``'s last entry)."""
+
+    width_key: str = "output_shape"
+
+    def edit_config(self, config: dict, kept: int, before: int) -> None:
+        shape = config[self.width_key]
+        config[self.width_key] = [*list(shape)[:-1], kept] if isinstance(shape, (list, tuple)) else kept
+
+
+@dataclasses.dataclass(frozen=True)
+class RecurrentProduce(ChannelRule):
+    """LSTM / GRU / SimpleRNN: unit ``j`` is a channel; its group spans its gate blocks.
+
+    The kernel ``(c, gates*u)``, the recurrent kernel ``(u, gates*u)`` and the bias
+    (``(gates*u,)``, or ``(2, gates*u)`` for a GRU with ``reset_after``) hold unit ``j``'s
+    columns ``g*u + j`` for every gate ``g``; the recurrent kernel's row ``j`` reads the unit's own
+    output and goes with it. A unit whose candidate block (LSTM ``c``, GRU ``h``, SimpleRNN: the
+    only block) is zero never leaves its zero initial state: its output is exactly zero, whatever
+    the gates (``h = o * tanh(c)``, ``c = f*c + i*tanh(0)``; GRU ``h = z*h + (1-z)*tanh(0)``).
+    Input channel ``i`` is read through the kernel's row ``i``.
+    """
+
+    gates: int = 4
+    candidate: int = 2
+
+    reads_channels: ClassVar[bool] = True
+    one_input: ClassVar[bool] = True  # an initial state (or a mask) comes as a second input
+
+    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
+        from keras_wgsef.graph.model_graph import layer_variables
+
+        own = a.own(node.path)
+        if own.out is None:
+            v = layer_variables(node.layer)
+            own.out, own.inp = a.new(int(v["recurrent_kernel"].shape[0])), a.new(int(v["kernel"].shape[0]))
+        a.union(ins[0], own.inp, where(node))
+        return own.out
+
+    def _block(self, x: np.ndarray) -> np.ndarray:
+        u = x.shape[-1] // self.gates
+        return x[..., self.candidate * u : (self.candidate + 1) * u]
+
+    def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
+        out = np.all(self._block(v["kernel"][~ins[0]]) == 0, axis=0)
+        out &= np.all(self._block(v["recurrent_kernel"]) == 0, axis=0)
+        bias = self._block(v["bias"])
+        out &= np.all(bias.reshape(-1, bias.shape[-1]) == 0, axis=0)
+        return out & act_zero(layer)
+
+    def weight_slices(self, own: LayerChannels) -> list[tuple[str, int, np.ndarray]]:
+        cols = np.tile(own.out, self.gates)
+        return [("kernel", -1, cols), ("recurrent_kernel", -1, cols), ("bias", -1, cols)]
+
+    def slice_weights(self, v: dict[str, np.ndarray], keep: Keep, own: LayerChannels) -> dict[str, np.ndarray]:
+        out = super().slice_weights(v, keep, own)
+        out["kernel"] = np.compress(keep(own.inp), out["kernel"], axis=0)
+        out["recurrent_kernel"] = np.compress(keep(own.out), out["recurrent_kernel"], axis=0)
+        return out
+
+    def edit_config(self, config: dict, kept: int, before: int) -> None:
+        config["units"] = kept
+
+    def output_kernel(self, v: dict[str, np.ndarray]) -> np.ndarray | None:
+        u = v["recurrent_kernel"].shape[0]
+        return np.concatenate([v[k].reshape(-1, u) for k in ("kernel", "recurrent_kernel")])
+
+    def unread_inputs(self, v: dict[str, np.ndarray], n_in: int) -> np.ndarray:
+        return np.all(v["kernel"] == 0, axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Wrapped(ChannelRule):
+    """``TimeDistributed(layer)``: the wrapped layer's rule, applied over the extra time axis.
+
+    The wrapper holds the inner layer's weights under the same names; its config nests the inner
+    layer's config under ``"layer"``, where the width is edited.
+    """
+
+    inner: ChannelRule = dataclasses.field(default_factory=ChannelRule)
+
+    @property
+    def reads_channels(self) -> bool:  # type: ignore[override]
+        return self.inner.reads_channels
+
+    def resolve(self, layer: Any, in_shape: tuple, out_shape: tuple) -> ChannelRule:
+        inner = self.inner.resolve(layer.layer, in_shape, out_shape)
+        return inner if isinstance(inner, Opaque) else dataclasses.replace(self, inner=inner)
+
+    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
+        return self.inner.propagate(a, node, ins)
+
+    def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
+        return self.inner.zero(layer.layer, v, ins, out_n)
+
+    def weight_slices(self, own: LayerChannels) -> list[tuple[str, int, np.ndarray]]:
+        return self.inner.weight_slices(own)
+
+    def unread_inputs(self, v: dict[str, np.ndarray], n_in: int) -> np.ndarray:
+        return self.inner.unread_inputs(v, n_in)
+
+    def slice_weights(self, v: dict[str, np.ndarray], keep: Keep, own: LayerChannels) -> dict[str, np.ndarray]:
+        return self.inner.slice_weights(v, keep, own)
+
+    def edit_config(self, config: dict, kept: int, before: int) -> None:
+        self.inner.edit_config(config["layer"]["config"], kept, before)
+
+    def output_kernel(self, v: dict[str, np.ndarray]) -> np.ndarray | None:
+        return self.inner.output_kernel(v)
+
+
+@dataclasses.dataclass(frozen=True)
+class Embed(ChannelRule):
+    """Embedding: output dimension ``j`` is ``embeddings[:, j]``; the input holds token indices."""
+
+    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
+        own = a.own(node.path)
+        if own.out is None:
+            own.out = a.new(int(node.layer.output_dim))
+        a.pin(ins[0], f"read by {node.path} (Embedding) as token indices")
+        return own.out
+
+    def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
+        return np.all(v["embeddings"] == 0, axis=0)
+
+    def weight_slices(self, own: LayerChannels) -> list[tuple[str, int, np.ndarray]]:
+        return [("embeddings", -1, own.out)]
+
+    def edit_config(self, config: dict, kept: int, before: int) -> None:
+        config["output_dim"] = kept
+
+    def output_kernel(self, v: dict[str, np.ndarray]) -> np.ndarray | None:
+        return v["embeddings"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Separable(ChannelRule):
+    depthwise: str = "depthwise_kernel"
+    pointwise: str = "pointwise_kernel"
+    bias: str | None = "bias"
+    depth_multiplier: int = 1
+    width_key: str = "filters"
+
+    reads_channels: ClassVar[bool] = True
+
+    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
+        from keras_wgsef.graph.model_graph import layer_variables
+
+        own = a.own(node.path)
+        if own.out is None:
+            v = layer_variables(node.layer)
+            own.out, own.inp = a.new(int(v[self.pointwise].shape[-1])), a.new(int(v[self.depthwise].shape[-2]))
+        a.union(ins[0], own.inp, where(node))
+        return own.out
+
+    def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
+        dw = v[self.depthwise]
+        mid_zero = np.repeat(ins[0], self.depth_multiplier) | np.all(dw == 0, axis=tuple(range(dw.ndim - 2))).reshape(
+            -1
+        )
+        w = v[self.pointwise]
+        out = np.all(w[..., ~mid_zero, :] == 0, axis=tuple(range(w.ndim - 1)))
+        if self.bias:
+            out &= v[self.bias] == 0
+        return out & act_zero(layer)
+
+    def weight_slices(self, own: LayerChannels) -> list[tuple[str, int, np.ndarray]]:
+        entries = [(self.pointwise, -1, own.out)]
+        if self.bias:
+            entries.append((self.bias, 0, own.out))
+        return [*entries, (self.depthwise, -2, own.inp)]
+
+    def slice_weights(self, v: dict[str, np.ndarray], keep: Keep, own: LayerChannels) -> dict[str, np.ndarray]:
+        out = super().slice_weights(v, keep, own)
+        in_m = np.repeat(keep(own.inp), self.depth_multiplier)
+        out[self.pointwise] = np.compress(in_m, out[self.pointwise], axis=-2)
+        return out
+
+    def edit_config(self, config: dict, kept: int, before: int) -> None:
+        config[self.width_key] = kept
+
+    def output_kernel(self, v: dict[str, np.ndarray]) -> np.ndarray | None:
+        k = v[self.pointwise]
+        return k.reshape(-1, k.shape[-1])
+
+    def unread_inputs(self, v: dict[str, np.ndarray], n_in: int) -> np.ndarray:
+        dw, pw = v[self.depthwise], v[self.pointwise]
+        dw_zero = np.all(dw == 0, axis=tuple(range(dw.ndim - 2)))  # (c, depth_multiplier)
+        pw_zero = np.all(pw.reshape(-1, *pw.shape[-2:]) == 0, axis=(0, 2)).reshape(n_in, -1)
+        return np.all(dw_zero | pw_zero, axis=1)
