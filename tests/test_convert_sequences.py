@@ -65,6 +65,13 @@ def test_attention_and_layer_norm_convert_with_batch_one_and_run_on_tflm():
         return L.GlobalAveragePooling1D()(L.LayerNormalization(name="ln")(L.Add()([h, a])))
 
     model = sequence_model(mixer)
+    mha = model.get_layer("mha")
+    weights = dict(zip([w.path for w in mha.weights], mha.get_weights()))
+    weights["mha/value/kernel"][:, 1] = 0  # head 1 silent: removed before the export
+    weights["mha/value/bias"][1] = 0
+    mha.set_weights(list(weights.values()))
+    model = shrink(model, data(8))
+    assert model.get_layer("mha").num_heads == 1
     tfl = to_tflite_int8(model, data())
     summary = summarize(tfl)
     assert not {"FILL", "REDUCE_PROD"} & set(summary.op_names) and "BATCH_MATMUL" in summary.op_names

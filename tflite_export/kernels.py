@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_wgsef.graph.model_graph import flatten_model, layer_variables
+from keras_wgsef.graph.model_graph import flatten_model, layer_variables, weight_names
 from tflite_export.rebuild import rebuild
 
 __all__ = ["trim_zero_borders", "zero_borders"]
@@ -222,9 +222,9 @@ def _weights(plans: dict[str, dict]) -> Any:
         if plan is None:
             return None
         out = []
-        for w in old.weights:
+        for name, w in zip(weight_names(old), old.weights):
             v = np.asarray(w.numpy())
-            if w.path.rsplit("/", 1)[-1] == plan["name"]:
+            if name == plan["name"]:
                 v = v[tuple(slice(b, v.shape[i] - a) for i, (b, a) in enumerate(plan["borders"]))]
             out.append(v)
         return out

@@ -47,7 +47,7 @@ import numpy as np
 
 from keras_wgsef.graph.channels import ChannelAnalysis, analyze, zero_channels
 from keras_wgsef.graph.costs import count_macs, count_params
-from keras_wgsef.graph.model_graph import flatten_model, layer_variables, matches
+from keras_wgsef.graph.model_graph import flatten_model, layer_variables, matches, weight_names
 from tflite_export.branches import drop_zero_branches
 from tflite_export.kernels import trim_zero_borders
 
@@ -157,6 +157,11 @@ def plan_shrink(model: Any, *, multiple: int = 1, exclude: str | Iterable[str] |
         k = _output_kernel(a, path)
         candidates |= {r for r, z in zip(a.roots(ids).tolist(), np.all(k == 0, axis=0).tolist()) if z}
     dead = {r for r in seen if r not in pinned and r not in nonzero_at}
+    for path, own in a.channels.items():  # channels inside a layer (attention heads) its rule finds zero
+        if own.inner is not None:
+            z = a.rules[path].zero_inner(_weights(g.layers[path]), own)
+            if z is not None:
+                dead |= {r for r, zr in zip(a.roots(own.inner).tolist(), z.tolist()) if zr and r not in pinned}
     kept = [(r, pinned.get(r) or nonzero_at.get(r, "")) for r in sorted(candidates - dead)]
     dead, padded = _round_widths(a, dead, int(multiple))
     kept += [(r, why) for r, why in padded]
@@ -247,6 +252,8 @@ def _edit_config(cfg: dict, prefix: str, plan: ShrinkPlan, nested_inputs: dict[s
             continue
         before, kept = plan.widths[path]
         rule.edit_config(lc["config"], kept, before)
+        if path in a.channels:
+            rule.edit_inner_config(lc["config"], a.channels[path], a.keep_mask(plan.dead))
 
 
 def _refs(x: Any) -> list:
@@ -339,7 +346,7 @@ def shrink(
             values = (
                 [np.asarray(w.numpy()) for w in old_layer.weights]
                 if sliced is None
-                else [sliced[w.path.rsplit("/", 1)[-1]] for w in old_layer.weights]
+                else [sliced[name] for name in weight_names(old_layer)]
             )
             if values:
                 new_layers[path].set_weights(values)

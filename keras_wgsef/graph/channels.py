@@ -171,6 +171,8 @@ def _resolve_rule(node: Node, g: Graph, exclude: Any) -> cr.ChannelRule:
         return cr.Opaque("layer with several outputs")
     if rule.one_input and len(node.inputs) > 1:
         return cr.Opaque("called with several inputs (an initial state or a mask)")
+    if rule.same_inputs and len(set(node.inputs)) > 1:
+        return cr.Opaque("called with different query, key or value tensors (or a mask)")
     return rule
 
 
@@ -359,6 +361,12 @@ def channel_scopes(
             first = label.setdefault(r, (path, c, c))
             if first[0] == path:
                 label[r] = (path, first[1], c)
+    for path, own in a.channels.items():  # inner channels (attention heads): "mha:heads"
+        if own.inner is not None:
+            for c, r in enumerate(a.roots(own.inner).tolist()):
+                if r in scope_of:
+                    owner.setdefault(top(r), [f"{path}:{a.rules[path].inner_name}"])
+                    label[r] = (f"{path}:{a.rules[path].inner_name}", c, c)
     scopes: list[GroupScope] = []
     by_scope: dict[int, list] = {}
     for q in params:
@@ -366,7 +374,7 @@ def channel_scopes(
     for s, qs in by_scope.items():
         order: dict[int, int] = {}
         for path in owner.get(s, []):
-            for r in a.roots(a.out_ids[path]).tolist():
+            for r in a.roots(a.out_ids.get(path, np.zeros(0, np.int64))).tolist():
                 order.setdefault(r, len(order))
         for _, _, rr, _ in qs:
             for r in rr.tolist():

@@ -31,6 +31,7 @@ __all__ = [
     "layer_variables",
     "matches",
     "model_weights",
+    "weight_names",
     "weight_paths",
 ]
 
@@ -201,9 +202,31 @@ def _call(layer: Any, path: str, ins: list[int], g: Graph, calls: dict) -> list[
     return outs
 
 
+def weight_names(layer: Any) -> list[str]:
+    """The names of a layer's weights, in ``layer.weights`` order: the shortest path suffixes that differ.
+
+    ``"kernel"``, ``"bias"``, ``"gamma"`` for most layers; a layer with sublayers whose weights share
+    a last name gets longer suffixes (``MultiHeadAttention``: ``"query/kernel"``, ``"key/kernel"``;
+    ``Bidirectional``: ``"forward_lstm/lstm_cell/kernel"``).
+
+    Example:
+      >>> import keras
+      >>> mha = keras.layers.MultiHeadAttention(2, 4)
+      >>> _ = mha(keras.Input((5, 8)), keras.Input((5, 8)))
+      >>> weight_names(mha)[:3]
+      ['query/kernel', 'query/bias', 'key/kernel']
+    """
+    parts = [w.path.split("/") for w in getattr(layer, "weights", [])]
+    for k in range(1, max((len(p) for p in parts), default=1) + 1):
+        names = ["/".join(p[-k:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return ["/".join(p) for p in parts]
+
+
 def layer_variables(layer: Any) -> dict[str, Any]:
-    """``{short name: variable}`` of a layer (``"kernel"``, ``"bias"``, ``"gamma"``, ...); none for an operation."""
-    return {w.path.rsplit("/", 1)[-1]: w for w in getattr(layer, "weights", [])}
+    """``{name: variable}`` of a layer (:func:`weight_names`: ``"kernel"``, ``"bias"``, ...); none for an operation."""
+    return dict(zip(weight_names(layer), getattr(layer, "weights", [])))
 
 
 def weight_paths(g: Graph) -> dict[str, Any]:
@@ -251,7 +274,7 @@ def head_layers(g: Graph) -> set[str]:
             continue
         seen.add(t)
         node = producer[t]
-        if any(k in layer_variables(node.layer) for k in KERNELS):
+        if any(name.rsplit("/", 1)[-1] in KERNELS for name in layer_variables(node.layer)):
             heads.add(node.path)
         else:
             stack.extend(node.inputs)

@@ -40,11 +40,14 @@ class LayerChannels:
       out: channels the layer makes (producers).
       inp: channels its kernel reads (producers).
       carry: channels it carries one-to-one with per-channel parameters (carriers).
+      inner: channels inside the layer that no tensor shows (attention heads): grouped, and
+        removed where :meth:`ChannelRule.zero_inner` says they are zero.
     """
 
     out: Any = None  # np.ndarray once the layer is seen (None: it has no such channels)
     inp: Any = None
     carry: Any = None
+    inner: Any = None  # channels inside the layer, on no tensor (attention heads)
 
 
 def where(node: Node) -> str:
@@ -67,6 +70,10 @@ class ChannelRule:
     """
 
     reads_channels: ClassVar[bool] = False
+    #: the rule holds only when every tensor input is the same tensor (self-attention)
+    same_inputs: ClassVar[bool] = False
+    #: what the layer's inner channels are called in scope names and labels ("mha:heads")
+    inner_name: ClassVar[str] = "inner"
     #: the rule holds only for a call with one input (e.g. no initial state for an RNN)
     one_input: ClassVar[bool] = False
 
@@ -107,6 +114,13 @@ class ChannelRule:
     def output_kernel(self, v: dict[str, np.ndarray]) -> np.ndarray | None:
         """The kernel that makes the output channels, as a ``(-1, n)`` matrix (producers only)."""
         return None
+
+    def zero_inner(self, v: dict[str, np.ndarray], own: LayerChannels) -> np.ndarray | None:
+        """Which :attr:`LayerChannels.inner` channels are zero and can go (at least one stays)."""
+        return None
+
+    def edit_inner_config(self, config: dict, own: LayerChannels, keep: Keep) -> None:
+        """Edits the config for the inner channels that stay (default: nothing)."""
 
     def droppable(self, all_zero: list[bool]) -> list[int]:
         """Inputs that may leave the layer when exactly zero (``all_zero[i]``), the output unchanged."""

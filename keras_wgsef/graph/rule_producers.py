@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 from keras_wgsef.graph.rule_base import ChannelRule, Keep, LayerChannels, act_zero, where
 from keras_wgsef.graph.rule_passing import Opaque
 
-__all__ = ["EinsumProduce", "Embed", "Produce", "RecurrentProduce", "Separable", "Wrapped"]
+__all__ = ["EinsumProduce", "Embed", "MultiHeadProduce", "Produce", "RecurrentProduce", "Separable", "Wrapped"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,3 +273,77 @@ class Separable(ChannelRule):
         dw_zero = np.all(dw == 0, axis=tuple(range(dw.ndim - 2)))  # (c, depth_multiplier)
         pw_zero = np.all(pw.reshape(-1, *pw.shape[-2:]) == 0, axis=(0, 2)).reshape(n_in, -1)
         return np.all(dw_zero | pw_zero, axis=1)
+
+
+_QKV = ("query", "key", "value")
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiHeadProduce(ChannelRule):
+    """MultiHeadAttention (self-attention): heads and output channels are groups.
+
+    Kernels ``query|key|value/kernel (c, H, d)`` with biases ``(H, d)``, and
+    ``attention_output/kernel (H, d_v, E)`` with bias ``(E,)``. Output channel ``e`` is
+    ``attention_output[..., e]`` plus its bias (a producer's channel). Head ``h`` is an inner
+    channel: its group is ``query|key|value[:, h, :]`` and their biases; with its value slice at
+    zero the head's output is zero whatever its attention weights, so it goes: ``num_heads - 1``
+    and ``attention_output[h]`` sliced away. Input channel ``i`` is read through row ``i`` of the
+    three kernels. Cross-attention (a key or value tensor other than the query) stays opaque.
+    """
+
+    bias: bool = True
+
+    reads_channels: ClassVar[bool] = True
+    same_inputs: ClassVar[bool] = True
+    inner_name: ClassVar[str] = "heads"
+
+    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
+        from keras_wgsef.graph.model_graph import layer_variables
+
+        own = a.own(node.path)
+        if own.out is None:
+            v = layer_variables(node.layer)
+            own.out = a.new(int(v["attention_output/kernel"].shape[-1]))
+            own.inp, own.inner = a.new(int(v["query/kernel"].shape[0])), a.new(int(v["query/kernel"].shape[1]))
+        a.union(ins[0], own.inp, where(node))
+        return own.out
+
+    def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
+        out = np.all(v["attention_output/kernel"].reshape(-1, out_n) == 0, axis=0)
+        return out & (v["attention_output/bias"] == 0) if self.bias else out
+
+    def weight_slices(self, own: LayerChannels) -> list[tuple[str, int, np.ndarray]]:
+        entries = [("attention_output/kernel", -1, own.out)]
+        entries += [(f"{n}/kernel", 1, own.inner) for n in _QKV]
+        if self.bias:
+            entries += [("attention_output/bias", 0, own.out)] + [(f"{n}/bias", 0, own.inner) for n in _QKV]
+        return entries
+
+    def unread_inputs(self, v: dict[str, np.ndarray], n_in: int) -> np.ndarray:
+        return np.all([np.all(v[f"{n}/kernel"].reshape(n_in, -1) == 0, axis=1) for n in _QKV], axis=0)
+
+    def zero_inner(self, v: dict[str, np.ndarray], own: LayerChannels) -> np.ndarray | None:
+        value = v["value/kernel"]
+        zero = np.all(np.moveaxis(value, 1, 0).reshape(value.shape[1], -1) == 0, axis=1)
+        if self.bias:
+            zero &= np.all(v["value/bias"] == 0, axis=1)
+        if zero.all():
+            zero[0] = False  # one head stays: a layer needs one
+        return zero
+
+    def slice_weights(self, v: dict[str, np.ndarray], keep: Keep, own: LayerChannels) -> dict[str, np.ndarray]:
+        out = super().slice_weights(v, keep, own)
+        for n in _QKV:
+            out[f"{n}/kernel"] = np.compress(keep(own.inp), out[f"{n}/kernel"], axis=0)
+        out["attention_output/kernel"] = np.compress(keep(own.inner), out["attention_output/kernel"], axis=0)
+        return out
+
+    def edit_config(self, config: dict, kept: int, before: int) -> None:
+        config["output_shape"] = kept  # not the query's width, which may shrink too
+
+    def edit_inner_config(self, config: dict, own: LayerChannels, keep: Keep) -> None:
+        config["num_heads"] = int(keep(own.inner).sum())
+
+    def output_kernel(self, v: dict[str, np.ndarray]) -> np.ndarray | None:
+        k = v["attention_output/kernel"]
+        return k.reshape(-1, k.shape[-1])

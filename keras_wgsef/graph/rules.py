@@ -68,6 +68,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_wgsef.graph.model_graph import weight_names
 from keras_wgsef.graph.rule_base import ChannelRule as ChannelRule
 from keras_wgsef.graph.rule_base import Keep as Keep
 from keras_wgsef.graph.rule_base import LayerChannels as LayerChannels
@@ -90,6 +91,7 @@ from keras_wgsef.graph.rule_passing import Refuse as Refuse
 from keras_wgsef.graph.rule_passing import Reshape as Reshape
 from keras_wgsef.graph.rule_producers import EinsumProduce as EinsumProduce
 from keras_wgsef.graph.rule_producers import Embed as Embed
+from keras_wgsef.graph.rule_producers import MultiHeadProduce as MultiHeadProduce
 from keras_wgsef.graph.rule_producers import Produce as Produce
 from keras_wgsef.graph.rule_producers import RecurrentProduce as RecurrentProduce
 from keras_wgsef.graph.rule_producers import Separable as Separable
@@ -110,6 +112,7 @@ __all__ = [
     "Keep",
     "LayerChannels",
     "Merge",
+    "MultiHeadProduce",
     "NormalizationCarry",
     "Opaque",
     "Passthrough",
@@ -295,7 +298,7 @@ def _separable_factory(layer: Any) -> ChannelRule:
 
 
 def _names(layer: Any) -> list[str]:
-    return [w.path.rsplit("/", 1)[-1] for w in layer.weights]
+    return weight_names(layer)
 
 
 def _single_axis(axis: Any) -> Any:
@@ -394,6 +397,17 @@ def _recurrent_factory(gates: int, candidate: int) -> Callable[[Any], ChannelRul
     return factory
 
 
+def _mha_factory(layer: Any) -> ChannelRule:
+    cfg = layer.get_config()
+    names = set(weight_names(layer))
+    expected = {f"{n}/kernel" for n in ("query", "key", "value", "attention_output")}
+    if cfg.get("use_gate") or not expected <= names or tuple(cfg.get("attention_axes") or (1,)) != (1,):
+        return Opaque(_ATTENTION)
+    if cfg.get("output_shape") is not None and np.size(cfg["output_shape"]) != 1:
+        return Opaque(_ATTENTION)
+    return MultiHeadProduce(bias=bool(cfg.get("use_bias", True)))
+
+
 def _wrapped_factory(layer: Any) -> ChannelRule:
     inner = rule_for(layer.layer, layer.name + "/" + layer.layer.name)
     if isinstance(inner, (Produce, Passthrough, Carry)):
@@ -462,7 +476,7 @@ def _ensure_builtin_rules() -> None:
         "Dot": Opaque("a dot product contracts the channel axis"),
         "Attention": Opaque(_ATTENTION),
         "AdditiveAttention": Opaque(_ATTENTION),
-        "MultiHeadAttention": Opaque(_ATTENTION),
+        "MultiHeadAttention": _mha_factory,
         "GroupQueryAttention": Opaque(_ATTENTION),
         "LSTM": _recurrent_factory(gates=4, candidate=2),
         "GRU": _recurrent_factory(gates=3, candidate=2),
