@@ -24,6 +24,7 @@ MNIST digits, the test set the last 1,000 (the anchor task of ``shared/design/an
     .venv/bin/python benchmarks/budget_compare.py                       # 3 models x 5 budgets x 5 methods
     .venv/bin/python benchmarks/budget_compare.py --seeds 0 1 2 3 4     # the issue's 5 seeds (hours)
     .venv/bin/python benchmarks/budget_compare.py --report              # BUDGET_RESULTS.md + plots
+    .venv/bin/python benchmarks/compare.py --budget --seeds 0 1 2 3 4   # the same, from compare.py
 
 Rows go to ``benchmarks/budget_results.jsonl``; runs already there are skipped (resumable).
 """
@@ -246,7 +247,7 @@ def report() -> None:
 def headline(rows: list[dict]) -> list[str]:
     """int8 test accuracy of budgeted WGSEF against both thin baselines, per model and budget (mean over seeds)."""
     out = [
-        "## Headline: int8 test accuracy % at equal measured cost (mean over n seeds)",
+        "## Headline: int8 test accuracy % at equal measured cost (mean +- standard error over n seeds)",
         "",
         "| model | budget | budgeted WGSEF (use of bound) | thin | thin distilled | best other | "
         "WGSEF - best thin | n |",
@@ -261,11 +262,15 @@ def headline(rows: list[dict]) -> list[str]:
             cost = btext.split("=")[0]
             use = np.mean([r[cost] / r["budget_report"]["bounds"][cost] for r in rs if r["method"] == "wgsef_budget"])
             mean = {m: 100 * float(np.mean(v)) for m, v in acc.items() if v}
+            se = {
+                m: 100 * float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0 for m, v in acc.items() if v
+            }
             other = max((m for m in ("wgsef_layer", "l1") if m in mean), key=lambda m: mean[m])
             gap = mean["wgsef_budget"] - max(mean["thin"], mean["thin_kd"])
+            pm = {m: f"{mean[m]:.2f} +- {se[m]:.2f}" for m in mean}
             out.append(
-                f"| {model} | {btext} | {mean['wgsef_budget']:.2f} ({use:.3f}) | {mean['thin']:.2f} | "
-                f"{mean['thin_kd']:.2f} | {mean[other]:.2f} ({other}) | {gap:+.2f} | {len(acc['wgsef_budget'])} |"
+                f"| {model} | {btext} | {pm['wgsef_budget']} ({use:.3f}) | {pm['thin']} | "
+                f"{pm['thin_kd']} | {pm[other]} ({other}) | {gap:+.2f} | {len(acc['wgsef_budget'])} |"
             )
     return out
 
@@ -317,15 +322,20 @@ def main() -> None:
     if a.report:
         report()
         return
+    run(a.models, a.seeds, a.budgets, a.methods, a.jobs)
+    report()
+
+
+def run(models: list[str], seeds: list[int], budgets=BUDGETS, methods=METHODS, jobs: int = 2) -> None:
+    """Every (model, seed) unit not in the rows yet, on ``jobs`` worker processes (``compare.py --budget``)."""
     done = _done()
-    jobs = [(m, s, a.budgets, a.methods, done, OUT) for s in a.seeds for m in a.models]
+    units = [(m, s, list(budgets), list(methods), done, OUT) for s in seeds for m in models]
     t0 = time.time()
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(a.jobs, maxtasksperchild=1) as pool:
-        for _ in pool.imap_unordered(_unit, jobs):
+    with ctx.Pool(jobs, maxtasksperchild=1) as pool:
+        for _ in pool.imap_unordered(_unit, units):
             pass
     print(f"done in {time.time() - t0:.0f} s")
-    report()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the PNG plots next to them::
     .venv/bin/python benchmarks/compare.py --quick    # smoke run: 1 seed, 2 epochs, anchor only
     .venv/bin/python benchmarks/compare.py --only 'anchor:(thin|wgsef_sgd)'   # regex on model:method
     .venv/bin/python benchmarks/compare.py --report   # rewrite RESULTS.md / plots from results.json
+    .venv/bin/python benchmarks/compare.py --budget --seeds 0 1 2 3 4   # at equal measured cost (hours)
 
 Runs already in ``results.json`` (same model, method, budget, seed, epochs) are skipped, so an
 interrupted run resumes; ``--fresh`` starts over.
@@ -735,7 +736,24 @@ def main() -> None:
     p.add_argument("--workdir", default="/tmp/wgsef-bench", help="where the .tflite files go")
     p.add_argument("--fresh", action="store_true", help="ignore runs already in results.json")
     p.add_argument("--report", action="store_true", help="only rewrite RESULTS.md and the plots")
+    p.add_argument(
+        "--budget",
+        action="store_true",
+        help="the benchmark at equal measured cost (budget_compare.py: budgeted WGSEF, thin, thin distilled, "
+        "per-layer WGSEF, L1 at 50/25/12.5 %% MACs, half the arena, half the flash) for --models and --seeds; "
+        "then both result pages",
+    )
     a = p.parse_args()
+    if a.budget:
+        import budget_compare
+        import results_page
+
+        budget_compare.run(a.models, a.seeds, jobs=a.jobs)
+        budget_compare.report()
+        if os.path.exists(a.results):
+            with open(a.results) as f:
+                results_page.write(json.load(f), HERE)
+        return
     if a.quick:
         a.seeds, a.epochs, a.extra_epochs, a.models = a.seeds[:1], 2, 2, ["anchor"]
         if a.results == RESULTS_JSON:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 from collections import defaultdict
@@ -452,6 +453,7 @@ def write(db, outdir, quick=False):
             h = headline(rows, m, w)
             if h:
                 text += [h, ""]
+    text += budget_section(outdir)
     text += [
         "## Where WGSEF wins and where it does not",
         "",
@@ -495,6 +497,26 @@ def write(db, outdir, quick=False):
     ]
     with open(os.path.join(outdir, "RESULTS.md"), "w") as f:
         f.write("\n".join(text) + "\n")
+
+
+def budget_section(outdir: str) -> list[str]:
+    """The headline of the benchmark at equal measured cost (``compare.py --budget``), when it has run."""
+    path = os.path.join(outdir, "budget_results.jsonl")
+    if not os.path.exists(path):
+        return []
+    import budget_compare
+
+    with open(path) as f:
+        rows = [json.loads(line) for line in f]
+    return [
+        "## At equal measured cost: budgeted WGSEF against thin models (`compare.py --budget`)",
+        "",
+        "The budget picks the widths; every model is exported and measured. Details, the arena and flash "
+        "budgets, the other methods and the plots: [BUDGET_RESULTS.md](BUDGET_RESULTS.md).",
+        "",
+        *budget_compare.headline(rows)[2:],
+        "",
+    ]
 
 
 def notes() -> str:
