@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from keras_wgsef.graph.channels import analyze, droppable_inputs
-from tflite_export.rebuild import rebuild
+from tflite_export.rebuild import rebuild_equal
 
 __all__ = ["drop_zero_branches"]
 
@@ -105,20 +105,17 @@ def drop_zero_branches(model: Any, *, exclude: Any = None, rtol: float = 1e-5) -
     Raises:
       tflite_export.shrink.ShrinkError: the rebuilt model differs from the original.
     """
-    from tflite_export.shrink import ShrinkError, output_difference
+    from tflite_export.shrink import ShrinkError
 
     drops = droppable_inputs(analyze(model, exclude=exclude))
     if not drops:
         return model, []
     dropped: list[str] = []
-    try:
-        new = rebuild(model, lambda config: _edit(config, "", drops, dropped))
-    except Exception as e:
-        raise ShrinkError(f"could not rebuild the model without its zero branches: {type(e).__name__}: {e}") from e
-    diff, tol, same = output_difference(model, new, None, rtol)
-    if not same:
-        raise ShrinkError(
-            f"the model without its zero branches {dropped} differs from the original: max |difference| "
-            f"{diff:.3g} > tolerance {tol:.3g}. This is a bug; please report it with the model."
-        )
+    new = rebuild_equal(
+        model,
+        lambda config: _edit(config, "", drops, dropped),
+        what="the model without its zero branches",
+        error=ShrinkError,
+        rtol=rtol,
+    )
     return new, sorted(dropped)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from keras_wgsef.graph.model_graph import flatten_model, layer_variables, weight_names
-from tflite_export.rebuild import rebuild
+from tflite_export.rebuild import rebuild_equal
 
 __all__ = ["trim_zero_borders", "zero_borders"]
 
@@ -248,16 +248,18 @@ def trim_zero_borders(model: Any, sample: Any = None, *, rtol: float = 1e-5) -> 
     Raises:
       tflite_export.shrink.ShrinkError: the rebuilt model's outputs differ.
     """
-    from tflite_export.shrink import ShrinkError, output_difference
+    from tflite_export.shrink import ShrinkError
 
     plans, lines = _plan(model)
     if not plans:
         return model, lines
-    try:
-        new = rebuild(model, lambda config: _edit(config, "", plans), _weights(plans))
-    except Exception as e:
-        raise ShrinkError(f"could not rebuild the model with trimmed kernels: {type(e).__name__}: {e}") from e
-    diff, tol, same = output_difference(model, new, sample, rtol)
-    if not same:
-        raise ShrinkError(f"the trimmed model differs from the original: max |difference| {diff:.3g} > {tol:.3g}")
+    new = rebuild_equal(
+        model,
+        lambda config: _edit(config, "", plans),
+        what="the model with trimmed kernels",
+        error=ShrinkError,
+        weights=_weights(plans),
+        sample=sample,
+        rtol=rtol,
+    )
     return new, lines

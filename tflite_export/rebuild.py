@@ -22,7 +22,7 @@ import numpy as np
 
 from keras_wgsef.graph.model_graph import flatten_model
 
-__all__ = ["rebuild"]
+__all__ = ["rebuild", "rebuild_equal"]
 
 
 def rebuild(
@@ -62,4 +62,39 @@ def rebuild(
             layer.set_weights(values)
             if hasattr(layer, "finalize_state"):  # preprocessing layers cache their state
                 layer.finalize_state()
+    return new
+
+
+def rebuild_equal(
+    model: Any,
+    edit: Callable[[dict], None],
+    *,
+    what: str,
+    error: type[Exception],
+    weights: Callable[[str, Any], list[np.ndarray] | None] | None = None,
+    sample: Any = None,
+    rtol: float = 1e-5,
+) -> Any:
+    """:func:`rebuild`, then the check every surgery makes: the new model's outputs equal the old one's.
+
+    Args:
+      what: the surgery, for the messages ("the model without its zero branches").
+      error: the exception class to raise (the caller's own: ``ShrinkError``, ``RewriteError``).
+      sample, rtol: as in :func:`tflite_export.shrink.output_difference`.
+
+    Raises:
+      error: the model could not be rebuilt, or its outputs differ beyond the tolerance.
+    """
+    from tflite_export.shrink import output_difference
+
+    try:
+        new = rebuild(model, edit, weights)
+    except Exception as e:
+        raise error(f"could not rebuild {what}: {type(e).__name__}: {e}") from e
+    diff, tol, same = output_difference(model, new, sample, rtol)
+    if not same:
+        raise error(
+            f"{what} differs from the original: max |difference| {diff:.3g} > tolerance {tol:.3g}. "
+            "This is a bug; please report it with the model."
+        )
     return new

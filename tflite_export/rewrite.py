@@ -187,38 +187,23 @@ def cheaper_ops(model: Any, sample: Any = None, *, rtol: float = 1e-5) -> tuple[
     Raises:
       RewriteError: the rewritten model could not be built or its outputs differ beyond ``rtol``.
     """
-    import keras
-
-    from tflite_export.shrink import output_difference
+    from tflite_export.rebuild import rebuild_equal
 
     plans, lines = _plan(model)
     if not plans:
         return model, lines
-    serialized = copy.deepcopy(keras.saving.serialize_keras_object(model))
-    serialized.pop("compile_config", None)
     rewritten: list[str] = []
-    _edit_config(serialized["config"], "", plans, rewritten)
+    new = rebuild_equal(
+        model,
+        lambda config: _edit_config(config, "", plans, rewritten),
+        what="the model with cheaper operators (export with cheaper_ops=False, --keep-mean, meanwhile)",
+        error=RewriteError,
+        sample=sample,
+        rtol=rtol,
+    )
     lines = rewritten + lines
     if not any(not line.startswith("kept ") for line in rewritten):
         return model, lines
-    old = flatten_model(model)
-    classes = {type(layer).__name__: type(layer) for layer in old.layers.values()}
-    try:
-        # safe_mode=False: the config comes from the caller's own in-memory model (Lambda layers included)
-        new = keras.saving.deserialize_keras_object(serialized, custom_objects=classes, safe_mode=False)
-        new_layers = flatten_model(new).layers
-        for path, layer in old.layers.items():
-            if layer.weights:
-                new_layers[path].set_weights([np.asarray(w.numpy()) for w in layer.weights])
-    except Exception as e:
-        raise RewriteError(f"could not rebuild the model with cheaper operators: {type(e).__name__}: {e}") from e
-    diff, tol, same = output_difference(model, new, sample, rtol)
-    if not same:
-        raise RewriteError(
-            f"the model with cheaper operators differs from the original: max |difference| {diff:.3g} > "
-            f"tolerance {tol:.3g}. This is a bug; please report it with the model, and export with "
-            "cheaper_ops=False (--keep-mean) meanwhile."
-        )
     return new, lines
 
 
@@ -332,8 +317,7 @@ def unroll_recurrent(model: Any, sample: Any = None, *, rtol: float = 1e-5) -> t
       >>> unroll_recurrent(model)[1]
       []
     """
-    from tflite_export.rebuild import rebuild
-    from tflite_export.shrink import output_difference
+    from tflite_export.rebuild import rebuild_equal
 
     g = flatten_model(model)
     steps = {}
@@ -344,13 +328,14 @@ def unroll_recurrent(model: Any, sample: Any = None, *, rtol: float = 1e-5) -> t
     if not steps:
         return model, []
     lines: list[str] = []
-    try:
-        new = rebuild(model, lambda config: _unroll_edit(config, "", steps, lines))
-    except Exception as e:
-        raise RewriteError(f"could not unroll the recurrent layers: {type(e).__name__}: {e}") from e
-    diff, tol, same = output_difference(model, new, sample, rtol)
-    if not same:
-        raise RewriteError(f"the unrolled model differs from the original: max |difference| {diff:.3g} > {tol:.3g}")
+    new = rebuild_equal(
+        model,
+        lambda config: _unroll_edit(config, "", steps, lines),
+        what="the model with its recurrent layers unrolled",
+        error=RewriteError,
+        sample=sample,
+        rtol=rtol,
+    )
     return new, lines
 
 

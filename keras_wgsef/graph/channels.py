@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from keras_wgsef.graph import rules as cr
-from keras_wgsef.graph.model_graph import Graph, Node, flatten_model, layer_variables, matches, weight_paths
+from keras_wgsef.graph.model_graph import Graph, Node, flatten_model, layer_variables, matches, walk_back, weight_paths
 from keras_wgsef.groups.scope import GroupScope, Member
 
 __all__ = [
@@ -244,20 +244,12 @@ def dropped_layers(a: ChannelAnalysis, drops: dict[str, list[int]]) -> set[str]:
     ``drops``: :func:`droppable_inputs`. These are the zero branches' layers; a merge left with one
     input is not counted (the surgery removes it and rewires its readers).
     """
-    g = a.graph
-    producer = {t: n for n in g.nodes for t in n.outputs}
-    used: set[str] = set()
-    stack, seen = list(g.outputs), set()
-    while stack:
-        t = stack.pop()
-        if t in seen or t not in producer:
-            continue
-        seen.add(t)
-        node = producer[t]
-        used.add(node.path)
+
+    def follow(node: Node) -> list[int]:
         gone = drops.get(node.path, [])
-        stack.extend(i for k, i in enumerate(node.inputs) if k not in gone)
-    return {n.path for n in g.nodes} - used
+        return [t for k, t in enumerate(node.inputs) if k not in gone]
+
+    return {n.path for n in a.graph.nodes} - {n.path for n in walk_back(a.graph, follow)}
 
 
 def _group_params(a: ChannelAnalysis) -> list[tuple[str, int, np.ndarray, int]]:

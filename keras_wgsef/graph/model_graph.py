@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "layer_variables",
     "matches",
     "model_weights",
+    "walk_back",
     "weight_names",
     "weight_paths",
 ]
@@ -265,20 +266,35 @@ def head_layers(g: Graph) -> set[str]:
       >>> sorted(head_layers(flatten_model(m)))
       ['out']
     """
-    producer = {t: n for n in g.nodes for t in n.outputs}
     heads: set[str] = set()
+
+    def follow(node: Node) -> list[int]:
+        if any(name.rsplit("/", 1)[-1] in KERNELS for name in layer_variables(node.layer)):
+            heads.add(node.path)
+            return []
+        return node.inputs
+
+    walk_back(g, follow)
+    return heads
+
+
+def walk_back(g: Graph, follow: Callable[[Node], Iterable[int]]) -> list[Node]:
+    """The nodes reached from the model outputs going backwards, each once.
+
+    ``follow(node)`` returns the input tensors to go on through (all of ``node.inputs``, some of
+    them, or none to stop there).
+    """
+    producer = {t: n for n in g.nodes for t in n.outputs}
+    reached: list[Node] = []
     stack, seen = list(g.outputs), set()
     while stack:
         t = stack.pop()
         if t in seen or t not in producer:
             continue
         seen.add(t)
-        node = producer[t]
-        if any(name.rsplit("/", 1)[-1] in KERNELS for name in layer_variables(node.layer)):
-            heads.add(node.path)
-        else:
-            stack.extend(node.inputs)
-    return heads
+        reached.append(producer[t])
+        stack.extend(follow(producer[t]))
+    return reached
 
 
 def matches(patterns: str | Iterable[str] | None, path: str) -> bool:
