@@ -34,20 +34,26 @@ def data(n=64):
 
 @pytest.mark.parametrize(
     "mixer",
-    [lambda h: L.LSTM(8, name="rnn")(h), lambda h: L.GRU(8, name="rnn")(h), lambda h: L.SimpleRNN(8, name="rnn")(h)],
-    ids=["LSTM", "GRU", "SimpleRNN"],
+    [
+        lambda h: L.LSTM(8, name="rnn")(h),
+        lambda h: L.GRU(8, name="rnn")(h),
+        lambda h: L.SimpleRNN(8, name="rnn")(h),
+        lambda h: L.Bidirectional(L.LSTM(8), merge_mode="sum", name="rnn")(h),
+    ],
+    ids=["LSTM", "GRU", "SimpleRNN", "Bidirectional LSTM"],
 )
 def test_recurrent_models_convert_unrolled_run_on_litert_and_tflm(mixer):
     model = sequence_model(mixer)
     rnn = model.get_layer("rnn")
     weights = rnn.get_weights()
     gates = weights[0].shape[1] // 8
-    for w in weights:  # zero units 2 and 5 in every gate block
+    for w in weights:  # zero units 2 and 5 in every gate block (of both directions)
         cols = np.arange(w.shape[-1]) % 8
         w[..., np.isin(cols, [2, 5])] = 0
     rnn.set_weights(weights)
     small = shrink(model, data(8))
-    assert small.get_layer("rnn").units == 6
+    inner = small.get_layer("rnn")
+    assert getattr(inner, "forward_layer", inner).units == 6
     unrolled, lines = unroll_recurrent(small)
     assert lines == [f"rnn: {type(rnn).__name__} unrolled over 10 steps"]
     tfl = to_tflite_int8(small, data())

@@ -278,12 +278,12 @@ def sequence_model(mixer):
 @pytest.mark.parametrize(
     "mixer",
     [
-        lambda h: L.Bidirectional(L.LSTM(3))(h),
+        lambda h: L.RNN(L.LSTMCell(3))(h),
         lambda h: L.GlobalAveragePooling1D()(L.MultiHeadAttention(2, 4)(h, L.Dense(8)(h))),
         lambda h: L.GlobalAveragePooling1D()(L.Attention()([h, h])),
         lambda h: L.LSTM(4)(h, initial_state=[L.Dense(4)(L.GlobalAveragePooling1D()(h))] * 2),
     ],
-    ids=["Bidirectional", "cross-attention", "Attention", "LSTM with an initial state"],
+    ids=["RNN(cell)", "cross-attention", "Attention", "LSTM with an initial state"],
 )
 def test_recurrent_and_attention_layers_keep_their_channels_and_the_rest_shrinks(mixer):
     model = sequence_model(mixer)
@@ -351,6 +351,49 @@ def test_attention_heads_and_output_channels_are_groups_and_are_removed_exactly(
     zero_producer_groups(model, "a", [0, 3])  # read only by the attention's kernels: removed
     new, report = check_removed(model, "mha", removed=2)
     assert new.get_layer("mha").num_heads == 2 and report.plan.widths["a"] == (8, 6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: L.Bidirectional(L.LSTM(6), name="rnn"),
+        lambda: L.Bidirectional(L.GRU(6), merge_mode="sum", name="rnn"),
+        lambda: L.Bidirectional(L.SimpleRNN(6, return_sequences=True), merge_mode="ave", name="rnn"),
+    ],
+    ids=["LSTM concat", "GRU sum", "SimpleRNN ave, sequences"],
+)
+def test_bidirectional_units_are_groups_over_both_directions(make):
+    keras.utils.set_random_seed(0)
+    x = keras.Input((7, 5))
+    h = L.Conv1D(8, 3, padding="same", name="d")(x)
+    rnn = make()
+    h = rnn(h)
+    h = L.Flatten()(h) if len(h.shape) == 3 else h
+    model = keras.Model(x, L.Dense(3, name="head")(h))
+    scope = next(s for s in make_groups(model) if s.name == "rnn")
+    assert scope.num_groups == 6 and len(scope.paths) == 6  # kernel, recurrent kernel, bias per direction
+    zero_producer_groups(model, "rnn", [1, 4])
+    zero_producer_groups(model, "d", [0, 5, 6])
+    concat = rnn.merge_mode == "concat"
+    new, report = check_removed(model, "rnn", removed=4 if concat else 2)
+    assert new.get_layer("rnn").forward_layer.units == new.get_layer("rnn").backward_layer.units == 4
+    assert report.plan.widths["d"] == (8, 5)
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_conv_lstm_filters_are_groups_and_are_removed_exactly(rank):
+    keras.utils.set_random_seed(0)
+    x = keras.Input((4, *([6] * rank), 3))
+    conv = {1: L.ConvLSTM1D, 2: L.ConvLSTM2D}[rank](6, 3, padding="same", name="rnn")
+    h = L.Flatten()(conv(x))
+    model = keras.Model(x, L.Dense(3, name="head")(h))
+    rng = np.random.default_rng(1)
+    conv.cell.bias.assign(rng.normal(0, 0.3, conv.cell.bias.shape).astype("float32"))
+    scope = next(s for s in make_groups(model) if s.name == "rnn")
+    assert scope.num_groups == 6
+    zero_producer_groups(model, "rnn", [0, 3])
+    new, _ = check_removed(model, "rnn", removed=2)
+    assert new.get_layer("rnn").filters == 4
 
 
 def test_time_distributed_dense_is_a_producer():

@@ -299,9 +299,17 @@ def _unroll_edit(cfg: dict, prefix: str, steps: dict[str, int], lines: list[str]
             _unroll_edit(conf, prefix + conf["name"] + "/", steps, lines)
             continue
         path = prefix + conf.get("name", "")
-        if conf.get("unroll") is False and path in steps:
-            conf["unroll"] = True
-            lines.append(f"{path}: {lc['class_name']} unrolled over {steps[path]} steps")
+        if path not in steps:
+            continue
+        for c in _recurrent_configs(conf):
+            c["unroll"] = True
+        lines.append(f"{path}: {lc['class_name']} unrolled over {steps[path]} steps")
+
+
+def _recurrent_configs(conf: dict) -> list[dict]:
+    """The config itself and those of wrapped layers (Bidirectional), where ``unroll`` is False."""
+    nested = [conf.get(k, {}).get("config", {}) for k in ("layer", "backward_layer") if isinstance(conf.get(k), dict)]
+    return [c for c in (conf, *nested) if c.get("unroll") is False]
 
 
 def unroll_recurrent(model: Any, sample: Any = None, *, rtol: float = 1e-5) -> tuple[Any, list[str]]:
@@ -323,7 +331,7 @@ def unroll_recurrent(model: Any, sample: Any = None, *, rtol: float = 1e-5) -> t
     steps = {}
     for node in g.nodes:
         shape = g.shapes[node.inputs[0]] if node.inputs else ()
-        if node.layer.get_config().get("unroll") is False and len(shape) >= 3 and shape[1] is not None:
+        if _recurrent_configs(node.layer.get_config()) and len(shape) >= 3 and shape[1] is not None:
             steps[node.path] = int(shape[1])
     if not steps:
         return model, []

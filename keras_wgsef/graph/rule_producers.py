@@ -19,7 +19,16 @@ if TYPE_CHECKING:  # pragma: no cover
 from keras_wgsef.graph.rule_base import ChannelRule, Keep, LayerChannels, act_zero, where
 from keras_wgsef.graph.rule_passing import Opaque
 
-__all__ = ["EinsumProduce", "Embed", "MultiHeadProduce", "Produce", "RecurrentProduce", "Separable", "Wrapped"]
+__all__ = [
+    "BidirectionalProduce",
+    "EinsumProduce",
+    "Embed",
+    "MultiHeadProduce",
+    "Produce",
+    "RecurrentProduce",
+    "Separable",
+    "Wrapped",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,22 +104,28 @@ class EinsumProduce(Produce):
 
 @dataclasses.dataclass(frozen=True)
 class RecurrentProduce(ChannelRule):
-    """LSTM / GRU / SimpleRNN: unit ``j`` is a channel; its group spans its gate blocks.
+    """LSTM / GRU / SimpleRNN / ConvLSTM: unit ``j`` is a channel; its group spans its gate blocks.
 
-    The kernel ``(c, gates*u)``, the recurrent kernel ``(u, gates*u)`` and the bias
-    (``(gates*u,)``, or ``(2, gates*u)`` for a GRU with ``reset_after``) hold unit ``j``'s
+    The kernel ``(*window, c, gates*u)``, the recurrent kernel ``(*window, u, gates*u)`` and the
+    bias (``(gates*u,)``, or ``(2, gates*u)`` for a GRU with ``reset_after``) hold unit ``j``'s
     columns ``g*u + j`` for every gate ``g``; the recurrent kernel's row ``j`` reads the unit's own
     output and goes with it. A unit whose candidate block (LSTM ``c``, GRU ``h``, SimpleRNN: the
     only block) is zero never leaves its zero initial state: its output is exactly zero, whatever
     the gates (``h = o * tanh(c)``, ``c = f*c + i*tanh(0)``; GRU ``h = z*h + (1-z)*tanh(0)``).
-    Input channel ``i`` is read through the kernel's row ``i``.
+    Input channel ``i`` is read through the kernel's row ``i``. ``prefix`` names the weights of
+    one direction of a ``Bidirectional`` (``"forward_lstm/lstm_cell/"``).
     """
 
     gates: int = 4
     candidate: int = 2
+    width_key: str = "units"
+    prefix: str = ""
 
     reads_channels: ClassVar[bool] = True
     one_input: ClassVar[bool] = True  # an initial state (or a mask) comes as a second input
+
+    def _w(self, v: dict[str, np.ndarray], name: str) -> np.ndarray:
+        return v[self.prefix + name]
 
     def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
         from keras_wgsef.graph.model_graph import layer_variables
@@ -118,7 +133,8 @@ class RecurrentProduce(ChannelRule):
         own = a.own(node.path)
         if own.out is None:
             v = layer_variables(node.layer)
-            own.out, own.inp = a.new(int(v["recurrent_kernel"].shape[0])), a.new(int(v["kernel"].shape[0]))
+            u, c = int(self._w(v, "recurrent_kernel").shape[-2]), int(self._w(v, "kernel").shape[-2])
+            own.out, own.inp = a.new(u), a.new(c)
         a.union(ins[0], own.inp, where(node))
         return own.out
 
@@ -127,31 +143,82 @@ class RecurrentProduce(ChannelRule):
         return x[..., self.candidate * u : (self.candidate + 1) * u]
 
     def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
-        out = np.all(self._block(v["kernel"][~ins[0]]) == 0, axis=0)
-        out &= np.all(self._block(v["recurrent_kernel"]) == 0, axis=0)
-        bias = self._block(v["bias"])
-        out &= np.all(bias.reshape(-1, bias.shape[-1]) == 0, axis=0)
-        return out & act_zero(layer)
+        def cols(x: np.ndarray) -> np.ndarray:  # which candidate columns are zero over every other axis
+            block = self._block(x)
+            return np.all(block.reshape(-1, block.shape[-1]) == 0, axis=0)
+
+        out = cols(self._w(v, "kernel")[..., ~ins[0], :]) & cols(self._w(v, "recurrent_kernel"))
+        return out & cols(self._w(v, "bias")) & act_zero(layer)
 
     def weight_slices(self, own: LayerChannels) -> list[tuple[str, int, np.ndarray]]:
         cols = np.tile(own.out, self.gates)
-        return [("kernel", -1, cols), ("recurrent_kernel", -1, cols), ("bias", -1, cols)]
+        return [(self.prefix + n, -1, cols) for n in ("kernel", "recurrent_kernel", "bias")]
 
     def slice_weights(self, v: dict[str, np.ndarray], keep: Keep, own: LayerChannels) -> dict[str, np.ndarray]:
         out = super().slice_weights(v, keep, own)
-        out["kernel"] = np.compress(keep(own.inp), out["kernel"], axis=0)
-        out["recurrent_kernel"] = np.compress(keep(own.out), out["recurrent_kernel"], axis=0)
+        kernel, recurrent = self.prefix + "kernel", self.prefix + "recurrent_kernel"
+        out[kernel] = np.compress(keep(own.inp), out[kernel], axis=-2)
+        out[recurrent] = np.compress(keep(own.out), out[recurrent], axis=-2)
         return out
 
     def edit_config(self, config: dict, kept: int, before: int) -> None:
-        config["units"] = kept
+        config[self.width_key] = kept
 
     def output_kernel(self, v: dict[str, np.ndarray]) -> np.ndarray | None:
-        u = v["recurrent_kernel"].shape[0]
-        return np.concatenate([v[k].reshape(-1, u) for k in ("kernel", "recurrent_kernel")])
+        u = self._w(v, "recurrent_kernel").shape[-2]
+        return np.concatenate([self._w(v, k).reshape(-1, u) for k in ("kernel", "recurrent_kernel")])
 
     def unread_inputs(self, v: dict[str, np.ndarray], n_in: int) -> np.ndarray:
-        return np.all(v["kernel"] == 0, axis=1)
+        k = np.moveaxis(self._w(v, "kernel"), -2, 0)
+        return np.all(k.reshape(n_in, -1) == 0, axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class BidirectionalProduce(ChannelRule):
+    """``Bidirectional(LSTM | GRU | SimpleRNN)``: unit ``j`` of both directions is one group.
+
+    Each direction is a :class:`RecurrentProduce` over its own weights; the group of unit ``j``
+    holds both directions' gate columns, so both keep the same number of units. ``merge_mode``
+    ``"concat"`` puts the forward units first (output channels ``j`` and ``u + j`` are the same
+    group), ``"sum"`` / ``"ave"`` add them (zero where both are zero).
+    """
+
+    forward: RecurrentProduce = dataclasses.field(default_factory=RecurrentProduce)
+    backward: RecurrentProduce = dataclasses.field(default_factory=RecurrentProduce)
+    concat: bool = True
+
+    reads_channels: ClassVar[bool] = True
+    one_input: ClassVar[bool] = True
+
+    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
+        out = self.forward.propagate(a, node, ins)  # one set of unit ids, read by both directions
+        return np.concatenate([out, out]) if self.concat else out
+
+    def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
+        u = out_n // 2 if self.concat else out_n
+        f = self.forward.zero(layer.forward_layer, v, ins, u)
+        b = self.backward.zero(layer.backward_layer, v, ins, u)
+        return np.concatenate([f, b]) if self.concat else f & b
+
+    def weight_slices(self, own: LayerChannels) -> list[tuple[str, int, np.ndarray]]:
+        return self.forward.weight_slices(own) + self.backward.weight_slices(own)
+
+    def slice_weights(self, v: dict[str, np.ndarray], keep: Keep, own: LayerChannels) -> dict[str, np.ndarray]:
+        return self.backward.slice_weights(self.forward.slice_weights(v, keep, own), keep, own)
+
+    def edit_config(self, config: dict, kept: int, before: int) -> None:
+        units = kept // 2 if self.concat else kept
+        for key in ("layer", "backward_layer"):
+            if config.get(key):
+                config[key]["config"][self.forward.width_key] = units
+                config[key].pop("build_config", None)  # built again for the narrower input
+
+    def output_kernel(self, v: dict[str, np.ndarray]) -> np.ndarray | None:
+        f, b = self.forward.output_kernel(v), self.backward.output_kernel(v)
+        return None if f is None or b is None else np.concatenate([f, b])
+
+    def unread_inputs(self, v: dict[str, np.ndarray], n_in: int) -> np.ndarray:
+        return self.forward.unread_inputs(v, n_in) & self.backward.unread_inputs(v, n_in)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +256,7 @@ class Wrapped(ChannelRule):
 
     def edit_config(self, config: dict, kept: int, before: int) -> None:
         self.inner.edit_config(config["layer"]["config"], kept, before)
+        config["layer"].pop("build_config", None)  # built again for the narrower input
 
     def output_kernel(self, v: dict[str, np.ndarray]) -> np.ndarray | None:
         return self.inner.output_kernel(v)

@@ -89,6 +89,7 @@ from keras_wgsef.graph.rule_passing import Passthrough as Passthrough
 from keras_wgsef.graph.rule_passing import Permute as Permute
 from keras_wgsef.graph.rule_passing import Refuse as Refuse
 from keras_wgsef.graph.rule_passing import Reshape as Reshape
+from keras_wgsef.graph.rule_producers import BidirectionalProduce as BidirectionalProduce
 from keras_wgsef.graph.rule_producers import EinsumProduce as EinsumProduce
 from keras_wgsef.graph.rule_producers import Embed as Embed
 from keras_wgsef.graph.rule_producers import MultiHeadProduce as MultiHeadProduce
@@ -100,6 +101,7 @@ from keras_wgsef.graph.rule_producers import Wrapped as Wrapped
 __all__ = [
     "INFERENCE_IDENTITY",
     "BatchNormCarry",
+    "BidirectionalProduce",
     "Carry",
     "ChannelRule",
     "Concat",
@@ -385,16 +387,40 @@ def _pipeline_factory(layer: Any) -> ChannelRule:
 _RECURRENT = "these recurrent units are not analysed yet: the units and the channels it reads are kept"
 
 
-def _recurrent_factory(gates: int, candidate: int) -> Callable[[Any], ChannelRule]:
+def _recurrent_factory(gates: int, candidate: int, width_key: str = "units") -> Callable[[Any], ChannelRule]:
     def factory(layer: Any) -> ChannelRule:
         cfg = layer.get_config()
         if cfg.get("return_state") or cfg.get("stateful"):
             return Opaque("a recurrent layer that returns or keeps its state")
         if not cfg.get("use_bias", True):
             return Opaque("a recurrent layer without bias is not handled")
-        return RecurrentProduce(gates=gates, candidate=candidate)
+        if not _channels_last(cfg) or any(int(d) != 1 for d in np.atleast_1d(cfg.get("dilation_rate", 1))):
+            return Opaque("a channels_first or dilated ConvLSTM is not handled")
+        return RecurrentProduce(gates=gates, candidate=candidate, width_key=width_key)
 
     return factory
+
+
+_GATES = {"LSTM": (4, 2), "GRU": (3, 2), "SimpleRNN": (1, 0)}
+
+
+def _bidirectional_factory(layer: Any) -> ChannelRule:
+    cfg = layer.get_config()
+    fwd, bwd = layer.forward_layer, layer.backward_layer
+    kind = type(fwd).__name__
+    if kind not in _GATES or type(bwd).__name__ != kind or cfg.get("merge_mode") not in ("concat", "sum", "ave"):
+        return Opaque(f"Bidirectional({kind}) with merge_mode {cfg.get('merge_mode')!r} is not handled")
+    rules = [rule_for(sub, f"{layer.name}/{sub.name}") for sub in (fwd, bwd)]
+    if not all(isinstance(r, RecurrentProduce) for r in rules) or fwd.units != bwd.units:
+        return Opaque("a Bidirectional whose directions are not plain recurrent layers of equal units")
+    names = weight_names(layer)
+    prefixes = [
+        next(n[: -len("recurrent_kernel")] for n in names if n.startswith(d) and n.endswith("/recurrent_kernel"))
+        for d in ("forward", "backward")
+    ]
+    gates, candidate = _GATES[kind]
+    halves = [RecurrentProduce(gates=gates, candidate=candidate, prefix=p) for p in prefixes]
+    return BidirectionalProduce(halves[0], halves[1], concat=cfg["merge_mode"] == "concat")
 
 
 def _mha_factory(layer: Any) -> ChannelRule:
@@ -481,7 +507,12 @@ def _ensure_builtin_rules() -> None:
         "LSTM": _recurrent_factory(gates=4, candidate=2),
         "GRU": _recurrent_factory(gates=3, candidate=2),
         "SimpleRNN": _recurrent_factory(gates=1, candidate=0),
-        **{n: Opaque(_RECURRENT) for n in ("RNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "Bidirectional")},
+        **{
+            n: _recurrent_factory(gates=4, candidate=2, width_key="filters")
+            for n in ("ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")
+        },
+        "RNN": Opaque(_RECURRENT),
+        "Bidirectional": _bidirectional_factory,
         "TimeDistributed": _wrapped_factory,
         **{
             n: Refuse(_NO_CHANNELS)
