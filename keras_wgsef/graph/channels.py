@@ -169,8 +169,8 @@ def _resolve_rule(node: Node, g: Graph, exclude: Any) -> cr.ChannelRule:
     rule = rule.resolve(node.layer, tuple(in_shape), tuple(g.shapes[node.outputs[0]]))
     if len(node.outputs) != 1 and not isinstance(rule, cr.Opaque):
         return cr.Opaque("layer with several outputs")
-    if rule.one_input and len(node.inputs) > 1:
-        return cr.Opaque("called with several inputs (an initial state or a mask)")
+    if rule.accepts_inputs is not None and len(node.inputs) not in rule.accepts_inputs:
+        return cr.Opaque(f"called with {len(node.inputs)} inputs (an initial state or a mask)")
     if rule.same_inputs and len(set(node.inputs)) > 1:
         return cr.Opaque("called with different query, key or value tensors (or a mask)")
     return rule

@@ -74,8 +74,8 @@ class ChannelRule:
     same_inputs: ClassVar[bool] = False
     #: what the layer's inner channels are called in scope names and labels ("mha:heads")
     inner_name: ClassVar[str] = "inner"
-    #: the rule holds only for a call with one input (e.g. no initial state for an RNN)
-    one_input: ClassVar[bool] = False
+    #: the input counts the rule holds for (None: any); e.g. (1,): no initial state for an RNN
+    accepts_inputs: ClassVar[tuple[int, ...] | None] = None
 
     def resolve(self, layer: Any, in_shape: tuple, out_shape: tuple) -> ChannelRule:
         """The rule for a call with these shapes (most rules do not depend on them)."""

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -18,7 +18,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
 from keras_wgsef.graph.rule_base import ChannelRule, Keep, LayerChannels, where
 
-__all__ = ["Concat", "Flatten", "InferenceIdentity", "Merge", "Opaque", "Passthrough", "Permute", "Refuse", "Reshape"]
+__all__ = [
+    "Concat",
+    "DotAttention",
+    "Flatten",
+    "InferenceIdentity",
+    "Merge",
+    "Opaque",
+    "Passthrough",
+    "Permute",
+    "Refuse",
+    "Reshape",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,3 +173,25 @@ class Refuse(ChannelRule):
     """A layer with no channel meaning for this purpose; :func:`rule_for` raises with the reason."""
 
     reason: str = "no channel semantics"
+
+
+@dataclasses.dataclass(frozen=True)
+class DotAttention(ChannelRule):
+    """``Attention([query, value(, key)])`` with dot scores: ``softmax(q k^T) v``, no channel weights.
+
+    Query channel ``c`` meets key channel ``c`` in every score (``q_c * k_c``): they are tied, and a
+    channel that is zero in the query adds nothing to any score, so it can go from both. The output
+    is a convex combination of the value rows: its channels are the value's (zero where the value
+    is zero).
+    """
+
+    reads_channels: ClassVar[bool] = True  # the scores read the query's channels together
+    accepts_inputs: ClassVar[tuple[int, ...] | None] = (2, 3)  # masks would be more
+
+    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
+        query, value = ins[0], ins[1]
+        a.union(query, ins[2] if len(ins) > 2 else value, where(node))
+        return value
+
+    def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
+        return ins[1].copy()

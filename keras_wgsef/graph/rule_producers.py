@@ -122,7 +122,7 @@ class RecurrentProduce(ChannelRule):
     prefix: str = ""
 
     reads_channels: ClassVar[bool] = True
-    one_input: ClassVar[bool] = True  # an initial state (or a mask) comes as a second input
+    accepts_inputs: ClassVar[tuple[int, ...] | None] = (1,)  # an initial state (or a mask) is a second input
 
     def _w(self, v: dict[str, np.ndarray], name: str) -> np.ndarray:
         return v[self.prefix + name]
@@ -188,7 +188,7 @@ class BidirectionalProduce(ChannelRule):
     concat: bool = True
 
     reads_channels: ClassVar[bool] = True
-    one_input: ClassVar[bool] = True
+    accepts_inputs: ClassVar[tuple[int, ...] | None] = (1,)
 
     def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
         out = self.forward.propagate(a, node, ins)  # one set of unit ids, read by both directions

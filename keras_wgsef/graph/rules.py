@@ -81,6 +81,7 @@ from keras_wgsef.graph.rule_carriers import InstanceNormCarry as InstanceNormCar
 from keras_wgsef.graph.rule_carriers import NormalizationCarry as NormalizationCarry
 from keras_wgsef.graph.rule_carriers import RMSNormCarry as RMSNormCarry
 from keras_wgsef.graph.rule_passing import Concat as Concat
+from keras_wgsef.graph.rule_passing import DotAttention as DotAttention
 from keras_wgsef.graph.rule_passing import Flatten as Flatten
 from keras_wgsef.graph.rule_passing import InferenceIdentity as InferenceIdentity
 from keras_wgsef.graph.rule_passing import Merge as Merge
@@ -106,6 +107,7 @@ __all__ = [
     "ChannelRule",
     "Concat",
     "DepthwiseCarry",
+    "DotAttention",
     "EinsumProduce",
     "Embed",
     "Flatten",
@@ -500,7 +502,9 @@ def _ensure_builtin_rules() -> None:
         "MelSpectrogram": Opaque("it makes its channels (mel bins) from fixed filters on the input signal"),
         "STFTSpectrogram": Opaque("it makes its channels (frequency bins) from fixed filters on the input signal"),
         "Dot": Opaque("a dot product contracts the channel axis"),
-        "Attention": Opaque(_ATTENTION),
+        "Attention": lambda layer: (
+            DotAttention() if layer.get_config().get("score_mode", "dot") == "dot" else Opaque(_ATTENTION)
+        ),
         "AdditiveAttention": Opaque(_ATTENTION),
         "MultiHeadAttention": _mha_factory,
         "GroupQueryAttention": Opaque(_ATTENTION),
