@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tflite_export import check_agreement, shrink, tflm_min_arena, to_tflite_int8
-from tflite_export.convert import ConversionError
+from tflite_export.convert import CalibrationError, ConversionError
 from tflite_export.flatbuffer import summarize
 from tflite_export.rewrite import unroll_recurrent
 
@@ -90,3 +90,23 @@ def test_an_op_without_an_int8_kernel_is_named_with_its_layer():
     model = sequence_model(lambda h: L.Flatten()(L.Lambda(keras.ops.erf, name="odd")(h)))
     with pytest.raises(ConversionError, match=r"operator Erf \(from layer 'odd', Lambda\) has no int8 TFLite kernel"):
         to_tflite_int8(model, data(), check=False)
+
+
+def test_an_embedding_model_takes_token_ids_and_runs_on_litert_and_tflm():
+    keras.utils.set_random_seed(0)
+    x = keras.Input((10,), dtype="int32")
+    h = L.Embedding(20, 8, name="emb")(x)
+    model = keras.Model(x, L.Dense(3, name="head")(L.GlobalAveragePooling1D()(L.Conv1D(6, 3, name="c")(h))))
+    emb = model.get_layer("emb")
+    table = emb.get_weights()[0]
+    table[:, [1, 6]] = 0  # two embedding dimensions at zero: removed
+    emb.set_weights([table])
+    tokens = np.random.default_rng(0).integers(0, 20, (64, 10)).astype("int32")
+    small = shrink(model, tokens[:8])
+    assert small.get_layer("emb").output_dim == 6
+    tfl = to_tflite_int8(small, tokens)
+    assert "GATHER" in summarize(tfl).op_names
+    assert check_agreement(small, tfl, tokens).argmax_agreement >= 0.9
+    assert tflm_min_arena(tfl)[0] > 0
+    with pytest.raises(CalibrationError, match="takes integer inputs"):
+        to_tflite_int8(small, tokens.astype("float32"))

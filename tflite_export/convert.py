@@ -72,9 +72,15 @@ def _first_tensor(element: Any) -> Any:
     return np.asarray(element)
 
 
-def _check_array(arr: np.ndarray, shape: tuple[int | None, ...], where: str) -> np.ndarray:
-    """Return ``arr`` as a float32 batch, after checking dtype, shape and finiteness."""
-    if arr.dtype.kind not in "f":
+def _check_array(arr: np.ndarray, shape: tuple[int | None, ...], where: str, integer: bool = False) -> np.ndarray:
+    """Return ``arr`` as a float32 batch (int32 for a model with integer inputs: token ids), checked."""
+    if integer:
+        if arr.dtype.kind not in "iu":
+            raise CalibrationError(
+                f"calibration data {where} has dtype {arr.dtype}; the model takes integer inputs (token ids), "
+                "so pass them as integers, as for training"
+            )
+    elif arr.dtype.kind not in "f":
         raise CalibrationError(
             f"calibration data {where} has dtype {arr.dtype}; it must be floating point, "
             "preprocessed exactly as for training (e.g. x.astype('float32') / 255)"
@@ -88,13 +94,15 @@ def _check_array(arr: np.ndarray, shape: tuple[int | None, ...], where: str) -> 
             f"calibration data {where} has shape {tuple(arr.shape)} but the model expects {want}; "
             "pass samples shaped like the model input (add or drop axes, e.g. x[..., None])"
         )
+    if integer:
+        return arr.astype(np.int32, copy=False)
     if not np.all(np.isfinite(arr)):
         raise CalibrationError(f"calibration data {where} contains NaN or infinite values; remove or fix those samples")
     return arr.astype(np.float32, copy=False)
 
 
 def calibration_samples(model: Any, data: Any, num_calibration: int | None = None) -> np.ndarray:
-    """Validate calibration data and return it as one float32 array ``(N, *input_shape)``.
+    """Validate calibration data and return it as one float32 array ``(N, *input_shape)`` (int32 for integer inputs).
 
     Args:
         model: the Keras model whose single input the data feeds.
@@ -111,6 +119,7 @@ def calibration_samples(model: Any, data: Any, num_calibration: int | None = Non
         (200, 8, 8, 1)
     """
     shape = _model_input_shape(model)
+    integer = "int" in str(model.inputs[0].dtype)  # token ids (Embedding): the input stays int32
     if num_calibration is not None and num_calibration < 1:
         raise CalibrationError(f"num_calibration must be >= 1, got {num_calibration}")
     if data is None:
@@ -118,7 +127,7 @@ def calibration_samples(model: Any, data: Any, num_calibration: int | None = Non
     if isinstance(data, np.ndarray) or (
         hasattr(data, "shape") and hasattr(data, "dtype") and not hasattr(data, "element_spec")
     ):
-        arr = _check_array(np.asarray(data), shape, "(array)")
+        arr = _check_array(np.asarray(data), shape, "(array)", integer)
         arrays = [arr[:num_calibration]]
     else:
         if callable(data) and not hasattr(data, "element_spec"):
@@ -130,7 +139,7 @@ def calibration_samples(model: Any, data: Any, num_calibration: int | None = Non
             )
         arrays, total = [], 0
         for i, element in enumerate(data):
-            arr = _check_array(_first_tensor(element), shape, f"(element {i})")
+            arr = _check_array(_first_tensor(element), shape, f"(element {i})", integer)
             arrays.append(arr)
             total += len(arr)
             if num_calibration is not None and total >= num_calibration:
