@@ -280,10 +280,10 @@ def sequence_model(mixer):
     [
         lambda h: L.RNN(L.LSTMCell(3))(h),
         lambda h: L.GlobalAveragePooling1D()(L.MultiHeadAttention(2, 4)(h, L.Dense(8)(h))),
-        lambda h: L.GlobalAveragePooling1D()(L.AdditiveAttention()([h, h])),
+        lambda h: L.GlobalAveragePooling1D()(L.MultiHeadAttention(2, 4, use_gate=True)(h, h)),
         lambda h: L.LSTM(4)(h, initial_state=[L.Dense(4)(L.GlobalAveragePooling1D()(h))] * 2),
     ],
-    ids=["RNN(cell)", "cross-attention", "AdditiveAttention", "LSTM with an initial state"],
+    ids=["RNN(cell)", "cross-attention", "gated attention", "LSTM with an initial state"],
 )
 def test_recurrent_and_attention_layers_keep_their_channels_and_the_rest_shrinks(mixer):
     model = sequence_model(mixer)
@@ -412,6 +412,56 @@ def test_dot_attention_ties_query_and_key_channels_and_passes_the_value_channels
     new, report = check_removed(model, "q", removed=2)
     if not self_attention:
         assert report.plan.widths["v"] == (8, 6)
+
+
+def test_additive_attention_removes_a_channel_only_where_query_and_key_are_both_zero():
+    keras.utils.set_random_seed(0)
+    x = keras.Input((6, 5))
+    q = L.Conv1D(8, 3, padding="same", name="q")(x)
+    k = L.Conv1D(8, 3, padding="same", name="k")(x)
+    h = L.AdditiveAttention(name="att")([q, k, k])
+    model = keras.Model(x, L.Dense(3, name="head")(L.GlobalAveragePooling1D()(L.Conv1D(4, 1, name="b")(h))))
+    scope = next(s for s in make_groups(model) if s.name == "q+k")
+    assert "att/scale" in scope.paths
+    zero_producer_groups(model, "q", [1, 4])
+    new, _ = check_removed(model, "q", removed=2)
+    assert new.get_layer("att").scale.shape == (6,)
+
+
+def test_dot_ties_its_inputs_channels_and_keeps_its_output():
+    keras.utils.set_random_seed(0)
+    x = keras.Input((5,))
+    a = L.Dense(8, name="a")(x)
+    b = L.Dense(8, name="b")(x)
+    model = keras.Model(x, L.Dense(2, name="head")(L.Concatenate()([L.Dot(axes=-1, normalize=True)([a, b]), x])))
+    zero_producer_groups(model, "a", [0, 7])
+    new, report = check_removed(model, "a", removed=2)
+    assert report.plan.widths["b"] == (8, 6)
+
+
+def test_group_query_attention_ties_its_output_to_its_query_channels():
+    keras.utils.set_random_seed(0)
+    x = keras.Input((6, 5))
+    h = L.Dense(8, name="a")(x)
+    h = L.GroupQueryAttention(head_dim=4, num_query_heads=4, num_key_value_heads=2, name="gqa")(h, h)
+    model = keras.Model(x, L.Dense(3, name="head")(L.GlobalAveragePooling1D()(L.Dense(4, name="b")(h))))
+    scope = next(s for s in make_groups(model) if "a" in s.name.split("+"))
+    assert {"gqa/attention_output/kernel", "gqa/attention_output/bias"} <= set(scope.paths)
+    zero_producer_groups(model, "a", [2, 3])
+    new, report = check_removed(model, "a", removed=2)
+    assert report.plan.widths["gqa"] == (8, 6)
+
+
+def test_spectral_normalization_keeps_its_normalization_for_the_narrower_kernel():
+    keras.utils.set_random_seed(0)
+    x = keras.Input((6, 6, 3))
+    h = L.SpectralNormalization(L.Conv2D(8, 3, name="conv"), name="a")(x)
+    model = keras.Model(x, L.Dense(3, name="head")(L.Flatten()(L.Conv2D(4, 1, name="b")(h))))
+    scope = next(s for s in make_groups(model) if s.name == "a")
+    assert set(scope.paths) == {"a/kernel", "a/bias"}  # vector_u is not trained
+    zero_producer_groups(model, "a")
+    new, _ = check_removed(model, "a")
+    assert new.get_layer("a").vector_u.shape == (1, 5)
 
 
 def test_time_distributed_dense_is_a_producer():

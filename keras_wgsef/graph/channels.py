@@ -391,8 +391,7 @@ def _pin_not_zero_invariant(a: ChannelAnalysis, params: list[tuple[str, int, np.
     reasons: dict[int, str] = {}
     for node in a.graph.nodes:
         rule = a.rules.get(node.path)
-        if rule is not None and rule.reads_channels:
-            t = node.inputs[0]
+        for t in [node.inputs[i] for i in (rule.read_inputs(len(node.inputs)) if rule is not None else ())]:
             for r, z in zip(a.roots(a.tensor_ids[t]).tolist(), zero[t].tolist()):
                 if r in grouped and not z:
                     reasons.setdefault(r, f"its channel is nonzero where {node.path} reads it with the group at zero")

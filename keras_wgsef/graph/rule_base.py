@@ -93,6 +93,10 @@ class ChannelRule:
         """``(weight name, axis, channel ids along that axis)`` of the weights indexed by channel."""
         return []
 
+    def read_inputs(self, n_inputs: int) -> tuple[int, ...]:
+        """Which inputs the layer reads jointly (``reads_channels``): the first, unless it says more."""
+        return (0,) if self.reads_channels else ()
+
     def unread_inputs(self, v: dict[str, np.ndarray], n_in: int) -> np.ndarray:
         """Input channels the layer's weights ignore (an all-zero input slice of its kernel).
 

@@ -195,3 +195,60 @@ class DotAttention(ChannelRule):
 
     def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
         return ins[1].copy()
+
+
+@dataclasses.dataclass(frozen=True)
+class AdditiveAttention(DotAttention):
+    """``AdditiveAttention``: scores ``sum_c scale_c * tanh(q_c + k_c)``; the value's channels pass.
+
+    Query and key channel ``c`` are tied; the channel adds nothing to the scores only where both
+    are zero (``tanh(0) = 0``) or its ``scale`` is zero, so both inputs are read.
+    """
+
+    scale: bool = True
+
+    def read_inputs(self, n_inputs: int) -> tuple[int, ...]:
+        return (0, 2) if n_inputs == 3 else (0, 1)
+
+    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
+        own = a.own(node.path)
+        own.carry = ins[0]  # the scale is indexed by the query/key channels
+        return super().propagate(a, node, ins)
+
+    def weight_slices(self, own: LayerChannels) -> list[tuple[str, int, np.ndarray]]:
+        return [("scale", 0, own.carry)] if self.scale else []
+
+    def unread_inputs(self, v: dict[str, np.ndarray], n_in: int) -> np.ndarray:
+        return v["scale"] == 0 if self.scale else np.zeros(n_in, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class DotProduct(ChannelRule):
+    """``Dot(axes=-1)`` of two inputs: channel ``c`` of one meets channel ``c`` of the other.
+
+    The channels are tied and read by both inputs; the output (the products' sums: positions or a
+    single value, not channels) is new and kept. ``normalize=True`` (cosine) is exact too: a zero
+    channel adds nothing to either norm.
+    """
+
+    reads_channels: ClassVar[bool] = True
+    accepts_inputs: ClassVar[tuple[int, ...] | None] = (2,)
+
+    def read_inputs(self, n_inputs: int) -> tuple[int, ...]:
+        return (0, 1)
+
+    def resolve(self, layer: Any, in_shape: tuple, out_shape: tuple) -> ChannelRule:
+        axes = layer.get_config()["axes"]
+        axes = list(axes) if isinstance(axes, (list, tuple)) else [axes, axes]
+        if any(ax not in (-1, len(in_shape) - 1) for ax in axes):
+            return Opaque(f"Dot over axes {axes}, not the channel axis")
+        return self
+
+    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
+        a.union(ins[0], ins[1], where(node))
+        out = a.new(int(a.graph.shapes[node.outputs[0]][-1] or 1))
+        a.pin(out, f"made by {node.path} (Dot: products summed over the channels)")
+        return out
+
+    def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
+        return np.full(out_n, bool(np.all(ins[0] | ins[1])))

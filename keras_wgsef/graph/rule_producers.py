@@ -23,10 +23,12 @@ __all__ = [
     "BidirectionalProduce",
     "EinsumProduce",
     "Embed",
+    "GroupQueryProduce",
     "MultiHeadProduce",
     "Produce",
     "RecurrentProduce",
     "Separable",
+    "SpectralWrapped",
     "Wrapped",
 ]
 
@@ -415,3 +417,63 @@ class MultiHeadProduce(ChannelRule):
     def output_kernel(self, v: dict[str, np.ndarray]) -> np.ndarray | None:
         k = v["attention_output/kernel"]
         return k.reshape(-1, k.shape[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupQueryProduce(MultiHeadProduce):
+    """GroupQueryAttention (self-attention): output channel ``e`` is tied to query channel ``e``.
+
+    The layer has no ``output_shape``: its output is as wide as its query, so an output channel can
+    only go with the input channel of the same index (one class). The channel goes where both are
+    zero: the input unread by the query/key/value kernels or zero there, and the output's
+    ``attention_output[..., e]`` and bias zero. Heads stay (query heads must stay a multiple of
+    the key/value heads).
+    """
+
+    inner_name: ClassVar[str] = "heads"
+
+    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
+        from keras_wgsef.graph.model_graph import layer_variables
+
+        own = a.own(node.path)
+        if own.out is None:
+            own.inp = a.new(int(layer_variables(node.layer)["query/kernel"].shape[0]))
+            own.out = own.inp
+        a.union(ins[0], own.inp, where(node))
+        return own.out
+
+    def weight_slices(self, own: LayerChannels) -> list[tuple[str, int, np.ndarray]]:
+        entries = [("attention_output/kernel", -1, own.out)]
+        return [*entries, ("attention_output/bias", 0, own.out)] if self.bias else entries
+
+    def zero_inner(self, v: dict[str, np.ndarray], own: LayerChannels) -> np.ndarray | None:
+        return None
+
+    def slice_weights(self, v: dict[str, np.ndarray], keep: Keep, own: LayerChannels) -> dict[str, np.ndarray]:
+        out = ChannelRule.slice_weights(self, v, keep, own)
+        for n in _QKV:
+            out[f"{n}/kernel"] = np.compress(keep(own.inp), out[f"{n}/kernel"], axis=0)
+        return out
+
+    def edit_config(self, config: dict, kept: int, before: int) -> None:
+        pass  # the width follows the query
+
+    def edit_inner_config(self, config: dict, own: LayerChannels, keep: Keep) -> None:
+        pass
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectralWrapped(Wrapped):
+    """``SpectralNormalization(layer)``: the wrapped producer's rule, plus the power iteration's ``vector_u``.
+
+    Zero output columns of the kernel do not change its singular values, so removing them keeps
+    the normalization; ``vector_u`` ``(1, n)`` follows the output channels.
+    """
+
+    def weight_slices(self, own: LayerChannels) -> list[tuple[str, int, np.ndarray]]:
+        return [*self.inner.weight_slices(own), ("vector_u", -1, own.out)]
+
+    def slice_weights(self, v: dict[str, np.ndarray], keep: Keep, own: LayerChannels) -> dict[str, np.ndarray]:
+        out = self.inner.slice_weights(v, keep, own)
+        out["vector_u"] = np.compress(keep(own.out), v["vector_u"], axis=-1)
+        return out

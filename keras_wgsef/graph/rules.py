@@ -80,8 +80,10 @@ from keras_wgsef.graph.rule_carriers import DepthwiseCarry as DepthwiseCarry
 from keras_wgsef.graph.rule_carriers import InstanceNormCarry as InstanceNormCarry
 from keras_wgsef.graph.rule_carriers import NormalizationCarry as NormalizationCarry
 from keras_wgsef.graph.rule_carriers import RMSNormCarry as RMSNormCarry
+from keras_wgsef.graph.rule_passing import AdditiveAttention as AdditiveAttention
 from keras_wgsef.graph.rule_passing import Concat as Concat
 from keras_wgsef.graph.rule_passing import DotAttention as DotAttention
+from keras_wgsef.graph.rule_passing import DotProduct as DotProduct
 from keras_wgsef.graph.rule_passing import Flatten as Flatten
 from keras_wgsef.graph.rule_passing import InferenceIdentity as InferenceIdentity
 from keras_wgsef.graph.rule_passing import Merge as Merge
@@ -93,14 +95,17 @@ from keras_wgsef.graph.rule_passing import Reshape as Reshape
 from keras_wgsef.graph.rule_producers import BidirectionalProduce as BidirectionalProduce
 from keras_wgsef.graph.rule_producers import EinsumProduce as EinsumProduce
 from keras_wgsef.graph.rule_producers import Embed as Embed
+from keras_wgsef.graph.rule_producers import GroupQueryProduce as GroupQueryProduce
 from keras_wgsef.graph.rule_producers import MultiHeadProduce as MultiHeadProduce
 from keras_wgsef.graph.rule_producers import Produce as Produce
 from keras_wgsef.graph.rule_producers import RecurrentProduce as RecurrentProduce
 from keras_wgsef.graph.rule_producers import Separable as Separable
+from keras_wgsef.graph.rule_producers import SpectralWrapped as SpectralWrapped
 from keras_wgsef.graph.rule_producers import Wrapped as Wrapped
 
 __all__ = [
     "INFERENCE_IDENTITY",
+    "AdditiveAttention",
     "BatchNormCarry",
     "BidirectionalProduce",
     "Carry",
@@ -108,9 +113,11 @@ __all__ = [
     "Concat",
     "DepthwiseCarry",
     "DotAttention",
+    "DotProduct",
     "EinsumProduce",
     "Embed",
     "Flatten",
+    "GroupQueryProduce",
     "InferenceIdentity",
     "InstanceNormCarry",
     "Keep",
@@ -127,6 +134,7 @@ __all__ = [
     "Refuse",
     "Reshape",
     "Separable",
+    "SpectralWrapped",
     "UnsupportedLayerError",
     "Wrapped",
     "has_rule",
@@ -425,6 +433,21 @@ def _bidirectional_factory(layer: Any) -> ChannelRule:
     return BidirectionalProduce(halves[0], halves[1], concat=cfg["merge_mode"] == "concat")
 
 
+def _gqa_factory(layer: Any) -> ChannelRule:
+    cfg = layer.get_config()
+    expected = {f"{n}/kernel" for n in ("query", "key", "value", "attention_output")}
+    if cfg.get("use_gate") or not expected <= set(weight_names(layer)):
+        return Opaque(_ATTENTION)
+    return GroupQueryProduce(bias=bool(cfg.get("use_bias", True)))
+
+
+def _spectral_factory(layer: Any) -> ChannelRule:
+    inner = rule_for(layer.layer, f"{layer.name}/{layer.layer.name}")
+    if isinstance(inner, Produce) and "vector_u" in weight_names(layer):
+        return SpectralWrapped(inner)
+    return Opaque(f"SpectralNormalization({type(layer.layer).__name__}) is not handled")
+
+
 def _mha_factory(layer: Any) -> ChannelRule:
     cfg = layer.get_config()
     names = set(weight_names(layer))
@@ -485,7 +508,7 @@ def _ensure_builtin_rules() -> None:
             "LayerNormalization subtracts the mean over the channels: removing a zero channel would change the "
             "mean and variance of the others (not exact)"
         ),
-        "SpectralNormalization": Opaque("it normalizes the wrapped kernel by its largest singular value"),
+        "SpectralNormalization": _spectral_factory,
         "Add": Merge("sum", drops="any"),
         "Subtract": Merge("sum", drops="last"),
         "Average": Merge("sum"),
@@ -501,13 +524,13 @@ def _ensure_builtin_rules() -> None:
         "CategoryEncoding": Opaque("its channels are the categories of its integer input"),
         "MelSpectrogram": Opaque("it makes its channels (mel bins) from fixed filters on the input signal"),
         "STFTSpectrogram": Opaque("it makes its channels (frequency bins) from fixed filters on the input signal"),
-        "Dot": Opaque("a dot product contracts the channel axis"),
+        "Dot": DotProduct(),
         "Attention": lambda layer: (
             DotAttention() if layer.get_config().get("score_mode", "dot") == "dot" else Opaque(_ATTENTION)
         ),
-        "AdditiveAttention": Opaque(_ATTENTION),
+        "AdditiveAttention": lambda layer: AdditiveAttention(scale=bool(layer.get_config().get("use_scale", True))),
         "MultiHeadAttention": _mha_factory,
-        "GroupQueryAttention": Opaque(_ATTENTION),
+        "GroupQueryAttention": _gqa_factory,
         "LSTM": _recurrent_factory(gates=4, candidate=2),
         "GRU": _recurrent_factory(gates=3, candidate=2),
         "SimpleRNN": _recurrent_factory(gates=1, candidate=0),
