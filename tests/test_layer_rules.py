@@ -414,6 +414,27 @@ def test_dot_attention_ties_query_and_key_channels_and_passes_the_value_channels
         assert report.plan.widths["v"] == (8, 6)
 
 
+def test_attention_key_and_value_dimensions_zero_in_every_head_are_removed_exactly():
+    keras.utils.set_random_seed(0)
+    x = keras.Input((6, 5))
+    h = L.Dense(8, name="a")(x)
+    mha = L.MultiHeadAttention(2, 4, name="mha")
+    model = keras.Model(x, L.Dense(3, name="head")(L.GlobalAveragePooling1D()(mha(h, h))))
+    weights = dict(zip([w.path for w in mha.weights], mha.get_weights()))
+    for w in weights.values():
+        if w.ndim:
+            w += np.random.default_rng(1).normal(0, 0.3, w.shape).astype("float32")  # nonzero biases
+    weights["mha/query/kernel"][..., 1] = 0  # key dimension 1: no query part in any head
+    weights["mha/query/bias"][..., 1] = 0
+    weights["mha/attention_output/kernel"][:, 2, :] = 0  # value dimension 2: never read
+    mha.set_weights(list(weights.values()))
+    x_test = random_input(model)
+    new = shrink(model, x_test)
+    small = new.get_layer("mha")
+    assert (small.get_config()["key_dim"], small.get_config()["value_dim"], small.num_heads) == (3, 3, 2)
+    assert output_difference(model, new, random_input(model, seed=5))[2]
+
+
 def test_additive_attention_removes_a_channel_only_where_query_and_key_are_both_zero():
     keras.utils.set_random_seed(0)
     x = keras.Input((6, 5))

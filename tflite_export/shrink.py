@@ -142,8 +142,7 @@ def plan_shrink(model: Any, *, multiple: int = 1, exclude: str | Iterable[str] |
     seen: set[int] = set()
     for node in g.nodes:
         rule = a.rules[node.path]
-        if rule.reads_channels:
-            t = node.inputs[0]
+        for t in [node.inputs[i] for i in rule.read_inputs(len(node.inputs))]:
             unread = rule.unread_inputs(_weights(node.layer), len(a.tensor_ids[t]))
             for r, z, u in zip(a.roots(a.tensor_ids[t]).tolist(), zero[t].tolist(), unread.tolist()):
                 seen.add(r)
@@ -253,7 +252,9 @@ def _edit_config(cfg: dict, prefix: str, plan: ShrinkPlan, nested_inputs: dict[s
         before, kept = plan.widths[path]
         rule.edit_config(lc["config"], kept, before)
         if path in a.channels:
-            rule.edit_inner_config(lc["config"], a.channels[path], a.keep_mask(plan.dead))
+            rule.edit_inner_config(
+                lc["config"], a.channels[path], a.keep_mask(plan.dead), _weights(a.graph.layers[path])
+            )
 
 
 def _refs(x: Any) -> list:

@@ -123,8 +123,8 @@ class ChannelRule:
         """Which :attr:`LayerChannels.inner` channels are zero and can go (at least one stays)."""
         return None
 
-    def edit_inner_config(self, config: dict, own: LayerChannels, keep: Keep) -> None:
-        """Edits the config for the inner channels that stay (default: nothing)."""
+    def edit_inner_config(self, config: dict, own: LayerChannels, keep: Keep, v: dict[str, np.ndarray]) -> None:
+        """Edits the config for the inner channels that stay (``v``: the old weights; default: nothing)."""
 
     def droppable(self, all_zero: list[bool]) -> list[int]:
         """Inputs that may leave the layer when exactly zero (``all_zero[i]``), the output unchanged."""

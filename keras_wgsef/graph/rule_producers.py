@@ -358,7 +358,9 @@ class MultiHeadProduce(ChannelRule):
     channel: its group is ``query|key|value[:, h, :]`` and their biases; with its value slice at
     zero the head's output is zero whatever its attention weights, so it goes: ``num_heads - 1``
     and ``attention_output[h]`` sliced away. Input channel ``i`` is read through row ``i`` of the
-    three kernels. Cross-attention (a key or value tensor other than the query) stays opaque.
+    three kernels. Per-head key and value dimensions that are zero in every head go too
+    (:meth:`zero_dims`; the query is rescaled for the ``1/sqrt(key_dim)`` of the scores).
+    Cross-attention (a key or value tensor other than the query) stays opaque.
     """
 
     bias: bool = True
@@ -406,13 +408,48 @@ class MultiHeadProduce(ChannelRule):
         for n in _QKV:
             out[f"{n}/kernel"] = np.compress(keep(own.inp), out[f"{n}/kernel"], axis=0)
         out["attention_output/kernel"] = np.compress(keep(own.inner), out["attention_output/kernel"], axis=0)
+        key, value = self.zero_dims(v)
+        # scores are divided by sqrt(key_dim): the query makes up for the dimensions that go
+        rescale = np.sqrt((~key).sum() / key.size).astype(out["query/kernel"].dtype)
+        for name, mask in (("query", key), ("key", key), ("value", value)):
+            out[f"{name}/kernel"] = np.compress(~mask, out[f"{name}/kernel"], axis=-1)
+            if self.bias:
+                out[f"{name}/bias"] = np.compress(~mask, out[f"{name}/bias"], axis=-1)
+        out["query/kernel"] = out["query/kernel"] * rescale
+        if self.bias:
+            out["query/bias"] = out["query/bias"] * rescale
+        out["attention_output/kernel"] = np.compress(~value, out["attention_output/kernel"], axis=1)
         return out
 
     def edit_config(self, config: dict, kept: int, before: int) -> None:
         config["output_shape"] = kept  # not the query's width, which may shrink too
 
-    def edit_inner_config(self, config: dict, own: LayerChannels, keep: Keep) -> None:
+    def edit_inner_config(self, config: dict, own: LayerChannels, keep: Keep, v: dict[str, np.ndarray]) -> None:
         config["num_heads"] = int(keep(own.inner).sum())
+        key, value = self.zero_dims(v)
+        config["key_dim"] = int(np.sum(~key))
+        config["value_dim"] = int(np.sum(~value))
+
+    def zero_dims(self, v: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Per-head dimensions that are zero in every head: ``(key dims, value dims)`` masks.
+
+        Key dimension ``d`` adds ``q_d * k_d`` to every score: it goes where the query's or the
+        key's slice ``[:, :, d]`` (and bias) is zero in every head. Value dimension ``d`` goes where
+        the value's slice is zero or the output kernel ignores it (``attention_output[:, d, :]``).
+        One dimension of each always stays.
+        """
+
+        def zero(name: str, axis: int = -1) -> np.ndarray:
+            w = np.moveaxis(v[f"{name}/kernel"], axis, 0)
+            z = np.all(w.reshape(w.shape[0], -1) == 0, axis=1)
+            return z & np.all(v[f"{name}/bias"] == 0, axis=0) if self.bias and name != "attention_output" else z
+
+        key = zero("query") | zero("key")
+        value = zero("value") | zero("attention_output", 1)
+        for mask in (key, value):
+            if mask.all():
+                mask[0] = False
+        return key, value
 
     def output_kernel(self, v: dict[str, np.ndarray]) -> np.ndarray | None:
         k = v["attention_output/kernel"]
@@ -458,7 +495,7 @@ class GroupQueryProduce(MultiHeadProduce):
     def edit_config(self, config: dict, kept: int, before: int) -> None:
         pass  # the width follows the query
 
-    def edit_inner_config(self, config: dict, own: LayerChannels, keep: Keep) -> None:
+    def edit_inner_config(self, config: dict, own: LayerChannels, keep: Keep, v: dict[str, np.ndarray]) -> None:
         pass
 
 
