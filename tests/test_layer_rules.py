@@ -460,7 +460,7 @@ def test_dot_ties_its_inputs_channels_and_keeps_its_output():
     assert report.plan.widths["b"] == (8, 6)
 
 
-def test_group_query_attention_ties_its_output_to_its_query_channels():
+def test_group_query_attention_ties_its_output_to_its_query_channels_and_drops_silent_heads():
     keras.utils.set_random_seed(0)
     x = keras.Input((6, 5))
     h = L.Dense(8, name="a")(x)
@@ -468,9 +468,14 @@ def test_group_query_attention_ties_its_output_to_its_query_channels():
     model = keras.Model(x, L.Dense(3, name="head")(L.GlobalAveragePooling1D()(L.Dense(4, name="b")(h))))
     scope = next(s for s in make_groups(model) if "a" in s.name.split("+"))
     assert {"gqa/attention_output/kernel", "gqa/attention_output/bias"} <= set(scope.paths)
+    heads = next(s for s in make_groups(model) if s.name == "gqa:heads")
+    assert heads.num_groups == 2  # key/value heads, each with its 2 query heads
     zero_producer_groups(model, "a", [2, 3])
+    zero_producer_groups(model, "gqa:heads", [1])
     new, report = check_removed(model, "a", removed=2)
     assert report.plan.widths["gqa"] == (8, 6)
+    config = new.get_layer("gqa").get_config()
+    assert (config["num_key_value_heads"], config["num_query_heads"]) == (1, 2)
 
 
 def test_spectral_normalization_keeps_its_normalization_for_the_narrower_kernel():

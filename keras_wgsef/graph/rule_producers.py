@@ -458,45 +458,52 @@ class MultiHeadProduce(ChannelRule):
 
 @dataclasses.dataclass(frozen=True)
 class GroupQueryProduce(MultiHeadProduce):
-    """GroupQueryAttention (self-attention): output channel ``e`` is tied to query channel ``e``.
+    """GroupQueryAttention (self-attention): output channels tied to the query's, key/value heads as groups.
 
-    The layer has no ``output_shape``: its output is as wide as its query, so an output channel can
-    only go with the input channel of the same index (one class). The channel goes where both are
-    zero: the input unread by the query/key/value kernels or zero there, and the output's
-    ``attention_output[..., e]`` and bias zero. Heads stay (query heads must stay a multiple of
-    the key/value heads).
+    The layer has no ``output_shape``: its output is as wide as its query, so output channel ``e``
+    can only go with input channel ``e`` (one class): where the input is unread or zero and
+    ``attention_output[..., e]`` and its bias are zero. Key/value head ``g`` serves query heads
+    ``g*r .. g*r + r - 1`` (``r = num_query_heads / num_key_value_heads``); its group is its key
+    and value slices and those query heads' slices; with its value slice at zero all ``r`` heads
+    output zero, so they go together (``num_key_value_heads - 1``, ``num_query_heads - r``).
     """
 
-    inner_name: ClassVar[str] = "heads"
+    repeats: int = 1
 
     def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
         from keras_wgsef.graph.model_graph import layer_variables
 
         own = a.own(node.path)
         if own.out is None:
-            own.inp = a.new(int(layer_variables(node.layer)["query/kernel"].shape[0]))
+            v = layer_variables(node.layer)
+            own.inp, own.inner = a.new(int(v["query/kernel"].shape[0])), a.new(int(v["key/kernel"].shape[1]))
             own.out = own.inp
         a.union(ins[0], own.inp, where(node))
         return own.out
 
     def weight_slices(self, own: LayerChannels) -> list[tuple[str, int, np.ndarray]]:
-        entries = [("attention_output/kernel", -1, own.out)]
-        return [*entries, ("attention_output/bias", 0, own.out)] if self.bias else entries
-
-    def zero_inner(self, v: dict[str, np.ndarray], own: LayerChannels) -> np.ndarray | None:
-        return None
+        query_heads = np.repeat(own.inner, self.repeats)
+        entries = [("attention_output/kernel", -1, own.out), ("query/kernel", 1, query_heads)]
+        entries += [(f"{n}/kernel", 1, own.inner) for n in ("key", "value")]
+        if self.bias:
+            entries += [("attention_output/bias", 0, own.out), ("query/bias", 0, query_heads)]
+            entries += [(f"{n}/bias", 0, own.inner) for n in ("key", "value")]
+        return entries
 
     def slice_weights(self, v: dict[str, np.ndarray], keep: Keep, own: LayerChannels) -> dict[str, np.ndarray]:
         out = ChannelRule.slice_weights(self, v, keep, own)
         for n in _QKV:
             out[f"{n}/kernel"] = np.compress(keep(own.inp), out[f"{n}/kernel"], axis=0)
+        heads = np.repeat(keep(own.inner), self.repeats)
+        out["attention_output/kernel"] = np.compress(heads, out["attention_output/kernel"], axis=0)
         return out
 
     def edit_config(self, config: dict, kept: int, before: int) -> None:
         pass  # the width follows the query
 
     def edit_inner_config(self, config: dict, own: LayerChannels, keep: Keep, v: dict[str, np.ndarray]) -> None:
-        pass
+        kv = int(keep(own.inner).sum())
+        config["num_key_value_heads"], config["num_query_heads"] = kv, kv * self.repeats
 
 
 @dataclasses.dataclass(frozen=True)

@@ -438,7 +438,8 @@ def _gqa_factory(layer: Any) -> ChannelRule:
     expected = {f"{n}/kernel" for n in ("query", "key", "value", "attention_output")}
     if cfg.get("use_gate") or not expected <= set(weight_names(layer)):
         return Opaque(_ATTENTION)
-    return GroupQueryProduce(bias=bool(cfg.get("use_bias", True)))
+    repeats = int(cfg["num_query_heads"]) // int(cfg["num_key_value_heads"])
+    return GroupQueryProduce(bias=bool(cfg.get("use_bias", True)), repeats=repeats)
 
 
 def _spectral_factory(layer: Any) -> ChannelRule:
