@@ -118,3 +118,7 @@ def test_layer_groups_say_which_layers_are_removable_and_training_removes_a_bran
     block_name = zero[0].split("_")[0]
     assert f"{block_name}_add" in report.dropped and f"{block_name}_c1" in report.dropped
     assert output_difference(model, new, x[:8])[2]
+    if keras.backend.backend() == "tensorflow":  # the sparsity reaches the .tflite
+        from tflite_export import to_tflite_int8
+
+        assert len(to_tflite_int8(new, x)) < len(to_tflite_int8(model, x))

@@ -134,6 +134,7 @@ def check_removed(model, producer="a", removed=3):
 
 PASSING = {
     "Resizing": (lambda t: L.Resizing(6, 6)(t), {}),
+    "Rescaling": (lambda t: L.Rescaling(0.5)(t), {}),
     "CenterCrop": (lambda t: L.CenterCrop(8, 8)(t), {}),
     "AutoContrast": (lambda t: L.AutoContrast()(L.ReLU()(t)), {}),
     "AdaptiveAveragePooling2D": (lambda t: L.AdaptiveAveragePooling2D((3, 3))(t), {}),
@@ -519,6 +520,27 @@ def test_layers_without_channel_meaning_are_refused_with_the_reason_and_the_way_
     msg = str(e.value)
     assert type(layer).__name__ in msg and "'block/refused'" in msg
     assert "refused:" in msg and "register_channel_rule" in msg and "exclude=r'block/refused'" in msg
+
+
+def test_wrappers_of_foreign_code_are_refused_in_the_registry():
+    for name in ("TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer", "Lambda", "StringLookup"):
+        cls = getattr(L, name, None)
+        if cls is not None:
+            entry = cr._REGISTRY[cls]
+            assert isinstance(entry, cr.Refuse) and entry.reason, name
+
+
+def test_a_spectrogram_front_end_keeps_its_bins_and_the_rest_shrinks():
+    keras.utils.set_random_seed(0)
+    x = keras.Input((2048,))
+    h = L.MelSpectrogram(fft_length=256, sequence_stride=128, num_mel_bins=16, name="mel")(x)
+    h = L.Conv1D(8, 3, padding="same", name="a")(L.Permute((2, 1))(h))
+    model = keras.Model(x, L.Dense(3, name="head")(L.GlobalAveragePooling1D()(L.Conv1D(4, 1, name="b")(h))))
+    zero_producer_groups(model)
+    plan = plan_shrink(model)
+    assert plan.widths["mel"][0] == plan.widths["mel"][1]  # its bins are made by fixed filters: kept
+    new, _ = check_removed(model)
+    assert new.get_layer("a").filters == 5
 
 
 def test_a_refused_layer_is_opaque_when_excluded():

@@ -114,3 +114,7 @@ def test_input_channel_groups_trained_to_zero_shrink_the_producer():
     new = shrink(model, x[:8])
     assert new.get_layer("a").filters == 3
     assert output_difference(model, new, x[:8])[2]
+    if keras.backend.backend() == "tensorflow":  # the sparsity reaches the .tflite
+        from tflite_export import to_tflite_int8
+
+        assert len(to_tflite_int8(new, x)) < len(to_tflite_int8(model, x))
