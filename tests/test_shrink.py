@@ -39,7 +39,7 @@ def zero_groups(model, scope, groups, kernel_only=False):
     for mb in scope.members:
         if kernel_only and not mb.path.endswith("kernel"):
             continue
-        x = weights[mb.path].numpy().copy()
+        x = keras.ops.convert_to_numpy(weights[mb.path]).copy()
         idx = [slice(None)] * x.ndim
         idx[mb.axis] = np.flatnonzero(np.isin(mb.index, list(groups)))
         x[tuple(idx)] = 0
@@ -73,7 +73,7 @@ def zero_random(model, frac, seed, scopes=None):
 
 
 def snapshot(model):
-    return [w.numpy().copy() for w in model.weights]
+    return [keras.ops.convert_to_numpy(w).copy() for w in model.weights]
 
 
 def assert_unchanged(model, before):
@@ -86,7 +86,7 @@ def assert_same_outputs(model, new, x, rtol=1e-5):
     y0 = y0 if isinstance(y0, (list, tuple)) else [y0]
     y1 = y1 if isinstance(y1, (list, tuple)) else [y1]
     for a, b in zip(y0, y1):
-        a, b = np.asarray(a), np.asarray(b)
+        a, b = keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
         assert a.shape == b.shape
         assert np.max(np.abs(a - b)) <= rtol * max(1.0, np.max(np.abs(a)))
 

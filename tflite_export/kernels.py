@@ -97,6 +97,8 @@ def _spatial_conv(layer: Any, in_shape: tuple) -> tuple[str, int] | None:
 
 
 def _plan(model: Any) -> tuple[dict[str, dict], list[str]]:
+    import keras
+
     g = flatten_model(model)
     plans, notes = {}, []
     calls: dict[str, int] = {}
@@ -108,7 +110,7 @@ def _plan(model: Any) -> tuple[dict[str, dict], list[str]]:
         if conv is None or calls[node.path] != 1:
             continue
         name, rank = conv
-        kernel = np.asarray(layer_variables(node.layer)[name].numpy())
+        kernel = np.asarray(keras.ops.convert_to_numpy(layer_variables(node.layer)[name]))
         borders = zero_borders(kernel, rank)
         interior = _interior_zeros(kernel, rank, borders)
         if interior:
@@ -218,12 +220,14 @@ def _edit(cfg: dict, prefix: str, plans: dict[str, dict]) -> None:
 
 def _weights(plans: dict[str, dict]) -> Any:
     def values(path: str, old: Any) -> list[np.ndarray] | None:
+        import keras
+
         plan = plans.get(path)
         if plan is None:
             return None
         out = []
         for name, w in zip(weight_names(old), old.weights):
-            v = np.asarray(w.numpy())
+            v = np.asarray(keras.ops.convert_to_numpy(w))
             if name == plan["name"]:
                 v = v[tuple(slice(b, v.shape[i] - a) for i, (b, a) in enumerate(plan["borders"]))]
             out.append(v)

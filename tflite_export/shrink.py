@@ -345,7 +345,7 @@ def shrink(
             sliced = _sliced_weights(a, path, plan.dead)
             old_layer = a.graph.layers[path]
             values = (
-                [np.asarray(w.numpy()) for w in old_layer.weights]
+                [np.asarray(keras.ops.convert_to_numpy(w)) for w in old_layer.weights]
                 if sliced is None
                 else [sliced[name] for name in weight_names(old_layer)]
             )
