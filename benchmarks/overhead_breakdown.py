@@ -5,19 +5,20 @@ CPU time of each step (all TensorFlow threads), interleaving the arms, so a comp
 while other jobs run (an A/A pair of bare arms differs by ~0.2 %). Arms, each compiled like
 ``step_overhead.py`` (SGD momentum 0.9, ``WGSEF(k=0.5, lam=1e-3, make_groups(model))``):
 
-* ``bare``: SGD alone; ``wgsef``: as shipped;
+* ``bare``: SGD alone; ``wgsef``: ``xla_prox=True`` (the ``xla_all`` path, built in);
+* ``plain``: as shipped (``xla_prox=False``): the prox as ~100 separate operations;
 * ``ones``: the prox factors replaced by ones (what the finite check, the assigns and the
   bookkeeping cost); ``normsonly``: the group norms computed, factors ones;
-* ``xla_prox``: the batched prox (norms to factors) compiled with XLA inside the step;
-* ``xla_all``: the whole prox-and-assign compiled with XLA; ``xla_all_nofinite``: the same
-  without the non-finite-gradient check.
+* ``xla_prox``: the batched prox (norms to factors) alone compiled with XLA inside the step;
+* ``xla_all``: the whole prox-and-assign compiled with XLA (what ``xla_prox=True`` does);
+  ``xla_all_nofinite``: the same without the non-finite-gradient check.
 
 Measured here on 2026-12-01 (2 cores, two benchmark workers running, 400 interleaved steps, two
-runs): wgsef +4.8 / +6.3 %, ones +1.7 / +1.2 %, xla_prox +4.1 / +4.5 %, xla_all +3.0 / +1.4 %,
-xla_all_nofinite +2.5 %: the batched prox itself (~100 small operations) is about two thirds of
-the overhead, the finite check and the assigns the rest, and one XLA cluster over the whole
-prox-and-assign removes most of the per-operation cost. XLA compiles once per model (a cost on every new model, e.g. each test), which is why it is
-not the default yet.
+runs): plain +4.8 / +6.3 %, ones +1.7 / +1.2 %, xla_prox +4.1 / +4.5 %, xla_all +3.0 / +1.4 %,
+xla_all_nofinite +2.5 %: under load the batched prox (~100 small operations) is about two thirds
+of the overhead. On the quiet machine the picture changes: CPU time plain +4.9 %, xla_all +4.4 %,
+and wall-time medians (400 steps) plain +5.9 %, xla_prox=True +5.3 %: the XLA cluster saves
+~0.1 ms a step there, which is why it is an option and not the default.
 
     .venv/bin/python benchmarks/overhead_breakdown.py                 # every arm
     .venv/bin/python benchmarks/overhead_breakdown.py bare wgsef      # a subset
@@ -46,7 +47,7 @@ import keras_wgsef.optimizer as optimizer_module
 from keras_wgsef import prox_ops
 from keras_wgsef.scope_state import prox_factors
 
-ARMS = ("bare", "wgsef", "ones", "normsonly", "xla_prox", "xla_all", "xla_all_nofinite")
+ARMS = ("bare", "wgsef", "plain", "ones", "normsonly", "xla_prox", "xla_all", "xla_all_nofinite")
 
 
 def _ones(states, values, lr, ridge):
@@ -95,7 +96,8 @@ def build(arm: str) -> keras.Model:
     model = _anchor_cnn()
     opt = keras.optimizers.SGD(0.01, momentum=0.9)
     if arm != "bare":
-        opt = kw.WGSEF(opt, k=0.5, lam=1e-3, groups=kw.make_groups(model))
+        xla = arm == "wgsef"  # the other arms patch the plain path themselves
+        opt = kw.WGSEF(opt, k=0.5, lam=1e-3, groups=kw.make_groups(model), xla_prox=xla)
         if arm.startswith("xla_all"):
             _xla_all(opt)
         if arm.endswith("nofinite"):

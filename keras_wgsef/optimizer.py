@@ -174,10 +174,10 @@ class WGSEF(keras.optimizers.Optimizer):
       include / exclude: regexes on variable paths used when ``groups`` is None.
       name: optimizer name.
       xla_prox: compile the prox-and-assign of each step as one XLA cluster (TensorFlow backend,
-        one replica): the same arithmetic in a few fused kernels instead of ~100 small operations,
-        at the cost of one XLA compile per model (about a second). None (the default) turns it on
-        under TensorFlow without a distribution strategy; ``benchmarks/overhead_breakdown.py``
-        measures the difference.
+        one replica; ignored elsewhere): the same arithmetic in a few fused kernels instead of
+        ~100 small operations, at the cost of one XLA compile per model (0.3-2 s). Off by default:
+        on a quiet 2-core CPU it took the anchor CNN's overhead from +5.9 % to +5.3 % only (more
+        on a busy host); ``benchmarks/overhead_breakdown.py`` measures it.
     """
 
     def __init__(
@@ -192,7 +192,7 @@ class WGSEF(keras.optimizers.Optimizer):
         include: str | None = None,
         exclude: str | None = None,
         name: str | None = None,
-        xla_prox: bool | None = None,
+        xla_prox: bool = False,
         **kwargs: Any,
     ) -> None:
         if "scope" in kwargs:  # the 0.1 name of ``envelope``
@@ -259,7 +259,7 @@ class WGSEF(keras.optimizers.Optimizer):
         self.plan: Any = None  # the BudgetPlan, once bound to a model
         self.scopes: list[ScopeState] = []
         self._rewound: Any = None  # the Rewound schedule of ReachK(rewind=True), made once
-        self.xla_prox = xla_prox
+        self.xla_prox = bool(xla_prox)
 
     def bind(self, model: keras.Model, *, name_bytes: int | None = None) -> Any:
         """Binds the budget to ``model``: plans it (``k``, cost weights) and returns the :class:`BudgetPlan`.
@@ -512,7 +512,7 @@ class WGSEF(keras.optimizers.Optimizer):
             return
         import tensorflow as tf
 
-        if self.xla_prox is not False and not tf.distribute.has_strategy():
+        if self.xla_prox and not tf.distribute.has_strategy():
             _compiled_prox(self)(ops.convert_to_tensor(lr))
             return
 

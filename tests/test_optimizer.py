@@ -484,3 +484,26 @@ def test_a_backend_that_cannot_train_is_refused_with_the_alternatives(backend, m
     monkeypatch.setattr(keras.backend, "backend", lambda: backend)
     with pytest.raises(ValueError, match=rf"Keras runs on '{backend}', which cannot train: set KERAS_BACKEND"):
         opt.apply([np.zeros(v.shape, "float32") for v in m.trainable_variables], m.trainable_variables)
+
+
+@pytest.mark.tensorflow_only
+def test_the_xla_compiled_prox_gives_the_same_training_as_the_plain_one():
+    """``xla_prox=True``: the same prox-and-assign as one XLA cluster; the weights follow the plain path."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 3, 64)
+    weights = {}
+    for xla in (False, True):
+        keras.utils.set_random_seed(0)
+        inp = keras.Input((8, 8, 3))
+        h = keras.layers.Conv2D(8, 3, name="c")(inp)
+        model = keras.Model(inp, keras.layers.Dense(3, name="head")(keras.layers.Flatten()(h)))
+        opt = kw.WGSEF(keras.optimizers.SGD(0.05), k=3, lam=2.0, groups=kw.make_groups(model), xla_prox=xla)
+        model.compile(opt, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, epochs=3, batch_size=16, verbose=0)
+        weights[xla] = [keras.ops.convert_to_numpy(w) for w in model.weights]
+        assert opt.get_config()["xla_prox"] is xla
+    for a, b in zip(weights[False], weights[True]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    kernel = weights[True][0]
+    assert int(np.sum(np.any(kernel.reshape(-1, 8) != 0, axis=0))) < 8  # the prox acted
