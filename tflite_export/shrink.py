@@ -38,7 +38,6 @@ Example (``model`` a small CNN whose ``conv1`` feeds ``bn1``): zero half of conv
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Iterable
 from typing import Any
@@ -47,9 +46,10 @@ import numpy as np
 
 from keras_wgsef.graph.channels import ChannelAnalysis, analyze, zero_channels
 from keras_wgsef.graph.costs import count_macs, count_params
-from keras_wgsef.graph.model_graph import flatten_model, layer_variables, matches, weight_names
+from keras_wgsef.graph.model_graph import layer_variables, matches, weight_names
 from tflite_export.branches import drop_zero_branches
 from tflite_export.kernels import trim_zero_borders
+from tflite_export.rebuild import rebuild
 
 __all__ = ["ShrinkError", "ShrinkPlan", "ShrinkReport", "output_difference", "plan_shrink", "shrink"]
 
@@ -317,7 +317,6 @@ def shrink(
       ShrinkError: if the rebuilt model's outputs differ beyond the tolerance.
       keras_wgsef.graph.rules.UnsupportedLayerError: a layer without a channel rule.
     """
-    import keras
 
     for s in sample if isinstance(sample, (list, tuple)) else [] if sample is None else [sample]:
         arr = np.asarray(s)
@@ -331,28 +330,15 @@ def shrink(
     model, dropped = drop_zero_branches(model, exclude=exclude, rtol=rtol)  # Add(x, 0) = x: branch and all
     plan = plan_shrink(model, multiple=multiple, exclude=exclude)
     a = plan.analysis
-    serialized = copy.deepcopy(keras.saving.serialize_keras_object(model))
-    # The new model is returned uncompiled: the training optimizer's groups describe the old
-    # shapes (compile it again to fine-tune).
-    serialized.pop("compile_config", None)
-    _edit_config(serialized["config"], "", plan, a.graph.submodel_inputs)
-    classes = {type(layer).__name__: type(layer) for layer in a.graph.layers.values()}
+    # The new model is returned uncompiled (rebuild drops the compile config): the training
+    # optimizer's groups describe the old shapes (compile it again to fine-tune).
+
+    def sliced(path: str, old_layer: Any) -> list[np.ndarray] | None:
+        values = _sliced_weights(a, path, plan.dead)
+        return None if values is None else [values[name] for name in weight_names(old_layer)]
+
     try:
-        # safe_mode=False: the config comes from the caller's own in-memory model (Lambda layers included)
-        new = keras.saving.deserialize_keras_object(serialized, custom_objects=classes, safe_mode=False)
-        new_layers = flatten_model(new).layers
-        for path in a.graph.layers:
-            sliced = _sliced_weights(a, path, plan.dead)
-            old_layer = a.graph.layers[path]
-            values = (
-                [np.asarray(keras.ops.convert_to_numpy(w)) for w in old_layer.weights]
-                if sliced is None
-                else [sliced[name] for name in weight_names(old_layer)]
-            )
-            if values:
-                new_layers[path].set_weights(values)
-                if hasattr(new_layers[path], "finalize_state"):  # preprocessing layers cache their state
-                    new_layers[path].finalize_state()
+        new = rebuild(model, lambda config: _edit_config(config, "", plan, a.graph.submodel_inputs), sliced)
     except Exception as e:
         raise ShrinkError(f"could not rebuild the thinner model: {type(e).__name__}: {e}") from e
     trimmed: list[str] = []
