@@ -132,7 +132,7 @@ def _compiled_prox(opt: WGSEF) -> Any:
 
         @tf.function(jit_compile=True, autograph=False)
         def prox(lr):
-            opt._prox_assign(lr, lambda var, factor: var.assign(var * factor))
+            opt._prox_assign(lr, lambda var, value, factor: var.assign(value * factor))
             return tf.constant(0)
 
         functions[key] = prox
@@ -174,10 +174,10 @@ class WGSEF(keras.optimizers.Optimizer):
       include / exclude: regexes on variable paths used when ``groups`` is None.
       name: optimizer name.
       xla_prox: compile the prox-and-assign of each step as one XLA cluster (TensorFlow backend,
-        one replica; ignored elsewhere): the same arithmetic in a few fused kernels instead of
-        ~100 small operations, at the cost of one XLA compile per model (0.3-2 s). Off by default:
-        on a quiet 2-core CPU it took the anchor CNN's overhead from +5.9 % to +5.3 % only (more
-        on a busy host); ``benchmarks/overhead_breakdown.py`` measures it.
+        one replica; ignored elsewhere), at the cost of one XLA compile per model (0.3-2 s). Off
+        by default: on a 2-core CPU the XLA executable runs its ~100 thunks no faster than
+        TensorFlow runs the ~150 small operations of the plain prox (profiled:
+        ``benchmarks/overhead_breakdown.py``); it may pay off on other hosts.
     """
 
     def __init__(
@@ -426,8 +426,20 @@ class WGSEF(keras.optimizers.Optimizer):
             var.assign(value)
 
     def check_finite(self, grads):
-        finite = [ops.all(ops.isfinite(g)) for g in grads if g is not None]
-        return ops.all(ops.convert_to_tensor(finite))
+        """True when every gradient is finite, as a boolean tensor: one sum per gradient, one check.
+
+        A NaN or an infinity makes a sum non-finite, and so does a sum past the float32 range
+        (entries near 1e38: a step no model survives, skipped alike). Two operations per gradient
+        fewer than an element-wise check, which a small model's step time notices.
+        """
+        sums = []
+        for g in grads:
+            if g is None:
+                continue
+            if type(g).__name__ == "IndexedSlices":  # TensorFlow's sparse gradient: the rows it holds
+                g = g.values
+            sums.append(ops.sum(g if g.dtype == "float32" else ops.cast(g, "float32")))
+        return ops.isfinite(ops.sum(ops.stack(sums)))
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         """New values of the model's and the optimizer's variables after one step; nothing is assigned.
@@ -463,23 +475,34 @@ class WGSEF(keras.optimizers.Optimizer):
         new_state[i] = optimizer_variables[i] + ops.cast(ops.logical_not(finite), optimizer_variables[i].dtype)
         return new_values, new_state
 
-    def _handle_finite(self, grads, trainable_variables):
+    def _handle_finite(self, grads, trainable_variables, finite=None):
+        """The inner step, then the prox.
+
+        With ``finite`` (a boolean tensor), only the inner step sits in a conditional on it, and
+        the prox runs either way with its step multiplied by ``finite``: a step of 0 leaves every
+        factor at 1 (and frozen groups, already zero, at 0), so nothing changes, and the prox's
+        operations that do not wait for the new values need not wait for the gradients' check.
+        """
         dt = prox_ops.prox_dtype()
         lr = ops.cast(self.learning_rate, dt)  # before the inner step advances iterations
         inner = self.inner_optimizer
         before = ops.convert_to_tensor(inner.iterations) if inner.gradient_accumulation_steps else None
-        inner.apply(grads, trainable_variables=trainable_variables)
+
+        def inner_step():
+            inner.apply(grads, trainable_variables=trainable_variables)
+
+        if finite is None:
+            inner_step()
+        else:
+            ops.cond(finite, inner_step, self._handle_non_finite)
+            lr = lr * ops.cast(finite, dt)
         if before is not None:  # accumulating: the prox runs exactly when the inner update fired
             lr = lr * ops.cast(ops.greater(ops.convert_to_tensor(inner.iterations), before), dt)
         self._apply_prox(lr)
 
     def _common_apply(self, grads, trainable_variables=None):
-        """TensorFlow (no merge call) and torch: the inner step and the prox when the gradients are finite."""
-        ops.cond(
-            self.check_finite(grads),
-            lambda: self._handle_finite(grads, trainable_variables),
-            self._handle_non_finite,
-        )
+        """TensorFlow (no merge call) and torch: the inner step when the gradients are finite, then the prox."""
+        self._handle_finite(grads, trainable_variables, finite=self.check_finite(grads))
 
     def _handle_non_finite(self):
         self._skipped.assign_add(1)
@@ -508,7 +531,7 @@ class WGSEF(keras.optimizers.Optimizer):
     def _apply_prox(self, lr):
         """Runs the prox on every scope; under tf.distribute it updates each replica's copy alike."""
         if keras.backend.backend() != "tensorflow":
-            self._prox_assign(lr, lambda var, factor: var.assign(var * factor))
+            self._prox_assign(lr, lambda var, value, factor: var.assign(value * factor))
             return
         import tensorflow as tf
 
@@ -519,7 +542,7 @@ class WGSEF(keras.optimizers.Optimizer):
         def update(distribution, lr):
             lr = distribution.experimental_local_results(lr)[0]  # identical on every replica
 
-            def assign(var, factor):
+            def assign(var, value, factor):  # each replica multiplies its own copy
                 distribution.extended.update(
                     var.value, lambda v, f: v.assign(v * tf.cast(f, v.dtype)), args=(factor,), group=False
                 )
@@ -529,13 +552,18 @@ class WGSEF(keras.optimizers.Optimizer):
         tf.__internal__.distribute.interim.maybe_merge_call(update, tf.distribute.get_strategy(), lr)
 
     def _prox_assign(self, lr, assign) -> None:
-        values = [[ops.convert_to_tensor(v) for v in state.variables] for state in self.scopes]
-        factors = prox_factors(self.scopes, values, lr, self.ridge)  # one batched prox for every scope
-        for state, (scales, norms) in zip(self.scopes, factors):
-            for var, mb in zip(state.variables, state.members):
-                factor = prox_ops.expand_scales(scales, tuple(var.shape), mb.axis, mb.index)
-                assign(var, ops.cast(factor, var.dtype))
-            state._record(scales, norms)
+        """The prox of every scope: ``assign(var, value, factor)`` writes ``value * factor`` to each variable."""
+        values = [[prox_ops.read(v) for v in state.variables] for state in self.scopes]
+        scales, norms = prox_factors(self.scopes, values, lr, self.ridge)  # one batched prox for every scope
+        nonzero = ops.sum(ops.cast((scales > 0) & (norms > 0), "int32"), axis=1)
+        width = int(scales.shape[1])
+        for r, state in enumerate(self.scopes):
+            m = state.num_groups
+            row = scales[r] if m == width else scales[r, :m]
+            for var, value, mb in zip(state.variables, values[r], state.members):
+                factor = prox_ops.expand_scales(row, tuple(var.shape), mb.axis, mb.index)
+                assign(var, value, factor if var.dtype == "float32" else ops.cast(factor, var.dtype))
+            state._record(row, nonzero[r])
 
     # ------------------------------------------------------------- forwarding
     @property

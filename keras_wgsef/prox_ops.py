@@ -1,11 +1,14 @@
 """The WGSEF prox on tensors (``keras.ops``): what the optimizer runs inside ``fit``.
 
 Same math as :mod:`keras_wgsef.prox` (the NumPy reference), organised for vectorised, XLA-friendly
-execution: the root ``alpha`` of ``phi(alpha) = sum_j clip(alpha c_j - L_j, 0, 1) = k`` is found by
-sorting the 2m breakpoints ``lo_j = L_j/c_j``, ``hi_j = (1 + L_j)/c_j`` and bisecting over them
-with ``phi`` evaluated directly (O(m log m), a fixed number of steps, no data-dependent loop).
-Everything on the group norms runs in float64 whatever the variables' dtype (float32 under JAX
-with x64 off: :func:`prox_dtype`).
+execution with few operations (on a small model the step's cost is the number of operations, each
+a few microseconds, not their size): the root ``alpha`` of
+``phi(alpha) = sum_j clip(alpha c_j - L_j, 0, 1) = k`` lies between two of the 2m breakpoints
+``lo_j = L_j/c_j``, ``hi_j = (1 + L_j)/c_j``. Small problems evaluate ``phi`` at every breakpoint at
+once (one batched matmul); larger ones sort the breakpoints and bisect over them with ``phi``
+evaluated directly (O(m log m), a fixed number of steps, no data-dependent loop). The group
+norms are summed in the variables' precision; everything after them runs in float64 (float32
+under JAX with x64 off: :func:`prox_dtype`).
 
 A prefix scan of the pieces (``phi(b_i) = S1_i + b_i C_i - Ls_i``) would be cheaper, but its
 running sums of ``+c_j`` and ``-c_j`` cancel: with tiny and large group norms together (seen in
@@ -23,7 +26,16 @@ import keras
 import numpy as np
 from keras import ops
 
-__all__ = ["batched_prox_scales", "expand_scales", "group_sq_norms", "prox_dtype", "prox_scales", "segment_leaders"]
+__all__ = [
+    "batched_prox_scales",
+    "expand_scales",
+    "group_sq_norms",
+    "padded_sq_norms",
+    "prox_dtype",
+    "prox_scales",
+    "read",
+    "segment_leaders",
+]
 
 
 def prox_scales(a, d, k: int, lam, ridge: bool = True, protect=None):
@@ -77,14 +89,19 @@ def batched_prox_scales(a, d, k: np.ndarray, lam, valid: np.ndarray, ridge: bool
 
     Row ``s`` holds scope ``s``'s ``m_s`` groups in its first ``m_s`` columns (``valid``) and
     padding after them; the result's row ``s`` is :func:`prox_scales` of that scope (0 on the
-    padding). One sort of every row's ``2 M`` breakpoints and one bisection vectorised over the
-    rows: the number of operations does not grow with the number of scopes. Small problems
-    (``S * 2M * M <= DENSE_PHI_LIMIT``) evaluate ``phi`` at every breakpoint at once instead of
-    bisecting (fewer, larger operations: what a small model's step time needs).
+    padding). The root ``alpha`` of ``phi(alpha) = sum_j clip(alpha c_j - L_j, 0, 1) = k``
+    (``c_j = sqrt(d_j) ||x_j||``, ``L_j = lam d_j``) lies between two consecutive breakpoints
+    ``L_j / c_j``, ``(1 + L_j) / c_j``; phi is linear there. Small problems
+    (``S * 2M * M <= DENSE_PHI_LIMIT``) evaluate ``phi`` at every breakpoint at once and take the
+    largest breakpoint below ``k`` and the smallest at or above it; larger ones sort the
+    breakpoints and bisect with a fixed number of halvings. Either way the number of operations
+    does not grow with the number of scopes, and every op is a whole-matrix op (the step cost of
+    a small model is the number of ops, not their size).
 
     Args:
       a: group norms, float64 ``(S, M)`` (anything on the padding).
-      d: group weights ``> 0``, float64 ``(S, M)`` (anything ``> 0`` on the padding).
+      d: group weights ``> 0``, float64 ``(S, M)`` (anything on the padding); NumPy weights
+        become constants.
       k: NumPy ints ``(S,)``, ``>= 0``.
       lam: strengths ``>= 0``, float64 tensor ``(S,)``.
       valid: NumPy bool ``(S, M)``, True on each scope's groups.
@@ -106,82 +123,99 @@ def batched_prox_scales(a, d, k: np.ndarray, lam, valid: np.ndarray, ridge: bool
     valid = np.asarray(valid, bool)
     n_rows, m = valid.shape
     k = np.asarray(k, np.int64).reshape(n_rows)
-    validb = ops.convert_to_tensor(valid)  # a tensor: NumPy operands would wrap torch tensors
     a = _t(a, dt)
-    d = ops.where(validb, _t(d, dt), 1.0)
-    lam = ops.reshape(_t(lam, dt), (n_rows, 1))
-    validf = ops.convert_to_tensor(valid.astype(np.float64), dt)
-    L = lam * d
-    pos0 = (a > 0) & validb
-    kept = ops.zeros_like(a) if protect is None else _t(protect, dt) * ops.cast(pos0, dt)
-    pos = pos0 & (kept == 0)  # the groups the envelope decides on
+    if not valid.all():  # the padding is not a group, whatever it holds
+        a = ops.where(ops.convert_to_tensor(valid), a, ops.zeros_like(a))
+    if isinstance(d, (np.ndarray, list, tuple)):  # constants: folded when the step is traced
+        d_np = np.where(valid, np.asarray(d, np.float64), 1.0)
+        d, sqrt_d = _t(d_np, dt), _t(np.sqrt(d_np), dt)
+    else:
+        d = ops.where(ops.convert_to_tensor(valid), _t(d, dt), 1.0)
+        sqrt_d = ops.sqrt(d)
+    L = ops.reshape(_t(lam, dt), (n_rows, 1)) * d
+    pos = a > 0
+    kf = k.astype(np.float64)  # the groups the envelope chooses (NumPy unless some are protected)
+    kept = None
+    if protect is not None:
+        kept = _t(protect, dt) * ops.cast(pos, dt)
+        pos = pos & (kept == 0)
+        kf = _t(kf, dt) - ops.sum(kept, axis=1)
     posf = ops.cast(pos, dt)
-    npos = ops.sum(posf, axis=1)
-    c = ops.sqrt(d) * a
-    safe_c = ops.where(pos, c, ops.ones_like(c))
-    inf = ops.full_like(c, np.inf)
-    lo = ops.where(pos, L / safe_c, inf)
-    hi = ops.where(pos, (1.0 + L) / safe_c, inf)
-    bs = ops.sort(ops.concatenate([lo, hi], axis=1), axis=1)  # each row's 2 npos finite breakpoints first
-    kf = ops.convert_to_tensor(k.astype(np.float64), dt) - ops.sum(kept, axis=1)
+    # c_j = 0 off the envelope's groups (norm 0, padding, protected): they add nothing to phi
+    c = sqrt_d * a if kept is None else sqrt_d * a * posf
+    zero = ops.zeros_like(c)
+    lo = ops.where(pos, L / c, zero)  # 0 off the groups (a breakpoint where phi = 0 < k: harmless)
+    hi = ops.where(pos, (1.0 + L) / c, zero)
 
     def phi(alpha):
         """phi of every row at its own alpha (sums of nonnegative terms: no cancellation)."""
-        return ops.sum(ops.clip(ops.expand_dims(alpha, 1) * c - L, 0.0, 1.0) * posf, axis=1)
+        return ops.sum(ops.clip(ops.expand_dims(alpha, 1) * c - L, 0.0, 1.0), axis=1)
 
-    def at(index):
-        return ops.squeeze(ops.take_along_axis(bs, ops.expand_dims(ops.maximum(index, 0), 1), axis=1), 1)
-
-    n_finite = ops.cast(2.0 * npos, "int32")
     if n_rows * 2 * m * m <= DENSE_PHI_LIMIT:
-        # small scopes: phi at every breakpoint at once, (S, 2M, M), a handful of ops instead of a
-        # chain of halvings; the first index with phi(b_i) >= k is the count of those below k
-        phi_all = ops.sum(
-            ops.clip(ops.expand_dims(bs, 2) * ops.expand_dims(c, 1) - ops.expand_dims(L, 1), 0.0, 1.0)
-            * ops.expand_dims(posf, 1),
-            axis=2,
-        )
-        finite_i = ops.expand_dims(ops.arange(2 * m, dtype="int32"), 0) < ops.expand_dims(n_finite, 1)
-        below = ops.sum(ops.cast((phi_all < ops.expand_dims(kf, 1)) & finite_i, "int32"), axis=1)
-        hi_i = ops.minimum(below, n_finite - 1)  # n_finite - 1 only when npos <= k (overridden below)
-        lo_i = hi_i - 1
+        # phi at every breakpoint at once, (S, 2M, M): a handful of ops instead of a chain of
+        # halvings. phi is monotone (so is its rounding), so the bracket is [largest breakpoint
+        # with phi < k, smallest with phi >= k]; 0 (phi = 0 < k) is always below.
+        bs = ops.concatenate([lo, hi], axis=1)
+        # b_i c_j as a batched outer product: a matmul is several times faster than a two-sided
+        # broadcast, and with one term it rounds the same; float64 only (float32 matmuls may run
+        # in TF32 on GPUs)
+        if dt == "float64":
+            x = ops.matmul(ops.stack([bs, -ops.ones_like(bs)], axis=2), ops.stack([c, L], axis=1))
+        else:
+            x = ops.expand_dims(bs, 2) * ops.expand_dims(c, 1) - ops.expand_dims(L, 1)
+        phi_all = ops.sum(ops.clip(x, 0.0, 1.0), axis=2)
+        below = phi_all < ops.expand_dims(_t(kf, dt), 1)
+        a_lo = ops.max(ops.where(below, bs, ops.zeros_like(bs)), axis=1)
+        # inf when no breakpoint reaches k (npos <= k: every group stays, set below)
+        a_hi = ops.min(ops.where(below, ops.full_like(bs, np.inf), bs), axis=1)
     else:
-        # Bisection over each row's sorted breakpoints for the first index i with phi(b_i) >= k;
-        # a fixed number of halvings keeps the graph static (XLA). phi(b_{2 npos - 1}) = npos > k.
+        # Bisection over each row's sorted breakpoints (the 2 npos finite ones first) for the
+        # first index i with phi(b_i) >= k; a fixed number of halvings keeps the graph static (XLA).
+        inf = ops.full_like(c, np.inf)
+        bs = ops.sort(ops.concatenate([ops.where(pos, lo, inf), ops.where(pos, hi, inf)], axis=1), axis=1)
+        n_finite = ops.cast(2.0 * ops.sum(posf, axis=1), "int32")
+        kt = _t(kf, dt)
+
+        def at(index):
+            return ops.squeeze(ops.take_along_axis(bs, ops.expand_dims(ops.maximum(index, 0), 1), axis=1), 1)
+
         lo_i = ops.full((n_rows,), -1, "int32")  # virtual breakpoint 0, phi(0) = 0 < k
-        hi_i = n_finite - 1
+        hi_i = n_finite - 1  # phi(b_{2 npos - 1}) = npos > k when there is a root
         for _ in range(int(np.ceil(np.log2(2 * m + 1))) + 1):
             mid_i = (lo_i + hi_i) // 2
-            above = phi(at(mid_i)) >= kf
+            above = phi(at(mid_i)) >= kt
             open_ = hi_i - lo_i > 1
             hi_i = ops.where(open_ & above, mid_i, hi_i)
             lo_i = ops.where(open_ & ~above, mid_i, lo_i)
-    a_lo = ops.where(lo_i < 0, ops.zeros((n_rows,), dt), at(lo_i))
-    a_hi = at(hi_i)
+        a_lo = ops.where(lo_i < 0, ops.zeros((n_rows,), dt), at(lo_i))
+        a_hi = at(hi_i)
     # No breakpoint lies strictly inside (a_lo, a_hi): the midpoint classifies every group as
     # saturated, linear or zero on the bracket, and phi is linear there.
     mid = ops.expand_dims(0.5 * (a_lo + a_hi), 1)
-    sat = ops.cast(hi <= mid, dt) * posf
-    lin = ops.cast((lo <= mid) & (hi > mid), dt) * posf
-    n_sat = ops.sum(sat, axis=1)
+    n_sat = ops.sum(ops.cast((hi <= mid) & pos, dt), axis=1)
+    lin = ops.cast((lo <= mid) & (hi > mid), dt)  # off the groups lo = hi = 0 < mid: never linear
     slope = ops.sum(lin * c, axis=1)
     offset = ops.sum(lin * L, axis=1)
-    alpha = (kf - n_sat + offset) / ops.where(slope > 0, slope, ops.ones_like(slope))
+    has_slope = slope > 0
+    alpha = (_t(kf, dt) - n_sat + offset) / ops.where(has_slope, slope, ops.ones_like(slope))
     # slope 0: phi is flat on the bracket (only rounding kept phi(a_lo) below k): its left end,
     # where the groups starting at a_hi are still exactly zero
-    alpha = ops.where(slope > 0, ops.clip(alpha, a_lo, a_hi), a_lo)
-    raw = ops.expand_dims(alpha, 1) * c - L
+    alpha = ops.where(has_slope, ops.clip(alpha, a_lo, a_hi), a_lo)
+    raw = ops.expand_dims(alpha, 1) * c - L  # -L <= 0 off the groups
     # a group whose breakpoint is the root is exactly zero (raw there is a few ulps of L_j)
     snap = 8 * float(np.finfo(dt).eps) * (1.0 + L)
-    theta = ops.where(raw <= snap, ops.zeros_like(raw), ops.clip(raw, 0.0, 1.0))
-    theta = ops.where(ops.expand_dims(npos <= kf, 1), ops.ones_like(theta), theta) * posf
-    theta = ops.where(ops.expand_dims(kf > 0, 1), theta, ops.zeros_like(theta)) + kept
-    theta = theta * validf * ops.convert_to_tensor((k > 0).astype(np.float64).reshape(n_rows, 1), dt)
+    theta = ops.where(raw <= snap, zero, ops.minimum(raw, 1.0))
+    every = ops.expand_dims(ops.sum(posf, axis=1) <= _t(kf, dt), 1)  # npos <= k: all of them stay
+    theta = ops.where(every, posf, theta)
+    if kept is not None:
+        theta = ops.where(ops.expand_dims(kf > 0, 1), theta, zero) + kept
+    if not np.all(k > 0):  # k = 0 zeroes the scope, protected groups too
+        theta = theta * _t((k > 0).astype(np.float64).reshape(n_rows, 1), dt)
     nz = theta > 0
-    scale = theta / ops.where(nz, theta + L, ops.ones_like(theta))
+    scale = ops.where(nz, theta / (theta + L), zero)
     if not ridge:
         scale = ops.where(theta >= 1.0, ops.ones_like(scale), scale)
-    return ops.where(nz, scale, ops.zeros_like(scale))
+    return scale
 
 
 def segment_leaders(a, d, segments: np.ndarray):
@@ -228,6 +262,20 @@ def prox_dtype() -> str:
     return "float64"
 
 
+def read(variable):
+    """The value of a Keras variable as a tensor: one read that every op taking it shares.
+
+    (``ops.convert_to_tensor`` hands a TensorFlow variable back as it is, and each op using it
+    then reads it again.)
+    """
+    value = variable.value
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.convert_to_tensor(value)
+    return value
+
+
 def _t(x, dt: str):
     """``x`` as a tensor of ``dt`` (NumPy and Python numbers converted directly, never via float64)."""
     if isinstance(x, (np.ndarray, np.generic, float, int)):
@@ -268,6 +316,55 @@ def group_sq_norms(values, axes, indices, num_groups: int):
     return total
 
 
+def padded_sq_norms(values, members, rows: np.ndarray, width: int):
+    """Sums of squares of every scope's groups as one ``(S, width)`` matrix (zero padding), float32.
+
+    Each member contributes one vector: its squared entries (a 1-D member or an element-wise
+    index) or their sums over every axis but the group axis, and one segment sum maps them all to
+    ``row * width + group``. The op count is one segment sum plus two ops per multi-dimensional
+    member, whatever the number of scopes. Sums run in float32 (float64 when a variable is);
+    the prox casts the result.
+
+    Args:
+      values: the members' current values (tensors), in ``members`` order.
+      members: the :class:`keras_wgsef.groups.Member` of each value.
+      rows: per member, the row (scope) it belongs to.
+      width: the row length ``M`` (the largest scope's ``m``).
+
+    Example:
+      >>> from keras_wgsef.groups import Member
+      >>> k = np.array([[3.0, 0.0], [4.0, 1.0]], "float32")
+      >>> mbs = (Member("d/kernel", -1, np.arange(2)), Member("d/bias", 0, np.arange(2)))
+      >>> ops.convert_to_numpy(padded_sq_norms([k, np.array([0., 2.], "float32")], mbs, np.array([0, 0]), 2)).tolist()
+      [[25.0, 5.0]]
+    """
+    acc = "float64" if any(str(getattr(x, "dtype", "float32")) == "float64" for x in values) else "float32"
+    raw, raw_ids, summed, summed_ids = [], [], [], []
+    for x, mb, row in zip(values, members, rows):
+        x = ops.convert_to_tensor(x)
+        if x.dtype != acc:
+            x = ops.cast(x, acc)
+        index = np.asarray(mb.index)
+        base = int(row) * width
+        rank = len(x.shape)
+        if mb.axis is None or rank == 1:  # one entry per index: square them together below
+            raw.append(ops.reshape(x, (-1,)) if rank != 1 else x)
+            raw_ids.append(base + index.reshape(-1))
+            continue
+        ax = mb.axis % rank
+        summed.append(ops.sum(ops.square(x), axis=tuple(i for i in range(rank) if i != ax)))
+        summed_ids.append(base + index)
+    pieces = []
+    if raw:
+        pieces.append(ops.square(ops.concatenate(raw) if len(raw) > 1 else raw[0]))
+    pieces += summed
+    flat = ops.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+    ids = np.concatenate(raw_ids + summed_ids).astype(np.int32)
+    n_rows = int(np.max(rows)) + 1
+    total = ops.segment_sum(flat, ops.convert_to_tensor(ids, "int32"), num_segments=n_rows * width)
+    return ops.reshape(total, (n_rows, width))
+
+
 def expand_scales(scales, shape, axis, index: np.ndarray):
     """Broadcastable per-element factors for one variable from per-group ``scales``."""
     if axis is None:
@@ -279,6 +376,8 @@ def expand_scales(scales, shape, axis, index: np.ndarray):
         if _index_is_identity(index, int(scales.shape[0]))
         else ops.take(scales, ops.convert_to_tensor(index, "int32"))
     )
+    if ax == rank - 1:  # the last axis: broadcasts as it is
+        return per_slice
     bshape = [1] * rank
     bshape[ax] = int(shape[ax])
     return ops.reshape(per_slice, bshape)

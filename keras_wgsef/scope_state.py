@@ -170,20 +170,22 @@ class ScopeState:
         self.k = int(keep.sum())
 
     # ------------------------------------------------------- used by the step
-    def _record(self, scales, norms) -> None:
-        self._attenuation.assign(self._attenuation * ops.cast(scales, "float32"))
-        self._nonzero.assign(ops.sum(ops.cast(norms * scales > 0, "int32")))
+    def _record(self, scales, nonzero) -> None:
+        """After a prox step: the step's factors (float32, length m) and the nonzero groups left."""
+        self._attenuation.assign(prox_ops.read(self._attenuation) * scales)
+        self._nonzero.assign(nonzero)
 
 
-def prox_factors(states: Sequence[ScopeState], values: Sequence[Sequence], lr, ridge: bool) -> list[tuple]:
-    """The prox factors (then each frozen mask) of every scope at once, and the group norms.
+def prox_factors(states: Sequence[ScopeState], values: Sequence[Sequence], lr, ridge: bool) -> tuple:
+    """The prox factors of every scope at once (each frozen mask applied), and the group norms.
 
-    The group norms of all scopes are packed into one ``(S, M)`` matrix (row ``s``: scope ``s``'s
-    ``m_s`` groups, then padding) and :func:`keras_wgsef.prox_ops.batched_prox_scales` runs once,
-    each row with its own ``k``, weights ``d_j`` and step ``lr * lam_s``; a global scope's layer
-    leaders are protected as in the single-scope prox. The number of prox operations is the same
-    for 1 scope or 100; only the per-variable reductions and products grow with the variables.
-    When every strength is 0 (warm-up, fine-tuning) the prox is skipped.
+    The group norms of all scopes form one ``(S, M)`` matrix (row ``s``: scope ``s``'s ``m_s``
+    groups, then zero padding; :func:`keras_wgsef.prox_ops.padded_sq_norms`, one segment sum) and
+    :func:`keras_wgsef.prox_ops.batched_prox_scales` runs once, each row with its own ``k``,
+    weights ``d_j`` and step ``lr * lam_s``; a global scope's layer leaders are protected as in
+    the single-scope prox. The number of prox operations is the same for 1 scope or 100; only
+    the per-variable reductions grow with the variables. A scope whose strength is 0 (warm-up,
+    fine-tuning) keeps factor 1 (then its mask).
 
     Args:
       states: the scopes.
@@ -192,48 +194,37 @@ def prox_factors(states: Sequence[ScopeState], values: Sequence[Sequence], lr, r
       ridge: as in :func:`keras_wgsef.prox_ops.prox_scales`.
 
     Returns:
-      per scope ``(scales, norms)``: float64 factors and group norms, length ``m_s``.
+      ``(scales, norms)``, both ``(S, M)``: the float32 factors (0 on the padding) and the group
+      norms (``prox_ops.prox_dtype()``); row ``s``'s first ``m_s`` entries belong to scope ``s``.
     """
     sizes = [st.num_groups for st in states]
     n, width = len(states), max(sizes)
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    total = int(offsets[-1])
-    norms = [
-        ops.sqrt(
-            prox_ops.group_sq_norms(
-                vals, [mb.axis for mb in st.members], [mb.index for mb in st.members], st.num_groups
-            )
-        )
-        for st, vals in zip(states, values)
-    ]
-    flat = ops.concatenate(norms) if n > 1 else norms[0]
-    pack = np.full((n, width), total, np.int64)  # the padding reads an appended 0
+    dt = prox_ops.prox_dtype()
+    rows = np.concatenate([np.full(len(st.members), r) for r, st in enumerate(states)])
+    members = [mb for st in states for mb in st.members]
+    sq = prox_ops.padded_sq_norms([x for vals in values for x in vals], members, rows, width)
+    norms = ops.sqrt(ops.cast(sq, dt))
     weights = np.ones((n, width))
     for r, st in enumerate(states):
-        pack[r, : sizes[r]] = offsets[r] + np.arange(sizes[r])
         weights[r, : sizes[r]] = st.weights
-    valid = pack < total
-    dt = prox_ops.prox_dtype()
-    padded = ops.take(ops.concatenate([flat, ops.zeros((1,), dt)]), ops.convert_to_tensor(pack, "int32"))
-    steps = ops.cast(lr, dt) * ops.stack([ops.cast(st._strength, dt) for st in states])
+    valid = np.arange(width)[None, :] < np.array(sizes)[:, None]
+    steps = ops.cast(lr, dt) * ops.cast(ops.stack([prox_ops.read(st._strength) for st in states]), dt)
     protect = None
     if any(st.segments is not None for st in states):
         # a global budget keeps each layer's best group: no layer is emptied (disconnected)
         leads = [
-            ops.zeros((m,), dt) if st.segments is None else prox_ops.segment_leaders(a, st.weights, st.segments)
-            for st, a, m in zip(states, norms, sizes)
+            ops.zeros((width,), dt)
+            if st.segments is None
+            else ops.pad(prox_ops.segment_leaders(norms[r, :m], st.weights, st.segments), ((0, width - m),))
+            for r, (st, m) in enumerate(zip(states, sizes))
         ]
-        lead = ops.concatenate(leads) if n > 1 else leads[0]
-        protect = ops.take(ops.concatenate([lead, ops.zeros((1,), dt)]), ops.convert_to_tensor(pack, "int32"))
+        protect = ops.stack(leads)
     k = np.array([st.k for st in states])
-
-    def prox():
-        return prox_ops.batched_prox_scales(padded, weights, k, steps, valid, ridge=ridge, protect=protect)
-
-    scales = ops.cond(ops.any(steps > 0), prox, lambda: ops.ones((n, width), dt))
-    scales = ops.where(ops.expand_dims(steps > 0, 1), scales, ops.ones_like(scales))
-    unpack = np.concatenate([r * width + np.arange(m) for r, m in enumerate(sizes)])
-    flat_scales = ops.take(ops.reshape(scales, (-1,)), ops.convert_to_tensor(unpack, "int32"))
-    masks = [ops.cast(st._mask, dt) for st in states]
-    flat_scales = flat_scales * (ops.concatenate(masks) if n > 1 else masks[0])
-    return [(flat_scales[offsets[r] : offsets[r + 1]], norms[r]) for r in range(n)]
+    scales = prox_ops.batched_prox_scales(norms, weights, k, steps, valid, ridge=ridge, protect=protect)
+    scales = ops.where(ops.expand_dims(steps > 0, 1), ops.cast(scales, "float32"), 1.0)
+    masks = [prox_ops.read(st._mask) for st in states]
+    if min(sizes) == width:
+        mask = ops.stack(masks)
+    else:
+        mask = ops.stack([ops.pad(mk, ((0, width - m),)) if m < width else mk for mk, m in zip(masks, sizes)])
+    return scales * mask, norms

@@ -116,6 +116,47 @@ def test_float32_prox_of_jax_without_x64_keeps_the_float64_support(monkeypatch):
         np.testing.assert_allclose(got * a, ref * a, rtol=0, atol=1e-6 * a.max())
 
 
+def test_padded_sq_norms_match_the_numpy_norms_of_every_scope():
+    """One segment sum for every scope and member kind: groups along the last axis, another axis,
+    a many-to-one index, element-wise groups and 1-D members, rows padded with exact zeros."""
+    from keras_wgsef.groups.scope import GroupScope, Member
+    from keras_wgsef.sparsity import scope_norms
+
+    rng = np.random.default_rng(5)
+    for _ in range(cases(20)):
+        scopes, values = [], []
+        for s in range(int(rng.integers(1, 5))):
+            m = int(rng.integers(2, 12))
+            members, vals = [], {}
+            for j in range(int(rng.integers(1, 5))):
+                kind = rng.integers(0, 4)
+                path = f"s{s}/w{j}"
+                if kind == 0:  # output channels of a kernel
+                    x, mb = rng.normal(size=(3, 2, m)), Member(path, -1, np.arange(m))
+                elif kind == 1:  # groups along axis 0, several slices per group
+                    x = rng.normal(size=(2 * m, 4))
+                    mb = Member(path, 0, rng.permutation(np.repeat(np.arange(m), 2)))
+                elif kind == 2:  # element-wise (filter-shape groups)
+                    x = rng.normal(size=(2, m, 3))
+                    mb = Member(path, None, rng.integers(0, m, size=x.shape))
+                else:  # a bias
+                    x, mb = rng.normal(size=(m,)), Member(path, 0, np.arange(m))
+                members.append(mb)
+                vals[path] = x.astype("float32")
+            scope = GroupScope(f"s{s}", tuple(members))
+            scopes.append(scope)
+            values.append(vals)
+        width = max(sc.num_groups for sc in scopes) + 1
+        rows = np.concatenate([np.full(len(sc.members), r) for r, sc in enumerate(scopes)])
+        flat = [v[mb.path] for sc, v in zip(scopes, values) for mb in sc.members]
+        got = ops.convert_to_numpy(
+            prox_ops.padded_sq_norms(flat, [mb for sc in scopes for mb in sc.members], rows, width)
+        )
+        for r, (sc, v) in enumerate(zip(scopes, values)):
+            np.testing.assert_allclose(got[r, : sc.num_groups], scope_norms(sc, v) ** 2, rtol=2e-6)
+            assert np.all(got[r, sc.num_groups :] == 0)
+
+
 def test_tensor_prox_wide_norm_range_keeps_k(root_finding):
     """Tiny and large norms with MAC-like weights: a prefix scan cancels here; neither root finding may."""
     rng = np.random.default_rng(0)
@@ -305,15 +346,24 @@ def test_config_round_trip():
     assert isinstance(again.inner_optimizer, keras.optimizers.SGD) and again.inner_optimizer.momentum == 0.9
 
 
-def test_non_finite_gradients_skip_the_step():
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_gradients_skip_the_step(bad):
+    """One bad entry in one gradient skips the whole step: no inner step, no prox, state kept."""
     model = small_model()
-    opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=2, lam=1.0, groups=[c1_scope(model)])
-    before = [v.numpy().copy() for v in model.trainable_variables]
-    grads = [np.full(v.shape, np.nan, "float32") for v in model.trainable_variables]
+    opt = kw.WGSEF(keras.optimizers.SGD(0.1, momentum=0.9), k=2, lam=1.0, groups=[c1_scope(model)])
+    opt.build(model.trainable_variables)
+    kept = [v for v in [*model.trainable_variables, *opt.variables] if v is not opt._skipped]
+    before = [np.array(ops.convert_to_numpy(v)) for v in kept]
+    grads = [np.full(v.shape, 0.5, "float32") for v in model.trainable_variables]
+    grads[-1].reshape(-1)[0] = bad
     opt.apply(grads, model.trainable_variables)
     assert opt.skipped_steps == 1
-    for b, v in zip(before, model.trainable_variables):
-        np.testing.assert_array_equal(b, v.numpy())
+    for b, v in zip(before, kept):  # weights, momentum, iterations, prox state
+        np.testing.assert_array_equal(b, np.array(ops.convert_to_numpy(v)))
+    grads[-1].reshape(-1)[0] = 3e37  # large but finite: a normal step
+    opt.apply(grads, model.trainable_variables)
+    assert opt.skipped_steps == 1
+    assert not np.array_equal(before[0], ops.convert_to_numpy(kept[0]))
 
 
 # ---------------------------------------------------------------- bad input
