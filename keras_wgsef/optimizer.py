@@ -438,7 +438,8 @@ class WGSEF(keras.optimizers.Optimizer):
                 continue
             if type(g).__name__ == "IndexedSlices":  # TensorFlow's sparse gradient: the rows it holds
                 g = g.values
-            sums.append(ops.sum(g if g.dtype == "float32" else ops.cast(g, "float32")))
+            float32 = keras.backend.standardize_dtype(g.dtype) == "float32"
+            sums.append(ops.sum(g if float32 else ops.cast(g, "float32")))
         return ops.isfinite(ops.sum(ops.stack(sums)))
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):

@@ -338,11 +338,12 @@ def padded_sq_norms(values, members, rows: np.ndarray, width: int):
       >>> ops.convert_to_numpy(padded_sq_norms([k, np.array([0., 2.], "float32")], mbs, np.array([0, 0]), 2)).tolist()
       [[25.0, 5.0]]
     """
-    acc = "float64" if any(str(getattr(x, "dtype", "float32")) == "float64" for x in values) else "float32"
+    values = [ops.convert_to_tensor(x) for x in values]
+    dtypes = [keras.backend.standardize_dtype(x.dtype) for x in values]
+    acc = "float64" if "float64" in dtypes else "float32"
     raw, raw_ids, summed, summed_ids = [], [], [], []
-    for x, mb, row in zip(values, members, rows):
-        x = ops.convert_to_tensor(x)
-        if x.dtype != acc:
+    for x, dtype, mb, row in zip(values, dtypes, members, rows):
+        if dtype != acc:
             x = ops.cast(x, acc)
         index = np.asarray(mb.index)
         base = int(row) * width

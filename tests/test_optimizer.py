@@ -157,6 +157,19 @@ def test_padded_sq_norms_match_the_numpy_norms_of_every_scope():
             assert np.all(got[r, sc.num_groups :] == 0)
 
 
+def test_padded_sq_norms_sum_float64_variables_in_float64():
+    from keras_wgsef.groups.scope import Member
+
+    x = np.array([[1.0, 1e-9], [1.0, 0.0]])  # 1 + 1e-18 is 1 in float32 and in float64; 1e-18 alone is not
+    mbs = (Member("k", -1, np.arange(2)),)
+    got = prox_ops.padded_sq_norms([ops.convert_to_tensor(x, "float64")], mbs, np.array([0]), 2)
+    assert keras.backend.standardize_dtype(got.dtype) == "float64"
+    # Keras' torch segment_sum accumulates in float32 whatever the dtype (scatter_reduce on
+    # data.float()): float64 variables get float32-precise norms there
+    rtol = 1e-7 if keras.backend.backend() == "torch" else 1e-12
+    np.testing.assert_allclose(ops.convert_to_numpy(got), [[2.0, 1e-18]], rtol=rtol)
+
+
 def test_tensor_prox_wide_norm_range_keeps_k(root_finding):
     """Tiny and large norms with MAC-like weights: a prefix scan cancels here; neither root finding may."""
     rng = np.random.default_rng(0)
