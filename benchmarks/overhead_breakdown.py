@@ -18,8 +18,8 @@ optimizer and the loss execute per step and their kernel time: on a small model 
 the number of ops (a few microseconds each, however small their tensors), not their size.
 
 Measured here on 2026-12-01 (2 cores, quiet, 400 cycles): plain +4.3 % wall / +5.3 % CPU, ones
-+2.3 % / +3.0 %, wgsef (XLA) +5.5 % / +2.9 %. Profile: the optimizer and the loss execute 141 ops
-per step with bare SGD, 191 with ``ones`` and 318 with ``plain`` (the prox-and-assign traced
++2.3 % / +3.0 %, wgsef (XLA) +5.5 % / +2.9 %. Profile: the optimizer and the loss execute 137 ops
+per step with bare SGD, 187 with ``ones`` and 314 with ``plain`` (the prox-and-assign traced
 alone went from 349 graph ops to 182 with the one-segment-sum norms, the matmul phi and the
 leaner root finding); the XLA executable of ``wgsef`` spends ~0.4 ms in its ~100 thunks, no
 faster than the plain ops.
