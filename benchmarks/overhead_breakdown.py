@@ -50,8 +50,7 @@ from step_overhead import _anchor_cnn
 
 import keras_wgsef as kw
 import keras_wgsef.optimizer as optimizer_module
-from keras_wgsef import prox_ops
-from keras_wgsef.scope_state import prox_factors
+from keras_wgsef.scope_state import padded_norms, prox_factors
 
 ARMS = ("bare", "wgsef", "plain", "ones", "normsonly", "xla_prox", "xla_all", "xla_all_nofinite")
 
@@ -62,11 +61,7 @@ def _ones(states, values, lr, ridge):
 
 
 def _norms_only(states, values, lr, ridge):
-    width = max(st.num_groups for st in states)
-    rows = np.concatenate([np.full(len(st.members), r) for r, st in enumerate(states)])
-    members = [mb for st in states for mb in st.members]
-    sq = prox_ops.padded_sq_norms([x for v in values for x in v], members, rows, width)
-    norms = ops.sqrt(ops.cast(sq, "float64"))
+    norms = padded_norms(states, values)
     return ops.ones_like(norms, "float32"), norms
 
 

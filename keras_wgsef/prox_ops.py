@@ -134,12 +134,12 @@ def batched_prox_scales(a, d, k: np.ndarray, lam, valid: np.ndarray, ridge: bool
         sqrt_d = ops.sqrt(d)
     L = ops.reshape(_t(lam, dt), (n_rows, 1)) * d
     pos = a > 0
-    kf = k.astype(np.float64)  # the groups the envelope chooses (NumPy unless some are protected)
+    kt = _t(k.astype(np.float64), dt)  # the groups the envelope chooses
     kept = None
     if protect is not None:
         kept = _t(protect, dt) * ops.cast(pos, dt)
         pos = pos & (kept == 0)
-        kf = _t(kf, dt) - ops.sum(kept, axis=1)
+        kt = kt - ops.sum(kept, axis=1)
     posf = ops.cast(pos, dt)
     # c_j = 0 off the envelope's groups (norm 0, padding, protected): they add nothing to phi
     c = sqrt_d * a if kept is None else sqrt_d * a * posf
@@ -164,7 +164,7 @@ def batched_prox_scales(a, d, k: np.ndarray, lam, valid: np.ndarray, ridge: bool
         else:
             x = ops.expand_dims(bs, 2) * ops.expand_dims(c, 1) - ops.expand_dims(L, 1)
         phi_all = ops.sum(ops.clip(x, 0.0, 1.0), axis=2)
-        below = phi_all < ops.expand_dims(_t(kf, dt), 1)
+        below = phi_all < ops.expand_dims(kt, 1)
         a_lo = ops.max(ops.where(below, bs, ops.zeros_like(bs)), axis=1)
         # inf when no breakpoint reaches k (npos <= k: every group stays, set below)
         a_hi = ops.min(ops.where(below, ops.full_like(bs, np.inf), bs), axis=1)
@@ -174,7 +174,6 @@ def batched_prox_scales(a, d, k: np.ndarray, lam, valid: np.ndarray, ridge: bool
         inf = ops.full_like(c, np.inf)
         bs = ops.sort(ops.concatenate([ops.where(pos, lo, inf), ops.where(pos, hi, inf)], axis=1), axis=1)
         n_finite = ops.cast(2.0 * ops.sum(posf, axis=1), "int32")
-        kt = _t(kf, dt)
 
         def at(index):
             return ops.squeeze(ops.take_along_axis(bs, ops.expand_dims(ops.maximum(index, 0), 1), axis=1), 1)
@@ -197,7 +196,7 @@ def batched_prox_scales(a, d, k: np.ndarray, lam, valid: np.ndarray, ridge: bool
     slope = ops.sum(lin * c, axis=1)
     offset = ops.sum(lin * L, axis=1)
     has_slope = slope > 0
-    alpha = (_t(kf, dt) - n_sat + offset) / ops.where(has_slope, slope, ops.ones_like(slope))
+    alpha = (kt - n_sat + offset) / ops.where(has_slope, slope, ops.ones_like(slope))
     # slope 0: phi is flat on the bracket (only rounding kept phi(a_lo) below k): its left end,
     # where the groups starting at a_hi are still exactly zero
     alpha = ops.where(has_slope, ops.clip(alpha, a_lo, a_hi), a_lo)
@@ -205,10 +204,10 @@ def batched_prox_scales(a, d, k: np.ndarray, lam, valid: np.ndarray, ridge: bool
     # a group whose breakpoint is the root is exactly zero (raw there is a few ulps of L_j)
     snap = 8 * float(np.finfo(dt).eps) * (1.0 + L)
     theta = ops.where(raw <= snap, zero, ops.minimum(raw, 1.0))
-    every = ops.expand_dims(ops.sum(posf, axis=1) <= _t(kf, dt), 1)  # npos <= k: all of them stay
+    every = ops.expand_dims(ops.sum(posf, axis=1) <= kt, 1)  # npos <= k: all of them stay
     theta = ops.where(every, posf, theta)
     if kept is not None:
-        theta = ops.where(ops.expand_dims(kf > 0, 1), theta, zero) + kept
+        theta = ops.where(ops.expand_dims(kt > 0, 1), theta, zero) + kept
     if not np.all(k > 0):  # k = 0 zeroes the scope, protected groups too
         theta = theta * _t((k > 0).astype(np.float64).reshape(n_rows, 1), dt)
     nz = theta > 0

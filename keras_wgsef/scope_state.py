@@ -27,7 +27,7 @@ from keras_wgsef import prox_ops
 from keras_wgsef.groups.scope import GroupScope
 from keras_wgsef.sparsity import scope_norms, top_k_support
 
-__all__ = ["ScopeState", "prox_factors"]
+__all__ = ["ScopeState", "padded_norms", "prox_factors"]
 
 
 class ScopeState:
@@ -176,6 +176,23 @@ class ScopeState:
         self._nonzero.assign(nonzero)
 
 
+def padded_norms(states: Sequence[ScopeState], values: Sequence[Sequence]):
+    """The group norms of every scope as one ``(S, M)`` matrix in ``prox_ops.prox_dtype()``.
+
+    Row ``s`` holds scope ``s``'s ``m_s`` norms, then zeros up to ``M``, the largest ``m``
+    (:func:`keras_wgsef.prox_ops.padded_sq_norms`: one segment sum for every scope).
+
+    Args:
+      states: the scopes.
+      values: per scope, its variables' current values (tensors, member order).
+    """
+    width = max(st.num_groups for st in states)
+    rows = np.concatenate([np.full(len(st.members), r) for r, st in enumerate(states)])
+    members = [mb for st in states for mb in st.members]
+    sq = prox_ops.padded_sq_norms([x for vals in values for x in vals], members, rows, width)
+    return ops.sqrt(ops.cast(sq, prox_ops.prox_dtype()))
+
+
 def prox_factors(states: Sequence[ScopeState], values: Sequence[Sequence], lr, ridge: bool) -> tuple:
     """The prox factors of every scope at once (each frozen mask applied), and the group norms.
 
@@ -200,10 +217,11 @@ def prox_factors(states: Sequence[ScopeState], values: Sequence[Sequence], lr, r
     sizes = [st.num_groups for st in states]
     n, width = len(states), max(sizes)
     dt = prox_ops.prox_dtype()
-    rows = np.concatenate([np.full(len(st.members), r) for r, st in enumerate(states)])
-    members = [mb for st in states for mb in st.members]
-    sq = prox_ops.padded_sq_norms([x for vals in values for x in vals], members, rows, width)
-    norms = ops.sqrt(ops.cast(sq, dt))
+    norms = padded_norms(states, values)
+
+    def padded(row, m: int):
+        return row if m == width else ops.pad(row, ((0, width - m),))
+
     weights = np.ones((n, width))
     for r, st in enumerate(states):
         weights[r, : sizes[r]] = st.weights
@@ -215,16 +233,12 @@ def prox_factors(states: Sequence[ScopeState], values: Sequence[Sequence], lr, r
         leads = [
             ops.zeros((width,), dt)
             if st.segments is None
-            else ops.pad(prox_ops.segment_leaders(norms[r, :m], st.weights, st.segments), ((0, width - m),))
+            else padded(prox_ops.segment_leaders(norms[r, :m], st.weights, st.segments), m)
             for r, (st, m) in enumerate(zip(states, sizes))
         ]
         protect = ops.stack(leads)
     k = np.array([st.k for st in states])
     scales = prox_ops.batched_prox_scales(norms, weights, k, steps, valid, ridge=ridge, protect=protect)
     scales = ops.where(ops.expand_dims(steps > 0, 1), ops.cast(scales, "float32"), 1.0)
-    masks = [prox_ops.read(st._mask) for st in states]
-    if min(sizes) == width:
-        mask = ops.stack(masks)
-    else:
-        mask = ops.stack([ops.pad(mk, ((0, width - m),)) if m < width else mk for mk, m in zip(masks, sizes)])
+    mask = ops.stack([padded(prox_ops.read(st._mask), m) for st, m in zip(states, sizes)])
     return scales * mask, norms
