@@ -11,10 +11,11 @@ SGD this is the proximal gradient method of the paper; after Adam it is a heuris
 prox after a preconditioned step) that works in practice but carries no convergence guarantee.
 
 The optimizer owns one :class:`keras_wgsef.scope_state.ScopeState` per scope (``opt.scopes``): its
-groups, ``k``, weights ``d_j`` and variables, and four optimizer variables that checkpoints keep: ``strength``
-(``lam_s``; 0 turns the penalty off), ``mask`` (1 keeps a group, 0 pins it at zero: the frozen
-support), ``attenuation`` (the product of the prox factors since the last freeze, used to undo the
-prox's shrink of the kept groups) and ``nonzero`` (groups left nonzero by the last prox).
+groups, ``k``, weights ``d_j`` and variables, and its row of four optimizer variables that
+checkpoints keep (:class:`keras_wgsef.scope_state.ScopeTable`): ``strength`` (``lam_s``; 0 turns
+the penalty off), ``mask`` (1 keeps a group, 0 pins it at zero: the frozen support),
+``attenuation`` (the product of the prox factors since the last freeze, used to undo the prox's
+shrink of the kept groups) and ``nonzero`` (groups left nonzero by the last prox).
 Controllers (:mod:`keras_wgsef.controller`) read and drive a scope only through the methods of
 its :class:`ScopeState` (``set_strength``, ``group_norms``, ``freeze``, ...).
 
@@ -47,7 +48,7 @@ from keras_wgsef import prox_ops
 from keras_wgsef.budget.budget import Budget
 from keras_wgsef.groups.default import groups_from_paths
 from keras_wgsef.groups.scope import GroupScope, match_variables, merge_scopes
-from keras_wgsef.scope_state import ScopeState, prox_factors
+from keras_wgsef.scope_state import ScopeState, ScopeTable, prox_factors
 
 #: the Keras backends WGSEF trains on (each tested by `make test`)
 TRAINING_BACKENDS = ("tensorflow", "jax", "torch")
@@ -137,6 +138,15 @@ def _compiled_prox(opt: WGSEF) -> Any:
 
         functions[key] = prox
     return functions[key]
+
+
+def _rows(matrix, sizes: Sequence[int]) -> list:
+    """The first ``sizes[r]`` entries of each row ``r`` of an ``(S, M)`` tensor, by one split."""
+    width = int(matrix.shape[1])
+    if len(sizes) == 1:
+        return [matrix[0] if sizes[0] == width else matrix[0, : sizes[0]]]
+    cuts = [c for r, m in enumerate(sizes) for c in (r * width + m, (r + 1) * width)][:-1]
+    return ops.split(ops.reshape(matrix, (-1,)), cuts)[::2]
 
 
 @keras.saving.register_keras_serializable(package="keras_wgsef")
@@ -318,7 +328,8 @@ class WGSEF(keras.optimizers.Optimizer):
         scopes, by_member = self._resolve_scopes(var_list)
         shapes = {p: tuple(v.shape) for p, v in by_member.items()}
         self.scopes = []
-        for i, s in enumerate(scopes):
+        resolved = []
+        for s in scopes:
             if self.budget is not None:  # provisional until bind(): the plan sets k and the weights
                 k = self.plan.k if self.plan is not None else max(1, s.num_groups // 2)
             else:
@@ -329,18 +340,24 @@ class WGSEF(keras.optimizers.Optimizer):
                     f"a global budget of k = {k} groups over {layers} layers cannot keep one group per layer "
                     f"(scope {s.name!r}); use k between {layers} and {s.num_groups}, or envelope='layer'."
                 )
-            lam0 = float(_lookup(self.lam, s.name, "lam"))
-            m = s.num_groups
-            state = (
-                self.add_variable(
-                    (), initializer=keras.initializers.Constant(lam0), dtype="float32", name=f"strength_{i}"
-                ),
-                self.add_variable((m,), initializer="ones", dtype="float32", name=f"mask_{i}"),
-                self.add_variable((m,), initializer="ones", dtype="float32", name=f"attenuation_{i}"),
-                self.add_variable((), initializer=keras.initializers.Constant(m), dtype="int32", name=f"nonzero_{i}"),
-            )
+            resolved.append((s, k, float(_lookup(self.lam, s.name, "lam"))))
+        sizes = [s.num_groups for s in scopes]
+        shape = (len(scopes), max(sizes))
+
+        def values(array):  # an initializer (no assignment: build may run inside a traced step)
+            return lambda shape, dtype=None: ops.convert_to_tensor(array, dtype)
+
+        table = ScopeTable(
+            strength=self.add_variable(
+                shape[:1], initializer=values([lam0 for _, _, lam0 in resolved]), dtype="float32", name="strength"
+            ),
+            mask=self.add_variable(shape, initializer="ones", dtype="float32", name="mask"),
+            attenuation=self.add_variable(shape, initializer="ones", dtype="float32", name="attenuation"),
+            nonzero=self.add_variable(shape[:1], initializer=values(sizes), dtype="int32", name="nonzero"),
+        )
+        for row, (s, k, _) in enumerate(resolved):
             variables = [by_member[p] for p in s.paths]
-            self.scopes.append(ScopeState(s, k, s.resolved_weights(shapes), variables, state))
+            self.scopes.append(ScopeState(s, k, s.resolved_weights(shapes), variables, table, row))
         self._skipped = self.add_variable((), initializer="zeros", dtype="int32", name="skipped_steps")
         # the step of the last learning-rate rewind (0: none): an optimizer variable, so checkpointed
         self._rewind_step = self.add_variable((), initializer="zeros", dtype="int32", name="rewind_step")
@@ -426,21 +443,30 @@ class WGSEF(keras.optimizers.Optimizer):
             var.assign(value)
 
     def check_finite(self, grads):
-        """True when every gradient is finite, as a boolean tensor: one sum per gradient, one check.
+        """True when every gradient is finite, as a boolean tensor: one sum for all of them, one check.
 
         A NaN or an infinity makes a sum non-finite, and so does a sum past the float32 range
-        (entries near 1e38: a step no model survives, skipped alike). Two operations per gradient
-        fewer than an element-wise check, which a small model's step time notices.
+        (entries near 1e38: a step no model survives, skipped alike). The small gradients (up to
+        ``prox_ops.SMALL_TENSOR`` entries, where copying costs less than an operation) are summed
+        together after one concatenation, the large ones one by one: on a small model each
+        operation costs a few microseconds, whatever its size.
         """
-        sums = []
+        small, sums = [], []
         for g in grads:
             if g is None:
                 continue
             if type(g).__name__ == "IndexedSlices":  # TensorFlow's sparse gradient: the rows it holds
                 g = g.values
-            float32 = keras.backend.standardize_dtype(g.dtype) == "float32"
-            sums.append(ops.sum(g if float32 else ops.cast(g, "float32")))
-        return ops.isfinite(ops.sum(ops.stack(sums)))
+            if keras.backend.standardize_dtype(g.dtype) != "float32":
+                g = ops.cast(g, "float32")
+            shape = tuple(g.shape)
+            if None not in shape and int(np.prod(shape)) <= prox_ops.SMALL_TENSOR:
+                small.append(g if len(shape) == 1 else ops.reshape(g, (-1,)))
+            else:
+                sums.append(ops.sum(g))
+        if small:
+            sums.append(ops.sum(ops.concatenate(small) if len(small) > 1 else small[0]))
+        return ops.isfinite(ops.sum(ops.stack(sums)) if len(sums) > 1 else sums[0])
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         """New values of the model's and the optimizer's variables after one step; nothing is assigned.
@@ -496,7 +522,7 @@ class WGSEF(keras.optimizers.Optimizer):
             inner_step()
         else:
             ops.cond(finite, inner_step, self._handle_non_finite)
-            lr = lr * ops.cast(finite, dt)
+            lr = ops.where(finite, lr, 0.0)
         if before is not None:  # accumulating: the prox runs exactly when the inner update fired
             lr = lr * ops.cast(ops.greater(ops.convert_to_tensor(inner.iterations), before), dt)
         self._apply_prox(lr)
@@ -555,16 +581,55 @@ class WGSEF(keras.optimizers.Optimizer):
     def _prox_assign(self, lr, assign) -> None:
         """The prox of every scope: ``assign(var, value, factor)`` writes ``value * factor`` to each variable."""
         values = [[prox_ops.read(v) for v in state.variables] for state in self.scopes]
-        scales, norms = prox_factors(self.scopes, values, lr, self.ridge)  # one batched prox for every scope
-        nonzero = ops.sum(ops.cast((scales > 0) & (norms > 0), "int32"), axis=1)
-        width = int(scales.shape[1])
-        for r, state in enumerate(self.scopes):
-            m = state.num_groups
-            row = scales[r] if m == width else scales[r, :m]
-            for var, value, mb in zip(state.variables, values[r], state.members):
+        scales = prox_factors(self.scopes, values, lr, self.ridge)  # one batched prox for every scope
+        rows = _rows(scales, [s.num_groups for s in self.scopes])
+        for state, row, scope_values in zip(self.scopes, rows, values):
+            for var, value, mb in zip(state.variables, scope_values, state.members):
                 factor = prox_ops.expand_scales(row, tuple(var.shape), mb.axis, mb.index)
                 assign(var, value, factor if var.dtype == "float32" else ops.cast(factor, var.dtype))
-            state._record(row, nonzero[r])
+        # a positive factor is a group left nonzero
+        self.scopes[0].table.record(scales, ops.sum(ops.cast(scales > 0, "int32"), axis=1))
+
+    # --------------------------------------------------------------- loading
+    def load_own_variables(self, store) -> None:
+        """Loads a checkpoint, including one written with per-scope optimizer state.
+
+        Until the :class:`ScopeTable` (keras-wgsef 0.2.0.dev0 up to commit ba8e910) each scope had
+        its own four variables (``strength_i``, ``mask_i``, ``attenuation_i``, ``nonzero_i``); such
+        a checkpoint is converted row by row, so its frozen masks and strengths survive (Keras
+        itself would skip the whole optimizer state with a warning: the variable counts differ).
+        """
+        super().load_own_variables(self._current_layout(store))
+
+    def _current_layout(self, store) -> Any:
+        """``store`` as this version lays it out: per-scope state becomes the table's rows."""
+        if not self.scopes:
+            return store
+        table, own, n = self.scopes[0].table, self.variables, len(self.scopes)
+        first = next(i for i, v in enumerate(own) if v is table.strength)
+        count = len(store.keys())
+        if count != len(own) + 4 * (n - 1) or np.ndim(store[str(first)]) != 0:
+            return store  # this version's layout (or a mismatch Keras reports)
+        old = [np.asarray(store[str(i)]) for i in range(count)]
+        per_scope = old[first : first + 4 * n]
+        mask = np.ones(tuple(table.mask.shape), "float32")
+        attenuation = np.ones_like(mask)
+        for r, state in enumerate(self.scopes):
+            saved_rows = ((mask, per_scope[4 * r + 1], "mask"), (attenuation, per_scope[4 * r + 2], "attenuation"))
+            for array, saved, what in saved_rows:
+                if saved.shape != (state.num_groups,):
+                    raise ValueError(
+                        f"the checkpoint's {what} of scope {r} has shape {saved.shape}, but scope {state.name!r} has "
+                        f"{state.num_groups} groups: it was saved from another model or other groups."
+                    )
+                array[r, : state.num_groups] = saved
+        rows = [
+            np.array([per_scope[4 * r] for r in range(n)], "float32"),
+            mask,
+            attenuation,
+            np.array([per_scope[4 * r + 3] for r in range(n)], "int32"),
+        ]
+        return {str(i): v for i, v in enumerate(old[:first] + rows + old[first + 4 * n :])}
 
     # ------------------------------------------------------------- forwarding
     @property

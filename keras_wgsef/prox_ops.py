@@ -27,6 +27,7 @@ import numpy as np
 from keras import ops
 
 __all__ = [
+    "SMALL_TENSOR",
     "batched_prox_scales",
     "expand_scales",
     "group_sq_norms",
@@ -84,7 +85,9 @@ def prox_scales(a, d, k: int, lam, ridge: bool = True, protect=None):
 DENSE_PHI_LIMIT = 1 << 21
 
 
-def batched_prox_scales(a, d, k: np.ndarray, lam, valid: np.ndarray, ridge: bool = True, protect=None):
+def batched_prox_scales(
+    a, d, k: np.ndarray, lam, valid: np.ndarray, ridge: bool = True, protect=None, *, zero_padded: bool = False
+):
     """The prox factors of S scopes at once, each row its own ``k``, weights and strength.
 
     Row ``s`` holds scope ``s``'s ``m_s`` groups in its first ``m_s`` columns (``valid``) and
@@ -107,9 +110,13 @@ def batched_prox_scales(a, d, k: np.ndarray, lam, valid: np.ndarray, ridge: bool
       valid: NumPy bool ``(S, M)``, True on each scope's groups.
       ridge: as in :func:`prox_scales`.
       protect: optional float64 0/1 ``(S, M)``, as in :func:`prox_scales`.
+      zero_padded: True when ``a`` already holds 0 on the padding (norms from
+        :func:`padded_sq_norms`): one operation fewer.
 
     Returns:
-      float64 ``(S, M)``: ``s_j = theta_j / (theta_j + lam_s d_j)`` per scope, 0 on the padding.
+      float64 ``(S, M)``: ``s_j = theta_j / (theta_j + lam_s d_j)`` per scope (for a scope with
+      ``lam_s = 0``, the identity: 1 on its groups with a nonzero norm), 0 on the padding and on
+      groups whose norm is 0: a factor is positive exactly where a nonzero group remains.
 
     Example:
       >>> a = np.array([[np.sqrt(5.), .5, np.sqrt(10.), .2], [3., 1., 0., 0.]])
@@ -124,7 +131,7 @@ def batched_prox_scales(a, d, k: np.ndarray, lam, valid: np.ndarray, ridge: bool
     n_rows, m = valid.shape
     k = np.asarray(k, np.int64).reshape(n_rows)
     a = _t(a, dt)
-    if not valid.all():  # the padding is not a group, whatever it holds
+    if not (valid.all() or zero_padded):  # the padding is not a group, whatever it holds
         a = ops.where(ops.convert_to_tensor(valid), a, ops.zeros_like(a))
     if isinstance(d, (np.ndarray, list, tuple)):  # constants: folded when the step is traced
         d_np = np.where(valid, np.asarray(d, np.float64), 1.0)
@@ -132,8 +139,10 @@ def batched_prox_scales(a, d, k: np.ndarray, lam, valid: np.ndarray, ridge: bool
     else:
         d = ops.where(ops.convert_to_tensor(valid), _t(d, dt), 1.0)
         sqrt_d = ops.sqrt(d)
-    L = ops.reshape(_t(lam, dt), (n_rows, 1)) * d
-    pos = a > 0
+    lam_col = ops.reshape(_t(lam, dt), (n_rows, 1))
+    L = lam_col * d
+    c = sqrt_d * a
+    pos = c > 0  # as the NumPy reference: a norm whose c underflows to 0 is no group
     kt = _t(k.astype(np.float64), dt)  # the groups the envelope chooses
     kept = None
     if protect is not None:
@@ -141,11 +150,15 @@ def batched_prox_scales(a, d, k: np.ndarray, lam, valid: np.ndarray, ridge: bool
         pos = pos & (kept == 0)
         kt = kt - ops.sum(kept, axis=1)
     posf = ops.cast(pos, dt)
-    # c_j = 0 off the envelope's groups (norm 0, padding, protected): they add nothing to phi
-    c = sqrt_d * a if kept is None else sqrt_d * a * posf
+    if kept is not None:  # c_j = 0 off the envelope's groups (norm 0, padding, protected): no part of phi
+        c = c * posf
     zero = ops.zeros_like(c)
-    lo = ops.where(pos, L / c, zero)  # 0 off the groups (a breakpoint where phi = 0 < k: harmless)
-    hi = ops.where(pos, (1.0 + L) / c, zero)
+    inv_c = ops.where(pos, 1.0 / c, zero)
+    lo = L * inv_c  # 0 off the groups (a breakpoint where phi = 0 < k: harmless)
+    hi = lo + inv_c
+    k_col = ops.expand_dims(kt, 1)
+    # rows where phi never reaches k (npos <= k: every group stays, set below) get a finite bracket
+    far = float(np.finfo(dt).max)
 
     def phi(alpha):
         """phi of every row at its own alpha (sums of nonnegative terms: no cancellation)."""
@@ -158,16 +171,17 @@ def batched_prox_scales(a, d, k: np.ndarray, lam, valid: np.ndarray, ridge: bool
         bs = ops.concatenate([lo, hi], axis=1)
         # b_i c_j as a batched outer product: a matmul is several times faster than a two-sided
         # broadcast, and with one term it rounds the same; float64 only (float32 matmuls may run
-        # in TF32 on GPUs)
-        if dt == "float64":
+        # in TF32 on GPUs), and not under torch, where Keras' matmul returns float32 for float64
+        if dt == "float64" and keras.backend.backend() != "torch":
             x = ops.matmul(ops.stack([bs, -ops.ones_like(bs)], axis=2), ops.stack([c, L], axis=1))
         else:
             x = ops.expand_dims(bs, 2) * ops.expand_dims(c, 1) - ops.expand_dims(L, 1)
         phi_all = ops.sum(ops.clip(x, 0.0, 1.0), axis=2)
-        below = phi_all < ops.expand_dims(kt, 1)
-        a_lo = ops.max(ops.where(below, bs, ops.zeros_like(bs)), axis=1)
-        # inf when no breakpoint reaches k (npos <= k: every group stays, set below)
-        a_hi = ops.min(ops.where(below, ops.full_like(bs, np.inf), bs), axis=1)
+        below = phi_all < k_col
+        a_lo = ops.max(ops.where(below, bs, 0.0), axis=1)
+        phi_lo = ops.max(ops.where(below, phi_all, 0.0), axis=1)
+        a_hi = ops.min(ops.where(below, far, bs), axis=1)
+        phi_hi = ops.min(ops.where(below, float(m + 1), phi_all), axis=1)  # phi <= m
     else:
         # Bisection over each row's sorted breakpoints (the 2 npos finite ones first) for the
         # first index i with phi(b_i) >= k; a fixed number of halvings keeps the graph static (XLA).
@@ -187,33 +201,31 @@ def batched_prox_scales(a, d, k: np.ndarray, lam, valid: np.ndarray, ridge: bool
             hi_i = ops.where(open_ & above, mid_i, hi_i)
             lo_i = ops.where(open_ & ~above, mid_i, lo_i)
         a_lo = ops.where(lo_i < 0, ops.zeros((n_rows,), dt), at(lo_i))
+        phi_lo = phi(a_lo)
         a_hi = at(hi_i)
-    # No breakpoint lies strictly inside (a_lo, a_hi): the midpoint classifies every group as
-    # saturated, linear or zero on the bracket, and phi is linear there.
-    mid = ops.expand_dims(0.5 * (a_lo + a_hi), 1)
-    n_sat = ops.sum(ops.cast((hi <= mid) & pos, dt), axis=1)
-    lin = ops.cast((lo <= mid) & (hi > mid), dt)  # off the groups lo = hi = 0 < mid: never linear
-    slope = ops.sum(lin * c, axis=1)
-    offset = ops.sum(lin * L, axis=1)
-    has_slope = slope > 0
-    alpha = (kt - n_sat + offset) / ops.where(has_slope, slope, ops.ones_like(slope))
-    # slope 0: phi is flat on the bracket (only rounding kept phi(a_lo) below k): its left end,
-    # where the groups starting at a_hi are still exactly zero
-    alpha = ops.where(has_slope, ops.clip(alpha, a_lo, a_hi), a_lo)
+        a_hi = ops.where(a_hi < far, a_hi, far)  # inf: no group at all
+        phi_hi = phi(a_hi)
+    # No breakpoint lies strictly inside (a_lo, a_hi) and phi is linear there: interpolate
+    # (phi_lo < k <= phi_hi, so the fraction is in (0, 1]; from a_lo, where the groups that
+    # start there must come out exactly zero)
+    alpha = a_lo + (kt - phi_lo) / (phi_hi - phi_lo) * (a_hi - a_lo)
     raw = ops.expand_dims(alpha, 1) * c - L  # -L <= 0 off the groups
     # a group whose breakpoint is the root is exactly zero (raw there is a few ulps of L_j)
     snap = 8 * float(np.finfo(dt).eps) * (1.0 + L)
-    theta = ops.where(raw <= snap, zero, ops.minimum(raw, 1.0))
+    theta = ops.where(raw <= snap, zero, _at_most_one(raw))
     every = ops.expand_dims(ops.sum(posf, axis=1) <= kt, 1)  # npos <= k: all of them stay
     theta = ops.where(every, posf, theta)
-    if kept is not None:
-        theta = ops.where(ops.expand_dims(kt > 0, 1), theta, zero) + kept
-    if not np.all(k > 0):  # k = 0 zeroes the scope, protected groups too
-        theta = theta * _t((k > 0).astype(np.float64).reshape(n_rows, 1), dt)
-    nz = theta > 0
-    scale = ops.where(nz, theta / (theta + L), zero)
+    if kept is not None:  # k - p <= 0 (phi's bracket is then meaningless): only the protected stay
+        theta = ops.where(k_col > 0, theta, zero) + kept
+    # lam = 0 is the identity: factor 1 on the groups with a nonzero norm (0 on the others, which
+    # are zero anyway, and on the padding, so that factor > 0 always means a nonzero group left);
+    # otherwise theta = 0 gives exactly 0 (L > 0); the 0/0 of a lam = 0 row is never selected
+    identity = posf if kept is None else posf + kept
+    scale = ops.where(lam_col > 0, theta / (theta + L), identity)
     if not ridge:
         scale = ops.where(theta >= 1.0, ops.ones_like(scale), scale)
+    if not np.all(k > 0):  # k = 0 zeroes the scope, protected groups too
+        scale = ops.where(ops.convert_to_tensor((k > 0).reshape(n_rows, 1)), scale, zero)
     return scale
 
 
@@ -275,6 +287,13 @@ def read(variable):
     return value
 
 
+def _at_most_one(x):
+    """``min(x, 1)`` in ``x``'s dtype on every backend (Keras' torch ``minimum`` returns float32 for float64)."""
+    if keras.backend.backend() == "torch":
+        return ops.where(x < 1.0, x, 1.0)
+    return ops.minimum(x, 1.0)
+
+
 def _t(x, dt: str):
     """``x`` as a tensor of ``dt`` (NumPy and Python numbers converted directly, never via float64)."""
     if isinstance(x, (np.ndarray, np.generic, float, int)):
@@ -315,14 +334,19 @@ def group_sq_norms(values, axes, indices, num_groups: int):
     return total
 
 
+#: tensors up to this many entries are concatenated rather than reduced one by one (copying
+#: 64 KB costs less than one more operation, a few microseconds on a small model's step)
+SMALL_TENSOR = 1 << 14
+
+
 def padded_sq_norms(values, members, rows: np.ndarray, width: int):
     """Sums of squares of every scope's groups as one ``(S, width)`` matrix (zero padding), float32.
 
-    Each member contributes one vector: its squared entries (a 1-D member or an element-wise
-    index) or their sums over every axis but the group axis, and one segment sum maps them all to
-    ``row * width + group``. The op count is one segment sum plus two ops per multi-dimensional
-    member, whatever the number of scopes. Sums run in float32 (float64 when a variable is);
-    the prox casts the result.
+    The small members (up to :data:`SMALL_TENSOR` entries) are flattened into one vector and
+    squared together, each entry labelled ``row * width + group``; a large member contributes the
+    sums of its squares over every axis but the group axis. One segment sum then adds everything
+    up: on a small model, a handful of operations whatever the number of scopes and members.
+    Sums run in float32 (float64 when a variable is); the prox casts the result.
 
     Args:
       values: the members' current values (tensors), in ``members`` order.
@@ -340,28 +364,34 @@ def padded_sq_norms(values, members, rows: np.ndarray, width: int):
     values = [ops.convert_to_tensor(x) for x in values]
     dtypes = [keras.backend.standardize_dtype(x.dtype) for x in values]
     acc = "float64" if "float64" in dtypes else "float32"
-    raw, raw_ids, summed, summed_ids = [], [], [], []
+    flat, flat_ids, summed, summed_ids = [], [], [], []
     for x, dtype, mb, row in zip(values, dtypes, members, rows):
         if dtype != acc:
             x = ops.cast(x, acc)
         index = np.asarray(mb.index)
         base = int(row) * width
-        rank = len(x.shape)
-        if mb.axis is None or rank == 1:  # one entry per index: square them together below
-            raw.append(ops.reshape(x, (-1,)) if rank != 1 else x)
-            raw_ids.append(base + index.reshape(-1))
+        shape = tuple(int(n) for n in x.shape)
+        rank = len(shape)
+        if mb.axis is None or rank == 1:  # one group index per entry
+            flat.append(ops.reshape(x, (-1,)) if rank != 1 else x)
+            flat_ids.append(base + index.reshape(-1))
             continue
         ax = mb.axis % rank
+        if int(np.prod(shape)) <= SMALL_TENSOR:  # each entry labelled with its slice's group
+            labels = np.reshape(index, [len(index) if i == ax else 1 for i in range(rank)])
+            flat.append(ops.reshape(x, (-1,)))
+            flat_ids.append(base + np.broadcast_to(labels, shape).reshape(-1))
+            continue
         summed.append(ops.sum(ops.square(x), axis=tuple(i for i in range(rank) if i != ax)))
         summed_ids.append(base + index)
     pieces = []
-    if raw:
-        pieces.append(ops.square(ops.concatenate(raw) if len(raw) > 1 else raw[0]))
+    if flat:
+        pieces.append(ops.square(ops.concatenate(flat) if len(flat) > 1 else flat[0]))
     pieces += summed
-    flat = ops.concatenate(pieces) if len(pieces) > 1 else pieces[0]
-    ids = np.concatenate(raw_ids + summed_ids).astype(np.int32)
+    squares = ops.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+    ids = np.concatenate(flat_ids + summed_ids).astype(np.int32)
     n_rows = int(np.max(rows)) + 1
-    total = ops.segment_sum(flat, ops.convert_to_tensor(ids, "int32"), num_segments=n_rows * width)
+    total = ops.segment_sum(squares, ops.convert_to_tensor(ids, "int32"), num_segments=n_rows * width)
     return ops.reshape(total, (n_rows, width))
 
 

@@ -18,6 +18,8 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -27,15 +29,41 @@ from keras_wgsef import prox_ops
 from keras_wgsef.groups.scope import GroupScope
 from keras_wgsef.sparsity import scope_norms, top_k_support
 
-__all__ = ["ScopeState", "padded_norms", "prox_factors"]
+__all__ = ["ScopeState", "ScopeTable", "padded_norms", "prox_factors"]
+
+
+@dataclass(frozen=True)
+class ScopeTable:
+    """The optimizer state of every scope, one row per scope (saved with the optimizer).
+
+    One variable per kind rather than per scope: the prox step reads and writes each once, so its
+    number of operations does not grow with the number of scopes. Row ``s`` belongs to scope
+    ``s``; a scope with ``m_s`` groups uses the first ``m_s`` columns (the rest is padding).
+
+    Attributes:
+      strength: ``(S,)`` float32, ``lam_s`` (0: penalty off).
+      mask: ``(S, M)`` float32, 1 keeps a group, 0 pins it at zero (the frozen support).
+      attenuation: ``(S, M)`` float32, the product of the prox factors since the last freeze.
+      nonzero: ``(S,)`` int32, the groups left nonzero by the last prox step.
+    """
+
+    strength: Any
+    mask: Any
+    attenuation: Any
+    nonzero: Any
+
+    def record(self, scales, nonzero) -> None:
+        """After a prox step: its factors ``(S, M)`` (float32) and the nonzero groups per scope ``(S,)``."""
+        self.attenuation.assign(prox_ops.read(self.attenuation) * scales)
+        self.nonzero.assign(nonzero)
 
 
 class ScopeState:
     """One envelope of a built :class:`WGSEF` optimizer: its groups, k, weights, variables and state.
 
     Read it through the properties; change it only through :meth:`set_strength` and
-    :meth:`freeze` (what controllers do). The four optimizer variables it holds are saved with the
-    optimizer, so a checkpoint restores them.
+    :meth:`freeze` (what controllers do). Its state is row ``row`` of the optimizer's
+    :class:`ScopeTable`, saved with the optimizer, so a checkpoint restores it.
 
     Attributes:
       scope: the :class:`GroupScope` (members, labels, segments of a merged global scope).
@@ -50,13 +78,15 @@ class ScopeState:
         k: int,
         weights: np.ndarray,
         variables: Sequence[keras.Variable],
-        state: tuple[keras.Variable, keras.Variable, keras.Variable, keras.Variable],
+        table: ScopeTable,
+        row: int,
     ) -> None:
         self.scope = scope
         self.k = int(k)
         self.weights = np.asarray(weights, dtype=np.float64)
         self.variables = list(variables)
-        self._strength, self._mask, self._attenuation, self._nonzero = state
+        self.table = table
+        self.row = int(row)
 
     # ---------------------------------------------------------------- read
     @property
@@ -75,15 +105,29 @@ class ScopeState:
     def segments(self) -> np.ndarray | None:
         return self.scope.segments
 
+    def _get(self, variable) -> np.ndarray:
+        """This scope's row of one of the table's variables (NumPy; its m groups for a matrix)."""
+        row = np.asarray(keras.ops.convert_to_numpy(variable))[self.row]
+        return row[: self.num_groups] if row.ndim else row
+
+    def _set(self, variable, value) -> None:
+        """Writes this scope's row of one of the table's variables, the other rows unchanged."""
+        full = np.array(keras.ops.convert_to_numpy(variable))
+        if full.ndim == 2:
+            full[self.row, : self.num_groups] = value
+        else:
+            full[self.row] = value
+        variable.assign(full)
+
     @property
     def strength(self) -> float:
         """``lam_s``: the prox step is ``learning_rate * strength``; 0 means the penalty is off."""
-        return float(keras.ops.convert_to_numpy(self._strength))
+        return float(self._get(self.table.strength))
 
     @property
     def mask(self) -> np.ndarray:
         """1 for a group that may be nonzero, 0 for a group pinned at zero (float32, length m)."""
-        return np.asarray(keras.ops.convert_to_numpy(self._mask))
+        return self._get(self.table.mask)
 
     @property
     def frozen(self) -> bool:
@@ -93,11 +137,11 @@ class ScopeState:
     @property
     def attenuation(self) -> np.ndarray:
         """Product of the prox factors of each group since the last freeze (float32, length m)."""
-        return np.asarray(keras.ops.convert_to_numpy(self._attenuation))
+        return self._get(self.table.attenuation)
 
     def nonzero_count(self) -> int:
         """Groups left nonzero by the last prox step (m before the first step)."""
-        return int(keras.ops.convert_to_numpy(self._nonzero))
+        return int(self._get(self.table.nonzero))
 
     def values(self) -> dict[str, np.ndarray]:
         """``{member path: current value}`` (NumPy)."""
@@ -134,7 +178,7 @@ class ScopeState:
         """Sets ``lam_s`` (``>= 0``)."""
         if not (np.isfinite(value) and value >= 0):
             raise ValueError(f"strength of scope {self.name!r} must be a finite number >= 0, got {value!r}.")
-        self._strength.assign(float(value))
+        self._set(self.table.strength, float(value))
 
     def freeze(self, support: np.ndarray, undo_cap: float = 1.0) -> None:
         """Projects the scope onto ``support``, pins it there and turns the penalty off.
@@ -163,17 +207,11 @@ class ScopeState:
             x = np.asarray(keras.ops.convert_to_numpy(var))
             f = keras.ops.convert_to_numpy(prox_ops.expand_scales(factor, x.shape, mb.axis, mb.index))
             var.assign((x * f).astype(x.dtype))
-        self._mask.assign(keep.astype("float32"))
-        self._attenuation.assign(np.ones(self.num_groups, "float32"))
-        self._strength.assign(0.0)
-        self._nonzero.assign(int(keep.sum()))
+        self._set(self.table.mask, keep.astype("float32"))
+        self._set(self.table.attenuation, 1.0)
+        self._set(self.table.strength, 0.0)
+        self._set(self.table.nonzero, int(keep.sum()))
         self.k = int(keep.sum())
-
-    # ------------------------------------------------------- used by the step
-    def _record(self, scales, nonzero) -> None:
-        """After a prox step: the step's factors (float32, length m) and the nonzero groups left."""
-        self._attenuation.assign(prox_ops.read(self._attenuation) * scales)
-        self._nonzero.assign(nonzero)
 
 
 def padded_norms(states: Sequence[ScopeState], values: Sequence[Sequence]):
@@ -193,8 +231,8 @@ def padded_norms(states: Sequence[ScopeState], values: Sequence[Sequence]):
     return ops.sqrt(ops.cast(sq, prox_ops.prox_dtype()))
 
 
-def prox_factors(states: Sequence[ScopeState], values: Sequence[Sequence], lr, ridge: bool) -> tuple:
-    """The prox factors of every scope at once (each frozen mask applied), and the group norms.
+def prox_factors(states: Sequence[ScopeState], values: Sequence[Sequence], lr, ridge: bool) -> Any:
+    """The prox factors of every scope at once, each frozen mask applied.
 
     The group norms of all scopes form one ``(S, M)`` matrix (row ``s``: scope ``s``'s ``m_s``
     groups, then zero padding; :func:`keras_wgsef.prox_ops.padded_sq_norms`, one segment sum) and
@@ -202,7 +240,7 @@ def prox_factors(states: Sequence[ScopeState], values: Sequence[Sequence], lr, r
     weights ``d_j`` and step ``lr * lam_s``; a global scope's layer leaders are protected as in
     the single-scope prox. The number of prox operations is the same for 1 scope or 100; only
     the per-variable reductions grow with the variables. A scope whose strength is 0 (warm-up,
-    fine-tuning) keeps factor 1 (then its mask).
+    fine-tuning) keeps factor 1 on its nonzero groups (then its mask).
 
     Args:
       states: the scopes.
@@ -211,11 +249,14 @@ def prox_factors(states: Sequence[ScopeState], values: Sequence[Sequence], lr, r
       ridge: as in :func:`keras_wgsef.prox_ops.prox_scales`.
 
     Returns:
-      ``(scales, norms)``, both ``(S, M)``: the float32 factors (0 on the padding) and the group
-      norms (``prox_ops.prox_dtype()``); row ``s``'s first ``m_s`` entries belong to scope ``s``.
+      ``(S, M)`` float32 factors, positive exactly on the groups left nonzero (0 on the padding);
+      row ``s``'s first ``m_s`` entries belong to scope ``s``.
     """
     sizes = [st.num_groups for st in states]
     n, width = len(states), max(sizes)
+    table = states[0].table
+    if [st.row for st in states] != list(range(n)) or any(st.table is not table for st in states):
+        raise ValueError("prox_factors needs every scope of one optimizer, in its order (rows 0..S-1 of one table).")
     dt = prox_ops.prox_dtype()
     norms = padded_norms(states, values)
 
@@ -226,7 +267,7 @@ def prox_factors(states: Sequence[ScopeState], values: Sequence[Sequence], lr, r
     for r, st in enumerate(states):
         weights[r, : sizes[r]] = st.weights
     valid = np.arange(width)[None, :] < np.array(sizes)[:, None]
-    steps = ops.cast(lr, dt) * ops.cast(ops.stack([prox_ops.read(st._strength) for st in states]), dt)
+    steps = ops.cast(lr, dt) * ops.cast(prox_ops.read(table.strength), dt)
     protect = None
     if any(st.segments is not None for st in states):
         # a global budget keeps each layer's best group: no layer is emptied (disconnected)
@@ -238,7 +279,7 @@ def prox_factors(states: Sequence[ScopeState], values: Sequence[Sequence], lr, r
         ]
         protect = ops.stack(leads)
     k = np.array([st.k for st in states])
-    scales = prox_ops.batched_prox_scales(norms, weights, k, steps, valid, ridge=ridge, protect=protect)
-    scales = ops.where(ops.expand_dims(steps > 0, 1), ops.cast(scales, "float32"), 1.0)
-    mask = ops.stack([padded(prox_ops.read(st._mask), m) for st, m in zip(states, sizes)])
-    return scales * mask, norms
+    scales = prox_ops.batched_prox_scales(
+        norms, weights, k, steps, valid, ridge=ridge, protect=protect, zero_padded=True
+    )
+    return ops.cast(scales, "float32") * prox_ops.read(table.mask)

@@ -70,7 +70,7 @@ def test_freeze_scope_keeps_top_k_by_weighted_norm_and_undoes_shrink():
     values = {p: v.numpy() for p, v in model_weights(model).items()}
     norms = scope_norms(state.scope, values)
     expected = set(np.argsort(-norms)[:2].tolist())
-    state._attenuation.assign(np.full(12, 0.5, "float32"))  # as if the prox had halved every group
+    state._set(state.table.attenuation, 0.5)  # as if the prox had halved every group
     before = {p: v.numpy().copy() for p, v in model_weights(model).items()}
     keep = state.top_k_support()
     state.freeze(keep, undo_cap=10.0)
