@@ -489,6 +489,9 @@ def one_random_graph(ops, widths, head, frac, partial, seed):
         rng = np.random.default_rng(seed + 1)
         for s in scopes:
             zero_groups(m, s, np.flatnonzero(rng.random(s.num_groups) < 0.3), kernel_only=True)
+        # ... unless no consumer reads them any more (every kernel slice reading a producer's
+        # channels zeroed): shrink then removes those unread channels too, down to one
+        kept = {name: (1, high) for name, (_, high) in kept.items()}
     before = snapshot(m)
     try:
         new = shrink(m)
@@ -506,26 +509,50 @@ def one_random_graph(ops, widths, head, frac, partial, seed):
     assert count_params(new)["total"] <= count_params(m)["total"]
 
 
-def _property(examples: int, explicit: bool = True):
+def _property(examples: int, explicit: bool = True, derandomize: bool = False):
     """``one_random_graph`` as a Hypothesis test over ``examples`` graphs (plus the explicit one)."""
     test = given(**GRAPHS)(one_random_graph)
     if explicit:
         test = example(**EXPLICIT)(test)
-    return settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])(test)
+    return settings(
+        max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=derandomize
+    )(test)
 
 
-def _run_property(examples: int) -> dict[str, int]:
+def _run_property(examples: int, derandomize: bool = False) -> dict[str, int]:
     REFUSALS.update(graphs=0, refused=0)
-    _property(examples)()
+    _property(examples, derandomize=derandomize)()
     print(f"random graphs: {REFUSALS['graphs']} shrunk or refused, {REFUSALS['refused']} refused")
     assert REFUSALS["refused"] <= MAX_REFUSED * REFUSALS["graphs"], REFUSALS
     return dict(REFUSALS)
 
 
 def test_random_graphs_shrink_to_an_equal_model():
-    """The property over random graphs, with the refusals counted: it cannot pass by refusing everything."""
-    counts = _run_property(int(os.environ.get("WGSEF_HYPOTHESIS_EXAMPLES", "18")))
+    """The property over random graphs, with the refusals counted: it cannot pass by refusing everything.
+
+    The same graphs on every run (derandomized: the suite is what CI runs); the slow suite's 520
+    graphs are drawn anew each time, to find what these do not.
+    """
+    counts = _run_property(int(os.environ.get("WGSEF_HYPOTHESIS_EXAMPLES", "18")), derandomize=True)
     assert counts["graphs"] >= 10, counts
+
+
+def test_a_producer_whose_channels_nobody_reads_shrinks_below_its_nonzero_width():
+    """Found by the random-graph property: every kernel of conv0 zeroed (one group whole, one kernel-only),
+    so no stem channel is read although both are nonzero (bias only); shrink removes them but one."""
+    one_random_graph(ops=["conv_bn"], widths=[2, 2, 2, 2, 2], head="gap", frac=0.5, partial=True, seed=1)
+    m = build_random_graph(["conv_bn"], [2, 2, 2, 2, 2], "gap")
+    randomize(m, 1)
+    scopes = make_groups(m)
+    zero_random(m, 0.5, 1, scopes)
+    rng = np.random.default_rng(2)
+    for s in scopes:
+        zero_groups(m, s, np.flatnonzero(rng.random(s.num_groups) < 0.3), kernel_only=True)
+    assert not np.any(keras.ops.convert_to_numpy(m.get_layer("conv0").kernel))  # nothing reads the stem
+    assert np.all(keras.ops.convert_to_numpy(m.get_layer("stem").bias) != 0)  # whose channels are nonzero
+    new = shrink(m)
+    assert out_width(new, "stem") == 1
+    assert_same_outputs(m, new, sample((6, 6, 2), seed=3, n=4))
 
 
 @pytest.mark.slow
