@@ -142,9 +142,9 @@ def _compiled_prox(opt: WGSEF) -> Any:
 
 def _rows(matrix, sizes: Sequence[int]) -> list:
     """The first ``sizes[r]`` entries of each row ``r`` of an ``(S, M)`` tensor, by one split."""
+    if len(sizes) == 1:  # one scope: its row is the whole width
+        return [matrix[0]]
     width = int(matrix.shape[1])
-    if len(sizes) == 1:
-        return [matrix[0] if sizes[0] == width else matrix[0, : sizes[0]]]
     cuts = [c for r, m in enumerate(sizes) for c in (r * width + m, (r + 1) * width)][:-1]
     return ops.split(ops.reshape(matrix, (-1,)), cuts)[::2]
 
@@ -186,7 +186,7 @@ class WGSEF(keras.optimizers.Optimizer):
       xla_prox: compile the prox-and-assign of each step as one XLA cluster (TensorFlow backend,
         one replica; ignored elsewhere), at the cost of one XLA compile per model (0.3-2 s). Off
         by default: on a 2-core CPU the XLA executable runs its ~100 thunks no faster than
-        TensorFlow runs the ~150 small operations of the plain prox (profiled:
+        TensorFlow runs the ~120 small operations of the plain prox (profiled:
         ``benchmarks/overhead_breakdown.py``); it may pay off on other hosts.
     """
 
@@ -461,11 +461,11 @@ class WGSEF(keras.optimizers.Optimizer):
                 g = ops.cast(g, "float32")
             shape = tuple(g.shape)
             if None not in shape and int(np.prod(shape)) <= prox_ops.SMALL_TENSOR:
-                small.append(g if len(shape) == 1 else ops.reshape(g, (-1,)))
+                small.append(g)
             else:
                 sums.append(ops.sum(g))
         if small:
-            sums.append(ops.sum(ops.concatenate(small) if len(small) > 1 else small[0]))
+            sums.append(ops.sum(prox_ops.flat_concat(small)))
         return ops.isfinite(ops.sum(ops.stack(sums)) if len(sums) > 1 else sums[0])
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
@@ -506,7 +506,7 @@ class WGSEF(keras.optimizers.Optimizer):
         """The inner step, then the prox.
 
         With ``finite`` (a boolean tensor), only the inner step sits in a conditional on it, and
-        the prox runs either way with its step multiplied by ``finite``: a step of 0 leaves every
+        the prox runs either way with its step set to 0 unless ``finite``: a step of 0 leaves every
         factor at 1 (and frozen groups, already zero, at 0), so nothing changes, and the prox's
         operations that do not wait for the new values need not wait for the gradients' check.
         """

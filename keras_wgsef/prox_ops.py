@@ -30,6 +30,7 @@ __all__ = [
     "SMALL_TENSOR",
     "batched_prox_scales",
     "expand_scales",
+    "flat_concat",
     "group_sq_norms",
     "padded_sq_norms",
     "prox_dtype",
@@ -339,6 +340,17 @@ def group_sq_norms(values, axes, indices, num_groups: int):
 SMALL_TENSOR = 1 << 14
 
 
+def flat_concat(tensors):
+    """Every entry of ``tensors`` as one 1-D tensor: a reshape only where needed, a concatenation only for several.
+
+    Example:
+      >>> ops.convert_to_numpy(flat_concat([np.ones((2, 2)), np.zeros(3)])).tolist()
+      [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    """
+    flat = [x if len(x.shape) == 1 else ops.reshape(x, (-1,)) for x in tensors]
+    return ops.concatenate(flat) if len(flat) > 1 else flat[0]
+
+
 def padded_sq_norms(values, members, rows: np.ndarray, width: int):
     """Sums of squares of every scope's groups as one ``(S, width)`` matrix (zero padding), float32.
 
@@ -373,22 +385,18 @@ def padded_sq_norms(values, members, rows: np.ndarray, width: int):
         shape = tuple(int(n) for n in x.shape)
         rank = len(shape)
         if mb.axis is None or rank == 1:  # one group index per entry
-            flat.append(ops.reshape(x, (-1,)) if rank != 1 else x)
+            flat.append(x)
             flat_ids.append(base + index.reshape(-1))
             continue
         ax = mb.axis % rank
         if int(np.prod(shape)) <= SMALL_TENSOR:  # each entry labelled with its slice's group
             labels = np.reshape(index, [len(index) if i == ax else 1 for i in range(rank)])
-            flat.append(ops.reshape(x, (-1,)))
+            flat.append(x)
             flat_ids.append(base + np.broadcast_to(labels, shape).reshape(-1))
             continue
         summed.append(ops.sum(ops.square(x), axis=tuple(i for i in range(rank) if i != ax)))
         summed_ids.append(base + index)
-    pieces = []
-    if flat:
-        pieces.append(ops.square(ops.concatenate(flat) if len(flat) > 1 else flat[0]))
-    pieces += summed
-    squares = ops.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+    squares = flat_concat(([ops.square(flat_concat(flat))] if flat else []) + summed)
     ids = np.concatenate(flat_ids + summed_ids).astype(np.int32)
     n_rows = int(np.max(rows)) + 1
     total = ops.segment_sum(squares, ops.convert_to_tensor(ids, "int32"), num_segments=n_rows * width)
