@@ -30,7 +30,9 @@ __all__ = [
     "head_layers",
     "layer_variables",
     "matches",
+    "member_names",
     "model_weights",
+    "relative_paths",
     "walk_back",
     "weight_names",
     "weight_paths",
@@ -203,12 +205,40 @@ def _call(layer: Any, path: str, ins: list[int], g: Graph, calls: dict) -> list[
     return outs
 
 
+def relative_paths(layer: Any) -> list[str]:
+    """The path of each of a layer's weights inside the layer, in ``layer.weights`` order.
+
+    A weight the layer creates itself is its name (``"kernel"``, ``"vector_u"``); a weight of a
+    sublayer is the sublayer's name and its own relative path (``LSTM``: ``"lstm_cell/kernel"``,
+    ``TimeDistributed(Dense)``: ``"dense/kernel"``, ``Bidirectional(LSTM)``:
+    ``"forward_lstm/lstm_cell/kernel"``). It is read from the layer structure, so it is the same
+    before and after ``keras.models.load_model`` (which builds a wrapper's inner layer outside the
+    wrapper's name scope: ``variable.path`` loses the wrapper's name there) and on every backend;
+    for a freshly built layer it is ``variable.path`` without the ``layer.path + "/"`` prefix.
+
+    Example:
+      >>> import keras
+      >>> lstm = keras.layers.LSTM(3)
+      >>> _ = lstm(keras.Input((5, 2)))
+      >>> relative_paths(lstm)
+      ['lstm_cell/kernel', 'lstm_cell/recurrent_kernel', 'lstm_cell/bias']
+    """
+    inner: dict[int, str] = {}
+    # Keras tracks a layer's sublayers in ``_layers`` (no public equivalent outside keras.Model)
+    for sub in getattr(layer, "_layers", None) or []:
+        for w, rel in zip(getattr(sub, "weights", []), relative_paths(sub)):
+            inner.setdefault(id(w), f"{sub.name}/{rel}")
+    return [inner.get(id(w), w.name) for w in getattr(layer, "weights", [])]
+
+
 def weight_names(layer: Any) -> list[str]:
     """The names of a layer's weights, in ``layer.weights`` order: the shortest path suffixes that differ.
 
-    ``"kernel"``, ``"bias"``, ``"gamma"`` for most layers; a layer with sublayers whose weights share
-    a last name gets longer suffixes (``MultiHeadAttention``: ``"query/kernel"``, ``"key/kernel"``;
-    ``Bidirectional``: ``"forward_lstm/lstm_cell/kernel"``).
+    ``"kernel"``, ``"bias"``, ``"gamma"`` for most layers (also ``LSTM``'s ``"lstm_cell/kernel"``
+    is ``"kernel"``); a layer with sublayers whose weights share a last name gets longer suffixes
+    (``MultiHeadAttention``: ``"query/kernel"``, ``"key/kernel"``; ``Bidirectional``:
+    ``"forward_lstm/lstm_cell/kernel"``). The channel rules address weights by these names; group
+    members use the full :func:`relative_paths` (:func:`member_names`).
 
     Example:
       >>> import keras
@@ -217,7 +247,7 @@ def weight_names(layer: Any) -> list[str]:
       >>> weight_names(mha)[:3]
       ['query/kernel', 'query/bias', 'key/kernel']
     """
-    parts = [w.path.split("/") for w in getattr(layer, "weights", [])]
+    parts = [p.split("/") for p in relative_paths(layer)]
     for k in range(1, max((len(p) for p in parts), default=1) + 1):
         names = ["/".join(p[-k:]) for p in parts]
         if len(set(names)) == len(names):
@@ -230,18 +260,42 @@ def layer_variables(layer: Any) -> dict[str, Any]:
     return dict(zip(weight_names(layer), getattr(layer, "weights", [])))
 
 
-def weight_paths(g: Graph) -> dict[str, Any]:
-    """``{"layer/path/weight": variable}`` of every weight, named by the layer's path in the model.
+def member_names(path: str, layer: Any) -> dict[str, str]:
+    """``{weight name: member path}`` of the layer at ``path``: the one translation from the rules' names.
 
-    These are the paths of group members (:class:`keras_wgsef.groups.Member`): the layer's path
-    from :func:`flatten_model` (nested models included, the top model's own name left out) and the
-    weight's short name. Unlike ``variable.path`` they do not change on save and load.
+    A member path (:class:`keras_wgsef.groups.Member`) is the layer's path in the model and the
+    weight's :func:`relative_paths` entry, e.g. ``"kernel"`` -> ``"conv/kernel"`` and, for an
+    ``LSTM`` at ``"block/lstm"``, ``"kernel"`` -> ``"block/lstm/lstm_cell/kernel"``.
+
+    Example:
+      >>> import keras
+      >>> td = keras.layers.TimeDistributed(keras.layers.Dense(3, name="dense"), name="td")
+      >>> _ = td(keras.Input((5, 2)))
+      >>> member_names("td", td)
+      {'kernel': 'td/dense/kernel', 'bias': 'td/dense/bias'}
     """
-    return {f"{path}/{name}": w for path, layer in g.layers.items() for name, w in layer_variables(layer).items()}
+    return {name: f"{path}/{rel}" for name, rel in zip(weight_names(layer), relative_paths(layer))}
+
+
+def weight_paths(g: Graph) -> dict[str, Any]:
+    """``{member path: variable}`` of every weight of the graph: the paths of group members.
+
+    A member path is the layer's path from :func:`flatten_model` (nested models included, the top
+    model's own name left out) and the weight's path inside the layer (:func:`member_names`):
+    ``"conv/kernel"``, ``"block/conv/kernel"``, ``"lstm/lstm_cell/kernel"``, ``"td/dense/kernel"``.
+    For a top-level Functional model these are the ``variable.path`` s; unlike ``variable.path``
+    they do not change on save and load (:func:`keras_wgsef.groups.match_variables` finds the
+    variable of a member in a reloaded model, whose paths lose leading components).
+    """
+    out: dict[str, Any] = {}
+    for path, layer in g.layers.items():
+        for member, w in zip(member_names(path, layer).values(), getattr(layer, "weights", [])):
+            out[member] = w
+    return out
 
 
 def model_weights(model: Any) -> dict[str, Any]:
-    """``{"layer/path/weight": variable}`` of a model: the paths group members use.
+    """``{member path: variable}`` of a model (:func:`weight_paths`): the paths group members use.
 
     Example:
       >>> import keras
