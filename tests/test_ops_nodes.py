@@ -279,3 +279,13 @@ def test_mobilenet_v3_small_with_its_hard_sigmoid_operations_shrinks_exactly():
 def test_mobilenet_v3_variants_shrink_exactly(ctor, kwargs, n_ops):
     model, x = mobilenet_v3(ctor, **kwargs)
     assert check_application(model, x) == n_ops
+
+
+def test_one_operation_object_called_with_different_constants_is_refused_with_the_way_out():
+    from keras.src.ops.numpy import Add
+
+    x = keras.Input((4,))
+    op = Add(name="shared_add")
+    model = keras.Model(x, L.Dense(2)(op(op(x, 1.0), 2.0)))
+    with pytest.raises(ValueError, match="'shared_add'.*called more than once with different constants"):
+        make_groups(model)

@@ -224,9 +224,10 @@ def has_rule(layer_class: type) -> bool:
 
 
 def _way_out(path: str, cls: str, what: str = "layer") -> str:
+    rules = "Elementwise() / Opaque('why')" if what == "operation" else "Passthrough() / Produce(...) / Opaque('why')"
     return (
-        f"Register a rule with keras_wgsef.graph.rules.register_channel_rule({cls}, Passthrough() / Produce(...) / "
-        f"Opaque('why')), or exclude the {what} (exclude=r'{path}'), which keeps its input and output channels."
+        f"Register a rule with keras_wgsef.graph.rules.register_channel_rule({cls}, {rules}), or exclude the "
+        f"{what} (exclude=r'{path}'), which keeps its input and output channels."
     )
 
 
