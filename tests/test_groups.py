@@ -228,3 +228,15 @@ def test_groups_that_zeroing_cannot_remove_are_left_out_with_a_warning(after):
     drop[:3] = True
     zero_groups(m, scopes, drop)
     assert shrink(m).get_layer("ok").filters == 3
+
+
+def test_a_channel_scope_of_one_group_is_left_out_since_no_k_could_make_it_sparse():
+    x = keras.Input((6, 5))
+    h = keras.layers.Dense(8, name="a")(keras.layers.Conv1D(1, 3, name="one")(x))
+    h = keras.layers.GroupQueryAttention(head_dim=4, num_query_heads=2, num_key_value_heads=1, name="gqa")(h, h)
+    model = keras.Model(x, keras.layers.Dense(2, name="head")(keras.layers.Flatten()(h)))
+    names = [s.name for s in kw.make_groups(model)]
+    assert "one" not in names and "gqa:heads" not in names and "a" in "+".join(names)
+    opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=0.5, groups=kw.make_groups(model))
+    opt.build(model.trainable_variables)  # every scope offered takes a k in [1, m - 1]
+    assert all(1 <= s.k < s.num_groups for s in opt.scopes)

@@ -210,6 +210,7 @@ def make_groups(
 
     Returns:
       the scopes, ready for ``WGSEF(..., groups=...)``; each validates against the model's weights.
+      Channel scopes of a single group are left out (k keeps at least one group of a scope).
 
     Raises:
       ValueError: an unknown kind or weights, or nothing to group.
@@ -231,6 +232,9 @@ def make_groups(
         scopes, analysis = channel_scopes(
             g, include=include, exclude=exclude, heads=heads, block=block if kind == "block" else 1
         )
+        # one group (a layer of one channel, an attention layer with one key/value head) can never be
+        # sparse: k must keep at least one group of every scope (1 <= k <= m - 1)
+        scopes = [s for s in scopes if s.num_groups > 1]
         if weights == "macs":
             scopes = mac_weights(scopes, analysis)
     else:
