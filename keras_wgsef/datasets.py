@@ -121,9 +121,7 @@ def load_mnist1d(
     return tuple(out)
 
 
-def load_image_data(
-    name: str = "mnist", *, small: bool = False, offline: bool = False
-) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+def load_image_data(name: str = "mnist", *, small: bool = False, offline: bool = False) -> tuple[Split, str]:
     """``((x, y), (x_test, y_test))`` (float32 NHWC in [0, 1], int64 labels) and a description.
 
     Args:
