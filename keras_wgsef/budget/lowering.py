@@ -181,7 +181,7 @@ class LoweringTemplate:
             for t in op.inputs:
                 if owner is not None and t not in names:
                     names[t] = f"{owner}:{made_by.get(t, 'in')}"
-        return LoweredModel(tensors, ops, self.inputs, self.outputs, names)
+        return _in_flatbuffer_order(LoweredModel(tensors, ops, self.inputs, self.outputs, names))
 
     def _op(self, spec: _OpSpec, tensors: Mapping[int, Tensor]) -> Op:
         out = tensors[spec.outputs[0]]
@@ -363,6 +363,23 @@ def lowering_template(model: Any, analysis: Any = None) -> LoweringTemplate:
 # the layers TensorFlow runs as 2-D operators between EXPAND_DIMS and a RESHAPE
 _ONE_D = ("Conv1D", "DepthwiseConv1D", "MaxPooling1D", "AveragePooling1D")
 _ACTIVATION_OPS = {"relu": "RELU", "relu6": "RELU6", "softmax": "SOFTMAX", "sigmoid": "LOGISTIC", "tanh": "TANH"}
+
+
+def _in_flatbuffer_order(lm: LoweredModel) -> LoweredModel:
+    """The tensors renumbered as the converter numbers them: the inputs, then each operator's outputs
+    in execution order. The memory planner breaks ties between equal sizes by this order, so the
+    planned arena depends on it (a 1-D model's many equal-sized squeezes)."""
+    order = list(lm.inputs) + [t for op in lm.ops for t in op.outputs]
+    listed = set(order)
+    order += [t for t in sorted(lm.tensors) if t not in listed]
+    new = {t: i for i, t in enumerate(dict.fromkeys(order))}
+    ops = [
+        dataclasses.replace(op, inputs=tuple(new[t] for t in op.inputs), outputs=tuple(new[t] for t in op.outputs))
+        for op in lm.ops
+    ]
+    tensors = {new[t]: dataclasses.replace(x, id=new[t]) for t, x in lm.tensors.items()}
+    names = {new[t]: n for t, n in lm.names.items() if t in new}
+    return LoweredModel(tensors, ops, tuple(new[t] for t in lm.inputs), tuple(new[t] for t in lm.outputs), names)
 
 
 def _axis(axis: int) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
