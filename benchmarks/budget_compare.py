@@ -356,7 +356,7 @@ def _plots(rows: list[dict], models=TASKS["mnist5k"]["models"], suffix: str = ""
             ax.set_xscale("log")
         axes[0].legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(os.path.join(HERE, f"budget_acc_vs_{cost}{suffix}.png"), dpi=90)
+        fig.savefig(os.path.join(os.path.dirname(PAGE), f"budget_acc_vs_{cost}{suffix}.png"), dpi=90)  # beside the page
         plt.close(fig)
 
 
