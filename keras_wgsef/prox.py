@@ -34,6 +34,7 @@ import numpy as np
 __all__ = [
     "group_norms",
     "group_weights",
+    "metric_prox_scales",
     "prox_scales",
     "solve_alpha",
     "wgsef_prox",
@@ -227,6 +228,51 @@ def prox_scales(a: np.ndarray, d: np.ndarray, k: int, lam: float, protect: np.nd
     nz = theta > 0
     out[nz] = theta[nz] / (theta[nz] + L[nz])
     return out
+
+
+def metric_prox_scales(
+    a: np.ndarray, d: np.ndarray, h: np.ndarray, k: int, lam: float, protect: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-group factors of the prox of ``lam * WGSEF_k`` in a diagonal metric with one scalar per group.
+
+    The proximal step that matches a preconditioned gradient step (Adam, RMSprop, Adagrad, ...) is::
+
+        x* = argmin_x  sum_j h_j/2 ||x_j - z_j||^2 + lam * WGSEF_{k,d}(x),      h_j > 0.
+
+    Substitute ``y_j = sqrt(h_j) x_j``: a group-wise linear bijection keeps every support, and the
+    convex envelope commutes with a linear bijection (``(f o A)** = f** o A``), so
+    ``WGSEF_{k,d}(x) = WGSEF_{k,d/h}(y)`` (the quadratic ``d_j ||x_j||^2 = (d_j/h_j) ||y_j||^2``, the
+    count unchanged). The problem becomes the ordinary prox with weights ``d_j / h_j`` at
+    ``sqrt(h_j) z_j``, and mapping back ``x_j = y_j / sqrt(h_j)`` gives ``x_j = s_j z_j`` with the
+    factors of :func:`prox_scales` on ``(sqrt(h_j) a_j, d_j / h_j)``. Group j is zeroed iff
+    ``h_j a_j / sqrt(d_j)`` is at or below a common threshold: moving a group whose coordinates
+    take small steps (large ``h_j``) costs more, so it needs a smaller norm to be dropped. With
+    ``h_j = 1/lr`` for every group (SGD) this is the prox of ``lr * lam * WGSEF`` in the Euclidean
+    metric.
+
+    Args:
+      a: group norms ``||z_j||`` (length m, >= 0).
+      d: group weights ``d_j > 0``.
+      h: the metric, one ``h_j > 0`` per group (e.g. the group mean of ``(sqrt(v_hat) + eps) / lr``).
+      k: number of groups allowed to stay nonzero.
+      lam: strength ``>= 0`` (the regularizer's, not multiplied by a learning rate: ``h`` carries it).
+      protect: groups that always stay, as in :func:`prox_scales`.
+
+    Returns:
+      ``s_j`` in ``[0, 1]`` with ``x*_j = s_j z_j``.
+
+    Example:
+      >>> a, d = np.array([3.0, 1.0, 2.0]), np.ones(3)
+      >>> bool(np.allclose(metric_prox_scales(a, d, np.full(3, 10.0), 2, 0.5), prox_scales(a, d, 2, 0.05)))
+      True
+      >>> metric_prox_scales(a, d, np.array([1.0, 1.0, 50.0]), 1, 0.5).round(4).tolist()  # group 2 moves slowly
+      [0.4481, 0.0, 0.9834]
+    """
+    h = np.asarray(h, dtype=np.float64)
+    a = np.asarray(a, dtype=np.float64)
+    if h.shape != a.shape or not np.all(np.isfinite(h)) or np.any(h <= 0):
+        raise ValueError(f"h must hold one finite h_j > 0 per group ({a.size}), got shape {h.shape}.")
+    return prox_scales(np.sqrt(h) * a, np.asarray(d, dtype=np.float64) / h, k, lam, protect=protect)
 
 
 def wgsef_value(

@@ -106,6 +106,16 @@ def find_wgsef(optimizer: Any) -> Any:
     return None
 
 
+def _variables(model: keras.Model, scopes: Sequence[GroupScope]) -> dict[str, Any]:
+    """``{member path: variable}`` of the scopes' members in ``model`` (:func:`match_variables`)."""
+    members = list({mb.path: mb for s in scopes for mb in s.members}.values())  # once each
+    return match_variables(members, model.variables)
+
+
+def _values(model: keras.Model, scopes: Sequence[GroupScope]) -> dict[str, np.ndarray]:
+    return {p: np.asarray(keras.ops.convert_to_numpy(v)) for p, v in _variables(model, scopes).items()}
+
+
 def model_scopes(model: keras.Model, groups: Sequence[GroupScope] | None = None) -> list[GroupScope]:
     """The scopes to report on: given ones, the built WGSEF optimizer's, or ``make_groups(model)``."""
     if groups is not None:
@@ -129,8 +139,7 @@ def nonzero_groups(model: keras.Model, groups: Sequence[GroupScope] | None = Non
         else ``make_groups(model)``).
     """
     scopes = model_scopes(model, groups)
-    paths = sorted({p for s in scopes for p in s.paths})
-    values = {p: np.asarray(keras.ops.convert_to_numpy(v)) for p, v in match_variables(paths, model.variables).items()}
+    values = _values(model, scopes)
     counts: dict[str, int] = {}
     for s in scopes:
         nonzero = scope_norms(s, values) > 0
@@ -154,8 +163,7 @@ def group_norms(model: keras.Model, scopes: Sequence[GroupScope]) -> np.ndarray:
       >>> group_norms(m, make_groups(m)).shape
       (3,)
     """
-    paths = sorted({p for s in scopes for p in s.paths})
-    values = {p: np.asarray(keras.ops.convert_to_numpy(v)) for p, v in match_variables(paths, model.variables).items()}
+    values = _values(model, scopes)
     return np.concatenate([scope_norms(s, values) for s in scopes]) if scopes else np.zeros(0)
 
 
@@ -176,7 +184,7 @@ def zero_groups(model: keras.Model, scopes: Sequence[GroupScope], drop: np.ndarr
     total = sum(s.num_groups for s in scopes)
     if drop.size != total:
         raise ValueError(f"drop has {drop.size} entries; the scopes have {total} groups.")
-    variables = match_variables(sorted({p for s in scopes for p in s.paths}), model.variables)
+    variables = _variables(model, scopes)
     offset = 0
     for s in scopes:
         mine = drop[offset : offset + s.num_groups]

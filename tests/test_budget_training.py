@@ -163,3 +163,35 @@ def test_a_saved_budgeted_model_is_checked_against_its_budget_on_export(macs_run
     result = te.export(loaded, x[:100], latency=False, arena=False, instructions=False)
     assert result.report.budget["bounds"] == opt.plan.bounds
     assert result.report.budget["measured"]["macs"] <= opt.plan.bounds["macs"]
+
+
+def test_a_budget_trained_1d_model_exports_with_cheaper_ops_and_meets_its_budget():
+    """Conv1D/BatchNorm/ReLU blocks -> GlobalAveragePooling1D, trained to 30 % of the MACs, exported by default."""
+    x, y, xt, yt = _digits()
+    x, xt = x.reshape(-1, 64, 1), xt.reshape(-1, 64, 1)
+    keras.utils.set_random_seed(0)
+    inp = h = keras.Input((64, 1))
+    for i, width in enumerate((16, 16, 32)):
+        h = L.ReLU(name=f"r{i}")(
+            L.BatchNormalization(name=f"bn{i}")(L.Conv1D(width, 3, padding="same", name=f"c{i}")(h))
+        )
+        if i < 2:
+            h = L.MaxPooling1D(name=f"p{i}")(h)
+    model = keras.Model(inp, L.Dense(10, name="head")(L.GlobalAveragePooling1D(name="gap")(h)))
+    epochs, steps = 4, int(np.ceil(len(x) / 32))
+    inner = keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(0.05, steps * epochs), momentum=0.9)
+    opt = kw.WGSEF(inner, budget=kw.Budget(macs=0.3), groups=kw.make_groups(model), ridge=False)
+    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, callbacks=[kw.callbacks.ReachK(verbose=0)])
+    kw.recalibrate_batchnorm(model, x)
+    assert opt.plan.gap_as_avgpool  # the plan's lowering is the default export's (cheaper_ops=True)
+    result = te.export(model, x[:100], eval_data=(xt[:200], yt[:200]), latency=False, instructions=False)
+    report = result.report
+    assert len(report.rewrites) == 1 and report.rewrites[0].startswith("gap: GlobalAveragePooling1D over 16x")
+    assert "MEAN" not in report.ops and "AVERAGE_POOL_2D" in report.ops
+    b = report.budget
+    assert b is not None and b["bounds"] == opt.plan.bounds and b["removed_after_measurement"] == []
+    assert b["measured"]["macs"] == report.macs == b["predicted"]["macs"] <= opt.plan.bounds["macs"]
+    # a short run (float accuracy 64.5 %): int8 within a few points of it, TFLM within 2 LSB of LiteRT
+    assert report.float_accuracy > 0.5 and abs(report.accuracy_litert - report.float_accuracy) <= 0.05
+    assert report.tflm_vs_litert_max_lsb <= 2

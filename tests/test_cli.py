@@ -381,3 +381,102 @@ def test_sigterm_during_export_leaves_no_temporary_folder(files, tmp_path, capsy
         signal.signal(signal.SIGTERM, previous)
     assert code == 130 and "interrupted" in capsys.readouterr().err
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []
+
+
+def _budget_trained(loss: object = None) -> keras.Model:
+    """The CNN trained with WGSEF(budget=Budget(macs=0.3)) on the 8x8 digits (3 epochs), BN recalibrated."""
+    import keras_wgsef as kw
+
+    (x, y), _ = kw.datasets.load_digits8x8()
+    model = _cnn()
+    opt = kw.WGSEF(keras.optimizers.SGD(0.05, momentum=0.9), budget=kw.Budget(macs=0.3), groups=kw.make_groups(model))
+    model.compile(optimizer=opt, loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[kw.callbacks.ReachK(verbose=0)])
+    kw.recalibrate_batchnorm(model, x)
+    return model
+
+
+@pytest.fixture(scope="module")
+def budgeted(tmp_path_factory) -> tuple[Path, Path, keras.Model]:
+    import keras_wgsef as kw
+
+    d = tmp_path_factory.mktemp("budget")
+    model = _budget_trained()
+    model.save(d / "budget.keras")
+    (x, _), _ = kw.datasets.load_digits8x8()
+    np.save(d / "calib.npy", x[:100])
+    return d / "budget.keras", d / "calib.npy", model
+
+
+def test_the_command_checks_a_saved_budget_as_the_python_call_does(budgeted, tmp_path, capsys):
+    import tflite_export as te
+
+    path, calib, model = budgeted
+    args = [str(path), "--calibration", str(calib), "--no-instructions", "--runs", "1", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "auto")]) == 0
+    report = Report.load(tmp_path / "auto" / "report.json")
+    bounds = model.optimizer.plan.bounds
+    assert report.budget is not None and report.budget["bounds"] == bounds
+    assert report.budget["measured"]["macs"] == report.macs <= bounds["macs"]
+    loaded = keras.saving.load_model(path)  # what the Python call sees: the same check, the same model
+    python = te.export(loaded, np.load(calib), latency=False, instructions=False)
+    assert python.report.budget == report.budget
+    assert (tmp_path / "auto" / "model_int8.tflite").read_bytes() == python.tflite
+    assert main([*args, "--out", str(tmp_path / "none"), "--budget", "none"]) == 0
+    skipped = Report.load(tmp_path / "none" / "report.json")
+    assert skipped.budget is None and "budget check skipped (--budget none)" in skipped.notes
+    # options that measure another model than the plan's are refused as bad input, with the way out
+    assert main([*args, "--out", str(tmp_path / "mean"), "--keep-mean"]) == 2
+    err = capsys.readouterr().err
+    assert "cheaper_ops=True" in err and "--budget none" in err and not (tmp_path / "mean").exists()
+
+
+def test_a_model_that_cannot_compile_is_loaded_without_it_and_says_so(budgeted, tmp_path, capsys):
+    @keras.saving.register_keras_serializable(package="wgsef_test")
+    def unregistered_loss(y_true, y_pred):
+        return keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+
+    path, calib, _ = budgeted
+    model = _budget_trained(unregistered_loss)
+    model.save(tmp_path / "custom_loss.keras")
+    keras.saving.get_custom_objects().pop("wgsef_test>unregistered_loss")  # as in a fresh process
+    out = tmp_path / "o"
+    argv = [str(tmp_path / "custom_loss.keras"), "--calibration", str(calib), "--out", str(out)]
+    assert main([*argv, "--no-instructions", "--runs", "1", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "wgsef-export: note: loaded without its training configuration (compile=False)" in err
+    assert "unregistered_loss" in err
+    report = Report.load(out / "report.json")
+    assert report.budget is None and any(
+        n.startswith("loaded without its training configuration") for n in report.notes
+    )
+
+
+def test_python_warnings_in_captured_output_reach_the_user_after_the_block():
+    import re
+    import warnings
+
+    from tflite_export.console import capture_output
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with capture_output() as captured:
+            os.write(2, b"I0000 noise from C++\n")
+            warnings.warn("Skipping variable loading for optimizer", UserWarning, stacklevel=1)
+            assert seen == []  # held back while the output is captured
+        with pytest.raises(RuntimeError), capture_output():
+            warnings.warn("said before a failure", DeprecationWarning, stacklevel=1)
+            raise RuntimeError("boom")
+    assert "noise from C++" in captured.getvalue()
+    assert [(w.category, str(w.message)) for w in seen] == [
+        (UserWarning, "Skipping variable loading for optimizer"),
+        (DeprecationWarning, "said before a failure"),
+    ]
+    assert seen[0].filename == __file__  # where it was raised, not the console module
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("ignore")  # the user's filters still decide, by module too
+        warnings.filterwarnings("default", category=DeprecationWarning, module=re.escape(__name__))
+        with capture_output():
+            warnings.warn("hidden", UserWarning, stacklevel=1)
+            warnings.warn("shown: a filter lets this module's deprecations through", DeprecationWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["shown: a filter lets this module's deprecations through"]

@@ -142,3 +142,24 @@ def test_quantize_reads_tflm_style_details():
     details = {"dtype": np.int8, "quantization_parameters": {"scales": np.array([0.5]), "zero_points": np.array([-10])}}
     np.testing.assert_array_equal(quantize(np.array([0.0, 1.0, 500.0]), details), [-10, -8, 127])
     np.testing.assert_allclose(dequantize(np.array([-10, -8], np.int8), details), [0.0, 1.0])
+
+
+def test_conversion_passes_python_warnings_on_but_not_the_converters_noise(trained):
+    """The console capture re-issues Python warnings; the one the converter says on every int8-I/O run is dropped."""
+    import warnings
+
+    _, x, _ = trained
+
+    class Noisy(keras.layers.Layer):
+        def call(self, t):
+            warnings.warn("a warning the user should see", UserWarning, stacklevel=1)
+            return t
+
+    inp = keras.Input((8, 8, 1))
+    noisy = keras.Model(inp, keras.layers.Dense(10)(keras.layers.Flatten()(Noisy()(inp))))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        to_tflite_int8(noisy, x[:50], check=False)
+    messages = [str(w.message) for w in seen]
+    assert "a warning the user should see" in messages
+    assert not any("Statistics for quantized inputs" in m for m in messages)

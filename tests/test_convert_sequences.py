@@ -110,3 +110,23 @@ def test_an_embedding_model_takes_token_ids_and_runs_on_litert_and_tflm():
     assert tflm_min_arena(tfl)[0] > 0
     with pytest.raises(CalibrationError, match="takes integer inputs"):
         to_tflite_int8(small, tokens.astype("float32"))
+
+
+def test_unrolling_and_batch_one_keep_each_calls_mask_and_training_arguments():
+    """The recurrent rewrites keep the layer classes, so a real mask and ``training=`` reach the same layers."""
+    from tflite_export.rewrite import with_batch_one
+
+    keras.utils.set_random_seed(0)
+    inp, mask = keras.Input((6, 3)), keras.Input((6,), dtype="bool")
+    h = L.LSTM(4, return_sequences=True, name="lstm")(inp, mask=mask, training=False)
+    model = keras.Model([inp, mask], L.Dense(2, name="head")(L.GRU(4, name="gru")(h, training=False)))
+    x = np.random.default_rng(0).standard_normal((16, 6, 3)).astype("float32")
+    steps = np.ones((16, 6), bool)
+    steps[:8, 3:] = False  # half the samples end early: a mask that changes the outputs
+    assert not np.allclose(model([x, steps]), model([x, np.ones_like(steps)]), atol=1e-3)
+    unrolled, lines = unroll_recurrent(model, [x, steps])
+    assert lines == ["lstm: LSTM unrolled over 6 steps", "gru: GRU unrolled over 6 steps"]
+    np.testing.assert_allclose(unrolled([x, steps]), model([x, steps]), atol=1e-5)
+    one = with_batch_one(unrolled)
+    assert one.inputs[0].shape[0] == 1 and one.inputs[1].shape[0] == 1
+    np.testing.assert_allclose(one([x[:1], steps[:1]]), model([x[:1], steps[:1]]), atol=1e-5)

@@ -7,7 +7,7 @@ import keras_wgsef as kw
 
 
 def test_load_image_data_offline_and_small():
-    (x, y), (xt, yt) = kw.datasets.load_image_data("cifar10", offline=True)[0]
+    (x, y), (xt, yt) = kw.datasets.load_image_data("mnist", offline=True)[0]
     assert x.shape == (4000, 28, 28, 1) and xt.shape == (1000, 28, 28, 1) and y.dtype == np.int64
     (x, _), _ = kw.datasets.load_image_data(small=True)[0]
     assert x.shape[1:] == (8, 8, 1) and x.min() >= 0.0 and x.max() <= 1.0
@@ -67,3 +67,23 @@ def test_mnist1d_refuses_a_repeated_seed_or_unbalanced_size():
         kw.datasets.load_mnist1d(extra_seed=42)
     with pytest.raises(ValueError, match="multiple of 10"):
         kw.datasets.load_mnist1d(extra_samples=15)
+
+
+def test_missing_cifar10_raises_instead_of_returning_other_data(monkeypatch, capsys):
+    """CIFAR-10 is not bundled: offline or after a failed download, an error with the way out, never MNIST."""
+    with pytest.raises(kw.datasets.DatasetUnavailableError, match=r"offline=True\. CIFAR-10 is not bundled") as info:
+        kw.datasets.load_image_data("cifar10", offline=True)
+    assert "load_image_data('mnist', offline=True)" in str(info.value) and "small=True" in str(info.value)
+
+    import keras
+
+    def no_network():
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.datasets.cifar10, "load_data", no_network)
+    with pytest.raises(kw.datasets.DatasetUnavailableError, match=r"cifar10 download failed \(OSError: Temporary"):
+        kw.datasets.load_image_data("cifar10")
+    assert capsys.readouterr().out == ""  # no "using the bundled MNIST digits"
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", no_network)  # MNIST has its bundled digits
+    (x, _), _ = kw.datasets.load_image_data("mnist")[0]
+    assert x.shape == (4000, 28, 28, 1) and "using the bundled MNIST digits" in capsys.readouterr().out

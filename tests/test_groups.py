@@ -107,22 +107,82 @@ def test_bad_group_definitions():
         kw.make_groups(cnn(), "rows")
 
 
-def test_member_paths_match_variables_exactly_or_by_a_unique_suffix():
-    class V:
-        def __init__(self, path):
-            self.path = path
+class V:
+    def __init__(self, path):
+        self.path = path
 
-    variables = [V("sequential/c/kernel"), V("a/kernel"), V("x/a/bias"), V("y/a/bias")]
-    got = match_variables(["c/kernel", "blk/a/kernel", "a/kernel"], variables)
+
+def test_member_paths_match_variables_exactly_or_by_the_closest_suffix_one_to_one():
+    variables = [V("sequential/c/kernel"), V("a/kernel"), V("x/a/bias"), V("y/a/bias"), V("b/kernel")]
+    got = match_variables(["c/kernel", "blk/a/kernel", "top/b/kernel"], variables)
     assert {p: v.path for p, v in got.items()} == {
-        "c/kernel": "sequential/c/kernel",
-        "blk/a/kernel": "a/kernel",
-        "a/kernel": "a/kernel",
+        "c/kernel": "sequential/c/kernel",  # a Sequential model's name before the member
+        "blk/a/kernel": "a/kernel",  # load_model dropped the nested model's name
+        "top/b/kernel": "b/kernel",
     }
+    # a variable goes to one member: the exact path first, then the one sharing the most components
+    pair = [V("a/kernel"), V("sequential/blk/a/kernel")]
+    got = match_variables(["blk/a/kernel", "a/kernel"], pair)
+    assert got["a/kernel"] is pair[0] and got["blk/a/kernel"] is pair[1]
+    with pytest.raises(ValueError, match=r"'blk/a/kernel' matches none.*went to the members \['a/kernel'\]"):
+        match_variables(["blk/a/kernel", "a/kernel"], variables[:2])
+    loaded = [V("forward_gru/gru_cell/kernel"), V("gru_cell/kernel"), V("gru/gru_cell/kernel")]
+    members = ["bi/forward_gru/gru_cell/kernel", "rnn/stacked_rnn_cells/gru_cell/kernel", "gru/gru_cell/kernel"]
+    got = match_variables(members, loaded)
+    assert [got[m] for m in members] == loaded
     with pytest.raises(ValueError, match=r"'a/bias' matches several.*full layer path"):
         match_variables(["a/bias"], variables)
     with pytest.raises(ValueError, match=r"'d/kernel' matches none.*make_groups"):
         match_variables(["d/kernel"], variables)
+    with pytest.raises(ValueError, match=r"'lstm/kernel' matches none.*'lstm/lstm_cell/kernel'.*make_groups"):
+        match_variables(["lstm/kernel"], [V("lstm/lstm_cell/kernel"), V("lstm/lstm_cell/bias")])
+
+
+def test_a_member_made_from_a_model_holds_its_variable_and_matches_it_whatever_the_paths():
+    model = cnn()
+    scope = next(s for s in kw.make_groups(model) if "c1" in s.name)
+    kernel = model.get_layer("c1").kernel
+    assert scope.members[0].path == "c1/kernel" and scope.members[0].variable() is kernel
+    decoy = [V("c1/kernel")]  # an exact path, but the member's own variable is there too
+    assert match_variables(scope.members[:1], [*decoy, kernel])["c1/kernel"] is kernel
+    assert match_variables(scope.members[:1], decoy)["c1/kernel"] is decoy[0]  # not there: by path
+    restored = kw.GroupScope.from_config(scope.get_config())
+    assert restored.members[0].variable() is None and "ref" not in str(scope.get_config())
+
+
+@pytest.mark.parametrize(
+    "make, members",
+    [
+        (lambda: keras.layers.LSTM(3, name="rnn"), ["rnn/lstm_cell/kernel", "rnn/lstm_cell/recurrent_kernel"]),
+        (lambda: keras.layers.TimeDistributed(keras.layers.Dense(3, name="d"), name="td"), ["td/d/kernel"]),
+        (
+            lambda: keras.layers.Bidirectional(keras.layers.GRU(3, name="g"), name="bi"),
+            ["bi/forward_g/gru_cell/kernel", "bi/backward_g/gru_cell/kernel"],
+        ),
+        (
+            lambda: keras.layers.SpectralNormalization(keras.layers.Dense(3, name="d"), name="sn"),
+            ["sn/d/kernel", "sn/d/bias"],
+        ),
+    ],
+    ids=["LSTM", "TimeDistributed", "Bidirectional", "SpectralNormalization"],
+)
+def test_members_of_cells_and_wrappers_are_the_variable_paths_and_survive_save_and_load(make, members, tmp_path):
+    keras.utils.set_random_seed(0)
+    x = keras.Input((5, 4))
+    layer = make()
+    h = layer(x)
+    h = keras.layers.Flatten()(h) if len(h.shape) == 3 else h
+    model = keras.Model(x, keras.layers.Dense(2, name="head")(h))
+    paths = [p for s in kw.make_groups(model) for p in s.paths]
+    assert set(members) <= set(paths)
+    assert set(model_weights(model)) == {v.path for v in model.weights}  # a top-level Functional model
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    rebuilt = model_weights(loaded)
+    assert set(rebuilt) == set(model_weights(model))  # named from the layers, not from variable.path
+    unbound = [kw.Member(p, None, np.zeros(1)).path for p in paths]  # as an optimizer config restores them
+    got = match_variables(unbound, loaded.trainable_variables)
+    assert all(got[p] is rebuilt[p] for p in paths)
 
 
 def test_block_size_only_with_the_block_kind():
@@ -168,3 +228,15 @@ def test_groups_that_zeroing_cannot_remove_are_left_out_with_a_warning(after):
     drop[:3] = True
     zero_groups(m, scopes, drop)
     assert shrink(m).get_layer("ok").filters == 3
+
+
+def test_a_channel_scope_of_one_group_is_left_out_since_no_k_could_make_it_sparse():
+    x = keras.Input((6, 5))
+    h = keras.layers.Dense(8, name="a")(keras.layers.Conv1D(1, 3, name="one")(x))
+    h = keras.layers.GroupQueryAttention(head_dim=4, num_query_heads=2, num_key_value_heads=1, name="gqa")(h, h)
+    model = keras.Model(x, keras.layers.Dense(2, name="head")(keras.layers.Flatten()(h)))
+    names = [s.name for s in kw.make_groups(model)]
+    assert "one" not in names and "gqa:heads" not in names and "a" in "+".join(names)
+    opt = kw.WGSEF(keras.optimizers.SGD(0.1), k=0.5, groups=kw.make_groups(model))
+    opt.build(model.trainable_variables)  # every scope offered takes a k in [1, m - 1]
+    assert all(1 <= s.k < s.num_groups for s in opt.scopes)

@@ -146,6 +146,7 @@ PASSING = {
     "RandomRotation": (lambda t: L.RandomRotation(0.2)(t), {}),
     "RandomContrast": (lambda t: L.RandomContrast(0.3)(t), {}),
     "RandomTranslation": (lambda t: L.RandomTranslation(0.1, 0.1)(t), {}),
+    "RandomShear": (lambda t: L.RandomShear(0.2, 0.3)(t), {}),  # its config does not load back as written
     "UnitNormalization": (lambda t: L.UnitNormalization()(t), {}),
     "RMSNormalization": (lambda t: L.RMSNormalization()(t), {}),
     "GroupNormalization(groups=-1)": (lambda t: L.GroupNormalization(groups=-1)(t), {}),
@@ -229,6 +230,36 @@ def test_normalization_adapted_on_the_features_passes_zero_channels():
     norm.adapt(probe.predict(random_input(model), verbose=0))  # the zeroed channels have mean 0
     new, _ = check_removed(model)
     assert tuple(new.get_layer("norm").mean.shape)[-1] == 5
+
+
+def zero_channels_of(model, name, channels):
+    """Zeroes output channels of ``name``'s kernel and bias by hand (no groups needed)."""
+    for w in model.get_layer(name).weights:
+        v = keras.ops.convert_to_numpy(w).copy()
+        v[..., channels] = 0
+        w.assign(v)
+
+
+def test_normalization_with_given_statistics_removes_the_channels_whose_mean_is_zero():
+    mean, variance = [0.0, 0.5, 0.0, 0.0, 0.0, -0.3, 0.0, 0.0], [2.0] * 8
+    model = around(lambda t: L.Normalization(mean=mean, variance=variance, name="norm")(t))
+    zero_channels_of(model, "a", [0, 1, 3])  # channel 1 leaves the layer as (0 - 0.5) / sqrt(2): it stays
+    x = random_input(model)
+    new, report = shrink(model, x, return_report=True)
+    assert report.plan.widths["a"] == (8, 6)
+    config = new.get_layer("norm").get_config()
+    assert config["mean"] == [0.5, 0.0, 0.0, -0.3, 0.0, 0.0] and config["variance"] == [2.0] * 6
+    assert output_difference(model, new, random_input(model, seed=5))[2]
+
+
+@pytest.mark.parametrize("mean, removed", [(0.5, 0), (0.0, 3)])
+def test_normalization_with_a_scalar_mean_removes_zero_channels_only_when_it_is_zero(mean, removed):
+    model = around(lambda t: L.Normalization(mean=mean, variance=2.0, name="norm")(t))
+    zero_channels_of(model, "a", ZEROED)
+    new, report = shrink(model, random_input(model), return_report=True)
+    assert report.plan.widths["a"] == (8, 8 - removed)
+    assert new.get_layer("norm").get_config()["mean"] == mean
+    assert output_difference(model, new, random_input(model, seed=5))[2]
 
 
 def test_rms_normalization_rescales_epsilon_and_scale_to_stay_exact():
@@ -326,9 +357,10 @@ def test_recurrent_units_are_groups_spanning_their_gates_and_are_removed_exactly
             w.assign(rng.normal(0, 0.3, w.shape).astype("float32"))
     scopes = {s.name: s for s in make_groups(model)}
     gates = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}[type(rnn).__name__]
-    kernel = next(mb for mb in scopes["rnn"].members if mb.path == "rnn/kernel")
+    cell = f"rnn/{rnn.cell.name}"  # members are the variable paths: the cell's weights
+    kernel = next(mb for mb in scopes["rnn"].members if mb.path == f"{cell}/kernel")
     assert scopes["rnn"].num_groups == 6 and kernel.index.tolist() == list(range(6)) * gates
-    assert set(scopes["rnn"].paths) == {"rnn/kernel", "rnn/recurrent_kernel", "rnn/bias"}
+    assert set(scopes["rnn"].paths) == {f"{cell}/kernel", f"{cell}/recurrent_kernel", f"{cell}/bias"}
     zero_producer_groups(model, "rnn", [1, 4])
     zero_producer_groups(model, "d", [0, 5, 6])  # the RNN reads zeros there: d loses them
     new, report = check_removed(model, "rnn", removed=2)
@@ -485,7 +517,7 @@ def test_spectral_normalization_keeps_its_normalization_for_the_narrower_kernel(
     h = L.SpectralNormalization(L.Conv2D(8, 3, name="conv"), name="a")(x)
     model = keras.Model(x, L.Dense(3, name="head")(L.Flatten()(L.Conv2D(4, 1, name="b")(h))))
     scope = next(s for s in make_groups(model) if s.name == "a")
-    assert set(scope.paths) == {"a/kernel", "a/bias"}  # vector_u is not trained
+    assert set(scope.paths) == {"a/conv/kernel", "a/conv/bias"}  # vector_u is not trained
     zero_producer_groups(model, "a")
     new, _ = check_removed(model, "a")
     assert new.get_layer("a").vector_u.shape == (1, 5)
@@ -520,6 +552,32 @@ def test_layers_without_channel_meaning_are_refused_with_the_reason_and_the_way_
     msg = str(e.value)
     assert type(layer).__name__ in msg and "'block/refused'" in msg
     assert "refused:" in msg and "register_channel_rule" in msg and "exclude=r'block/refused'" in msg
+
+
+def text_model():
+    """``strings -> TextVectorization -> Embedding a (8) -> Conv1D b (4) -> pool -> head``."""
+    keras.utils.set_random_seed(0)
+    tv = L.TextVectorization(max_tokens=20, output_sequence_length=5, name="tv")
+    tv.adapt(["the cat sat", "a dog ran far away", "the dog sat"])
+    x = keras.Input((1,), dtype="string")
+    h = L.Conv1D(4, 3, padding="same", name="b")(L.Embedding(20, 8, name="a")(tv(x)))
+    return keras.Model(x, L.Dense(3, name="head")(L.GlobalAveragePooling1D()(h)))
+
+
+def test_an_excluded_text_vectorization_shrinks_with_its_vocabulary_and_asks_for_strings():
+    model = text_model()
+    with pytest.raises(cr.UnsupportedLayerError, match="TextVectorization"):
+        make_groups(model)
+    zero_channels_of(model, "a", ZEROED)
+    text = np.array([["the cat ran"], ["a dog sat far"], ["unknown words"]])
+    new, report = shrink(model, text, exclude="tv", return_report=True)
+    assert report.plan.widths["a"] == (8, 5)
+    assert new.get_layer("tv").get_vocabulary() == model.get_layer("tv").get_vocabulary()
+    assert output_difference(model, new, np.array([["sat the dog"], ["far away"]]))[2]
+    with pytest.raises(ValueError, match=r"takes strings.*pass a sample"):
+        shrink(model, exclude="tv")  # no random strings to check the outputs on
+    with pytest.raises(ValueError, match="takes strings, but its sample has dtype float32"):
+        shrink(model, random_input(model), exclude="tv")
 
 
 def test_wrappers_of_foreign_code_are_refused_in_the_registry():

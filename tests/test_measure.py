@@ -195,3 +195,21 @@ def test_accuracy_is_not_reported_for_an_output_that_is_not_a_class_vector(tmp_p
     with pytest.raises(ValueError, match="no classification accuracy here"):
         class_accuracy(np.zeros((3, 4)), np.array([0.5, 1.2, 3.3]))
     assert accuracy_applies((1, 4), np.array([0, 5])) == "the labels range over [0, 5], outside the 4 classes"
+
+
+def test_tflm_samples_zero_means_no_tflm_accuracy(trained, digits, tmp_path):
+    from tflite_export.export import export
+
+    model, tfl = trained
+    x, y = digits
+    kw = {"latency": False, "instructions": False, "tflm_samples": 0}
+    r = measure(tfl, x[1400:1450], y[1400:1450], arena=False, **kw)
+    assert r.accuracy_tflm is None and r.n_tflm == 0 and r.tflm_vs_litert_max_lsb is None
+    assert r.n_eval == 50 and r.accuracy_litert is not None
+    assert "TFLM accuracy not measured (tflm_samples=0)" in r.notes
+    assert "| int8 accuracy % (TFLM) | n/a |" in r.to_markdown()
+    result = export(model, x[:200], eval_data=(x[1400:1450], y[1400:1450]), shrink=False, out=tmp_path / "o", **kw)
+    assert result.report.accuracy_tflm is None and result.report.tflm_arena_bytes > 0
+    assert Report.load(tmp_path / "o" / "report.json").accuracy_tflm is None
+    with pytest.raises(ValueError, match="tflm_samples must be >= 0"):
+        measure(tfl, x[1400:1450], y[1400:1450], arena=False, latency=False, instructions=False, tflm_samples=-1)

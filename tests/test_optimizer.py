@@ -671,3 +671,104 @@ def test_the_xla_compiled_prox_gives_the_same_training_as_the_plain_one():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     kernel = weights[True][0]
     assert int(np.sum(np.any(kernel.reshape(-1, 8) != 0, axis=0))) < 8  # the prox acted
+
+
+def _sequence_input(shape):
+    x = keras.Input(shape)
+    return x, keras.layers.Conv1D(8, 3, padding="same", name="d")(x)
+
+
+def _recurrent(make):
+    def build():
+        x, h = _sequence_input((6, 5))
+        return keras.Model(x, keras.layers.Dense(3, name="head")(make()(h)))
+
+    return build
+
+
+def _conv_lstm(rank):
+    def build():
+        x = keras.Input((3, *([5] * rank), 2))
+        layer = getattr(keras.layers, f"ConvLSTM{rank}D")(6, 3, padding="same", name="rnn")
+        return keras.Model(x, keras.layers.Dense(3, name="head")(keras.layers.Flatten()(layer(x))))
+
+    return build
+
+
+def _time_distributed():
+    x, h = _sequence_input((6, 5))
+    h = keras.layers.TimeDistributed(keras.layers.Dense(8, activation="relu"), name="td")(h)
+    return keras.Model(x, keras.layers.Dense(3, name="head")(keras.layers.Flatten()(h)))
+
+
+def _spectral():
+    x = keras.Input((5,))
+    h = keras.layers.SpectralNormalization(keras.layers.Dense(8, activation="relu"), name="sn")(x)
+    return keras.Model(x, keras.layers.Dense(3, name="head")(keras.layers.Dense(6, name="e")(h)))
+
+
+CELL_AND_WRAPPER_MODELS = {
+    "LSTM": _recurrent(lambda: keras.layers.LSTM(6, name="rnn")),
+    "GRU": _recurrent(lambda: keras.layers.GRU(6, name="rnn")),
+    "SimpleRNN": _recurrent(lambda: keras.layers.SimpleRNN(6, name="rnn")),
+    "ConvLSTM1D": _conv_lstm(1),
+    "ConvLSTM2D": _conv_lstm(2),
+    "TimeDistributed(Dense)": _time_distributed,
+    "Bidirectional(LSTM)": _recurrent(lambda: keras.layers.Bidirectional(keras.layers.LSTM(6), name="bi")),
+    "SpectralNormalization(Dense)": _spectral,
+}
+
+
+#: the cases the JAX run of ``make test`` trains (a cell, a wrapper and a wrapper with a variable of its own)
+_CHEAP_UNDER_JAX = ("SimpleRNN", "TimeDistributed(Dense)", "SpectralNormalization(Dense)")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        *CELL_AND_WRAPPER_MODELS,
+        pytest.param("ConvLSTM3D", marks=pytest.mark.slow),
+    ],
+)
+def test_cells_and_wrappers_train_to_exactly_k_shrink_and_survive_save_and_load(case, tmp_path):
+    """Members name the cell's or the inner layer's variable (``rnn/lstm_cell/kernel``, ``td/dense/kernel``):
+    the optimizer finds them, ReachK reaches k in every scope, the shrunk model computes the same, and a
+    saved model's optimizer finds the reloaded variables (Keras drops the wrapper's name from their paths)."""
+    from tflite_export.shrink import output_difference, shrink
+
+    if keras.backend.backend() == "jax" and case not in _CHEAP_UNDER_JAX:
+        pytest.skip(
+            "eager JAX compiles each recurrent step anew (~20-60 s a case): the TensorFlow and torch runs cover it"
+        )
+    keras.utils.set_random_seed(0)
+    model = _conv_lstm(3)() if case == "ConvLSTM3D" else CELL_AND_WRAPPER_MODELS[case]()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, *model.input.shape[1:])).astype("float32")
+    y = rng.normal(size=(32, 3)).astype("float32")
+    groups = kw.make_groups(model)
+    opt = kw.WGSEF(keras.optimizers.SGD(0.05), k=0.5, groups=groups)
+    model.compile(optimizer=opt, loss="mse")
+    reach = kw.callbacks.ReachK(start_epoch=0, project_epoch=2, verbose=0)
+    model.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[reach])
+    k = {s.name: s.k for s in opt.scopes}
+    assert kw.nonzero_groups(model) == k and len(k) >= 1
+    assert all(v is model_var for s in opt.scopes for v, model_var in zip(s.variables, _own(s)))
+
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    trainable = {id(v) for v in loaded.trainable_variables}
+    assert all(id(v) in trainable for s in loaded.optimizer.scopes for v in s.variables)
+    for a, b in zip(opt.scopes, loaded.optimizer.scopes):  # the same variables, found by path after loading
+        for u, v in zip(a.variables, b.variables):
+            np.testing.assert_array_equal(ops.convert_to_numpy(u), ops.convert_to_numpy(v))
+    loaded.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert kw.nonzero_groups(loaded) == k  # the frozen masks act on the reloaded variables: the support stays
+
+    small = shrink(loaded, x[:8])
+    assert output_difference(loaded, small, x[8:16])[2]
+    assert small.count_params() < loaded.count_params()
+
+
+def _own(state):
+    """The variables the scope's members were made from (``make_groups`` ties each member to its variable)."""
+    return [mb.variable() for mb in state.members]

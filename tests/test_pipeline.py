@@ -69,3 +69,70 @@ def test_int8_export_of_shrunk_model_is_smaller_and_agrees(trained):
     assert r.macs < 0.4 * rd.macs
     float_acc = float(np.mean(np.argmax(small.predict(xt[:200], verbose=0), -1) == yt[:200]))
     assert abs(r.accuracy_litert - float_acc) <= 0.03
+
+
+def _fit(model, x, y, epochs=4):
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    kw.recalibrate_batchnorm(model, x)
+    return model
+
+
+def _check_export(model, x, y, xt, yt, max_gap=0.03):
+    """export() end to end: LiteRT and TFLM accuracy close to the float model's, TFLM close to LiteRT."""
+    result = te.export(model, x[:200], eval_data=(xt, yt), latency=False, instructions=False, tflm_samples=100)
+    r = result.report
+    float_acc = float(np.mean(np.argmax(model.predict(xt, verbose=0), -1) == yt))
+    assert r.float_accuracy == pytest.approx(float_acc, abs=0.01)  # the shrunk/rewritten model computes the same
+    assert float_acc > 0.5  # trained: accuracy far above chance, so the comparison means something
+    assert abs(r.accuracy_litert - float_acc) <= max_gap and r.n_tflm == 100
+    assert r.tflm_vs_litert_max_lsb <= 2 and r.tflm_vs_litert_argmax_agreement >= 0.99
+    assert r.int8_vs_float_argmax_agreement >= 0.9
+    return result
+
+
+def test_a_1d_conv_model_exports_end_to_end():
+    """The issue's model: [Conv1D(16, 3, same)/BatchNorm/ReLU] x4 -> GlobalAveragePooling1D -> Dense(10)."""
+    (x, y), (xt, yt) = kw.datasets.load_digits8x8()
+    x, xt = x.reshape(-1, 64, 1), xt.reshape(-1, 64, 1)
+    keras.utils.set_random_seed(0)
+    inp = h = keras.Input((64, 1))
+    for _ in range(4):
+        h = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Conv1D(16, 3, padding="same")(h)))
+    model = _fit(keras.Model(inp, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling1D()(h))), x, y)
+    result = _check_export(model, x, y, xt, yt)
+    assert len(result.report.rewrites) == 1 and "-> AveragePooling1D(64)" in result.report.rewrites[0]
+    assert "MEAN" not in result.report.ops and "AVERAGE_POOL_2D" in result.report.ops
+
+
+def _digits_3d(shape):
+    (x, y), (xt, yt) = kw.datasets.load_digits8x8()
+    return x.reshape(-1, *shape), y, xt.reshape(-1, *shape), yt
+
+
+def test_a_3d_model_exports_end_to_end():
+    """(depth, height, width, channels) inputs, GlobalAveragePooling3D (TFLite MEAN over three axes)."""
+    x, y, xt, yt = _digits_3d((2, 4, 1, 8))  # each voxel one row of 8 pixels
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((2, 4, 1, 8))
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Dense(32)(inp)))
+    model = _fit(keras.Model(inp, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling3D()(h))), x, y, epochs=8)
+    result = _check_export(model, x, y, xt, yt)
+    assert "MEAN" in result.report.ops and result.report.rewrites == []
+
+
+def test_a_conv3d_model_converts_and_its_missing_tflm_kernel_is_named():
+    """Conv3D converts to int8 CONV_3D (checked on LiteRT); TFLite Micro has no kernel for it, and export says so."""
+    from tflite_export.flatbuffer import summarize
+    from tflite_export.micro import UnsupportedOpError
+
+    x, y, xt, yt = _digits_3d((2, 4, 8, 1))
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((2, 4, 8, 1))
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Conv3D(8, 3, padding="same")(inp)))
+    model = _fit(keras.Model(inp, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling3D()(h))), x, y)
+    tfl = te.to_tflite_int8(model, x[:200])
+    assert "CONV_3D" in summarize(tfl).op_names
+    assert te.check_agreement(model, tfl, xt).argmax_agreement >= 0.9
+    with pytest.raises(UnsupportedOpError, match="CONV_3D is not supported by TFLite Micro"):
+        te.export(model, x[:200], eval_data=(xt, yt), latency=False, instructions=False)

@@ -296,3 +296,68 @@ def test_numpy_reference_refuses_a_fractional_k_and_nan_inputs():
         P.wgsef_prox(x, groups, k=1, lam=0.5)
     with pytest.raises(ValueError, match=r"NaN or inf"):
         P.wgsef_value(x, groups, k=1)
+
+
+# ---------------------------------------------------------------- the prox in a diagonal metric
+def brute_metric_prox(z, groups, d, h, k, lam):
+    """argmin_x sum_j h_j/2 ||x_j - z_j||^2 + lam WGSEF(x), by a derivative-free search (no closed form used)."""
+    from scipy.optimize import minimize
+
+    hh = np.concatenate([np.full(len(g), h[j]) for j, g in enumerate(groups)])
+
+    def objective(x):
+        return lam * P.wgsef_value(x, groups, k, d) + 0.5 * np.sum(hh * (x - z) ** 2)
+
+    best = None
+    for start in (z, np.zeros_like(z), 0.5 * z):
+        r = minimize(objective, start, method="Powell", options={"xtol": 1e-10, "ftol": 1e-14, "maxiter": 200000})
+        if best is None or r.fun < best.fun:
+            best = r
+    return best.x, best.fun, objective
+
+
+def test_metric_prox_matches_a_brute_force_solver_of_the_preconditioned_problem():
+    rng = np.random.default_rng(21)
+    for _ in range(25):
+        m = int(rng.integers(2, 5))
+        sizes = rng.integers(1, 3, size=m)
+        groups = np.split(np.arange(sizes.sum()), np.cumsum(sizes)[:-1])
+        d, h = rng.uniform(0.5, 3, m), 10 ** rng.uniform(-1, 1.5, m)
+        z, lam, k = rng.normal(size=sizes.sum()) * 2, float(10 ** rng.uniform(-1.5, 0.5)), int(rng.integers(1, m))
+        s = P.metric_prox_scales(P.group_norms(z, groups), d, h, k, lam)
+        x = z * np.repeat(s, sizes)
+        xb, fb, objective = brute_metric_prox(z, groups, d, h, k, lam)
+        assert objective(x) <= fb + 1e-9  # the closed form is at least as good as the search
+        np.testing.assert_allclose(x, xb, atol=2e-4)  # and it is the same point (strict convexity)
+        assert_minimiser(objective, x, rng)
+
+
+def test_metric_prox_with_a_constant_metric_is_the_euclidean_prox_of_lr_times_lam():
+    rng = np.random.default_rng(22)
+    for _ in range(50):
+        m = int(rng.integers(2, 30))
+        a, d = np.abs(rng.normal(size=m)) * 10 ** rng.uniform(-2, 2), rng.uniform(0.2, 5, m)
+        lr, lam, k = float(10 ** rng.uniform(-4, 0)), float(10 ** rng.uniform(-3, 1)), int(rng.integers(0, m + 1))
+        np.testing.assert_allclose(
+            P.metric_prox_scales(a, d, np.full(m, 1 / lr), k, lam), P.prox_scales(a, d, k, lr * lam), rtol=1e-10
+        )
+
+
+def test_metric_prox_drops_by_norm_times_root_metric_over_weight():
+    """Group j is zeroed iff h_j a_j / sqrt(d_j) is at or below a common threshold, and at least k stay."""
+    rng = np.random.default_rng(23)
+    for _ in range(100):
+        m = int(rng.integers(3, 40))
+        a, d, h = np.abs(rng.normal(size=m)) + 1e-3, rng.uniform(0.5, 2, m), 10 ** rng.uniform(-2, 2, m)
+        k, lam = int(rng.integers(1, m)), float(10 ** rng.uniform(-2, 1))
+        s = P.metric_prox_scales(a, d, h, k, lam)
+        score = h * a / np.sqrt(d)
+        assert np.count_nonzero(s) >= k
+        if np.any(s == 0):
+            assert score[s == 0].max() <= score[s > 0].min() * (1 + 1e-12)
+
+
+def test_metric_prox_refuses_a_bad_metric():
+    for bad in (np.array([1.0, 0.0, 1.0]), np.array([1.0, np.nan, 1.0]), np.ones(2)):
+        with pytest.raises(ValueError, match=r"h must hold one finite h_j > 0 per group \(3\)"):
+            P.metric_prox_scales(np.ones(3), np.ones(3), bad, 1, 0.1)

@@ -240,3 +240,58 @@ def test_export_uses_and_reports_the_rewrite(tmp_path):
     assert "without the op rewrite" not in keep.report.to_markdown()
     assert build_parser().parse_args(["m.keras", "--calibration", "c.npy", "--out", "o", "--keep-mean"]).keep_mean
     assert tflite_export.cheaper_ops is cheaper_ops
+
+
+def _conv1d_stack(length: int = 40, keepdims: bool = False, seed: int = 3) -> Any:
+    """``Input((length, 1)) -> [Conv1D(16, 3, same)/BatchNorm/ReLU] x4 -> GlobalAveragePooling1D -> Dense(10)``.
+
+    Functional: each call's keyword arguments are in the config (``{"mask": None}`` for the pooling).
+    """
+    keras.utils.set_random_seed(seed)
+    inp = h = keras.Input((length, 1))
+    for i in range(4):
+        h = L.ReLU(name=f"relu{i}")(L.BatchNormalization(name=f"bn{i}")(L.Conv1D(16, 3, padding="same")(h)))
+    h = L.GlobalAveragePooling1D(keepdims=keepdims, name="gap")(h)
+    if keepdims:
+        h = L.Flatten(name="flat")(h)
+    return _randomize_bn(keras.Model(inp, L.Dense(10, name="head")(h)), seed)
+
+
+def test_functional_1d_rewrite_drops_the_none_mask_argument():
+    x = np.random.default_rng(3).random((64, 40, 1), dtype=np.float32)
+    for keepdims, line in (
+        (False, "gap: GlobalAveragePooling1D over 40x16 -> AveragePooling1D(40) gap_avgpool + Reshape((16,)) gap"),
+        (True, "gap: GlobalAveragePooling1D over 40x16 -> AveragePooling1D(40) gap"),
+    ):
+        model = _conv1d_stack(keepdims=keepdims)
+        node = next(lc for lc in model.get_config()["layers"] if lc["config"]["name"] == "gap")["inbound_nodes"][0]
+        assert node["kwargs"] == {"mask": None}  # what the rewrite used to pass on to AveragePooling1D
+        snap = _snapshot(model)
+        fast, lines = cheaper_ops(model, x[:8])
+        assert lines == [line] and _unchanged(model, snap)
+        assert type(fast.get_layer("gap")) is (L.AveragePooling1D if keepdims else L.Reshape)
+        y0, y1 = _outputs(model, x), _outputs(fast, x)
+        assert np.max(np.abs(y0 - y1)) <= 1e-5 * max(1.0, np.max(np.abs(y0)))
+
+
+def test_a_pooling_called_with_a_real_mask_is_kept_and_a_lost_argument_is_refused():
+    from tflite_export.rewrite import RewriteError, call_kwargs
+
+    keras.utils.set_random_seed(4)
+    inp, mask = keras.Input((6, 3)), keras.Input((6,), dtype="bool")
+    h = L.GlobalAveragePooling1D(name="gap")(L.Conv1D(4, 1, name="conv")(inp), mask=mask)
+    model = keras.Model([inp, mask], L.Dense(2, name="head")(h))
+    same, lines = cheaper_ops(model)
+    assert same is model
+    assert lines == [
+        "kept gap (GlobalAveragePooling1D): it is called with a mask (a masked average is not a plain one)"
+    ]
+    # the rule every replaced call goes through: None and an unused `training` go, a real value is refused
+    pool = L.AveragePooling1D
+    assert call_kwargs({"mask": None, "training": True}, "block/gap", "GlobalAveragePooling1D", pool) == {}
+    tensor = {"class_name": "__keras_tensor__", "config": {"shape": [None, 6], "keras_history": ["m", 0, 0]}}
+    with pytest.raises(RewriteError, match=r"layer 'block/gap' \(GlobalAveragePooling1D\) .* called with a mask"):
+        call_kwargs({"mask": tensor}, "block/gap", "GlobalAveragePooling1D", pool)
+    with pytest.raises(RewriteError, match=r"'gap' .* the argument scale=2"):
+        call_kwargs({"scale": 2}, "gap", "GlobalAveragePooling1D", pool)
+    assert call_kwargs({"training": False}, "bn", "BatchNormalization", L.BatchNormalization) == {"training": False}

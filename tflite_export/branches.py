@@ -89,13 +89,17 @@ def _edit(cfg: dict, prefix: str, drops: dict[str, list[int]], dropped: list[str
             dropped.append(prefix + lc["config"]["name"])
 
 
-def drop_zero_branches(model: Any, *, exclude: Any = None, rtol: float = 1e-5) -> tuple[Any, list[str]]:
+def drop_zero_branches(
+    model: Any, *, exclude: Any = None, rtol: float = 1e-5, sample: Any = None
+) -> tuple[Any, list[str]]:
     """A copy of ``model`` without the residual branches whose output is exactly zero.
 
     Args:
       model: a built Functional model (Sequential models have no branches); never modified.
       exclude: regexes on layer paths treated as opaque by the channel analysis.
       rtol: tolerance of the output check (as in :func:`tflite_export.shrink.shrink`).
+      sample: inputs for the output check (None: random ones, as in
+        :func:`tflite_export.shrink.output_difference`).
 
     Returns:
       ``(new_model, dropped)``: ``dropped`` lists the layer paths removed (the merges left with
@@ -116,6 +120,7 @@ def drop_zero_branches(model: Any, *, exclude: Any = None, rtol: float = 1e-5) -
         lambda config: _edit(config, "", drops, dropped),
         what="the model without its zero branches",
         error=ShrinkError,
+        sample=sample,
         rtol=rtol,
     )
     return new, sorted(dropped)

@@ -17,6 +17,12 @@ its only array), preprocessed exactly as for training; ``--eval`` is an ``.npz``
 and ``y``; ``--labels`` is a ``.npy`` of labels for the calibration samples (accuracy is
 then measured on those).
 
+The model is loaded with its training configuration (``compile=True``), as :func:`tflite_export.export`
+sees a model in Python: a model trained with ``WGSEF(budget=...)`` is checked against that budget as
+measured, and repaired if a bound is broken (``--budget none`` skips the check). A model whose training
+configuration cannot be restored (e.g. a custom loss that is not registered) is loaded without it
+(``compile=False``); a note on stderr and in the report says so, and no budget is checked.
+
 Exit codes: 0 success; 2 bad input, one line (arguments, model file, data files, a model with
 several inputs or outputs, a budget that cannot be met); 1 a step failed (conversion,
 unsupported operator, writing the output) or an unexpected error (``--debug`` shows its
@@ -101,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep GlobalAveragePooling as TFLite MEAN (default: AVERAGE_POOL_2D over the whole map, "
         "the same values with an optimized TFLM kernel; the report gives the instruction saving)",
+    )
+    p.add_argument(
+        "--budget",
+        choices=("auto", "none"),
+        default="auto",
+        help="auto (default): check the budget of the model's saved WGSEF(budget=...) optimizer as measured and "
+        "remove groups if a bound is broken, as tflite_export.export does; none: export without the check",
     )
     p.add_argument("--no-instructions", action="store_true", help="skip the valgrind instruction count")
     p.add_argument("--runs", type=int, default=100, help="timed LiteRT invokes per latency figure (default 100)")
@@ -206,12 +219,23 @@ def _check_model_file(path: str) -> None:
         )
 
 
-def _load_model(path: str, unsafe: bool) -> Any:
+def _load_model(path: str, unsafe: bool) -> tuple[Any, str]:
+    """The model with its training configuration (optimizer, hence a saved budget), and a note.
+
+    The note is empty, or says why the model was loaded without its training configuration
+    (``compile=False``): a custom loss or metric that is not registered, for instance.
+    """
     _check_model_file(path)
     import keras
 
+    import keras_wgsef  # noqa: F401  (registers WGSEF and its schedules for deserialization)
+
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
+        return keras.saving.load_model(path, compile=True, safe_mode=not unsafe), ""
+    except Exception as exc:
+        why = " ".join(str(exc).split())
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=not unsafe)
     except Exception as exc:
         text = " ".join(str(exc).split())
         missing = re.search(r"Could not locate (?:class|function) '([^']+)'", text)
@@ -231,6 +255,12 @@ def _load_model(path: str, unsafe: bool) -> Any:
         raise ExportError(
             f"cannot load model {path}: {text[:300]}; save it with Keras 3 model.save('model.keras')"
         ) from None
+    note = (
+        f"loaded without its training configuration (compile=False): compiling it failed ({why[:200]}); "
+        "no budget saved in its optimizer is checked. Register the custom objects it needs (export from "
+        "Python after importing them) for the budget check"
+    )
+    return model, note
 
 
 def _refuse_inputs_inside(args: argparse.Namespace) -> None:
@@ -260,7 +290,14 @@ def _interrupt_on_sigterm() -> None:
 def _export(args: argparse.Namespace) -> int:
     from tflite_export.console import capture_output
     from tflite_export.convert import CalibrationError, calibration_samples
-    from tflite_export.export import OutputFolderError, atomic_folder, check_output_folder, export, write_artefacts
+    from tflite_export.export import (
+        BudgetOptionsError,
+        OutputFolderError,
+        atomic_folder,
+        check_output_folder,
+        export,
+        write_artefacts,
+    )
     from tflite_export.shrink import ShrinkError
 
     if args.multiple < 1 or args.calibration_samples < 1 or args.runs < 1:
@@ -280,7 +317,9 @@ def _export(args: argparse.Namespace) -> int:
     variants = 2 if args.compare_dense and not args.no_shrink else 1
     progress = _Progress(2 + variants, args.quiet)
     with progress.step(f"loading {args.model}"), capture_output():
-        model = _load_model(args.model, args.unsafe_load)
+        model, load_note = _load_model(args.model, args.unsafe_load)
+    if load_note:
+        print(f"{PROG}: note: {load_note}", file=sys.stderr, flush=True)
     try:
         calib = calibration_samples(model, calib_raw, args.calibration_samples)
     except CalibrationError as exc:
@@ -295,7 +334,7 @@ def _export(args: argparse.Namespace) -> int:
     baseline = None
     if variants == 2:
         with progress.step("converting and measuring the dense model (no shrink)"):
-            baseline = export(model, calib, shrink=False, name="dense", **common).report
+            baseline = export(model, calib, shrink=False, name="dense", budget=None, **common).report
     what = "exporting" if args.no_shrink else f"shrinking (multiple of {args.multiple}), exporting"
     with progress.step(f"{what} and measuring (LiteRT, TFLM arena{'' if args.no_instructions else ', callgrind'})"):
         try:
@@ -305,8 +344,11 @@ def _export(args: argparse.Namespace) -> int:
                 shrink=not args.no_shrink,
                 multiple=args.multiple,
                 name="shrunk" if variants == 2 else "exported",
+                budget="auto" if args.budget == "auto" else None,
                 **common,
             )
+        except BudgetOptionsError as exc:
+            raise ExportError(f"{exc} (on the command line: --budget none)") from None
         except ShrinkError as exc:
             raise ExportError(
                 f"shrink failed: {' '.join(str(exc).split())[:300]}; rerun with --no-shrink to export "
@@ -314,6 +356,10 @@ def _export(args: argparse.Namespace) -> int:
                 1,
             ) from None
     report = result.report
+    if load_note:
+        report.notes.append(load_note)
+    elif args.budget == "none":
+        report.notes.append("budget check skipped (--budget none)")
     if eval_where:
         report.notes.append(f"accuracy measured on the {eval_where}")
     with progress.step(f"writing {out}"), atomic_folder(out, args.force) as tmp:

@@ -14,6 +14,7 @@ Example (``model`` a small Keras CNN, ``x`` 8x8 digits):
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -155,7 +156,10 @@ def calibration_samples(model: Any, data: Any, num_calibration: int | None = Non
 def _convert(model: Any, representative_dataset: Any, int8_io: bool, quiet: bool) -> bytes:
     import tensorflow as tf
 
-    with capture_output(quiet) as captured:
+    with capture_output(quiet) as captured, warnings.catch_warnings():
+        # said on every int8-I/O conversion; the input's scale comes from the representative data instead
+        # of the legacy mean/std statistics it asks for, so it is noise to a user of the export
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected", category=UserWarning)
         try:
             converter = tf.lite.TFLiteConverter.from_keras_model(model)
             converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -31,11 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["ExportResult", "OutputFolderError", "atomic_folder", "check_output_folder", "export"]
+__all__ = ["BudgetOptionsError", "ExportResult", "OutputFolderError", "atomic_folder", "check_output_folder", "export"]
 
 
 class OutputFolderError(ValueError):
     """The output folder cannot be used (not empty without overwrite, a file, no parent, not writable)."""
+
+
+class BudgetOptionsError(ValueError):
+    """A budget is to be checked, but the export options would measure another model than the plan's."""
 
 
 @dataclass
@@ -194,6 +198,8 @@ def export(
 
     Raises:
       OutputFolderError: ``out`` cannot be used (checked before any work).
+      BudgetOptionsError: a budget is checked, but ``shrink``, ``multiple`` or ``cheaper_ops`` differ from
+        what the plan predicts (pass ``budget=None``).
       tflite_export.ShrinkError, CalibrationError, ConversionError, UnsupportedOpError: a step failed.
     """
     from tflite_export.convert import calibration_samples, to_tflite_int8
@@ -210,7 +216,7 @@ def export(
     fit = None
     if plan is not None:
         if not shrink or multiple != 1 or cheaper_ops != plan.gap_as_avgpool:
-            raise ValueError(
+            raise BudgetOptionsError(
                 "a budget is met on the shrunk model with multiple=1 and the plan's operator lowering "
                 f"(cheaper_ops={plan.gap_as_avgpool}); pass budget=None to export without the budget check."
             )

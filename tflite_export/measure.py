@@ -287,7 +287,8 @@ def measure(
         latency, arena: measure these (both on by default).
         instructions: ``True`` counts (error if valgrind is missing), ``"auto"`` counts when
             valgrind is installed and notes the skip otherwise, ``False`` skips.
-        tflm_samples: at most this many samples run on TFLM (one invoke each).
+        tflm_samples: at most this many samples run on TFLM (one invoke each); 0 skips the TFLM
+            accuracy (``accuracy_tflm`` stays None and a note says so).
         lsb_tolerance: TFLM vs LiteRT output difference that is noted as acceptable.
         float_model: the Keras model the ``.tflite`` came from: with ``x`` its float accuracy
             (with ``y``) and the int8-vs-float agreement are reported too.
@@ -312,6 +313,8 @@ def measure(
         f"({os.cpu_count()} CPUs), LiteRT host figures, not MCU figures",
         latency_runs=runs if latency else 0, latency_warmup=warmup, num_threads=num_threads,
     )  # fmt: skip
+    if tflm_samples < 0:
+        raise ValueError(f"measure: tflm_samples must be >= 0 (0: no TFLM accuracy), got {tflm_samples}")
     if x is not None:
         x = np.asarray(x)
         if len(x) == 0:
@@ -346,20 +349,23 @@ def measure(
         report.n_eval = len(x)
         report.accuracy_litert = class_accuracy(pred, labels)
         n = min(len(x), tflm_samples)
-        micro = run_tflm(data, x[:n], arena_size=arena_size).reshape(n, -1)
-        report.n_tflm = n
-        report.accuracy_tflm = class_accuracy(micro, labels[:n])
-        if micro.dtype.kind == "f":  # float outputs: count in steps of the int8 tensor before DEQUANTIZE
-            step = dequantized_output_scale(data) or 1.0
-            diff = np.rint(np.abs(micro.astype(np.float64) - pred[:n]) / step).astype(np.int64)
+        if n == 0:
+            report.notes.append("TFLM accuracy not measured (tflm_samples=0)")
         else:
-            diff = np.abs(micro.astype(np.int64) - pred[:n].astype(np.int64))
-        report.tflm_vs_litert_max_lsb = int(diff.max())
-        report.tflm_vs_litert_argmax_agreement = float(np.mean(micro.argmax(1) == pred[:n].argmax(1)))
-        if diff.max() > lsb_tolerance:
-            report.notes.append(
-                f"TFLM and LiteRT outputs differ by up to {int(diff.max())} LSB (tolerance {lsb_tolerance})"
-            )
+            micro = run_tflm(data, x[:n], arena_size=arena_size).reshape(n, -1)
+            report.n_tflm = n
+            report.accuracy_tflm = class_accuracy(micro, labels[:n])
+            if micro.dtype.kind == "f":  # float outputs: count in steps of the int8 tensor before DEQUANTIZE
+                step = dequantized_output_scale(data) or 1.0
+                diff = np.rint(np.abs(micro.astype(np.float64) - pred[:n]) / step).astype(np.int64)
+            else:
+                diff = np.abs(micro.astype(np.int64) - pred[:n].astype(np.int64))
+            report.tflm_vs_litert_max_lsb = int(diff.max())
+            report.tflm_vs_litert_argmax_agreement = float(np.mean(micro.argmax(1) == pred[:n].argmax(1)))
+            if diff.max() > lsb_tolerance:
+                report.notes.append(
+                    f"TFLM and LiteRT outputs differ by up to {int(diff.max())} LSB (tolerance {lsb_tolerance})"
+                )
     if float_model is not None and x is not None:
         reference = float_outputs(float_model, x)
         if y is not None:

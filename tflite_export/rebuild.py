@@ -15,6 +15,7 @@ Example (``model`` the doctest CNN; an edit that changes nothing gives an equal 
 from __future__ import annotations
 
 import copy
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -47,8 +48,15 @@ def rebuild(
     serialized = copy.deepcopy(keras.saving.serialize_keras_object(model))
     serialized.pop("compile_config", None)
     edit(serialized["config"])
+    _repair_round_trip(serialized["config"])
     old_layers = flatten_model(model).layers
-    classes = {type(layer).__name__: type(layer) for layer in old_layers.values()}
+    # the model's own layer classes (Keras' own are found by their module: given here, a layer class
+    # would shadow the keras.ops operation of the same name, e.g. layers.Add and ops.numpy.Add)
+    classes = {
+        type(layer).__name__: type(layer)
+        for layer in old_layers.values()
+        if isinstance(layer, keras.layers.Layer) and not type(layer).__module__.startswith("keras.")
+    }
     # safe_mode=False: the config comes from the caller's own in-memory model (Lambda layers included)
     new = keras.saving.deserialize_keras_object(serialized, custom_objects=classes, safe_mode=False)
     for path, layer in flatten_model(new).layers.items():
@@ -62,7 +70,41 @@ def rebuild(
             layer.set_weights(values)
             if hasattr(layer, "finalize_state"):  # preprocessing layers cache their state
                 layer.finalize_state()
+        elif not old.weights:
+            _copy_saved_state(old, layer)
     return new
+
+
+def _copy_saved_state(old: Any, new: Any) -> None:
+    """State a layer keeps outside its weights (a lookup's vocabulary), copied the way Keras saves it."""
+    import keras
+
+    if not isinstance(old, keras.layers.Layer):  # a keras.ops call: no state
+        return
+    store: dict[str, Any] = {}
+    old.save_own_variables(store)
+    if store:
+        new.load_own_variables(store)
+    if hasattr(old, "save_assets") and hasattr(new, "load_assets"):
+        with tempfile.TemporaryDirectory() as assets:
+            old.save_assets(assets)
+            new.load_assets(assets)
+
+
+def _repair_round_trip(config: dict) -> None:
+    """Layer configs that Keras writes but cannot read back, rewritten to the equal form it reads.
+
+    ``RandomShear(0.2)`` stores ``x_factor=(-0.2, 0.2)``, which its constructor refuses (factors
+    must lie in ``[0, 1]``); ``0.2`` builds the same layer.
+    """
+    for lc in config.get("layers", []):
+        if "layers" in lc.get("config", {}):
+            _repair_round_trip(lc["config"])
+        if lc.get("class_name") == "RandomShear":
+            for key in ("x_factor", "y_factor"):
+                value = lc["config"].get(key)
+                if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == -value[1]:
+                    lc["config"][key] = abs(value[1])
 
 
 def rebuild_equal(

@@ -21,8 +21,11 @@ The last layer always keeps the original name, so every later layer, the model o
 paths of :func:`keras_wgsef.graph.model_graph.flatten_model` (used by shrink and the cost model) stay
 as they were; if ``gap_avgpool`` is taken, ``gap_avgpool_1``, ... is used. Layers are left alone
 (and listed as kept) when their spatial size is not static, they are ``channels_first``, one layer
-object is called on differently shaped inputs, or (1-D) the model has a masking layer (a masked
-average is not a plain one). The model is rebuilt the way :func:`tflite_export.shrink` rebuilds one:
+object is called on differently shaped inputs, or (1-D) the model has a masking layer or the layer
+is called with a mask (a masked average is not a plain one). The other arguments of a call go to
+the replacement as :func:`call_kwargs` says: ``mask=None`` and an unused ``training`` are dropped, a
+value the replacement cannot take is refused (:class:`RewriteError` naming the layer and its path).
+The model is rebuilt the way :func:`tflite_export.shrink` rebuilds one:
 serialized config edited, deserialized, weights copied by layer path (nested models included).
 
 The float outputs are equal (checked; :class:`RewriteError` otherwise). The int8 models are not
@@ -49,7 +52,15 @@ import numpy as np
 
 from keras_wgsef.graph.model_graph import flatten_model
 
-__all__ = ["RewriteError", "cheaper_ops", "int8_difference", "record_saving", "unroll_recurrent", "with_batch_one"]
+__all__ = [
+    "RewriteError",
+    "call_kwargs",
+    "cheaper_ops",
+    "int8_difference",
+    "record_saving",
+    "unroll_recurrent",
+    "with_batch_one",
+]
 
 _GAP = {"GlobalAveragePooling2D": ("AveragePooling2D", 2), "GlobalAveragePooling1D": ("AveragePooling1D", 1)}
 
@@ -76,9 +87,12 @@ def _plan(model: Any) -> tuple[dict[str, _Plan], list[str]]:
         isinstance(layer, keras.layers.Masking) or getattr(layer, "mask_zero", False) for layer in g.layers.values()
     )
     shapes: dict[str, set[tuple]] = {}
+    mask_given: set[str] = set()  # called with a mask tensor (an explicit or propagated mask argument)
     for node in g.nodes:
         if type(node.layer).__name__ in _GAP and type(node.layer).__module__.startswith("keras"):
             shapes.setdefault(node.path, set()).add(tuple(g.shapes[node.inputs[0]]))
+            if len(node.inputs) > 1:
+                mask_given.add(node.path)
     plans, kept = {}, []
     for path, seen in shapes.items():
         layer = g.layers[path]
@@ -91,6 +105,8 @@ def _plan(model: Any) -> tuple[dict[str, _Plan], list[str]]:
             reason = f"data_format {layer.data_format}"
         elif rank == 1 and masked:
             reason = "the model has a masking layer (a masked average is not a plain one)"
+        elif path in mask_given:
+            reason = "it is called with a mask (a masked average is not a plain one)"
         else:
             shape = next(iter(seen))
             dims = shape[1:]
@@ -115,6 +131,48 @@ def _layer_entry(layer: Any, template: dict) -> dict:
     return entry
 
 
+def call_kwargs(kwargs: dict, path: str, kind: str, replacement: Any) -> dict:
+    """The keyword arguments of a replaced layer's call that its ``replacement`` layer class receives.
+
+    A Functional config records each call's keyword arguments (``{"mask": None}`` for a
+    ``GlobalAveragePooling1D`` called without one, ``{"training": False}`` where the user passed it).
+    A None value is dropped (Keras fills in the default), and so is ``training`` where the replacement's
+    ``call`` does not take it (it computes the same in training and inference). A value the
+    replacement does not take otherwise (a real mask tensor, anything else) would be lost: refused.
+
+    Args:
+      kwargs: the serialized keyword arguments of the call (``inbound_nodes[i]["kwargs"]``).
+      path, kind: the replaced layer's path in the model and its class name, for the message.
+      replacement: the class of the layer that receives the call.
+
+    Raises:
+      RewriteError: a non-None argument the replacement cannot take; the message names the layer, its
+        path and the argument.
+
+    Example:
+      >>> import keras
+      >>> call_kwargs({"mask": None, "training": False}, "gap", "GlobalAveragePooling1D", keras.layers.Reshape)
+      {}
+    """
+    import inspect
+
+    accepted = inspect.signature(replacement.call).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    kept = {}
+    for name, value in kwargs.items():
+        if value is None or (name == "training" and "training" not in accepted):
+            continue
+        if name not in accepted and not takes_any:
+            what = "a mask" if name == "mask" or name.endswith("_mask") else f"the argument {name}={value!r}"
+            raise RewriteError(
+                f"cannot replace layer {path!r} ({kind}) with {replacement.__name__}: it is called with {what}, "
+                f"which {replacement.__name__} does not take, so the result would change; export with "
+                "cheaper_ops=False (--keep-mean)"
+            )
+        kept[name] = value
+    return kept
+
+
 def _edit_config(cfg: dict, prefix: str, plans: dict[str, _Plan], lines: list[str]) -> None:
     import keras
 
@@ -135,9 +193,13 @@ def _edit_config(cfg: dict, prefix: str, plans: dict[str, _Plan], lines: list[st
         size = plan.spatial if len(plan.spatial) > 1 else plan.spatial[0]
         window = "x".join(map(str, plan.spatial))
         what = f"{plan.path}: {plan.kind} over {window}x{plan.channels} -> {pool_class.__name__}({size!r})"
+        nodes = [
+            {**node, "kwargs": call_kwargs(node.get("kwargs", {}), plan.path, plan.kind, pool_class)}
+            for node in lc.get("inbound_nodes", [])
+        ]
         if plan.keepdims:
             pool = _layer_entry(pool_class(size, padding="valid", name=name), lc)
-            pool["inbound_nodes"] = lc.get("inbound_nodes", [])
+            pool["inbound_nodes"] = nodes
             new_layers.append(pool)
             lines.append(f"{what} {name}")
             continue
@@ -149,7 +211,7 @@ def _edit_config(cfg: dict, prefix: str, plans: dict[str, _Plan], lines: list[st
         pool = _layer_entry(pool_class(size, padding="valid", name=pool_name), lc)
         reshape = _layer_entry(keras.layers.Reshape((plan.channels,), name=name), lc)
         if functional:
-            (node,) = lc["inbound_nodes"]
+            (node,) = nodes
             pool["inbound_nodes"] = [node]
             args = [a for a in node["args"] if isinstance(a, dict)]
             dtype = args[0]["config"].get("dtype", "float32") if args else "float32"

@@ -276,6 +276,12 @@ def output_difference(model: Any, new: Any, sample: Any = None, rtol: float = 1e
     tolerance is ``rtol * max(1, max |y|)``; ``same`` also requires equal output shapes.
     """
     if sample is None:
+        for t in model.inputs:
+            if str(t.dtype) == "string":
+                raise ValueError(
+                    f"model input {t.name!r} takes strings, so no random sample can be drawn for the output check; "
+                    "pass a sample of real inputs (shrink(model, sample) / output_difference(model, new, sample))."
+                )
         rng = np.random.default_rng(0)
         sample = [rng.standard_normal((4, *[int(s) for s in t.shape[1:]])).astype(np.float32) for t in model.inputs]
         sample = sample[0] if len(sample) == 1 else sample
@@ -318,7 +324,14 @@ def shrink(
       keras_wgsef.graph.rules.UnsupportedLayerError: a layer without a channel rule.
     """
 
-    for s in sample if isinstance(sample, (list, tuple)) else [] if sample is None else [sample]:
+    samples = sample if isinstance(sample, (list, tuple)) else [] if sample is None else [sample]
+    for s, t in zip(samples, getattr(model, "inputs", None) or []):  # (subclassed models: refused below)
+        if str(t.dtype) == "string" and np.asarray(s).dtype.kind not in "USO":
+            raise ValueError(
+                f"shrink: model input {t.name!r} takes strings, but its sample has dtype {np.asarray(s).dtype}; "
+                "pass the strings the model reads."
+            )
+    for s in samples:
         arr = np.asarray(s)
         if arr.size == 0 or len(arr) == 0:
             raise ValueError(
@@ -327,7 +340,7 @@ def shrink(
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             raise ValueError("shrink: the sample has NaN or inf values; pass finite inputs (or None for random ones).")
     original = model
-    model, dropped = drop_zero_branches(model, exclude=exclude, rtol=rtol)  # Add(x, 0) = x: branch and all
+    model, dropped = drop_zero_branches(model, exclude=exclude, rtol=rtol, sample=sample)  # Add(x, 0) = x
     plan = plan_shrink(model, multiple=multiple, exclude=exclude)
     a = plan.analysis
     # The new model is returned uncompiled (rebuild drops the compile config): the training

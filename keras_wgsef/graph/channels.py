@@ -37,7 +37,16 @@ from typing import Any
 import numpy as np
 
 from keras_wgsef.graph import rules as cr
-from keras_wgsef.graph.model_graph import Graph, Node, flatten_model, layer_variables, matches, walk_back, weight_paths
+from keras_wgsef.graph.model_graph import (
+    Graph,
+    Node,
+    flatten_model,
+    layer_variables,
+    matches,
+    member_names,
+    walk_back,
+    weight_paths,
+)
 from keras_wgsef.groups.scope import GroupScope, Member
 
 __all__ = [
@@ -61,7 +70,8 @@ class ChannelAnalysis:
       tensor_ids: channel ids along the last axis of each tensor.
       channels: per layer, the ids it owns (:class:`~keras_wgsef.graph.rules.LayerChannels`:
         a producer's output and input channels, a carrier's channels).
-      param_ids: ``"layer/weight"`` -> (axis, channel ids along it) for every weight indexed by channel.
+      param_ids: member path (``"layer/path/weight"``, :func:`~keras_wgsef.graph.model_graph.member_names`)
+        -> (axis, channel ids along it) for every weight indexed by channel.
       pins: id -> reason the channel can never be removed (model input/output, opaque layer, ...).
     """
 
@@ -149,12 +159,12 @@ def analyze(model: Any, *, exclude: str | Iterable[str] | None = None) -> Channe
         layer_rule, own = a.rules.get(path), a.channels.get(path)
         if layer_rule is None or own is None:
             continue
-        v = layer_variables(layer)
+        v, member = layer_variables(layer), member_names(path, layer)
         for name, axis, ids in layer_rule.weight_slices(own):
             ax = axis % len(v[name].shape)
             if int(v[name].shape[ax]) != len(ids):
-                raise ValueError(f"{v[name].path}: axis {ax} has {v[name].shape[ax]} entries, expected {len(ids)}.")
-            a.param_ids[f"{path}/{name}"] = (ax, ids)
+                raise ValueError(f"{member[name]}: axis {ax} has {v[name].shape[ax]} entries, expected {len(ids)}.")
+            a.param_ids[member[name]] = (ax, ids)
     return a
 
 
@@ -177,7 +187,7 @@ def _resolve_rule(node: Node, g: Graph, exclude: Any) -> cr.ChannelRule:
 
 
 def weight_values(a: ChannelAnalysis) -> dict[str, np.ndarray]:
-    """``"layer/weight"`` -> its value as NumPy, for every layer of the analysed graph."""
+    """Member path (``"layer/path/weight"``) -> its value as NumPy, for every layer of the analysed graph."""
     import keras
 
     return {p: np.asarray(keras.ops.convert_to_numpy(w)) for p, w in weight_paths(a.graph).items()}
@@ -203,8 +213,9 @@ def zero_channels(
         rule = a.rules[node.path]
         if isinstance(rule, cr.Opaque):
             continue
+        member = member_names(node.path, node.layer)
         v = {
-            k: np.zeros(tuple(w.shape)) if f"{node.path}/{k}" in zeroed else values[f"{node.path}/{k}"]
+            k: np.zeros(tuple(w.shape)) if member[k] in zeroed else values[member[k]]
             for k, w in layer_variables(node.layer).items()
         }
         out_n = len(a.tensor_ids[node.outputs[0]])

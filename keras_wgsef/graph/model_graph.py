@@ -26,11 +26,15 @@ __all__ = [
     "KERNELS",
     "Graph",
     "Node",
+    "OperationCall",
+    "TensorArg",
     "flatten_model",
     "head_layers",
     "layer_variables",
     "matches",
+    "member_names",
     "model_weights",
+    "relative_paths",
     "walk_back",
     "weight_names",
     "weight_paths",
@@ -42,7 +46,7 @@ KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
 @dataclasses.dataclass
 class Node:
-    """One call of a layer: ``outputs = layer(*inputs)`` (tensor ids)."""
+    """One call of a layer (or an :class:`OperationCall`): ``outputs = layer(*inputs)`` (tensor ids)."""
 
     path: str
     layer: Any
@@ -64,6 +68,120 @@ class Graph:
     def new_tensor(self, shape: Sequence[Any]) -> int:
         self.shapes.append(tuple(shape))
         return len(self.shapes) - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorArg:
+    """Where a model tensor stands in an :class:`OperationCall`'s arguments: the node's input ``index``."""
+
+    index: int
+
+
+@dataclasses.dataclass(eq=False)
+class OperationCall:
+    """One call of a ``keras.ops`` operation inside a Functional model, with its constant operands.
+
+    ``x + 3.0`` or ``keras.ops.relu(x)`` on a symbolic tensor adds an operation (``keras.ops``
+    class ``Add``, ``Relu``) that is not a layer to the model; its constants (the ``3.0``) are
+    in the config's inbound node, not in the operation. The graph's node holds this record as its
+    ``layer``, so a channel rule sees the operands. ``args`` and ``kwargs`` are the serialized
+    inbound node's, each model tensor replaced by a :class:`TensorArg`; an operation has no weights.
+
+    Example:
+      >>> import keras
+      >>> x = keras.Input((4,))
+      >>> call = flatten_model(keras.Model(x, keras.ops.multiply(x, 6.0))).nodes[0].layer
+      >>> call.class_name, call.args, call.constants(), call.num_tensors
+      ('keras.src.ops.numpy.Multiply', [TensorArg(index=0), 6.0], [6.0], 1)
+    """
+
+    op: Any
+    args: Any
+    kwargs: Any
+    weights: tuple = ()
+
+    @property
+    def name(self) -> str:
+        return str(self.op.name)
+
+    @property
+    def op_class(self) -> type:
+        """The operation's class: the key of its channel rule."""
+        return type(self.op)
+
+    @property
+    def class_name(self) -> str:
+        """The importable name of the operation's class (``keras.src.ops.numpy.Add``)."""
+        return f"{type(self.op).__module__}.{type(self.op).__qualname__}"
+
+    @property
+    def num_tensors(self) -> int:
+        """How many model tensors the call reads (the graph node's inputs)."""
+        return len(_tensor_args([self.args, self.kwargs]))
+
+    def get_config(self) -> dict:
+        """The operation's own config (its constructor arguments, e.g. ``Gelu``'s ``approximate``)."""
+        return dict(self.op.get_config())
+
+    def constants(self) -> list[Any]:
+        """The operands that are no model tensor (deserialized: ``3.0``, a NumPy array), in call order."""
+        operands = [*self.args, *self.kwargs.values()]
+        return [_fill(v, []) for v in operands if not _tensor_args(v)]
+
+    def apply(self, tensors: Sequence[Any]) -> Any:
+        """The operation on concrete ``tensors`` (one per :class:`TensorArg`) and its constants."""
+        args, kwargs = _fill(self.args, tensors), _fill(self.kwargs, tensors)
+        return self.op(*args, **kwargs)
+
+    def output_shapes(self, shapes: list[tuple]) -> list[tuple]:
+        """The output shapes for input ``shapes`` (``compute_output_spec``: nothing is called or recorded)."""
+        import keras
+
+        specs = [keras.KerasTensor(s) for s in shapes]
+        out = self.op.compute_output_spec(*_fill(self.args, specs), **_fill(self.kwargs, specs))
+        return [tuple(o.shape) for o in out] if isinstance(out, (list, tuple)) else [tuple(out.shape)]
+
+
+def _mark_tensors(obj: Any, count: list[int]) -> Any:
+    """A serialized inbound-node structure with each keras tensor replaced by a :class:`TensorArg`.
+
+    The tensors are numbered in the order :func:`_keras_tensors` lists them (the node's inputs).
+    """
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "__keras_tensor__":
+            count[0] += 1
+            return TensorArg(count[0] - 1)
+        return {k: _mark_tensors(v, count) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_mark_tensors(v, count) for v in obj]
+    return obj
+
+
+def _tensor_args(obj: Any) -> list[TensorArg]:
+    if isinstance(obj, TensorArg):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensor_args(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensor_args(v)]
+    return []
+
+
+def _fill(obj: Any, tensors: Sequence[Any]) -> Any:
+    """A marked structure with its tensors filled in and its serialized constants deserialized."""
+    import keras
+
+    if isinstance(obj, TensorArg):
+        return tensors[obj.index]
+    if isinstance(obj, dict):
+        if obj.get("class_name") == "__tuple__":
+            return tuple(_fill(v, tensors) for v in obj["config"]["value"])
+        if "class_name" in obj and not _tensor_args(obj):
+            return keras.saving.deserialize_keras_object(obj)
+        return {k: _fill(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_fill(v, tensors) for v in obj]
+    return obj
 
 
 def _is_model(layer: Any) -> bool:
@@ -92,6 +210,8 @@ def _as_refs(x: Any) -> list[tuple]:
 def _output_shapes(layer: Any, shapes: list[tuple]) -> list[tuple]:
     import keras
 
+    if isinstance(layer, OperationCall):
+        return layer.output_shapes(shapes)
     arg = shapes[0] if len(shapes) == 1 else list(shapes)
     try:
         out = layer.compute_output_shape(arg)
@@ -115,28 +235,31 @@ def flatten_model(model: Any) -> Graph:
     g = Graph([], [], [], [], {})
     if not _is_model(model):
         raise TypeError(f"expected a keras.Model, got {type(model).__name__}.")
-    g.inputs = [g.new_tensor(t.shape) for t in model.inputs] if _has_graph(model) else []
-    g.outputs = _expand(model, "", g.inputs, g, {})
+    cfg = _graph_config(model)
+    g.inputs = [g.new_tensor(t.shape) for t in model.inputs] if cfg is not None else []
+    g.outputs = _expand(model, "", g.inputs, g, {}, cfg)
     return g
 
 
-def _has_graph(model: Any) -> bool:
+def _graph_config(model: Any) -> dict | None:
+    """The config of a model with a layer graph (a Sequential's, a Functional's); None when subclassed."""
     import keras
 
-    if isinstance(model, keras.Sequential):
-        return True
     try:
         cfg = model.get_config()
     except Exception:
         cfg = {}
-    return isinstance(cfg, dict) and "layers" in cfg and "input_layers" in cfg
+    if isinstance(model, keras.Sequential) or (isinstance(cfg, dict) and "layers" in cfg and "input_layers" in cfg):
+        return cfg
+    return None
 
 
-def _expand(model: Any, prefix: str, bound: list[int], g: Graph, calls: dict) -> list[int]:
+def _expand(model: Any, prefix: str, bound: list[int], g: Graph, calls: dict, cfg: dict | None = None) -> list[int]:
     import keras
 
     name = model.name
-    if not _has_graph(model):
+    cfg = _graph_config(model) if cfg is None else cfg
+    if cfg is None:
         where = f" (at {prefix.rstrip('/')!r})" if prefix else ""
         raise TypeError(
             f"Model {name!r}{where} of class {type(model).__name__} is subclassed: it has no layer graph to "
@@ -148,7 +271,6 @@ def _expand(model: Any, prefix: str, bound: list[int], g: Graph, calls: dict) ->
         for layer in model.layers:
             t = _call(layer, prefix + layer.name, t, g, calls)
         return t
-    cfg = model.get_config()
     hist: dict[tuple, int] = {}
     for ref, tid in zip(_as_refs(cfg["input_layers"]), bound):
         hist[(ref[0], int(ref[1]), int(ref[2]))] = tid
@@ -173,6 +295,8 @@ def _expand(model: Any, prefix: str, bound: list[int], g: Graph, calls: dict) ->
                 elif len(g.shapes[k]) == len(a["shape"]):  # the traced shape knows dims the layer left open
                     g.shapes[k] = tuple(s if s is not None else t for s, t in zip(g.shapes[k], a["shape"]))
             layer = _layer_or_operation(model, lc["config"]["name"])
+            if not isinstance(layer, keras.layers.Layer):  # a keras.ops call: its constants are in the node
+                layer = _operation_call(layer, nd, g.layers.get(prefix + layer.name))
             outs = _call(layer, prefix + layer.name, ins, g, calls)
             for j, o in enumerate(outs):
                 hist[(layer.name, idx, j)] = o
@@ -191,6 +315,21 @@ def _layer_or_operation(model: Any, name: str) -> Any:
     raise ValueError(f"model {model.name!r}: no layer or operation named {name!r}.")
 
 
+def _operation_call(op: Any, node: dict, seen: Any) -> OperationCall:
+    """The :class:`OperationCall` of one inbound node of ``op`` (the one already seen, for an equal call)."""
+    count = [0]
+    args = _mark_tensors(node.get("args", []), count)
+    kwargs = _mark_tensors(node.get("kwargs", {}), count)
+    if isinstance(seen, OperationCall) and seen.op is op and (seen.args, seen.kwargs) == (args, kwargs):
+        return seen
+    if seen is not None:
+        raise ValueError(
+            f"operation {op.name!r} ({type(op).__name__}) is called more than once with different constants; "
+            "call a separate keras.ops function each time (or wrap the computation in a layer)."
+        )
+    return OperationCall(op, args, kwargs)
+
+
 def _call(layer: Any, path: str, ins: list[int], g: Graph, calls: dict) -> list[int]:
     if _is_model(layer):
         g.submodel_inputs[path + "/"] = list(ins)
@@ -203,12 +342,40 @@ def _call(layer: Any, path: str, ins: list[int], g: Graph, calls: dict) -> list[
     return outs
 
 
+def relative_paths(layer: Any) -> list[str]:
+    """The path of each of a layer's weights inside the layer, in ``layer.weights`` order.
+
+    A weight the layer creates itself is its name (``"kernel"``, ``"vector_u"``); a weight of a
+    sublayer is the sublayer's name and its own relative path (``LSTM``: ``"lstm_cell/kernel"``,
+    ``TimeDistributed(Dense)``: ``"dense/kernel"``, ``Bidirectional(LSTM)``:
+    ``"forward_lstm/lstm_cell/kernel"``). It is read from the layer structure, so it is the same
+    before and after ``keras.models.load_model`` (which builds a wrapper's inner layer outside the
+    wrapper's name scope: ``variable.path`` loses the wrapper's name there) and on every backend;
+    for a freshly built layer it is ``variable.path`` without the ``layer.path + "/"`` prefix.
+
+    Example:
+      >>> import keras
+      >>> lstm = keras.layers.LSTM(3)
+      >>> _ = lstm(keras.Input((5, 2)))
+      >>> relative_paths(lstm)
+      ['lstm_cell/kernel', 'lstm_cell/recurrent_kernel', 'lstm_cell/bias']
+    """
+    inner: dict[int, str] = {}
+    # Keras tracks a layer's sublayers in ``_layers`` (no public equivalent outside keras.Model)
+    for sub in getattr(layer, "_layers", None) or []:
+        for w, rel in zip(getattr(sub, "weights", []), relative_paths(sub)):
+            inner.setdefault(id(w), f"{sub.name}/{rel}")
+    return [inner.get(id(w), w.name) for w in getattr(layer, "weights", [])]
+
+
 def weight_names(layer: Any) -> list[str]:
     """The names of a layer's weights, in ``layer.weights`` order: the shortest path suffixes that differ.
 
-    ``"kernel"``, ``"bias"``, ``"gamma"`` for most layers; a layer with sublayers whose weights share
-    a last name gets longer suffixes (``MultiHeadAttention``: ``"query/kernel"``, ``"key/kernel"``;
-    ``Bidirectional``: ``"forward_lstm/lstm_cell/kernel"``).
+    ``"kernel"``, ``"bias"``, ``"gamma"`` for most layers (also ``LSTM``'s ``"lstm_cell/kernel"``
+    is ``"kernel"``); a layer with sublayers whose weights share a last name gets longer suffixes
+    (``MultiHeadAttention``: ``"query/kernel"``, ``"key/kernel"``; ``Bidirectional``:
+    ``"forward_lstm/lstm_cell/kernel"``). The channel rules address weights by these names; group
+    members use the full :func:`relative_paths` (:func:`member_names`).
 
     Example:
       >>> import keras
@@ -217,7 +384,7 @@ def weight_names(layer: Any) -> list[str]:
       >>> weight_names(mha)[:3]
       ['query/kernel', 'query/bias', 'key/kernel']
     """
-    parts = [w.path.split("/") for w in getattr(layer, "weights", [])]
+    parts = [p.split("/") for p in relative_paths(layer)]
     for k in range(1, max((len(p) for p in parts), default=1) + 1):
         names = ["/".join(p[-k:]) for p in parts]
         if len(set(names)) == len(names):
@@ -230,18 +397,42 @@ def layer_variables(layer: Any) -> dict[str, Any]:
     return dict(zip(weight_names(layer), getattr(layer, "weights", [])))
 
 
-def weight_paths(g: Graph) -> dict[str, Any]:
-    """``{"layer/path/weight": variable}`` of every weight, named by the layer's path in the model.
+def member_names(path: str, layer: Any) -> dict[str, str]:
+    """``{weight name: member path}`` of the layer at ``path``: the one translation from the rules' names.
 
-    These are the paths of group members (:class:`keras_wgsef.groups.Member`): the layer's path
-    from :func:`flatten_model` (nested models included, the top model's own name left out) and the
-    weight's short name. Unlike ``variable.path`` they do not change on save and load.
+    A member path (:class:`keras_wgsef.groups.Member`) is the layer's path in the model and the
+    weight's :func:`relative_paths` entry, e.g. ``"kernel"`` -> ``"conv/kernel"`` and, for an
+    ``LSTM`` at ``"block/lstm"``, ``"kernel"`` -> ``"block/lstm/lstm_cell/kernel"``.
+
+    Example:
+      >>> import keras
+      >>> td = keras.layers.TimeDistributed(keras.layers.Dense(3, name="dense"), name="td")
+      >>> _ = td(keras.Input((5, 2)))
+      >>> member_names("td", td)
+      {'kernel': 'td/dense/kernel', 'bias': 'td/dense/bias'}
     """
-    return {f"{path}/{name}": w for path, layer in g.layers.items() for name, w in layer_variables(layer).items()}
+    return {name: f"{path}/{rel}" for name, rel in zip(weight_names(layer), relative_paths(layer))}
+
+
+def weight_paths(g: Graph) -> dict[str, Any]:
+    """``{member path: variable}`` of every weight of the graph: the paths of group members.
+
+    A member path is the layer's path from :func:`flatten_model` (nested models included, the top
+    model's own name left out) and the weight's path inside the layer (:func:`member_names`):
+    ``"conv/kernel"``, ``"block/conv/kernel"``, ``"lstm/lstm_cell/kernel"``, ``"td/dense/kernel"``.
+    For a top-level Functional model these are the ``variable.path`` s; unlike ``variable.path``
+    they do not change on save and load (:func:`keras_wgsef.groups.match_variables` finds the
+    variable of a member in a reloaded model, whose paths lose leading components).
+    """
+    out: dict[str, Any] = {}
+    for path, layer in g.layers.items():
+        for member, w in zip(member_names(path, layer).values(), getattr(layer, "weights", [])):
+            out[member] = w
+    return out
 
 
 def model_weights(model: Any) -> dict[str, Any]:
-    """``{"layer/path/weight": variable}`` of a model: the paths group members use.
+    """``{member path: variable}`` of a model (:func:`weight_paths`): the paths group members use.
 
     Example:
       >>> import keras

@@ -124,7 +124,11 @@ class ChannelRule:
         return None
 
     def edit_inner_config(self, config: dict, own: LayerChannels, keep: Keep, v: dict[str, np.ndarray]) -> None:
-        """Edits the config for the inner channels that stay (``v``: the old weights; default: nothing)."""
+        """Edits the config for the channels the layer owns that stay (``keep(own.inner)``, ``keep(own.carry)``).
+
+        For inner channels (attention heads) and per-channel constants in the config (a
+        ``Normalization``'s given mean); ``v``: the old weights. Default: nothing.
+        """
 
     def droppable(self, all_zero: list[bool]) -> list[int]:
         """Inputs that may leave the layer when exactly zero (``all_zero[i]``), the output unchanged."""

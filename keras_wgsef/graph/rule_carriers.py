@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from keras_wgsef.graph.channels import ChannelAnalysis
     from keras_wgsef.graph.model_graph import Node
 
-from keras_wgsef.graph.rule_base import ChannelRule, Keep, LayerChannels, UnsupportedLayerError, act_zero, where
+from keras_wgsef.graph.rule_base import ChannelRule, Keep, LayerChannels, act_zero, where
 from keras_wgsef.graph.rule_passing import Opaque
 
 __all__ = ["BatchNormCarry", "Carry", "DepthwiseCarry", "InstanceNormCarry", "NormalizationCarry", "RMSNormCarry"]
@@ -98,21 +98,25 @@ class DepthwiseCarry(Carry):
 class NormalizationCarry(Carry):
     """The ``Normalization`` preprocessing layer over the last axis: ``(x - mean) / sqrt(var)`` per channel.
 
-    ``mean`` and ``variance`` are fixed statistics (not trained); a zero channel stays zero only
-    where its mean is zero. With ``invert=True`` it computes ``x * sqrt(var) + mean``: the same.
+    ``mean`` and ``variance`` are fixed statistics (not trained): weights when the layer was
+    adapted, constants in its config when they were given (``Normalization(mean=..., variance=...)``,
+    a scalar for every channel or one value per channel). A zero channel stays zero only where
+    its mean is zero; with ``invert=True`` it computes ``x * sqrt(var) + mean``: the same. The
+    narrower layer gets the kept channels' weights, or the kept entries of per-channel constants.
     """
 
     def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
-        mean = np.broadcast_to(np.asarray(v.get("mean", 0.0)).reshape(-1), (out_n,)) if "mean" in v else np.zeros(out_n)
-        return ins[0] & (mean == 0)
+        import keras
 
-    def edit_config(self, config: dict, kept: int, before: int) -> None:
+        mean = v["mean"] if "mean" in v else keras.ops.convert_to_numpy(layer.mean)  # a constant: broadcast
+        return ins[0] & (np.broadcast_to(np.asarray(mean).reshape(-1), (out_n,)) == 0)
+
+    def edit_inner_config(self, config: dict, own: LayerChannels, keep: Keep, v: dict[str, np.ndarray]) -> None:
+        mask = keep(own.carry)
         for key in ("mean", "variance"):
-            if config.get(key) is not None and np.size(config[key]) not in (1, kept):
-                raise UnsupportedLayerError(
-                    f"Normalization with {key} given as a {before}-entry constant cannot be narrowed to {kept}; "
-                    "adapt() it instead, or exclude it."
-                )
+            value = config.get(key)
+            if value is not None and np.size(value) > 1:
+                config[key] = np.compress(mask, np.asarray(value), axis=-1).tolist()
 
 
 @dataclasses.dataclass(frozen=True)

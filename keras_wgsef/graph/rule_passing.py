@@ -2,7 +2,9 @@
 
 :class:`Passthrough` (and :class:`InferenceIdentity`), :class:`Merge`, :class:`Concat`,
 :class:`Flatten`, :class:`Reshape` / :class:`Permute` (resolved with the shapes), :class:`Opaque`
-(works, channels kept) and :class:`Refuse` (an error with the way out).
+(works, channels kept) and :class:`Refuse` (an error with the way out); :class:`Elementwise`, the
+rule of the ``keras.ops`` element-wise operations in a Functional graph (resolved with the call's
+operands: a passthrough or a merge).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from keras_wgsef.graph.channels import ChannelAnalysis
     from keras_wgsef.graph.model_graph import Node
 
-from keras_wgsef.graph.rule_base import ChannelRule, Keep, LayerChannels, where
+from keras_wgsef.graph.rule_base import ChannelRule, Keep, LayerChannels, value_at_zero, where
 
 __all__ = [
     "Concat",
     "DotAttention",
+    "Elementwise",
     "Flatten",
     "InferenceIdentity",
     "Merge",
@@ -64,7 +67,15 @@ class InferenceIdentity(Passthrough):
 
 @dataclasses.dataclass(frozen=True)
 class Merge(ChannelRule):
-    op: str = "sum"  # "sum" | "extremum" | "product"
+    """Element-wise over several inputs that share channels: channel ``c`` of each is one channel.
+
+    ``op``: ``"sum"`` (zero where every input is zero), ``"extremum"`` (the same), ``"product"``
+    (zero where any input is zero), ``"quotient"`` (``x / y``: zero where ``x`` is zero and ``y``
+    is not known to be zero, since ``0 / 0`` is NaN). A one-channel input broadcast onto every
+    channel pins the channels of a sum or extremum (removing one would not remove its share).
+    """
+
+    op: str = "sum"  # "sum" | "extremum" | "product" | "quotient"
     #: which inputs may be dropped when they are exactly zero (``x + 0 = x``): "any" (Add),
     #: "last" (Subtract: ``x - 0 = x``), "none" (Average, extrema, products)
     drops: str = "none"
@@ -81,16 +92,57 @@ class Merge(ChannelRule):
         full = [ids for ids in ins if len(ids) == out_width]
         for ids in full[1:]:
             a.union(full[0], ids, where(node))
-        if len(full) < len(ins) and self.op != "product":
+        if len(full) < len(ins) and self.op not in ("product", "quotient"):
             a.pin(full[0], f"{node.path}: a one-channel input is broadcast onto every channel")
         return full[0]
 
     def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
         full = [z for z in ins if len(z) == out_n]
         bcast = [bool(z[0]) for z in ins if len(z) != out_n]
+        if self.op == "quotient":
+            num, den = (np.broadcast_to(z, (out_n,)) for z in ins[:2])
+            return num & ~den
         if self.op == "product":
             return np.logical_or.reduce(full) | any(bcast)
         return np.logical_and.reduce(full) & all(bcast)
+
+
+@dataclasses.dataclass(frozen=True)
+class Elementwise(ChannelRule):
+    """A ``keras.ops`` element-wise operation in a Functional graph (``x + 3.0``, ``keras.ops.relu(x)``).
+
+    Resolved with the call (:class:`~keras_wgsef.graph.model_graph.OperationCall`): with one tensor
+    operand and scalar constants (``x * 6``, ``x + 3``, ``clip(x, 0, 6)``) the operation is ``f``
+    applied to each element, so channel ``c`` in is channel ``c`` out (a :class:`Passthrough`), and
+    a zero channel stays zero only where ``f(0) = 0`` *with this call's constants*: ``x * 6`` keeps
+    zeros, ``x + 3`` and ``hard_sigmoid(x)`` (``0.5``) do not. With two tensor operands it is the
+    ``merge`` rule (``x + y``: ``Merge("sum")``; ``x * hard_sigmoid(x)`` is zero where ``x`` is);
+    operations without one (``power(x, y)``), more operands, or a constant with several values
+    (per-channel constants would have to be narrowed with the channels) are :class:`Opaque`.
+
+    Example:
+      >>> import keras
+      >>> from keras_wgsef.graph.model_graph import flatten_model
+      >>> x = keras.Input((4,))
+      >>> nodes = flatten_model(keras.Model(x, keras.ops.add(x, 3.0) * keras.ops.multiply(x, 6.0))).nodes
+      >>> rules = [Elementwise(Merge("product")).resolve(n.layer, (None, 4), (None, 4)) for n in nodes]
+      >>> [type(r).__name__ for r in rules], [r.zero_preserving for r in rules[:2]]
+      (['Passthrough', 'Passthrough', 'Merge'], [False, True])
+    """
+
+    merge: Merge | None = None  # the rule with two tensor operands (None: opaque then)
+
+    def resolve(self, layer: Any, in_shape: tuple, out_shape: tuple) -> ChannelRule:
+        n = layer.num_tensors
+        if n == 2 and self.merge is not None:
+            return self.merge
+        if n != 1:
+            return Opaque(f"{layer.class_name} with {n} tensor operands is not analysed as element-wise")
+        sizes = [int(np.size(c)) for c in layer.constants()]
+        if any(size != 1 for size in sizes):
+            return Opaque(f"a constant operand with {max(sizes)} values (only scalar constants pass channels)")
+        shape = tuple(1 if d is None else int(d) for d in in_shape) or (1,)
+        return Passthrough(zero_preserving=bool(np.all(value_at_zero(lambda z: layer.apply([z]), shape) == 0)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,6 +51,12 @@ Rules (``n`` output channels, ``c`` input channels):
 * :class:`Refuse` -- layers with no channel meaning for this purpose (lookups, hashing, wrappers
   of foreign code, ``Lambda``): an :class:`UnsupportedLayerError` naming the layer, the reason and
   the way out (``exclude=`` the layer to treat it as opaque, or register a rule).
+* :class:`Elementwise` -- the ``keras.ops`` operations a Functional model calls on its tensors
+  (``x + 3.0``, ``keras.ops.hard_sigmoid(x)``: graph nodes that are no layer, read as
+  :class:`~keras_wgsef.graph.model_graph.OperationCall`); registered by operation class
+  (``keras.src.ops.numpy.Add``), resolved with the call's operands to a passthrough (``f(0) = 0``
+  decided with its constants) or a merge. An operation class without a rule is refused like a
+  layer, by name, class and path.
 
 Example:
   >>> import keras
@@ -63,12 +69,13 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from keras_wgsef.graph.model_graph import weight_names
+from keras_wgsef.graph.model_graph import OperationCall, weight_names
 from keras_wgsef.graph.rule_base import ChannelRule as ChannelRule
 from keras_wgsef.graph.rule_base import Keep as Keep
 from keras_wgsef.graph.rule_base import LayerChannels as LayerChannels
@@ -84,6 +91,7 @@ from keras_wgsef.graph.rule_passing import AdditiveAttention as AdditiveAttentio
 from keras_wgsef.graph.rule_passing import Concat as Concat
 from keras_wgsef.graph.rule_passing import DotAttention as DotAttention
 from keras_wgsef.graph.rule_passing import DotProduct as DotProduct
+from keras_wgsef.graph.rule_passing import Elementwise as Elementwise
 from keras_wgsef.graph.rule_passing import Flatten as Flatten
 from keras_wgsef.graph.rule_passing import InferenceIdentity as InferenceIdentity
 from keras_wgsef.graph.rule_passing import Merge as Merge
@@ -115,6 +123,7 @@ __all__ = [
     "DotAttention",
     "DotProduct",
     "EinsumProduce",
+    "Elementwise",
     "Embed",
     "Flatten",
     "GroupQueryProduce",
@@ -194,7 +203,10 @@ def register_channel_rule(layer_class: type, rule: RuleOrFactory) -> None:
     """Registers (or replaces) the channel rule of ``layer_class`` (exact class, not subclasses).
 
     Args:
-      layer_class: a Keras layer class.
+      layer_class: a Keras layer class, or a ``keras.ops`` operation class
+        (``keras.src.ops.numpy.Einsum``) for the operations a Functional model calls on its
+        tensors (the rule then sees the call, an
+        :class:`~keras_wgsef.graph.model_graph.OperationCall`).
       rule: a :class:`ChannelRule`, or a function ``layer -> ChannelRule`` for rules that depend on
         the layer's configuration.
     """
@@ -211,26 +223,49 @@ def has_rule(layer_class: type) -> bool:
     return layer_class in _REGISTRY
 
 
-def _way_out(path: str, cls: str) -> str:
+def _way_out(path: str, cls: str, what: str = "layer") -> str:
+    rules = "Elementwise() / Opaque('why')" if what == "operation" else "Passthrough() / Produce(...) / Opaque('why')"
     return (
-        f"Register a rule with keras_wgsef.graph.rules.register_channel_rule({cls}, Passthrough() / Produce(...) / "
-        f"Opaque('why')), or exclude the layer (exclude=r'{path}'), which keeps its input and output channels."
+        f"Register a rule with keras_wgsef.graph.rules.register_channel_rule({cls}, {rules}), or exclude the "
+        f"{what} (exclude=r'{path}'), which keeps its input and output channels."
     )
 
 
 def rule_for(layer: Any, path: str) -> ChannelRule:
-    """The rule of ``layer`` (at ``path`` in the model); raises for classes without one or refused."""
+    """The rule of ``layer`` (at ``path`` in the model); raises for classes without one or refused.
+
+    ``layer`` may be an :class:`~keras_wgsef.graph.model_graph.OperationCall` (a ``keras.ops`` call
+    in a Functional graph): its rule is the one registered for the operation's class.
+
+    Example:
+      >>> import keras
+      >>> from keras_wgsef.graph.model_graph import flatten_model
+      >>> x = keras.Input((3, 3))
+      >>> call = flatten_model(keras.Model(x, keras.ops.einsum("bij,bjk->bik", x, x))).nodes[0].layer
+      >>> rule_for(call, "einsum")
+      Traceback (most recent call last):
+      ...
+      keras_wgsef.graph.rule_base.UnsupportedLayerError: No channel rule for operation 'einsum' \
+(keras.src.ops.numpy.Einsum, a keras.ops call in the model graph) at 'einsum': ...
+    """
     _ensure_builtin_rules()
-    entry = _REGISTRY.get(type(layer))
-    cls = type(layer).__name__
+    if isinstance(layer, OperationCall):
+        key, cls, what = layer.op_class, layer.class_name, "operation"
+        subject = f"operation {layer.name!r} ({cls}, a keras.ops call in the model graph) at {path!r}"
+    else:
+        key, cls, what = type(layer), type(layer).__name__, "layer"
+        subject = f"layer {path!r} of class {cls}"
+    entry = _REGISTRY.get(key)
     if entry is None:
         raise UnsupportedLayerError(
-            f"No channel rule for layer {path!r} of class {cls}: the analysis cannot tell how it treats "
-            f"channels. {_way_out(path, cls)}"
+            f"No channel rule for {subject}: the analysis cannot tell how it treats channels. "
+            f"{_way_out(path, cls, what)}"
         )
     rule = entry if isinstance(entry, ChannelRule) else entry(layer)
     if isinstance(rule, Refuse):
-        raise UnsupportedLayerError(f"Layer {path!r} of class {cls} is refused: {rule.reason}. {_way_out(path, cls)}")
+        raise UnsupportedLayerError(
+            f"{subject[0].upper()}{subject[1:]} is refused: {rule.reason}. {_way_out(path, cls, what)}"
+        )
     return rule
 
 
@@ -363,7 +398,7 @@ def _prelu_factory(layer: Any) -> ChannelRule:
 
 def _softmax_factory(layer: Any) -> ChannelRule:
     axis = _single_axis(layer.get_config().get("axis", -1))
-    if axis == -1:
+    if axis is None or -1 in np.atleast_1d(axis):
         return Opaque("softmax mixes channels")
     return Passthrough(zero_preserving=False)  # over other axes: per channel, softmax(0) = 1/n
 
@@ -590,7 +625,45 @@ def _ensure_builtin_rules() -> None:
         cls = getattr(L, name, None)
         if cls is not None:
             _REGISTRY.setdefault(cls, rule)  # user registrations win
+    for module, table in _operation_rules().items():
+        for name, rule in table.items():
+            cls = getattr(importlib.import_module(module), name, None)
+            if cls is not None:
+                _REGISTRY.setdefault(cls, rule)
     globals()["_BUILTIN_DONE"] = True
+
+
+#: ``keras.ops`` operations applied to each element on their own (one tensor operand and constants)
+_UNARY_OPS = {
+    "keras.src.ops.numpy": (
+        "Abs Absolute Fabs Negative Square Sqrt Cbrt Exp Exp2 Expm1 Log Log1p Log2 Log10 Sin Cos Tan Sinh Cosh "
+        "Tanh Arctan Arcsinh Sign Floor Ceil Round Trunc Reciprocal Clip Power FloorDivide Mod Copy"
+    ),
+    "keras.src.ops.nn": (
+        "Relu Relu6 Sigmoid HardSigmoid HardSilu Silu Gelu Elu Selu Celu LeakyRelu Softplus Softsign SoftShrink "
+        "HardShrink HardTanh TanhShrink Squareplus SparsePlus SparseSigmoid LogSigmoid Threshold"
+    ),
+    "keras.src.ops.math": "Erf Erfc Rsqrt",
+}
+
+
+def _operation_rules() -> dict[str, dict[str, RuleOrFactory]]:
+    """The built-in rules of ``keras.ops`` operation classes, by module and class name."""
+    merges = {
+        "Add": Merge("sum", drops="any"),
+        "Subtract": Merge("sum", drops="last"),
+        "Multiply": Merge("product"),
+        "Divide": Merge("quotient"),
+        "TrueDivide": Merge("quotient"),
+        "Maximum": Merge("extremum"),
+        "Minimum": Merge("extremum"),
+    }
+    tables: dict[str, dict[str, RuleOrFactory]] = {
+        m: {n: Elementwise() for n in ns.split()} for m, ns in _UNARY_OPS.items()
+    }
+    tables["keras.src.ops.numpy"].update({n: Elementwise(merge) for n, merge in merges.items()})
+    tables["keras.src.ops.nn"].update({"Softmax": _softmax_factory, "LogSoftmax": _softmax_factory})
+    return tables
 
 
 _BUILTIN_DONE = False

@@ -69,7 +69,8 @@ def groups_from_paths(variables: Sequence, include: str | None = None, exclude: 
         kernel_name = next((n for n in _OUTPUT_KERNELS if n in vs), None)
         if kernel_name is not None:
             kernel = vs[kernel_name]
-            candidates.append((layer, Member(f"{layer}/{kernel_name}", -1, np.arange(int(kernel.shape[-1])))))
+            member = Member(f"{layer}/{kernel_name}", -1, np.arange(int(kernel.shape[-1])), kernel)
+            candidates.append((layer, member))
     if include is None and candidates:
         candidates = candidates[:-1]  # the classifier head
     candidates = [(layer, member) for layer, member in candidates if member.index.size > 1]
@@ -83,6 +84,6 @@ def groups_from_paths(variables: Sequence, include: str | None = None, exclude: 
         width = int(member.index.max()) + 1
         bias = by_layer[layer].get("bias")
         if bias is not None and tuple(bias.shape) == (width,):
-            members.append(Member(f"{layer}/bias", 0, np.arange(width)))
+            members.append(Member(f"{layer}/bias", 0, np.arange(width), bias))
         scopes.append(GroupScope(layer, tuple(members), width, labels=tuple(f"{layer}:{c}" for c in range(width))))
     return scopes

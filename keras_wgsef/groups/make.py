@@ -39,7 +39,9 @@ relative cost keeps the default ranking when all costs are equal. Pass a callabl
 Naming: every scope is named after the layer's path in the model (``flatten_model``: nested
 models included, the top model's own name left out, e.g. ``"conv2d"`` or ``"block/conv"``;
 channel scopes coupled across layers join their producers with ``"+"``), and every member after
-that path and the weight's name (``"conv2d/kernel"``), which survives save and load. The head (a
+that path and the weight's path inside the layer (``"conv2d/kernel"``, ``"lstm/lstm_cell/kernel"``,
+``"td/dense/kernel"``: :func:`keras_wgsef.graph.model_graph.weight_paths`): for a top-level
+Functional model these are the ``variable.path`` s, and they survive save and load. The head (a
 layer whose kernel makes a model output, :func:`keras_wgsef.graph.model_graph.head_layers`) is
 left out of every kind unless ``exclude_outputs=False``.
 
@@ -61,7 +63,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_wgsef.graph.model_graph import Graph, flatten_model, head_layers, layer_variables, weight_paths
+from keras_wgsef.graph.model_graph import Graph, flatten_model, head_layers, layer_variables, member_names, weight_paths
 from keras_wgsef.groups.scope import GroupScope, Member
 
 __all__ = ["KINDS", "Weights", "make_groups", "removable_layers"]
@@ -95,10 +97,11 @@ def _kernel_members(path: str, layer: Any, kind: str) -> list[Member]:
     """Members of one layer for the non-channel kinds (input channel, filter shape, unstructured)."""
     members = []
     depthwise_layer = _is(layer, _DEPTHWISE)
+    member = member_names(path, layer)
     for name, var in layer_variables(layer).items():
         if not name.endswith("kernel") or not var.trainable:
             continue
-        member_path = f"{path}/{name}"
+        member_path = member[name]
         shape = tuple(int(s) for s in var.shape)
         if kind == "unstructured":
             members.append(Member(member_path, None, np.arange(int(np.prod(shape))).reshape(shape)))
@@ -133,8 +136,9 @@ def _layer_scopes(g: Graph, kind: str, include: str | None, exclude: str | None,
         if exclude is not None and re.search(exclude, path):
             continue
         if kind == "layer":
+            member = member_names(path, layer)
             members = tuple(
-                Member(f"{path}/{name}", None, np.zeros(tuple(v.shape), np.int64))
+                Member(member[name], None, np.zeros(tuple(v.shape), np.int64))
                 for name, v in layer_variables(layer).items()
                 if v.trainable
             )
@@ -206,6 +210,7 @@ def make_groups(
 
     Returns:
       the scopes, ready for ``WGSEF(..., groups=...)``; each validates against the model's weights.
+      Channel scopes of a single group are left out (k keeps at least one group of a scope).
 
     Raises:
       ValueError: an unknown kind or weights, or nothing to group.
@@ -227,6 +232,9 @@ def make_groups(
         scopes, analysis = channel_scopes(
             g, include=include, exclude=exclude, heads=heads, block=block if kind == "block" else 1
         )
+        # one group (a layer of one channel, an attention layer with one key/value head) can never be
+        # sparse: k must keep at least one group of every scope (1 <= k <= m - 1)
+        scopes = [s for s in scopes if s.num_groups > 1]
         if weights == "macs":
             scopes = mac_weights(scopes, analysis)
     else:
@@ -240,9 +248,11 @@ def make_groups(
             f"make_groups({kind!r}) found nothing to group in {model.name!r} "
             f"(include={include!r}, exclude={exclude!r}, head excluded: {exclude_outputs})."
         )
-    shapes = {p: tuple(w.shape) for p, w in weight_paths(g).items()}
+    variables = weight_paths(g)
+    shapes = {p: tuple(w.shape) for p, w in variables.items()}
     for s in scopes:
         s.validate(shapes)
+    scopes = [s.bind(variables) for s in scopes]  # each member holds its variable: no path matching needed
     if weights == "uniform":
         scopes = [s.replace(weights=np.ones(s.num_groups)) for s in scopes]
     elif callable(weights):

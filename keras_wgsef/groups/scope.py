@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,22 +38,34 @@ class Member:
     """One variable's share of a scope's groups.
 
     Attributes:
-      path: the layer's path in the model and the weight's name, e.g. ``"conv2d/kernel"`` or
-        ``"block/conv/kernel"`` for a layer of a nested model ``block`` (see
-        :func:`match_variables`: it also finds the variable after ``keras.models.load_model``,
-        which drops the Sequential and nested-model prefixes of ``variable.path``).
+      path: the layer's path in the model and the variable's path inside the layer, e.g.
+        ``"conv2d/kernel"``, ``"block/conv/kernel"`` for a layer of a nested model ``block``,
+        ``"lstm/lstm_cell/kernel"`` for an LSTM's cell (see
+        :func:`keras_wgsef.graph.model_graph.weight_paths`; :func:`match_variables` also finds
+        the variable after ``keras.models.load_model``, which drops the Sequential, nested-model
+        and wrapper prefixes of ``variable.path``).
       axis: axis along which ``index`` assigns groups, or None for an element-wise ``index``.
       index: int group ids in ``[0, m)``: shape ``(shape[axis],)``, or the full shape if axis is None.
+      ref: the variable the member was made from (held as a weak reference; :meth:`variable`),
+        or None. :func:`keras_wgsef.make_groups` sets it, so the optimizer finds the variable
+        itself rather than by path; it is not part of the config (a reloaded scope matches by path).
     """
 
     path: str
     axis: int | None
     index: np.ndarray
+    ref: Any = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", np.asarray(self.index, dtype=np.int64))
         if self.axis is not None and self.index.ndim != 1:
             raise ValueError(f"{self.path}: with axis={self.axis} the index must be 1-D, got shape {self.index.shape}.")
+        if self.ref is not None and not isinstance(self.ref, weakref.ref):
+            object.__setattr__(self, "ref", weakref.ref(self.ref))
+
+    def variable(self) -> Any:
+        """The variable this member was made from while it exists, else None (then match by :attr:`path`)."""
+        return None if self.ref is None else self.ref()
 
     def element_counts(self, shape: Sequence[int], num_groups: int) -> np.ndarray:
         """How many elements of the variable fall in each group (length ``num_groups``)."""
@@ -159,6 +172,11 @@ class GroupScope:
     def replace(self, **changes: Any) -> GroupScope:
         return dataclasses.replace(self, **changes)
 
+    def bind(self, variables: Mapping[str, Any]) -> GroupScope:
+        """This scope with each member tied to its variable (``{member path: variable}``, e.g. ``weight_paths``)."""
+        members = tuple(Member(mb.path, mb.axis, mb.index, variables.get(mb.path, mb.ref)) for mb in self.members)
+        return self.replace(members=members)
+
     def get_config(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -201,7 +219,7 @@ def merge_scopes(
     for number, s in enumerate(scopes):
         segments.append(np.full(s.num_groups, number))
         for mb in s.members:
-            members.append(Member(mb.path, mb.axis, mb.index + offset))
+            members.append(Member(mb.path, mb.axis, mb.index + offset, mb.ref))
         if s.weights is not None:
             weights.append(s.weights)
         elif shapes is not None:
@@ -216,29 +234,52 @@ def merge_scopes(
     return GroupScope(name, tuple(members), offset, np.concatenate(weights), None, tuple(labels), floor)
 
 
-def _suffix_match(member: str, variable: str) -> bool:
-    """One path is the other with leading components removed (``"blk/a/kernel"`` ~ ``"a/kernel"``)."""
-    return member == variable or member.endswith("/" + variable) or variable.endswith("/" + member)
+def _shared_tail(member: str, variable: str) -> int:
+    """Components the two paths share at the end when one is the other with leading components removed, else 0.
+
+    ``"blk/a/kernel"`` and ``"a/kernel"``: 2; ``"a/kernel"`` and ``"sequential/a/kernel"``: 2;
+    ``"b/kernel"`` and ``"a/kernel"``: 0.
+    """
+    if member == variable or member.endswith("/" + variable) or variable.endswith("/" + member):
+        return min(member.count("/"), variable.count("/")) + 1
+    return 0
+
+
+def _near(member: str, variables: Sequence[Any]) -> list[str]:
+    """Variable paths of the member's layer with the member's weight name: what a stale member meant."""
+    first, last = member.split("/", 1)[0], member.rsplit("/", 1)[-1]
+    return [v.path for v in variables if v.path.rsplit("/", 1)[-1] == last and first in v.path.split("/")[:-1]]
 
 
 def match_variables(
-    paths: Sequence[str], variables: Sequence[Any], what: str = "the model's variables"
+    members: Sequence[str | Member], variables: Sequence[Any], what: str = "the model's variables"
 ) -> dict[str, Any]:
-    """The variable of each member path: an exact ``variable.path`` match, else a unique suffix match.
+    """The variable of each member (by path): its own variable, else an exact path, else the closest suffix.
 
-    Keras names a variable after the layers that create it, and the name is not stable:
-    ``model.save`` / ``keras.models.load_model`` turns ``"sequential/conv/kernel"`` into
-    ``"conv/kernel"`` and ``"block/conv/kernel"`` (a layer of the nested model ``block``) into
-    ``"conv/kernel"``. Members name the layer's path in the model, so a member matches the variable
-    whose path equals it or ends with it (or the other way round), when exactly one does.
+    A member made by :func:`keras_wgsef.make_groups` holds the variable it was made from
+    (:meth:`Member.variable`); when that variable is among ``variables`` it is the match. Otherwise
+    (a scope read back from a saved config, a path given as a string) the member's path decides.
+    A member path is the layer's path in the model and the variable's path inside the layer
+    (:func:`keras_wgsef.graph.model_graph.weight_paths`: ``"conv/kernel"``, ``"block/conv/kernel"``,
+    ``"lstm/lstm_cell/kernel"``, ``"td/dense/kernel"``). Keras builds ``variable.path`` from the
+    same names and the name scopes open when the variable was made: a top-level Functional
+    model's paths equal the members; a Sequential model adds its own name
+    (``"sequential/conv/kernel"``); ``keras.models.load_model`` drops the names of nested models
+    and wrappers (``"block/conv/kernel"`` -> ``"conv/kernel"``, ``"td/dense/kernel"`` ->
+    ``"dense/kernel"``). So a member takes the variable with its path, or else the one whose path
+    is its path with leading components added or removed and shares the most trailing components
+    with it; each variable goes to one member.
 
     Args:
-      paths: member paths (``"layer/path/weight"``).
+      members: :class:`Member` s, or member paths (``"layer/path/weight"``).
       variables: objects with ``.path`` (Keras variables).
       what: how to name ``variables`` in an error.
 
+    Returns:
+      ``{member path: variable}``.
+
     Raises:
-      ValueError: a path matches no variable, or several.
+      ValueError: a path matches no variable, or several equally well.
 
     Example:
       >>> class V:
@@ -247,23 +288,47 @@ def match_variables(
       >>> {p: v.path for p, v in got.items()}
       {'c/kernel': 'sequential/c/kernel', 'blk/a/kernel': 'a/kernel'}
     """
-    exact = {v.path: v for v in variables}
+    unique: dict[int, Any] = {}
+    for v in variables:
+        unique.setdefault(id(v), v)
     out: dict[str, Any] = {}
-    for p in paths:
-        if p in exact:
-            out[p] = exact[p]
+    used: set[int] = set()
+    paths: list[str] = []
+    for mb in members:
+        if isinstance(mb, Member) and id(mb.variable()) in unique:
+            out[mb.path] = mb.variable()
+            used.add(id(out[mb.path]))
+        else:
+            paths.append(mb.path if isinstance(mb, Member) else mb)
+    free = [v for i, v in unique.items() if i not in used]
+    scores = {p: [(_shared_tail(p, v.path) + (1000 if p == v.path else 0), v) for v in free] for p in paths}
+    # the most specific matches first: a reloaded model's "a/kernel" goes to "a/kernel", not "blk/a/kernel"
+    for p in sorted(paths, key=lambda q: -max((t for t, _ in scores[q]), default=0)):
+        cands = [(t, v) for t, v in scores[p] if t and id(v) not in used]
+        best = max((t for t, _ in cands), default=0)
+        found = [v for t, v in cands if t == best]
+        if len(found) == 1:
+            out[p] = found[0]
+            used.add(id(found[0]))
             continue
-        found = [v for v in variables if _suffix_match(p, v.path)]
-        if len(found) != 1:
+        if not found:
             sample = [v.path for v in variables][:4]
-            if not found:
-                raise ValueError(
-                    f"group member {p!r} matches none of {what} (e.g. {sample}). Build the groups from this "
-                    "model (kw.make_groups(model)) or give member paths as 'layer/path/weight'."
-                )
-            raise ValueError(
-                f"group member {p!r} matches several of {what} ({[v.path for v in found]}); give its full layer "
-                "path in the model (nested models included), e.g. 'block/conv/kernel'."
+            near = _near(p, variables)
+            hint = (
+                f" Variables of that layer with that name: {near[:4]} (a member names the layer's path and the "
+                "weight's path inside the layer, e.g. 'lstm/lstm_cell/kernel'; rebuild the groups with "
+                "kw.make_groups(model))."
+                if near
+                else " Build the groups from this model (kw.make_groups(model)) or give member paths as "
+                "'layer/path/weight'."
             )
-        out[p] = found[0]
+            taken = [q for q, v in out.items() if _shared_tail(p, v.path)]
+            if taken:
+                hint += f" (its candidates went to the members {taken[:4]})"
+            raise ValueError(f"group member {p!r} matches none of {what} (e.g. {sample}).{hint}")
+        raise ValueError(
+            f"group member {p!r} matches several of {what} ({[v.path for v in found]}); give its full layer "
+            "path in the model (nested models included), e.g. 'block/conv/kernel', and distinct names to layers "
+            "that Keras names alike after load_model (the inner layers of wrappers, layers of nested models)."
+        )
     return out
