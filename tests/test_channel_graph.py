@@ -196,6 +196,20 @@ def test_nested_sequential_and_shared_layer():
     check_partition(m, scopes.values())
 
 
+def test_nested_functional_models_as_the_outputs():
+    """``output_layers`` numbers a nested Functional model's calls from 1; the graph still finds them."""
+
+    def sub(name):
+        t = keras.Input((4,))
+        return keras.Model(t, L.Dense(3, name="head")(L.Dense(5, name="a")(t)), name=name)
+
+    i1, i2 = keras.Input((4,)), keras.Input((4,))
+    m = keras.Model([i1, i2], [sub("one")(i1), sub("two")(i2)])
+    scopes = make_groups(m)
+    assert [s.name for s in scopes] == ["one/a", "two/a"]
+    check_partition(m, scopes)
+
+
 def test_keras_applications_partition():
     r = keras.applications.ResNet50(input_shape=(32, 32, 3), weights=None, classes=10)
     scopes = make_groups(r)

@@ -287,5 +287,5 @@ def test_one_operation_object_called_with_different_constants_is_refused_with_th
     x = keras.Input((4,))
     op = Add(name="shared_add")
     model = keras.Model(x, L.Dense(2)(op(op(x, 1.0), 2.0)))
-    with pytest.raises(ValueError, match="'shared_add'.*called more than once with different constants"):
+    with pytest.raises(ValueError, match=r"'shared_add'.*called more than once with different constants"):
         make_groups(model)

@@ -587,6 +587,30 @@ def test_nested_sequential_is_rebuilt_with_its_thinner_input():
     assert_same_outputs(m, new, sample((8, 8, 3)))
 
 
+def test_nested_functional_models_called_side_by_side_shrink_exactly():
+    """A Functional model's config numbers the calls of a nested Functional model from 1 (its node 0 is
+    its own construction); the graph must follow those references, also into a layer after the call."""
+
+    def block(name):
+        t = keras.Input((6, 6, 4))
+        h = L.ReLU(name="r")(L.Conv2D(5, 3, padding="same", name="c")(t))
+        return keras.Model(t, L.Conv2D(4, 1, name="proj")(h), name=name)
+
+    x1, x2 = keras.Input((6, 6, 4)), keras.Input((6, 6, 4))
+    one, two = block("one"), block("two")
+    h = L.Concatenate(name="cat")([one(x1), two(x2)])
+    m = keras.Model([x1, x2], L.Dense(2, name="out")(L.GlobalAveragePooling2D(name="gap")(h)))
+    randomize(m)
+    scopes = {s.name: s for s in make_groups(m)}
+    assert {"one/c", "two/c"} <= set(scopes)
+    zero_groups(m, scopes["one/c"], [0, 2])
+    zero_groups(m, scopes["two/c"], [4])
+    new, report = shrink(m, return_report=True)
+    assert new.get_layer("one").get_layer("c").get_weights()[0].shape == (3, 3, 4, 3)
+    assert new.get_layer("two").get_layer("c").get_weights()[0].shape == (3, 3, 4, 4)
+    assert_same_outputs(m, new, [sample((6, 6, 4)), sample((6, 6, 4), seed=1)])
+
+
 def test_shrink_refuses_an_empty_or_nan_sample_with_the_reason():
     m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="h"), keras.layers.Dense(2, name="out")])
     with pytest.raises(ValueError, match=r"sample is empty, so the output check could not run"):

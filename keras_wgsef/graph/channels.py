@@ -173,7 +173,7 @@ def _resolve_rule(node: Node, g: Graph, exclude: Any) -> cr.ChannelRule:
         rule = cr.rule_for(node.layer, node.path)
     except cr.UnsupportedLayerError:
         if matches(exclude, node.path):
-            return cr.Opaque(f"excluded {type(node.layer).__name__} layer")
+            return cr.Opaque(f"excluded {getattr(node.layer, 'class_name', type(node.layer).__name__)} layer")
         raise
     in_shape = g.shapes[node.inputs[0]] if node.inputs else ()
     rule = rule.resolve(node.layer, tuple(in_shape), tuple(g.shapes[node.outputs[0]]))
@@ -450,7 +450,8 @@ def _label(entry: tuple | None, root: int) -> str:
 
 
 def _mac_costs(s: GroupScope, macs: dict[str, int], a: ChannelAnalysis) -> np.ndarray:
-    """MACs removed with each group: producer MACs per output channel + consumer MACs per input channel."""
+    """MACs removed with each group: producer MACs per output channel + consumer MACs per input channel
+    (+ a layer's MACs per inner channel: an attention head)."""
     group_of_root: dict[int, int] = {}
     for mb in s.members:
         _, ids = a.param_ids[mb.path]
@@ -458,7 +459,7 @@ def _mac_costs(s: GroupScope, macs: dict[str, int], a: ChannelAnalysis) -> np.nd
             group_of_root[r] = gid
     d = np.zeros(s.num_groups)
     for path, own in a.channels.items():
-        for owned in (own.out, own.inp, own.carry):
+        for owned in (own.out, own.inp, own.carry, own.inner):
             if owned is None:
                 continue
             per = macs.get(path, 0) / max(len(owned), 1)

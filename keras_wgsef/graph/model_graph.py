@@ -304,7 +304,23 @@ def _expand(model: Any, prefix: str, bound: list[int], g: Graph, calls: dict, cf
         if not progress:
             raise ValueError(f"model {name!r}: could not order the layer graph (unresolved inbound tensors).")
         pending = rest
-    return [hist[(r[0], int(r[1]), int(r[2]))] for r in _as_refs(cfg["output_layers"])]
+    return [hist[_output_key(model, r)] for r in _as_refs(cfg["output_layers"])]
+
+
+def _output_key(model: Any, ref: tuple) -> tuple[str, int, int]:
+    """The history key of an ``output_layers`` entry.
+
+    Keras numbers the calls of a nested Functional model from 1 in ``output_layers`` (its node 0 is
+    its own construction) but from 0 in the layers' inbound nodes (``functional.get_config`` and
+    ``serialize_node``); the inbound numbering is the one the graph records.
+    """
+    import keras
+
+    name, node, tensor = ref[0], int(ref[1]), int(ref[2])
+    layer = _layer_or_operation(model, name)
+    if _is_model(layer) and not isinstance(layer, keras.Sequential) and node > 0:
+        node -= 1
+    return (name, node, tensor)
 
 
 def _layer_or_operation(model: Any, name: str) -> Any:
