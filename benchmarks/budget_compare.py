@@ -1,12 +1,21 @@
 """The benchmark at equal *measured* cost: budgeted WGSEF against thin models and pruning at the same budget.
 
-For each model (the anchor CNN, ResNet-8-style, DS-CNN-style; ``models.py``), seed and budget
-(50 %, 25 %, 12.5 % of the dense MACs; half the dense TFLM arena; half the dense flash), every
-method ends as a physically smaller int8 model, exported and measured the same way
-(``tflite_export.export``: flatbuffer MACs, ``.tflite`` bytes, TFLM minimal arena and callgrind
-instructions, float and int8 accuracy on the test set):
+Two tasks (``--task``):
 
-* ``wgsef_budget``: the dense model (the teacher, ``--dense-epochs``), then
+* ``mnist5k`` (default): the 2-D models (the anchor CNN, ResNet-8-style, DS-CNN-style;
+  ``models.py``) on the bundled MNIST digits, budgets 50 %, 25 %, 12.5 % of the dense MACs; 50, 35,
+  25 and 20 % of the dense TFLM arena; half the dense flash. Test set: the 1,000 test digits.
+* ``mnist1d``: their 1-D versions (``anchor1d``, ``resnet8_1d``, ``dscnn1d``) on MNIST-1D
+  (``keras_wgsef.datasets.load_mnist1d``: 4,000 training signals), budgets 12.5, 6.25, 3.125 % of
+  the dense MACs and half the dense flash; a harder task, where widths matter more. Test set: the
+  10,000-signal extra test set (one signal is 0.01 point); the float accuracy on the published
+  1,000 test signals is kept too (``float_acc_published``).
+
+For each model, seed and budget, every method ends as a physically smaller int8 model, exported
+and measured the same way (``tflite_export.export``: flatbuffer MACs, ``.tflite`` bytes, TFLM
+minimal arena and callgrind instructions, float and int8 accuracy on the test set):
+
+* ``wgsef_budget``: the dense model (the teacher, ``EPOCHS`` or ``--epochs``), then
   ``WGSEF(SGD, budget=...)`` from its weights for ``--epochs`` with ``ReachK`` (the defaults chosen
   by ``budget_recipes.py`` on the validation split); exported with the budget checked as measured;
 * ``thin``: the uniformly thinner model meeting the budget (``BudgetPlan.uniform``: one width
@@ -18,15 +27,20 @@ instructions, float and int8 accuracy on the test set):
   ``--epochs`` (the strongest pruning baseline of ``RESULTS.md``).
 
 Every method: SGD momentum 0.9, lr 0.1, cosine decay, batch 64; BatchNorm recalibrated on the
-training set before evaluation; the training split is the first 4,000 of the bundled 5,000
-MNIST digits, the test set the last 1,000 (the anchor task of ``shared/design/anchors.md``).
+training set before evaluation; on ``mnist5k`` the training split is the first 4,000 of the bundled
+5,000 MNIST digits, the test set the last 1,000 (the anchor task of ``shared/design/anchors.md``).
 
-    .venv/bin/python benchmarks/budget_compare.py                       # 3 models x 5 budgets x 5 methods
+    .venv/bin/python benchmarks/budget_compare.py                       # 3 models x 8 budgets x 5 methods
     .venv/bin/python benchmarks/budget_compare.py --seeds 0 1 2 3 4     # the issue's 5 seeds (hours)
+    .venv/bin/python benchmarks/budget_compare.py --task mnist1d        # the 1-D models on MNIST-1D
     .venv/bin/python benchmarks/budget_compare.py --report              # BUDGET_RESULTS.md + plots
     .venv/bin/python benchmarks/compare.py --budget --seeds 0 1 2 3 4   # the same, from compare.py
+    .venv/bin/python benchmarks/budget_compare.py --task mnist1d --models anchor1d --budgets macs=0.125 \
+        --epochs 2 2 --rows /tmp/smoke.jsonl                            # a smoke run of one unit
 
-Rows go to ``benchmarks/budget_results.jsonl``; runs already there are skipped (resumable).
+Rows go to ``benchmarks/budget_results.jsonl`` (``--rows`` elsewhere), keyed by task, model,
+budget, method and seed; runs already there are skipped (resumable; rows without a task are
+``mnist5k``'s). Each row has ``wall_seconds``: training plus export and measurement of that run.
 """
 
 from __future__ import annotations
@@ -50,8 +64,18 @@ OUT = os.path.join(HERE, "budget_results.jsonl")
 PAGE = os.path.join(HERE, "BUDGET_RESULTS.md")
 BATCH, LR = 64, 0.1
 BUDGETS = ("macs=0.5", "macs=0.25", "macs=0.125", "arena_bytes=0.5", "flash_bytes=0.5")
+BUDGETS += ("arena_bytes=0.35", "arena_bytes=0.25", "arena_bytes=0.2")
 METHODS = ("wgsef_budget", "thin", "thin_kd", "wgsef_layer", "l1")
-EPOCHS = {"anchor": (15, 15), "resnet8": (10, 10), "dscnn": (10, 10)}  # (dense phase, budgeted phase)
+# (dense phase, budgeted phase)
+EPOCHS = {"anchor": (15, 15), "resnet8": (10, 10), "dscnn": (10, 10)}
+EPOCHS |= {"anchor1d": (20, 20), "resnet8_1d": (20, 20), "dscnn1d": (20, 20)}
+TASKS = {
+    "mnist5k": {"models": ("anchor", "resnet8", "dscnn"), "budgets": BUDGETS},
+    "mnist1d": {
+        "models": ("anchor1d", "resnet8_1d", "dscnn1d"),
+        "budgets": ("macs=0.125", "macs=0.0625", "macs=0.03125", "flash_bytes=0.5"),
+    },
+}
 
 
 def _budget(text: str):
@@ -62,33 +86,51 @@ def _budget(text: str):
 
 
 def _key(r: dict) -> tuple:
-    return (r["model"], r["budget"], r["method"], r["seed"])
+    return (r.get("task", "mnist5k"), r["model"], r["budget"], r["method"], r["seed"])
+
+
+def _rows(path: str | None = None) -> list[dict]:
+    path = path or OUT
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def _done() -> set:
-    if not os.path.exists(OUT):
-        return set()
-    with open(OUT) as f:
-        return {_key(json.loads(line)) for line in f}
+    return {_key(r) for r in _rows()}
+
+
+def _data(task: str):
+    """``(x, y)`` to train on, ``(x, y)`` to test on, and a second test set (or None)."""
+    import keras_wgsef as kw
+
+    if task == "mnist1d":
+        (x, y), published, extra = kw.datasets.load_mnist1d()
+        return (x, y), extra, published
+    (x, y), (xt, yt) = kw.datasets.load_mnist5k()
+    return (x, y), (xt, yt), None
 
 
 def _unit(job: tuple) -> list[dict]:
     """One model and seed: the dense teacher, then every budget x method not done yet."""
-    model_name, seed, budgets, methods, done, out = job
+    task, model_name, seed, budgets, methods, done, out, epoch_override, cheaper = job
     import keras
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from baselines import project_topk, rank_kernel_l1
-    from models import BUILDERS
+    from models import BUILDERS, BUILDERS_1D
 
     import keras_wgsef as kw
     import tflite_export as te
 
-    builder, _ = BUILDERS[model_name]
+    builder, _ = {**BUILDERS, **BUILDERS_1D}[model_name]
     dense_epochs, epochs = (1, 2) if os.environ.get("WGSEF_BUDGET_QUICK") else EPOCHS[model_name]
-    (x, y), (xt, yt) = kw.datasets.load_mnist5k()
+    if epoch_override:
+        dense_epochs, epochs = epoch_override
+    (x, y), (xt, yt), second = _data(task)
     steps = int(np.ceil(len(x) / BATCH))
 
     def sgd(n_epochs: int):
@@ -108,14 +150,16 @@ def _unit(job: tuple) -> list[dict]:
     # method sees the same flash bound and the thin widths are chosen on the right figure
     from tflite_export.budget_fit import export_name_bytes
 
-    names = export_name_bytes(teacher, x[:64])  # a trained model: an untrained one's zero biases change the names
+    names = export_name_bytes(
+        teacher, x[:64], cheaper_ops=cheaper
+    )  # a trained model (untrained zero biases change names)
     rows = []
     for btext in budgets:
         budget = _budget(btext)
-        plan = kw.BudgetPlan(builder(), kw.make_groups(builder()), budget, name_bytes=names)
+        plan = kw.BudgetPlan(builder(), kw.make_groups(builder()), budget, name_bytes=names, gap_as_avgpool=cheaper)
         widths = [int(plan.uniform[plan.segments == s].sum()) for s in np.unique(plan.segments)]
         for method in methods:
-            if (model_name, btext, method, seed) in done:
+            if (task, model_name, btext, method, seed) in done:
                 continue
             keras.utils.set_random_seed(seed + 1000)
             t1 = time.time()
@@ -141,6 +185,8 @@ def _unit(job: tuple) -> list[dict]:
                 groups = kw.make_groups(student)
                 if method == "wgsef_budget":
                     opt = kw.WGSEF(sgd(epochs), budget=budget, groups=groups, ridge=False)
+                    # priced as exported: global average pooling as AVERAGE_POOL_2D, or MEAN with --keep-mean
+                    opt.plan = kw.BudgetPlan(student, groups, budget, name_bytes=names, gap_as_avgpool=cheaper)
                     opt.bind(student, name_bytes=names)
                 else:
                     ks = {f"^{re.escape(s.name)}$": w for s, w in zip(groups, widths)}
@@ -161,9 +207,11 @@ def _unit(job: tuple) -> list[dict]:
                 tflm_samples=200,
                 budget=export_budget,
                 shrink=method != "thin",
+                cheaper_ops=cheaper,
             )
             r = result.report
             row = {
+                "task": task,
                 "model": model_name,
                 "budget": btext,
                 "method": method,
@@ -179,9 +227,14 @@ def _unit(job: tuple) -> list[dict]:
                 "arena_bytes": r.tflm_arena_bytes,
                 "instructions": r.tflm_instructions,
                 "train_seconds": round(train_s, 1),
+                "wall_seconds": round(time.time() - t1, 1),
                 "budget_report": r.budget,
                 "epochs": (dense_epochs, epochs),
+                "gap": "AVERAGE_POOL_2D" if cheaper else "MEAN",
             }
+            if second is not None:
+                pred = np.argmax(result.model.predict(second[0], verbose=0), axis=-1)
+                row["float_acc_published"] = float(np.mean(pred == second[1]))
             print(json.dumps(row), flush=True)
             rows.append(row)
             with open(out, "a") as f:
@@ -189,22 +242,27 @@ def _unit(job: tuple) -> list[dict]:
     return rows
 
 
-def report() -> None:
-    with open(OUT) as f:
-        rows = [json.loads(line) for line in f]
+def _page(task: str) -> str:
+    return PAGE if task == "mnist5k" else PAGE.replace(".md", f"_{task.upper()}.md")
+
+
+def report(task: str = "mnist5k") -> None:
+    rows = [r for r in _rows() if r.get("task", "mnist5k") == task]
+    models, budgets = TASKS[task]["models"], TASKS[task]["budgets"]
+    test = "the 1,000 test digits" if task == "mnist5k" else "the 10,000 extra MNIST-1D test signals"
     lines = [
-        "# Benchmark at equal measured cost (`benchmarks/budget_compare.py`)",
+        f"# Benchmark at equal measured cost (`benchmarks/budget_compare.py --task {task}`)",
         "",
         "Every figure is measured on the exported int8 model (flatbuffer MACs, `.tflite` bytes, TFLM",
-        "minimal arena, callgrind instructions of one `Invoke()`); accuracy on the 1,000 test digits",
+        f"minimal arena, callgrind instructions of one `Invoke()`); accuracy on {test}",
         "(float on the Keras model, int8 on LiteRT). Mean +- standard error over the seeds run (n).",
         "`use` is the measured figure over the bound, for the bounded figure. Training time includes",
         "the dense teacher where the method needs it.",
         "",
     ]
-    lines += [*headline(rows), ""]
-    for model in ("anchor", "resnet8", "dscnn"):
-        for btext in BUDGETS:
+    lines += [*headline(rows, models, budgets), ""]
+    for model in models:
+        for btext in budgets:
             rs = [r for r in rows if r["model"] == model and r["budget"] == btext]
             if not rs:
                 continue
@@ -238,13 +296,13 @@ def report() -> None:
                     f"| {np.mean([r['train_seconds'] for r in mr]):.0f} | {len(mr)} |"
                 )
             lines.append("")
-    with open(PAGE, "w") as f:
+    with open(_page(task), "w") as f:
         f.write("\n".join(lines))
-    _plots(rows)
+    _plots(rows, models, "" if task == "mnist5k" else f"_{task}")
     print("\n".join(lines))
 
 
-def headline(rows: list[dict]) -> list[str]:
+def headline(rows: list[dict], models=TASKS["mnist5k"]["models"], budgets=BUDGETS) -> list[str]:
     """int8 test accuracy of budgeted WGSEF against both thin baselines, per model and budget (mean over seeds)."""
     out = [
         "## Headline: int8 test accuracy % at equal measured cost (mean +- standard error over n seeds)",
@@ -253,8 +311,8 @@ def headline(rows: list[dict]) -> list[str]:
         "WGSEF - best thin | n |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for model in ("anchor", "resnet8", "dscnn"):
-        for btext in BUDGETS:
+    for model in models:
+        for btext in budgets:
             rs = [r for r in rows if r["model"] == model and r["budget"] == btext]
             acc = {m: [r["int8_acc"] for r in rs if r["method"] == m] for m in METHODS}
             if not all(acc[m] for m in ("wgsef_budget", "thin", "thin_kd")):
@@ -275,7 +333,7 @@ def headline(rows: list[dict]) -> list[str]:
     return out
 
 
-def _plots(rows: list[dict]) -> None:
+def _plots(rows: list[dict], models=TASKS["mnist5k"]["models"], suffix: str = "") -> None:
     if os.environ.get("WGSEF_BUDGET_QUICK"):
         return
     import matplotlib
@@ -286,7 +344,7 @@ def _plots(rows: list[dict]) -> None:
     markers = dict(zip(METHODS, "o^vsD"))
     for cost in ("macs", "arena_bytes", "instructions"):
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-        for ax, model in zip(axes, ("anchor", "resnet8", "dscnn")):
+        for ax, model in zip(axes, models):
             for m in METHODS:
                 pts = [(r[cost], r["int8_acc"]) for r in rows if r["model"] == model and r["method"] == m]
                 if pts:
@@ -298,38 +356,59 @@ def _plots(rows: list[dict]) -> None:
             ax.set_xscale("log")
         axes[0].legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(os.path.join(HERE, f"budget_acc_vs_{cost}.png"), dpi=90)
+        fig.savefig(os.path.join(os.path.dirname(PAGE), f"budget_acc_vs_{cost}{suffix}.png"), dpi=90)  # beside the page
         plt.close(fig)
 
 
 def main() -> None:
+    global OUT, PAGE
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["anchor", "resnet8", "dscnn"])
+    p.add_argument("--task", choices=sorted(TASKS), default="mnist5k")
+    p.add_argument("--models", nargs="+", default=None, help="default: the task's three models")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--budgets", nargs="+", default=list(BUDGETS))
+    p.add_argument("--budgets", nargs="+", default=None, help="default: the task's budgets")
+    p.add_argument("--epochs", type=int, nargs=2, default=None, metavar=("DENSE", "BUDGETED"),
+                   help="epochs of the dense and the budgeted phase (default: per model, EPOCHS)")  # fmt: skip
+    p.add_argument("--keep-mean", action="store_true",
+                   help="export global average pooling as MEAN (cheaper_ops=False) and price it so")  # fmt: skip
+    p.add_argument("--rows", default=None, help=f"the rows file (default {os.path.relpath(OUT, HERE)})")
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--report", action="store_true")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 + 2 epochs, rows to a temporary file")
     a = p.parse_args()
+    if a.rows:
+        OUT = os.path.abspath(a.rows)
+        PAGE = os.path.splitext(OUT)[0] + ".md"
     if a.quick:
-        global OUT, PAGE
         import tempfile
 
         folder = tempfile.mkdtemp(prefix="budget-quick-")
         OUT, PAGE = os.path.join(folder, "rows.jsonl"), os.path.join(folder, "page.md")
         os.environ["WGSEF_BUDGET_QUICK"] = "1"
     if a.report:
-        report()
+        report(a.task)
         return
-    run(a.models, a.seeds, a.budgets, a.methods, a.jobs)
-    report()
+    models = a.models or list(TASKS[a.task]["models"])
+    budgets = a.budgets or list(TASKS[a.task]["budgets"])
+    run(models, a.seeds, budgets, a.methods, a.jobs, task=a.task, epochs=a.epochs, cheaper_ops=not a.keep_mean)
+    report(a.task)
 
 
-def run(models: list[str], seeds: list[int], budgets=BUDGETS, methods=METHODS, jobs: int = 2) -> None:
+def run(
+    models: list[str],
+    seeds: list[int],
+    budgets=BUDGETS,
+    methods=METHODS,
+    jobs: int = 2,
+    *,
+    task: str = "mnist5k",
+    epochs: tuple[int, int] | None = None,
+    cheaper_ops: bool = True,
+) -> None:
     """Every (model, seed) unit not in the rows yet, on ``jobs`` worker processes (``compare.py --budget``)."""
     done = _done()
-    units = [(m, s, list(budgets), list(methods), done, OUT) for s in seeds for m in models]
+    units = [(task, m, s, list(budgets), list(methods), done, OUT, epochs, cheaper_ops) for s in seeds for m in models]
     t0 = time.time()
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(jobs, maxtasksperchild=1) as pool:

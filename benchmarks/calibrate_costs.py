@@ -97,10 +97,10 @@ def build(kind: str, p: dict):
     import keras
 
     L = keras.layers
-    if kind in ("anchor", "resnet8", "dscnn"):
+    if kind in ("anchor", "resnet8", "dscnn", "anchor1d", "resnet8_1d", "dscnn1d"):
         import models
 
-        builder, _ = models.BUILDERS[kind]
+        builder, _ = {**models.BUILDERS, **models.BUILDERS_1D}[kind]
         return builder(tuple(p["widths"]))
     if kind == "mlp":
         inp = keras.Input((p["sizes"][0],))
@@ -189,6 +189,36 @@ def build(kind: str, p: dict):
         else:
             h = L.GlobalAveragePooling2D(name=nm("gap", 0))(h)
         out = L.Dense(10, name=nm("head", 0))(h)
+    elif kind == "conv1d":  # TensorFlow runs it as EXPAND_DIMS, CONV_2D / DEPTHWISE_CONV_2D / pooling, RESHAPE
+        if p["op"] == "conv":
+            h = L.Conv1D(p["cout"], p["k"], strides=p["s"], padding=p["pad"], name="conv")(inp)
+        elif p["op"] == "dw":
+            h = L.DepthwiseConv1D(p["k"], strides=p["s"], padding=p["pad"], name="dw")(inp)
+        else:
+            pool = L.MaxPooling1D if p["op"] == "maxpool" else L.AveragePooling1D
+            h = pool(p["k"], strides=p["s"], padding=p["pad"], name="pool")(inp)
+        if p.get("bn"):
+            h = L.ReLU(name="relu")(L.BatchNormalization(name="bn")(h))
+        out = L.GlobalAveragePooling1D(name="gap")(h) if p.get("gap") else h
+    elif kind == "chain1d":  # a small 1-D CNN: conv / depthwise-separable / residual blocks, pooling, GAP, dense
+        h = inp
+        for b, (kind_, w) in enumerate(zip(p["blocks"], p["widths"])):
+            if kind_ == "dwsep":
+                h = L.ReLU()(L.BatchNormalization()(L.DepthwiseConv1D(3, padding="same")(h)))
+                h = L.ReLU()(L.BatchNormalization()(L.Conv1D(w, 1)(h)))
+            elif kind_ == "res":
+                y = L.ReLU()(L.BatchNormalization()(L.Conv1D(w, 3, padding="same")(h)))
+                y = L.BatchNormalization()(L.Conv1D(int(h.shape[-1]), 3, padding="same")(y))
+                h = L.ReLU()(L.Add()([h, y]))
+            else:
+                h = L.ReLU()(L.BatchNormalization()(L.Conv1D(w, 3, padding="same")(h)))
+            if b % 2 == 0 and b < len(p["widths"]) - 1:
+                h = L.MaxPooling1D()(h)
+        if p.get("pooled_gap"):  # GAP as the exporter lowers it: AveragePooling1D over the signal + Reshape
+            h = L.Reshape((h.shape[-1],))(L.AveragePooling1D(h.shape[1])(h))
+        else:
+            h = L.GlobalAveragePooling1D()(h)
+        out = L.Dense(10)(h)
     elif kind == "branchy":  # residual Add and channel Concatenate, then Flatten + Dense
         a = L.Conv2D(p["c"], 3, padding="same", activation="relu", name="a")(inp)
         b = L.Conv2D(p["c"], 3, padding="same", activation="relu", name="b")(a)
@@ -306,6 +336,23 @@ def calibration_specs(seed: int = 0) -> list[tuple[str, str, dict]]:
     for _ in range(3):
         sizes_ = [int(rng.choice([16, 32, 64])), int(rng.choice([8, 16, 32])), 10]
         add("mlp", sizes=sizes_, softmax=bool(rng.integers(2)))
+    lengths = [6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64]
+    n = 0
+    while n < 24:  # 1-D layers: EXPAND_DIMS + the 2-D operator + RESHAPE (+ MEAN on the squeezed signal)
+        op = str(rng.choice(["conv", "conv", "dw", "maxpool", "avgpool"]))
+        k = int(rng.choice([2, 3]) if op.endswith("pool") else rng.choice([1, 3, 5]))
+        s = int(rng.choice([1, k]) if op.endswith("pool") else rng.choice([1, 1, 2]))
+        length, pad = int(rng.choice(lengths)), str(rng.choice(["same", "same", "valid"]))
+        if (pad == "valid" and length < k + 1) or ambiguous(length, k, s, pad):
+            continue
+        add("conv1d", shape=(length, int(rng.choice(chans))), op=op, cout=int(rng.choice(chans)), k=k, s=s,
+            pad=pad, bn=op in ("conv", "dw") and bool(rng.random() < 0.75), gap=bool(rng.random() < 0.3))  # fmt: skip
+        n += 1
+    for i in range(8):
+        nb = int(rng.choice([2, 3, 4]))
+        blocks = [str(rng.choice(["conv", "dwsep", "res"])) if b else "conv" for b in range(nb)]
+        add("chain1d", shape=(int(rng.choice([20, 32, 40])), 1), blocks=blocks,
+            widths=[int(rng.choice(chans[3:10])) for _ in range(nb)], pooled_gap=bool(i % 3 == 0))  # fmt: skip
     return specs
 
 
@@ -314,7 +361,7 @@ def holdout_specs() -> list[tuple[str, str, dict]]:
     import models
 
     out: list[tuple[str, str, dict]] = []
-    for arch, (_, widths) in models.BUILDERS.items():
+    for arch, (_, widths) in {**models.BUILDERS, **models.BUILDERS_1D}.items():
         for keep in (0.75, 0.375):
             out.append((f"{arch}@{keep}", arch, {"widths": models.scaled(widths, keep)}))
     out.append(("mlp-100-48-24-10", "mlp", {"shape": None, "sizes": [100, 48, 24, 10], "softmax": True}))

@@ -15,3 +15,7 @@ resnet8 = _models.resnet8
 dscnn = _models.dscnn
 BUILDERS = _models.BUILDERS
 scaled = _models.scaled
+anchor1d = _models.anchor1d
+resnet8_1d = _models.resnet8_1d
+dscnn1d = _models.dscnn1d
+BUILDERS_1D = _models.BUILDERS_1D

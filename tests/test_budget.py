@@ -7,7 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import pytest
-from bench_models import BUILDERS
+from bench_models import BUILDERS, BUILDERS_1D
 
 import keras_wgsef as kw
 from keras_wgsef.budget.plan import BudgetPlan
@@ -161,3 +161,23 @@ def test_select_terminates_when_only_locked_groups_could_go():
     rank = np.where(np.arange(16) >= 8, np.inf, 1.0)  # c2 locked, as in a trade
     out = plan._reduce(keep, keep.copy(), rank)
     assert out.sum() == 16 and not plan.fits(plan.predict(out))
+
+
+def test_memory_timeline_of_a_plan_follows_the_kept_groups():
+    from keras_wgsef.budget import memory_timeline
+
+    builder, _ = BUILDERS_1D["anchor1d"]
+    model = builder((8, 16, 16, 32))
+    plan = BudgetPlan(model, kw.make_groups(model), kw.Budget(macs=0.25))
+    full = memory_timeline(plan)
+    assert full.peak == memory_timeline(model).peak and full.arena == plan.dense["arena_bytes"]
+    keep = plan.uniform
+    thin = memory_timeline(plan, keep)
+    assert thin.arena == plan.predict(keep)["arena_bytes"] and thin.peak < full.peak
+    # the peak: a 1-D layer's 2-D output and its squeeze, both live (TFLM's RESHAPE copies)
+    (two_d, squeezed), op = [b.shape for b in thin.peak_op.live], plan.lowered(keep).ops[thin.peak_op.index]
+    assert op.kind == "RESHAPE" and two_d == (1, *squeezed) and len(squeezed) == 2
+    with pytest.raises(TypeError, match="BudgetPlan"):
+        memory_timeline(model, keep)
+    with pytest.raises(TypeError, match="Keras model, a BudgetPlan or a LoweredModel"):
+        memory_timeline("model.tflite")

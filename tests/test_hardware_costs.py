@@ -27,14 +27,15 @@ pytest.importorskip("tflite_micro")
 
 import keras
 
-from keras_wgsef.budget import hardware
+from keras_wgsef.budget import hardware, memory_timeline
 from keras_wgsef.budget.lowered import LoweredModel, Op, Tensor
+from keras_wgsef.budget.lowering import lowering_template
 from tflite_export.convert import to_tflite_int8
 from tflite_export.flatbuffer import lowered_model, summarize, tensor_name_bytes
 from tflite_export.micro import count_instructions_many, tflm_min_arena
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from models import ANCHOR_WIDTHS, DSCNN_WIDTHS, RESNET8_WIDTHS, anchor, dscnn, resnet8, scaled
+from models import ANCHOR_WIDTHS, BUILDERS_1D, DSCNN_WIDTHS, RESNET8_WIDTHS, anchor, dscnn, resnet8, scaled
 
 L = keras.layers
 
@@ -106,6 +107,9 @@ FAMILIES = {
     "dense_net": [lambda: _dense_add_concat(32), lambda: _dense_add_concat(20)],
     "concat_cnn": [lambda: _conv_concat(8), lambda: _conv_concat(12)],
 }
+# the 1-D models (MNIST-1D): every Conv1D / pooling is EXPAND_DIMS, a 2-D operator and a RESHAPE
+for _name, (_build, _widths) in BUILDERS_1D.items():
+    FAMILIES[_name] = [lambda b=_build, w=_widths, k=k: b(scaled(w, k) if k < 1 else w) for k in (1, 0.5)]
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +125,26 @@ def measured():
             out.append({
                 "name": f"{family}[{i}]", "family": family, "tflite": tfl, "lm": lowered_model(tfl),
                 "flash": len(tfl), "arena": tflm_min_arena(tfl)[0], "names": tensor_name_bytes(tfl),
+                "model": model, "head": _planned_head(tfl),
             })  # fmt: skip
     for family in FAMILIES:  # tensor names measured on the next width of the same architecture
         group = [r for r in out if r["family"] == family]
         for j, r in enumerate(group):
             r["names_other"] = group[(j + 1) % len(group)]["names"]
     return out
+
+
+def _planned_head(tflite: bytes) -> int:
+    """The non-persistent bytes TFLM's planner laid out (``print_allocations``' "head")."""
+    import re
+
+    from tflite_export.console import capture_output
+    from tflite_export.micro import tflm_interpreter
+
+    interp = tflm_interpreter(tflite, 1 << 17)
+    with capture_output() as captured:
+        interp.print_allocations()
+    return int(re.search(r"Arena allocation head (\d+) bytes", captured.getvalue()).group(1))
 
 
 def _rel(pred: float, true: float) -> float:
@@ -245,3 +263,23 @@ def test_stride_and_padding_are_read_from_the_shapes():
     conv.ops[0] = Op("CONV_2D", op.inputs, op.outputs, macs=4 * 4 * 3 * 9 * 2, window=9)
     f = hardware.instruction_features(conv.ops[0], conv)
     assert f["macs_eff"] == pytest.approx(f["macs"] * (11 / 12) ** 2)  # 11 of 12 (out, tap) pairs per axis
+
+
+def test_memory_timeline_peak_is_what_tflm_plans(measured):
+    """The timeline's peak is the head TFLM's planner lays out, operator by operator the same from the
+    Keras model (what the budget sees) as from the converted file; plus the tail it is the arena."""
+    for r in measured:
+        tl = memory_timeline(r["lm"])
+        assert tl.peak == hardware.plan_arena(r["lm"]) == r["head"], r["name"]
+        assert tl.peak_op.high == tl.peak and all(o.high <= tl.peak for o in tl)
+        assert tl.arena == hardware.predict_arena_bytes(r["lm"]) >= tl.peak + tl.persistent
+        if r["family"] in ("anchor", "resnet8", "dscnn", *BUILDERS_1D):  # chains: the converter keeps Keras' order
+            # the same buffers live at every operator; where buffers of equal size tie, the planner's
+            # order (tensor ids) may lay them out differently between operators, not at the peak
+            keras_side = memory_timeline(lowering_template(r["model"]).lower())
+            assert [(o.kind, o.live_bytes) for o in keras_side] == [(o.kind, o.live_bytes) for o in tl], r["name"]
+            assert keras_side.peak == tl.peak, r["name"]
+    # the 1-D models' peak: where the widest full-length signals are live together
+    tl = memory_timeline(next(r["lm"] for r in measured if r["name"] == "resnet8_1d[0]"))
+    assert tl.peak + tl.persistent == tl.arena  # the planned arena, not a Prepare, sets it
+    assert all(len(b.shape) < 2 or b.shape[-2] == 40 for b in tl.peak_op.live if b.tensor is not None)

@@ -7,8 +7,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 import pytest
-from bench_models import BUILDERS
+from bench_models import BUILDERS, BUILDERS_1D
 
+from keras_wgsef.budget.hardware import constant_tensors
 from keras_wgsef.budget.lowering import lowering_template
 from tflite_export.convert import to_tflite_int8
 from tflite_export.flatbuffer import lowered_model
@@ -41,7 +42,18 @@ def _mixed():
     return keras.Model(x, L.Dense(4, name="head")(L.Dense(16, activation="relu", name="fc")(h)))
 
 
-CASES = [(name, frac) for name in BUILDERS for frac in (1.0, 0.5)] + [("mixed", 1.0)]
+def _gap_as_avgpool_1d(model):
+    """What ``cheaper_ops`` makes of a 1-D model's ``GlobalAveragePooling1D`` (its docstring):
+    ``AveragePooling1D(T)`` named ``gap_avgpool`` + ``Reshape((C,))`` named ``gap``, on the same layers."""
+    gap = model.get_layer("gap")
+    steps, channels = gap.input.shape[1:]
+    h = L.AveragePooling1D(steps, name="gap_avgpool")(gap.input)
+    h = L.Reshape((channels,), name="gap")(h)
+    return keras.Model(model.inputs, model.get_layer("head")(h))
+
+
+ALL = {**BUILDERS, **BUILDERS_1D}
+CASES = [(name, frac) for name in ALL for frac in (1.0, 0.5)] + [("mixed", 1.0)]
 
 
 @pytest.mark.parametrize(("name", "fraction"), CASES)
@@ -52,12 +64,14 @@ def test_lowering_equals_the_converted_flatbuffer(name, fraction, gap_as_avgpool
             pytest.skip("no global pooling to lower")
         model = _mixed()
     else:
-        builder, widths = BUILDERS[name]
+        builder, widths = ALL[name]
         model = builder(tuple(max(1, round(fraction * w)) for w in widths))
     _nonzero_biases(model)
     shape = (32, *model.inputs[0].shape[1:])
     x = np.random.default_rng(0).uniform(0, 1, shape).astype("float32")
-    exported = cheaper_ops(model, x[:4])[0] if gap_as_avgpool else model
+    exported = model
+    if gap_as_avgpool:
+        exported = _gap_as_avgpool_1d(model) if name in BUILDERS_1D else cheaper_ops(model, x[:4])[0]
     fb = lowered_model(to_tflite_int8(exported, x, check=False))
     kl = lowering_template(model).lower(gap_as_avgpool=gap_as_avgpool)
 
@@ -72,6 +86,8 @@ def test_lowering_equals_the_converted_flatbuffer(name, fraction, gap_as_avgpool
         assert sorted(described(kl)) == sorted(described(fb))
     else:  # chains and residual stages: the same operators in the same order (what the arena planner sees)
         assert described(kl) == described(fb)
+    # equal axes and shapes are one constant tensor (1-D: every EXPAND_DIMS of a Conv1D reads one -3)
+    assert constant_tensors(kl) == constant_tensors(fb)
 
 
 def test_removed_channel_classes_narrow_every_tensor_that_carries_them():
@@ -82,3 +98,16 @@ def test_removed_channel_classes_narrow_every_tensor_that_carries_them():
     narrowed = [op.kind for a, op in zip(full.ops, cut.ops) if op.features(cut) != a.features(full)]
     # the stem, s1_conv1 (reads it), s1_conv2 (writes it), the Add, s2_conv1 and s2_short (read it)
     assert narrowed == ["CONV_2D", "CONV_2D", "CONV_2D", "ADD", "CONV_2D", "CONV_2D"]
+
+
+def test_one_d_layers_run_as_2d_operators_between_expand_dims_and_reshape():
+    builder, _ = BUILDERS_1D["resnet8_1d"]
+    lm = lowering_template(builder((4, 4, 8, 8, 16, 16))).lower(gap_as_avgpool=False)
+    kinds = lm.op_kinds
+    # stem: EXPAND_DIMS, CONV_2D, RESHAPE; stack 1's Add reads the stem's squeeze (used twice): a 1-D ADD
+    assert kinds[:10] == ["EXPAND_DIMS", "CONV_2D", "RESHAPE"] * 3 + ["ADD"]
+    assert lm.tensors[lm.ops[9].outputs[0]].shape == (40, 4)
+    # stack 2: one EXPAND_DIMS feeds both the strided conv and the shortcut; the Add of two single-use
+    # squeezes runs on the 2-D outputs and is squeezed after
+    assert kinds[10:18] == ["EXPAND_DIMS", "CONV_2D", "RESHAPE", "EXPAND_DIMS", "CONV_2D", "CONV_2D", "ADD", "RESHAPE"]
+    assert lm.ops[15].inputs == lm.ops[11].inputs and lm.tensors[lm.ops[16].outputs[0]].shape == (1, 20, 8)

@@ -335,6 +335,7 @@ def lowered_model(tflite: bytes | bytearray | str | os.PathLike) -> LoweredModel
         outs = [_shape(fb_tensors[t]) for t in outputs]
         weight_elems = bias_elems = quant_channels = 0
         act_in: list[int] = []
+        keys: dict[tuple[str, tuple[int, ...], tuple[int, ...]], None] = {}
         for k, t in enumerate(inputs):
             if t < 0:
                 continue
@@ -350,6 +351,9 @@ def lowered_model(tflite: bytes | bytearray | str | os.PathLike) -> LoweredModel
                 bias_elems += elems
             elif kind in _FLOAT_TYPES or scales > 0:
                 weight_elems += elems
+            elif kind == "INT32" and name not in _KERNEL_OPS:  # an axis or a shape: stored once per value
+                values = np.frombuffer(bytes(buffers[fb_tensors[t].buffer].data), "<i4")
+                keys[(kind, tuple(int(d) for d in _shape(tensor)), tuple(int(v) for v in values))] = None
             if k == 1 and name in _KERNEL_OPS and scales > 1:
                 quant_channels = scales
         window = 1
@@ -369,10 +373,12 @@ def lowered_model(tflite: bytes | bytearray | str | os.PathLike) -> LoweredModel
                 weight_elems=weight_elems,
                 bias_elems=bias_elems,
                 quant_channels=quant_channels,
+                constants=tuple(keys),
             )
         )
     graph_outputs = tuple(activation(int(t)) for t in (graph.outputs if graph.outputs is not None else []))
-    return LoweredModel(tensors=tensors, ops=ops, inputs=graph_inputs, outputs=graph_outputs)
+    names = {t: (fb_tensors[t].name or b"").decode("utf-8", "replace") for t in tensors}
+    return LoweredModel(tensors=tensors, ops=ops, inputs=graph_inputs, outputs=graph_outputs, names=names)
 
 
 def tensor_name_bytes(tflite: bytes | bytearray | str | os.PathLike) -> int:

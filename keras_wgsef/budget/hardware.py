@@ -88,11 +88,14 @@ from keras_wgsef.budget.lowered import LoweredModel, Op
 __all__ = [
     "FLASH_FEATURES",
     "KERNEL_OPS",
+    "constant_tensors",
     "estimate_name_bytes",
     "flash_features",
     "instruction_features",
+    "labelled_buffers",
     "name_counts",
     "plan_arena",
+    "plan_offsets",
     "planner_buffers",
     "predict",
     "predict_arena_bytes",
@@ -134,7 +137,7 @@ _PREPARE_TEMPS: dict[str, tuple[str, ...]] = {
 # Operands of each operator kind (TFLite arity); those that are not activation tensors are constants.
 _ARITY = {
     "CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 3, "TRANSPOSE_CONV": 4, "MEAN": 2, "SUM": 2,
-    "REDUCE_MAX": 2, "REDUCE_MIN": 2, "RESHAPE": 2, "PAD": 2, "PADV2": 3, "STRIDED_SLICE": 4,
+    "REDUCE_MAX": 2, "REDUCE_MIN": 2, "RESHAPE": 2, "PAD": 2, "PADV2": 3, "STRIDED_SLICE": 4, "EXPAND_DIMS": 2,
 }  # fmt: skip
 _REDUCE_OPS = ("MEAN", "SUM")
 
@@ -173,14 +176,26 @@ def planner_buffers(model: LoweredModel) -> list[tuple[int, int, int]]:
     scratch buffers of each operator in execution order. Lifetimes are
     :meth:`LoweredModel.lifetimes`; a scratch buffer lives during its operator only.
     """
+    return [b[:3] for b in labelled_buffers(model)]
+
+
+def labelled_buffers(model: LoweredModel) -> list[tuple[int, int, int, int | None]]:
+    """:func:`planner_buffers` with the tensor id of each (``None`` for a kernel's scratch buffer)."""
     life = model.lifetimes()
-    out = [(_round_up(model.tensors[t].nbytes), *life[t]) for t in sorted(life) if model.tensors[t].nbytes > 0]
+    out: list[tuple[int, int, int, int | None]] = [
+        (_round_up(model.tensors[t].nbytes), *life[t], t) for t in sorted(life) if model.tensors[t].nbytes > 0
+    ]
     for i, op in enumerate(model.ops):
-        out += [(_round_up(s), i, i) for s in _scratch_sizes(op, model) if s > 0]
+        out += [(_round_up(s), i, i, None) for s in _scratch_sizes(op, model) if s > 0]
     return out
 
 
-def _greedy_offsets(buffers: Sequence[tuple[int, int, int]]) -> list[int]:
+def plan_offsets(model: LoweredModel) -> list[int]:
+    """The offset the ``GreedyMemoryPlanner`` gives each buffer of :func:`planner_buffers`."""
+    return _greedy_offsets(planner_buffers(model))
+
+
+def _greedy_offsets(buffers: Sequence[tuple[int, ...]]) -> list[int]:
     """Offsets ``GreedyMemoryPlanner::CalculateOffsetsIfNeeded`` gives (no offline-planned buffers)."""
     n = len(buffers)
     offsets = [0] * n
@@ -248,6 +263,22 @@ def _constant_operands(op: Op, model: LoweredModel | None = None) -> int:
     return max(0, _ARITY.get(op.kind, 0) - len(op.inputs)) + (-1 if op.kind == "STRIDED_SLICE" else 0)
 
 
+def constant_tensors(model: LoweredModel) -> int:
+    """Constant tensors of the flatbuffer: every operator's constant operands, equal small constants once.
+
+    :func:`_constant_operands` per operator, less those whose :attr:`Op.constants` key an earlier
+    operator already has (the converter stores equal axes and shapes once: a 1-D model's
+    ``EXPAND_DIMS`` share their axis, its squeezes to the same shape their shape).
+    """
+    seen: set[Any] = set()
+    n = 0
+    for op in model.ops:
+        n += _constant_operands(op, model)
+        n -= sum(k in seen for k in op.constants)
+        seen.update(op.constants)
+    return n
+
+
 def _channel_arrays(op: Op, model: LoweredModel) -> int:
     """Per-channel output multipliers and shifts a kernel's Prepare allocates in the tail."""
     if op.kind not in KERNEL_OPS or not op.weight_elems:
@@ -290,7 +321,7 @@ def tail_structure(model: LoweredModel, coefficients: Mapping[str, Any] | None =
     """
     c = (coefficients or COEFFICIENTS)["arena"]
     per_op: Mapping[str, int] = c["tail_per_op"]
-    n_tensors = len(model.tensors) + sum(_constant_operands(op, model) for op in model.ops)
+    n_tensors = len(model.tensors) + constant_tensors(model)
     static = int(c["tail_base"]) + _EVAL_TENSOR * n_tensors
     static += sum(_NODE + int(per_op.get(op.kind, c["tail_per_op_default"])) for op in model.ops)
     scratch = sum(len(_scratch_sizes(op, model)) for op in model.ops)
@@ -354,7 +385,7 @@ def flash_features(model: LoweredModel) -> dict[str, float]:
     int16); ``constants``: constant tensors; ``operands``: operator input and output entries;
     ``kinds``: distinct operator kinds (one ``OperatorCode`` each).
     """
-    data = channels = constants = operands = 0
+    data = channels = operands = 0
     for op in model.ops:
         if op.weight_elems:
             data += _round_up(op.weight_elems, 4) + 4
@@ -362,9 +393,8 @@ def flash_features(model: LoweredModel) -> dict[str, float]:
             data += 4 * op.bias_elems + 4
         if op.kind in KERNEL_OPS and op.weight_elems:
             channels += max(1, op.quant_channels) * (1 + int(op.bias_elems > 0))
-        n_const = _constant_operands(op, model)
-        constants += n_const
-        operands += len(op.inputs) + len(op.outputs) + n_const
+        operands += len(op.inputs) + len(op.outputs) + _constant_operands(op, model)
+    constants = constant_tensors(model)
     acts = list(model.tensors.values())
     return {
         "data": float(data),
@@ -483,7 +513,8 @@ def _window(op: Op, model: LoweredModel) -> tuple[int, int, int, int] | None:
             continue
         kw = op.window // kh
         gy, gx = _axis_geometry(h, ho, kh), _axis_geometry(w, wo, kw)
-        score = (gy is None) + (gx is None), abs(kh - kw)
+        # a window taller or wider than its input is unlikely (a 1-D layer's is 1 x k on a 1 x T map)
+        score = (gy is None) + (gx is None), (kh > h) + (kw > w), abs(kh - kw)
         if best_score is None or score < best_score:
             best_score = score
             best = (_valid_pairs(h, ho, kh)[0], _valid_pairs(w, wo, kw)[0], kh, kw)

@@ -75,6 +75,11 @@ class Op:
       bias_elems: int32 bias elements it holds.
       quant_channels: entries of per-channel quantization parameters (output channels of a
         per-channel quantized kernel; 0 for per-tensor).
+      constants: ``(type, shape, values)`` of its small constant operands other than kernel and
+        bias where known (axes, shapes: ``EXPAND_DIMS``, a static ``RESHAPE``, ``MEAN``). The
+        converter stores equal constants once, so an operator whose key an earlier operator
+        already has reads that tensor (1-D models: every ``EXPAND_DIMS`` of a ``Conv1D`` reads one
+        ``-3``); the arena and flash models count constant tensors with this.
     """
 
     kind: str
@@ -85,6 +90,7 @@ class Op:
     weight_elems: int = 0
     bias_elems: int = 0
     quant_channels: int = 0
+    constants: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
 
     def features(self, model: LoweredModel) -> dict[str, int]:
         """The instruction model's regressors: MACs, taps (``out_elems * window``), elements in and out."""
@@ -107,12 +113,19 @@ class LoweredModel:
       tensors: ``{id: Tensor}`` of every activation tensor (model inputs and outputs included).
       ops: operators in execution order.
       inputs / outputs: the model's input and output tensor ids.
+      names: a readable name of some tensors (the Keras layer that writes it, or the flatbuffer's
+        tensor name); :meth:`name` falls back to ``t<id>``.
     """
 
     tensors: Mapping[int, Tensor]
     ops: list[Op]
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
+    names: Mapping[int, str] = dataclasses.field(default_factory=dict)
+
+    def name(self, t: int) -> str:
+        """The tensor's name, or ``t<id>``."""
+        return self.names.get(t) or f"t{t}"
 
     @property
     def op_kinds(self) -> list[str]:

@@ -13,16 +13,18 @@ The rules mirror what ``tf.lite.TFLiteConverter`` does to a Keras model (TF 2.21
 Keras                                  int8 TFLite
 =====================================  =====================================================
 Conv1D/2D, Dense                       ``CONV_2D``, ``FULLY_CONNECTED`` (ReLU/ReLU6 fused)
-DepthwiseConv2D                        ``DEPTHWISE_CONV_2D``
+DepthwiseConv1D/2D                     ``DEPTHWISE_CONV_2D``
 SeparableConv2D                        ``DEPTHWISE_CONV_2D`` + ``CONV_2D``
 BatchNormalization after one of those  folded (no operator); elsewhere ``MUL`` + ``ADD``
 ReLU, ReLU6 after a fusable operator   fused (no operator); elsewhere ``RELU`` / ``RELU6``
 Add, Multiply, Subtract, Concatenate   ``ADD``, ``MUL``, ``SUB``, ``CONCATENATION`` (ReLU fused into ADD/SUB/MUL)
-MaxPooling2D, AveragePooling2D         ``MAX_POOL_2D``, ``AVERAGE_POOL_2D``
+MaxPooling1D/2D, AveragePooling1D/2D   ``MAX_POOL_2D``, ``AVERAGE_POOL_2D``
 GlobalAveragePooling2D                 ``MEAN``; with ``gap_as_avgpool=True`` (what the exporter
                                        emits: :func:`tflite_export.rewrite.cheaper_ops`)
                                        ``AVERAGE_POOL_2D``, then ``SHAPE``, ``STRIDED_SLICE``,
                                        ``PACK`` (the dynamic batch) and ``RESHAPE``
+GlobalAveragePooling1D                 ``MEAN``; with ``gap_as_avgpool=True``: ``EXPAND_DIMS``,
+                                       ``AVERAGE_POOL_2D``, ``RESHAPE``, then the dynamic reshape
 GlobalMaxPooling2D                     ``REDUCE_MAX``
 Flatten, Reshape                       ``SHAPE``, ``STRIDED_SLICE``, ``PACK`` (the dynamic
                                        batch), ``RESHAPE``
@@ -31,6 +33,13 @@ Softmax / activation="softmax"         ``SOFTMAX``
 Dropout and inference-time identities  nothing
 other layers                           one operator named after the layer class
 =====================================  =====================================================
+
+TensorFlow runs the 1-D layers (Conv1D, DepthwiseConv1D, 1-D pooling) as 2-D operators on
+``(1, T, C)``: each becomes ``EXPAND_DIMS`` (one per tensor and axis, shared by its consumers), the
+2-D operator, and a ``RESHAPE`` to a constant shape back to ``(T, C)``. When every operand of an
+``Add``/``Subtract``/``Multiply`` is such a squeeze used once, the converter moves the ``RESHAPE``
+after the operator (a residual stack's strided stage). Equal axis and shape constants are stored
+once (:attr:`~keras_wgsef.budget.lowered.Op.constants`).
 
 Example:
   >>> import keras
@@ -76,7 +85,9 @@ class _OpSpec:
     window: int = 1  # kh * kw for conv and depthwise (what their MACs and weights scale with)
     fused_activation: str | None = None
     has_bias: bool = True
-    gap_alternative: bool = False  # a GlobalAveragePooling2D (lowered as MEAN or AVERAGE_POOL_2D + RESHAPE)
+    gap_alternative: bool = False  # a GlobalAveragePooling1D/2D (lowered as MEAN or AVERAGE_POOL_2D + RESHAPE)
+    static_reshape: bool = False  # a RESHAPE to a constant shape (a 1-D layer's squeeze), not Flatten's dynamic one
+    constants: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()  # see Op.constants
 
 
 @dataclasses.dataclass
@@ -92,6 +103,9 @@ class LoweringTemplate:
         class is kept.
       ops: the operators, in execution order.
       inputs / outputs: template tensor ids of the model's inputs and outputs.
+      names: each template tensor's name: the path of the Keras layer that writes it (the graph
+        inputs: their layer's), with ``:expand`` / ``:2d`` for a 1-D operator's EXPAND_DIMS
+        input and 2-D output, ``:raw`` for an operator's output before a separate activation.
     """
 
     graph: Graph
@@ -101,6 +115,7 @@ class LoweringTemplate:
     ops: list[_OpSpec]
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
+    names: dict[int, str] = dataclasses.field(default_factory=dict)
 
     def class_of(self, layer_path: str, channel: int) -> int:
         """The channel class of output channel ``channel`` of the layer at ``layer_path``."""
@@ -127,6 +142,20 @@ class LoweringTemplate:
         for spec in self.ops:
             if spec.gap_alternative and gap_as_avgpool:
                 src, dst = spec.inputs[0], spec.outputs[0]
+                if len(tensors[src].shape) == 2:  # 1-D: AveragePooling1D(T) [+ Reshape((C,)) unless keepdims]
+                    exp, mid, sq = next_id, next_id + 1, next_id + 2
+                    next_id += 3
+                    tensors[exp] = Tensor(exp, (1, *tensors[src].shape))
+                    tensors[mid] = Tensor(mid, (1, 1, int(widths[dst])))
+                    ops.append(Op("EXPAND_DIMS", (src,), (exp,), constants=(_axis(1),)))
+                    ops.append(Op("AVERAGE_POOL_2D", (exp,), (mid,), window=spec.window))
+                    if len(tensors[dst].shape) == 2:  # keepdims=True: the pooling's squeeze is the output
+                        ops.append(_static_reshape(mid, dst, tensors))
+                        continue
+                    tensors[sq] = Tensor(sq, (1, int(widths[dst])))
+                    ops.append(_static_reshape(mid, sq, tensors))
+                    next_id = _dynamic_reshape(sq, dst, tensors, ops, next_id)
+                    continue
                 if len(tensors[dst].shape) == 3:  # keepdims=True: the pooling alone
                     ops.append(Op("AVERAGE_POOL_2D", (src,), (dst,), window=spec.window))
                     continue
@@ -136,11 +165,23 @@ class LoweringTemplate:
                 ops.append(Op("AVERAGE_POOL_2D", (src,), (mid,), window=spec.window))
                 next_id = _dynamic_reshape(mid, dst, tensors, ops, next_id)
                 continue
-            if spec.kind == "RESHAPE":
+            if spec.kind == "RESHAPE" and not spec.static_reshape:
                 next_id = _dynamic_reshape(spec.inputs[0], spec.outputs[0], tensors, ops, next_id)
                 continue
+            if spec.static_reshape:
+                ops.append(_static_reshape(spec.inputs[0], spec.outputs[0], tensors))
+                continue
             ops.append(self._op(spec, tensors))
-        return LoweredModel(tensors, ops, self.inputs, self.outputs)
+        # the converter's own tensors (a pooled average, a dynamic reshape's shape): named after the
+        # layer output they lead to, and the operator that writes them
+        names = dict(self.names)
+        made_by = {t: op.kind.lower() for op in ops for t in op.outputs}
+        for op in reversed(ops):
+            owner = next((names[t].split(":")[0] for t in op.outputs if t in names), None)
+            for t in op.inputs:
+                if owner is not None and t not in names:
+                    names[t] = f"{owner}:{made_by.get(t, 'in')}"
+        return _in_flatbuffer_order(LoweredModel(tensors, ops, self.inputs, self.outputs, names))
 
     def _op(self, spec: _OpSpec, tensors: Mapping[int, Tensor]) -> Op:
         out = tensors[spec.outputs[0]]
@@ -160,7 +201,7 @@ class LoweringTemplate:
             cin = tensors[spec.inputs[0]].shape[-1]
             return Op(spec.kind, spec.inputs, spec.outputs, macs=out.elements * cin, weight_elems=cin * cout,
                       bias_elems=cout if spec.has_bias else 0, quant_channels=cout)  # fmt: skip
-        return Op(spec.kind, spec.inputs, spec.outputs, window=spec.window)
+        return Op(spec.kind, spec.inputs, spec.outputs, window=spec.window, constants=spec.constants)
 
 
 def _cfg(layer: Any) -> dict[str, Any]:
@@ -190,11 +231,25 @@ def lowering_template(model: Any, analysis: Any = None) -> LoweringTemplate:
         for t in node.inputs:
             consumers[t] = consumers.get(t, 0) + 1
     ops: list[_OpSpec] = []
+    expanded: dict[tuple[int, int], int] = {}  # (tensor, axis) -> its EXPAND_DIMS output (one per pair)
+    squeezes: dict[int, _OpSpec] = {}  # tensor -> the static RESHAPE that squeezes a 1-D operator's output into it
 
-    def extra_tensor(like: int, channel_ids: np.ndarray) -> int:
+    names: dict[int, str] = {t: n.path for n in g.nodes for t in n.outputs}
+    for t in g.inputs:
+        names.setdefault(t, f"input{t}")
+
+    def extra_tensor(like: int, channel_ids: np.ndarray, shape: tuple[int, ...] | None = None, suffix: str = "") -> int:
         t = len(spatial)
-        spatial[t], ids[t] = spatial[like], channel_ids
+        spatial[t], ids[t] = (spatial[like] if shape is None else shape), channel_ids
+        names[t] = f"{names.get(like, f't{like}')}{suffix}"
         return t
+
+    def expand(t: int, axis: int) -> int:
+        """TensorFlow runs a 1-D convolution or pooling as a 2-D one on ``(1, T, C)``."""
+        if (t, axis) not in expanded:
+            expanded[t, axis] = extra_tensor(t, ids[t], (1, *spatial[t]), ":expand")
+            ops.append(_OpSpec("EXPAND_DIMS", (t,), (expanded[t, axis],), constants=(_axis(axis),)))
+        return expanded[t, axis]
 
     def fusable_producer(t: int) -> _OpSpec | None:
         spec = producer.get(alias[t])
@@ -210,14 +265,34 @@ def lowering_template(model: Any, analysis: Any = None) -> LoweringTemplate:
             alias[out] = ins[0]
             continue
         spec = _OpSpec(cls.upper(), tuple(dict.fromkeys(ins)), (out,))
+        squeeze = None
+        if cls in _ONE_D and len(g.shapes[node.inputs[0]]) == 3:
+            # EXPAND_DIMS (shared by the consumers of a tensor), the 2-D operator, a static RESHAPE back
+            mid = extra_tensor(out, ids[out], (1, *spatial[out]), ":2d")
+            spec = _OpSpec(cls.upper(), (expand(ins[0], -3 if cls == "Conv1D" else 1),), (mid,))
+            squeeze = _OpSpec("RESHAPE", (mid,), (out,), static_reshape=True)
+        if (
+            cls in ("Add", "Subtract", "Multiply")
+            and len(ins) > 1
+            and all(t in squeezes and consumers.get(k, 0) == 1 for t, k in zip(ins, node.inputs))
+        ):
+            # every operand is a single-use squeeze of the same shape: the converter moves the
+            # RESHAPE after the operator, which then runs on the 2-D operators' outputs
+            sources = [squeezes[t].inputs[0] for t in ins]
+            if len({spatial[t] for t in sources}) == 1:
+                for t in ins:
+                    ops.remove(squeezes.pop(t))
+                mid = extra_tensor(out, ids[out], spatial[sources[0]], ":2d")
+                spec = _OpSpec(cls.upper(), tuple(dict.fromkeys(sources)), (mid,))
+                squeeze = _OpSpec("RESHAPE", (mid,), (out,), static_reshape=True)
         if cls in ("Conv1D", "Conv2D"):
             spec.kind, spec.formula = "CONV_2D", "conv"
             spec.window = int(np.prod(cfg["kernel_size"]))
-        elif cls == "DepthwiseConv2D":
+        elif cls in ("DepthwiseConv1D", "DepthwiseConv2D"):
             spec.kind, spec.formula = "DEPTHWISE_CONV_2D", "depthwise"
             spec.window = int(np.prod(cfg["kernel_size"]))
         elif cls == "SeparableConv2D":
-            mid = extra_tensor(out, np.repeat(a.in_ids[node.path], int(cfg.get("depth_multiplier", 1))))
+            mid = extra_tensor(out, np.repeat(a.in_ids[node.path], int(cfg.get("depth_multiplier", 1))), suffix=":dw")
             ks = int(np.prod(cfg["kernel_size"]))
             ops.append(_OpSpec("DEPTHWISE_CONV_2D", (ins[0],), (mid,), "depthwise", ks))
             spec = _OpSpec("CONV_2D", (mid,), (out,), "conv", 1)
@@ -228,7 +303,7 @@ def lowering_template(model: Any, analysis: Any = None) -> LoweringTemplate:
             if prev is not None and prev.formula != "none":
                 alias[out] = ins[0]  # folded into the convolution / dense before it
                 continue
-            mid = extra_tensor(out, ids[out])
+            mid = extra_tensor(out, ids[out], suffix=":mul")
             ops.append(_OpSpec("MUL", (ins[0],), (mid,), "per_channel"))
             spec = _OpSpec("ADD", (mid,), (out,), "per_channel")
         elif cls in ("ReLU", "Activation", "Softmax"):
@@ -249,7 +324,9 @@ def lowering_template(model: Any, analysis: Any = None) -> LoweringTemplate:
             spec.window = int(np.prod(cfg["pool_size"]))
         elif cls in ("GlobalAveragePooling2D", "GlobalAveragePooling1D"):
             spec.kind, spec.window = "MEAN", int(np.prod(spatial[node.inputs[0]]))
-            spec.gap_alternative = cls == "GlobalAveragePooling2D"
+            rank = len(spatial[node.inputs[0]])  # the reduced axes: a scalar for one, a vector for more
+            spec.constants = (_axis(1) if rank == 1 else ("INT32", (rank,), tuple(range(1, rank + 1))),)
+            spec.gap_alternative = True
         elif cls in ("GlobalMaxPooling2D", "GlobalMaxPooling1D"):
             spec.kind, spec.window = "REDUCE_MAX", int(np.prod(spatial[node.inputs[0]]))
         elif cls in ("Flatten", "Reshape"):
@@ -261,24 +338,59 @@ def lowering_template(model: Any, analysis: Any = None) -> LoweringTemplate:
             spec.kind = "PAD"
         spec.has_bias = bool(cfg.get("use_bias", True))
         ops.append(spec)
-        producer[out] = spec
+        producer[out] = spec  # what a BatchNorm folds into and a ReLU fuses into (a squeeze commutes with both)
         alias[out] = out
         act = cfg.get("activation")
         if spec.formula != "none" and isinstance(act, str) and act != "linear":
             if act in ("relu", "relu6"):
                 spec.fused_activation = act
             else:  # a separate activation operator on the convolution's output
-                raw = extra_tensor(out, ids[out])
+                dst = spec.outputs[0]
+                raw = extra_tensor(dst, ids[dst], suffix=":raw")
                 spec.outputs = (raw,)
-                ops.append(_OpSpec(_ACTIVATION_OPS.get(act, act.upper()), (raw,), (out,)))
+                ops.append(_OpSpec(_ACTIVATION_OPS.get(act, act.upper()), (raw,), (dst,)))
                 producer[out] = ops[-1]
+        if squeeze is not None:
+            ops.append(squeeze)
+            squeezes[out] = squeeze
     outputs = tuple(alias[t] for t in g.outputs)
     used = {t for s in ops for t in (*s.inputs, *s.outputs)} | set(g.inputs) | set(outputs)
     classes = {t: a.roots(ids[t]) for t in sorted(used)}
-    return LoweringTemplate(g, a, {t: spatial[t] for t in classes}, classes, ops, tuple(g.inputs), outputs)
+    return LoweringTemplate(g, a, {t: spatial[t] for t in classes}, classes, ops, tuple(g.inputs), outputs,
+                            {t: names[t] for t in classes if t in names})  # fmt: skip
 
 
+# the layers TensorFlow runs as 2-D operators between EXPAND_DIMS and a RESHAPE
+_ONE_D = ("Conv1D", "DepthwiseConv1D", "MaxPooling1D", "AveragePooling1D")
 _ACTIVATION_OPS = {"relu": "RELU", "relu6": "RELU6", "softmax": "SOFTMAX", "sigmoid": "LOGISTIC", "tanh": "TANH"}
+
+
+def _in_flatbuffer_order(lm: LoweredModel) -> LoweredModel:
+    """The tensors renumbered as the converter numbers them: the inputs, then each operator's outputs
+    in execution order. The memory planner breaks ties between equal sizes by this order, so the
+    planned arena depends on it (a 1-D model's many equal-sized squeezes)."""
+    order = list(lm.inputs) + [t for op in lm.ops for t in op.outputs]
+    listed = set(order)
+    order += [t for t in sorted(lm.tensors) if t not in listed]
+    new = {t: i for i, t in enumerate(dict.fromkeys(order))}
+    ops = [
+        dataclasses.replace(op, inputs=tuple(new[t] for t in op.inputs), outputs=tuple(new[t] for t in op.outputs))
+        for op in lm.ops
+    ]
+    tensors = {new[t]: dataclasses.replace(x, id=new[t]) for t, x in lm.tensors.items()}
+    names = {new[t]: n for t, n in lm.names.items() if t in new}
+    return LoweredModel(tensors, ops, tuple(new[t] for t in lm.inputs), tuple(new[t] for t in lm.outputs), names)
+
+
+def _axis(axis: int) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
+    """The key of a scalar int32 axis constant (:attr:`Op.constants`)."""
+    return ("INT32", (), (axis,))
+
+
+def _static_reshape(src: int, dst: int, tensors: Mapping[int, Tensor]) -> Op:
+    """A RESHAPE to a constant shape, ``[-1, *shape]`` (a 1-D operator's output squeezed back)."""
+    shape = tensors[dst].shape
+    return Op("RESHAPE", (src,), (dst,), constants=(("INT32", (len(shape) + 1,), (-1, *shape)),))
 
 
 def _dynamic_reshape(src: int, dst: int, tensors: dict[int, Tensor], ops: list[Op], next_id: int) -> int:
