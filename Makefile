@@ -8,7 +8,7 @@ BACKENDS := $(VENV)/.backends
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install lint test test-slow demo bench bench-compare clean
+.PHONY: install lint test test-slow demo bench bench-compare dist clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,5 +58,12 @@ bench: $(STAMP)
 bench-compare: $(STAMP)
 	$(PY) benchmarks/compare.py
 
+# the wheel and the sdist in dist/, checked by twine (metadata, README rendering, LICENSE inside)
+dist: $(STAMP)
+	$(PY) -m pip install --quiet "build>=1.2" "twine>=5"
+	rm -rf dist build
+	$(PY) -m build --outdir dist .
+	$(VENV)/bin/twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache
