@@ -7,8 +7,17 @@ Proximal gradient with any Keras optimizer inside::
 
 The prox acts on each scope's groups (:class:`keras_wgsef.GroupScope`) and only rescales them
 (group j by ``theta_j / (theta_j + eta_t lam_s d_j)``, exactly zero when ``theta_j = 0``). With
-SGD this is the proximal gradient method of the paper; after Adam it is a heuristic (a Euclidean
-prox after a preconditioned step) that works in practice but carries no convergence guarantee.
+SGD this is the proximal gradient method of the paper. A diagonal-preconditioned step (Adam, AdamW,
+Nadam, Adamax, RMSprop, Adagrad) moves coordinate i by ``eta_t * direction_i / q_i`` (``q = sqrt(v) +
+eps`` for Adam); the prox that matches it is the one in the metric of that step,
+``argmin_x sum_j h_j / (2 eta_t) ||x_j - z_j||^2 + lam_s WGSEF(x)``. ``metric="auto"`` uses it with
+one ``h_j`` per group, the group mean of ``q`` divided by its mean over the scope's groups
+(:func:`keras_wgsef.prox.metric_prox_scales`): group j is dropped by ``h_j ||x_j|| / sqrt(d_j)``,
+so a group whose coordinates take small steps needs a smaller norm to go. The exact metric prox
+with ``h' = c h`` and ``lam' = c lam`` is the same operator, so the normalisation only
+reparametrises the strength: ``lam_s`` keeps its meaning (a uniform ``h`` is the Euclidean prox)
+and the controllers' presets stay calibrated. ``metric="euclidean"`` (the default) is the
+Euclidean prox after any step, a heuristic after a preconditioned one.
 
 The optimizer owns one :class:`keras_wgsef.scope_state.ScopeState` per scope (``opt.scopes``): its
 groups, ``k``, weights ``d_j`` and variables, and its row of four optimizer variables that
@@ -115,6 +124,70 @@ def resolve_k(k: int | float, scope: GroupScope) -> int:
     return k
 
 
+METRICS = ("auto", "euclidean")
+
+
+def _base_optimizer(opt: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    """The optimizer that steps, inside any ``LossScaleOptimizer``."""
+    while isinstance(opt, keras.optimizers.LossScaleOptimizer):
+        opt = opt.inner_optimizer
+    return opt
+
+
+def _nadam_epsilon(opt):
+    """Nadam's ``eps`` as it enters ``sqrt(v) + eps'``: it divides by ``sqrt(1 - beta_2^t)`` after adding eps."""
+    t = ops.cast(opt.iterations, "float32")  # read after the step: the t of the step just taken
+    return opt.epsilon * ops.sqrt(1.0 - ops.power(ops.cast(opt.beta_2, "float32"), t))
+
+
+def _rmsprop_rule(opt):
+    if opt.centered:
+        return [opt._velocities, opt._average_gradients], lambda v, g: ops.sqrt(v - ops.square(g) + opt.epsilon)
+    return [opt._velocities], lambda v: ops.sqrt(v + opt.epsilon)
+
+
+#: per Keras optimizer class, ``opt -> (slot lists, inverse_step)``: the inner optimizer's
+#: per-coordinate step is ``lr_t * direction / inverse_step(*slots)`` with ``lr_t`` common to every
+#: coordinate (Keras 3's update rules; a constant factor cancels in the per-scope normalisation)
+_SECOND_MOMENT_RULES: dict[type, Any] = {
+    keras.optimizers.Adam: lambda o: (  # AdamW too: its decay is decoupled from the step
+        [o._velocity_hats if o.amsgrad else o._velocities],
+        lambda v: ops.sqrt(v) + o.epsilon,
+    ),
+    keras.optimizers.Nadam: lambda o: ([o._velocities], lambda v: ops.sqrt(v) + _nadam_epsilon(o)),
+    keras.optimizers.Adamax: lambda o: ([o._u], lambda u: u + o.epsilon),
+    keras.optimizers.RMSprop: _rmsprop_rule,
+    keras.optimizers.Adagrad: lambda o: ([o._accumulators], lambda acc: ops.sqrt(acc + o.epsilon)),
+}
+#: optimizers whose step scale is the same for every coordinate: the Euclidean prox is the metric one
+_EUCLIDEAN_STEP = (keras.optimizers.SGD, keras.optimizers.Lion)
+
+
+def _known_rule(opt: keras.optimizers.Optimizer, classes) -> type | None:
+    """The class of ``classes`` whose update rule ``opt`` runs (a subclass that overrides ``update_step`` has none)."""
+    for cls in classes:
+        if isinstance(opt, cls) and type(opt).update_step is cls.update_step:
+            return cls
+    return None
+
+
+def _check_metric(metric: str, inner: keras.optimizers.Optimizer) -> None:
+    """Refuses an unknown ``metric``; warns once when ``"auto"`` meets an optimizer of unknown update rule."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}.")
+    base = _base_optimizer(inner)
+    if metric == "auto" and _known_rule(base, [*_SECOND_MOMENT_RULES, *_EUCLIDEAN_STEP]) is None:
+        import warnings
+
+        warnings.warn(
+            f"WGSEF(metric='auto') does not know the update rule of {type(base).__name__}: the prox stays "
+            "Euclidean (as metric='euclidean'). Its metric is known for Adam, AdamW, Nadam, Adamax, RMSprop, "
+            "Adagrad (and SGD, Lion, where it is the Euclidean one).",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 #: per optimizer, its prox-and-assign compiled with XLA (kept off the optimizer: TensorFlow would
 #: track a tf.function attribute as part of the object)
 _COMPILED_PROX: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -188,6 +261,28 @@ class WGSEF(keras.optimizers.Optimizer):
         by default: on a 2-core CPU the XLA executable runs its ~100 thunks no faster than
         TensorFlow runs the ~120 small operations of the plain prox (profiled:
         ``benchmarks/overhead_breakdown.py``); it may pay off on other hosts.
+      metric: ``"euclidean"`` (default): the prox of ``learning_rate * lam_s * WGSEF`` in the
+        Euclidean metric after any inner step. ``"auto"``: after Adam, AdamW, Nadam, Adamax,
+        RMSprop or Adagrad, the prox in the metric of their step (module docstring), read from the
+        inner optimizer's second moments after its step, one per group, normalised to mean 1 per
+        scope (one more segment sum per step); SGD and Lion step every coordinate alike, so theirs
+        is the Euclidean prox. Another optimizer class (or a subclass with its own
+        ``update_step``) gets a warning and the Euclidean prox.
+
+    The inner optimizer's ``use_ema=True`` works: its moving averages are multiplied by the same
+    prox factors as the weights (and zeroed with them by ``freeze``), so they keep the weights'
+    support and the averages swapped in at the end of ``fit`` keep exactly the kept groups.
+    Decoupled weight decay (AdamW) is multiplicative and runs before the prox: a group the prox
+    or a frozen mask holds at zero stays exactly zero. With ``gradient_accumulation_steps``, the
+    prox acts on the steps where the inner update fires and is the identity in between.
+
+    Example:
+      >>> import keras, keras_wgsef as kw
+      >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, name="h"), keras.layers.Dense(2)])
+      >>> opt = kw.WGSEF(keras.optimizers.Adam(1e-2), k=2, groups=kw.make_groups(m), metric="auto")
+      >>> opt.apply([keras.ops.ones(v.shape) for v in m.trainable_variables], m.trainable_variables)
+      >>> opt.scopes[0].nonzero_count() >= 2
+      True
     """
 
     def __init__(
@@ -203,6 +298,7 @@ class WGSEF(keras.optimizers.Optimizer):
         exclude: str | None = None,
         name: str | None = None,
         xla_prox: bool = False,
+        metric: str = "euclidean",
         **kwargs: Any,
     ) -> None:
         if "scope" in kwargs:  # the 0.1 name of ``envelope``
@@ -216,12 +312,7 @@ class WGSEF(keras.optimizers.Optimizer):
             raise TypeError(
                 f"inner_optimizer must be a keras.optimizers.Optimizer, got {type(inner_optimizer).__name__}."
             )
-        if getattr(inner_optimizer, "use_ema", False):
-            raise ValueError(
-                f"the inner optimizer {type(inner_optimizer).__name__} has use_ema=True: at the end of fit Keras "
-                "overwrites the weights with its moving average, which tracks the weights before the prox, so every "
-                "zeroed group would come back. Turn use_ema off."
-            )
+        _check_metric(metric, inner_optimizer)
         if isinstance(budget, Mapping):  # from get_config
             budget = Budget.from_config(budget)
         if budget is not None:
@@ -270,6 +361,8 @@ class WGSEF(keras.optimizers.Optimizer):
         self.scopes: list[ScopeState] = []
         self._rewound: Any = None  # the Rewound schedule of ReachK(rewind=True), made once
         self.xla_prox = bool(xla_prox)
+        self.metric = metric
+        self._inverse_step: Any = None  # the inner optimizer's metric, once built (None: Euclidean)
 
     def bind(self, model: keras.Model, *, name_bytes: int | None = None) -> Any:
         """Binds the budget to ``model``: plans it (``k``, cost weights) and returns the :class:`BudgetPlan`.
@@ -324,8 +417,14 @@ class WGSEF(keras.optimizers.Optimizer):
             scopes = [merge_scopes(scopes, "model", shapes)]
         return list(scopes), by_member
 
-    @keras.src.utils.tracking.no_automatic_dependency_tracking  # as LossScaleOptimizer.build: no public equivalent
     def build(self, var_list: Sequence[keras.Variable]) -> None:
+        # the inner optimizer builds with Keras' tracking on: Nadam keeps a variable in an attribute
+        # (``_u_product``), which only tracking puts among its variables (saved, and stepped under JAX)
+        self.inner_optimizer.build(var_list)
+        self._build_own(var_list)
+
+    @keras.src.utils.tracking.no_automatic_dependency_tracking  # as LossScaleOptimizer.build: no public equivalent
+    def _build_own(self, var_list: Sequence[keras.Variable]) -> None:
         scopes, by_member = self._resolve_scopes(var_list)
         shapes = {p: tuple(v.shape) for p, v in by_member.items()}
         self.scopes = []
@@ -362,10 +461,21 @@ class WGSEF(keras.optimizers.Optimizer):
         self._skipped = self.add_variable((), initializer="zeros", dtype="int32", name="skipped_steps")
         # the step of the last learning-rate rewind (0: none): an optimizer variable, so checkpointed
         self._rewind_step = self.add_variable((), initializer="zeros", dtype="int32", name="rewind_step")
-        self.inner_optimizer.build(var_list)
+        self._bind_inner_state()
         super().build(var_list)
         if self.plan is not None:
             self.scopes[0].retarget(self.plan.k, self._budget_weights())
+
+    def _bind_inner_state(self) -> None:
+        """Each scope's view of the built inner optimizer's per-variable state: its metric slots and EMA copies."""
+        base = _base_optimizer(self.inner_optimizer)
+        index = base._get_variable_index  # Keras' own map from a variable to its slots (no public one)
+        cls = _known_rule(base, _SECOND_MOMENT_RULES) if self.metric == "auto" else None
+        slot_lists, self._inverse_step = _SECOND_MOMENT_RULES[cls](base) if cls is not None else ([], None)
+        averages = base._model_variables_moving_average if base.use_ema else None
+        for state in self.scopes:
+            state.slots = [tuple(slots[index(v)] for slots in slot_lists) for v in state.variables]
+            state.ema = None if averages is None else [averages[index(v)] for v in state.variables]
 
     @property
     def variables(self) -> list[keras.Variable]:
@@ -582,12 +692,20 @@ class WGSEF(keras.optimizers.Optimizer):
     def _prox_assign(self, lr, assign) -> None:
         """The prox of every scope: ``assign(var, value, factor)`` writes ``value * factor`` to each variable."""
         values = [[prox_ops.read(v) for v in state.variables] for state in self.scopes]
-        scales = prox_factors(self.scopes, values, lr, self.ridge)  # one batched prox for every scope
+        metric = None
+        if self._inverse_step is not None:  # the inner optimizer's slots after its step
+            slots = [[tuple(prox_ops.read(v) for v in t) for t in state.slots] for state in self.scopes]
+            metric = (slots, self._inverse_step)
+        scales = prox_factors(self.scopes, values, lr, self.ridge, metric)  # one batched prox for every scope
         rows = _rows(scales, [s.num_groups for s in self.scopes])
         for state, row, scope_values in zip(self.scopes, rows, values):
-            for var, value, mb in zip(state.variables, scope_values, state.members):
+            averages = state.ema or [None] * len(state.variables)
+            for var, value, mb, average in zip(state.variables, scope_values, state.members, averages):
                 factor = prox_ops.expand_scales(row, tuple(var.shape), mb.axis, mb.index)
-                assign(var, value, factor if var.dtype == "float32" else ops.cast(factor, var.dtype))
+                factor = factor if var.dtype == "float32" else ops.cast(factor, var.dtype)
+                assign(var, value, factor)
+                if average is not None:  # the EMA copy follows the same envelope: the same support
+                    assign(average, prox_ops.read(average), factor)
         # a positive factor is a group left nonzero
         self.scopes[0].table.record(scales, ops.sum(ops.cast(scales > 0, "int32"), axis=1))
 
@@ -666,6 +784,7 @@ class WGSEF(keras.optimizers.Optimizer):
             "include": self.include,
             "exclude": self.exclude,
             "xla_prox": self.xla_prox,
+            "metric": self.metric,
         }
 
     @classmethod

@@ -31,7 +31,9 @@ __all__ = [
     "batched_prox_scales",
     "expand_scales",
     "flat_concat",
+    "group_sizes",
     "group_sq_norms",
+    "padded_group_sums",
     "padded_sq_norms",
     "prox_dtype",
     "prox_scales",
@@ -354,11 +356,8 @@ def flat_concat(tensors):
 def padded_sq_norms(values, members, rows: np.ndarray, width: int):
     """Sums of squares of every scope's groups as one ``(S, width)`` matrix (zero padding), float32.
 
-    The small members (up to :data:`SMALL_TENSOR` entries) are flattened into one vector and
-    squared together, each entry labelled ``row * width + group``; a large member contributes the
-    sums of its squares over every axis but the group axis. One segment sum then adds everything
-    up: on a small model, a handful of operations whatever the number of scopes and members.
-    Sums run in float32 (float64 when a variable is); the prox casts the result.
+    :func:`padded_group_sums` of ``ops.square``: the group norms of every scope, squared, by one
+    segment sum. Sums run in float32 (float64 when a variable is); the prox casts the result.
 
     Args:
       values: the members' current values (tensors), in ``members`` order.
@@ -373,34 +372,89 @@ def padded_sq_norms(values, members, rows: np.ndarray, width: int):
       >>> ops.convert_to_numpy(padded_sq_norms([k, np.array([0., 2.], "float32")], mbs, np.array([0, 0]), 2)).tolist()
       [[25.0, 5.0]]
     """
-    values = [ops.convert_to_tensor(x) for x in values]
-    dtypes = [keras.backend.standardize_dtype(x.dtype) for x in values]
+    return padded_group_sums([(x,) for x in values], members, rows, width, ops.square)
+
+
+def padded_group_sums(values, members, rows: np.ndarray, width: int, fn):
+    """Per group of every scope, the sum of ``fn`` over its entries, as one ``(S, width)`` matrix (zero padding).
+
+    ``fn`` is element-wise and takes one tensor per component of each member's tuple (e.g. an
+    optimizer's slots of one variable: ``fn(v)`` or ``fn(v, g)``). The small members (up to
+    :data:`SMALL_TENSOR` entries) are flattened into one vector per component and ``fn`` runs
+    once on them, each entry labelled ``row * width + group``; a large member contributes the sums
+    of ``fn`` over every axis but the group axis. One segment sum then adds everything up: on a
+    small model, a handful of operations whatever the number of scopes and members. Sums run in
+    float32 (float64 when a value is).
+
+    Args:
+      values: per member, a tuple of tensors of the member's shape, in ``members`` order.
+      members: the :class:`keras_wgsef.groups.Member` of each value.
+      rows: per member, the row (scope) it belongs to.
+      width: the row length ``M`` (the largest scope's ``m``).
+      fn: element-wise function of a tuple's components.
+
+    Example:
+      >>> from keras_wgsef.groups import Member
+      >>> v = np.array([[4.0, 0.0], [9.0, 1.0]], "float32")
+      >>> mbs = (Member("d/kernel", -1, np.arange(2)),)
+      >>> ops.convert_to_numpy(padded_group_sums([(v,)], mbs, np.array([0]), 2, ops.sqrt)).tolist()
+      [[5.0, 1.0]]
+    """
+    values = [tuple(ops.convert_to_tensor(x) for x in tup) for tup in values]
+    dtypes = [keras.backend.standardize_dtype(x.dtype) for tup in values for x in tup]
     acc = "float64" if "float64" in dtypes else "float32"
-    flat, flat_ids, summed, summed_ids = [], [], [], []
-    for x, dtype, mb, row in zip(values, dtypes, members, rows):
-        if dtype != acc:
-            x = ops.cast(x, acc)
+    parts = len(values[0])
+    flat: list[list] = [[] for _ in range(parts)]
+    flat_ids, summed, summed_ids = [], [], []
+    for tup, mb, row in zip(values, members, rows):
+        tup = tuple(x if keras.backend.standardize_dtype(x.dtype) == acc else ops.cast(x, acc) for x in tup)
         index = np.asarray(mb.index)
         base = int(row) * width
-        shape = tuple(int(n) for n in x.shape)
+        shape = tuple(int(n) for n in tup[0].shape)
         rank = len(shape)
         if mb.axis is None or rank == 1:  # one group index per entry
-            flat.append(x)
+            for f, x in zip(flat, tup):
+                f.append(x)
             flat_ids.append(base + index.reshape(-1))
             continue
         ax = mb.axis % rank
         if int(np.prod(shape)) <= SMALL_TENSOR:  # each entry labelled with its slice's group
             labels = np.reshape(index, [len(index) if i == ax else 1 for i in range(rank)])
-            flat.append(x)
+            for f, x in zip(flat, tup):
+                f.append(x)
             flat_ids.append(base + np.broadcast_to(labels, shape).reshape(-1))
             continue
-        summed.append(ops.sum(ops.square(x), axis=tuple(i for i in range(rank) if i != ax)))
+        summed.append(ops.sum(fn(*tup), axis=tuple(i for i in range(rank) if i != ax)))
         summed_ids.append(base + index)
-    squares = flat_concat(([ops.square(flat_concat(flat))] if flat else []) + summed)
+    terms = ([fn(*[flat_concat(f) for f in flat])] if flat_ids else []) + summed
     ids = np.concatenate(flat_ids + summed_ids).astype(np.int32)
     n_rows = int(np.max(rows)) + 1
-    total = ops.segment_sum(squares, ops.convert_to_tensor(ids, "int32"), num_segments=n_rows * width)
+    total = ops.segment_sum(flat_concat(terms), ops.convert_to_tensor(ids, "int32"), num_segments=n_rows * width)
     return ops.reshape(total, (n_rows, width))
+
+
+def group_sizes(members, rows: np.ndarray, width: int, shapes) -> np.ndarray:
+    """The number of entries of every scope's groups as an ``(S, width)`` NumPy matrix (0 on the padding).
+
+    Args:
+      members: the :class:`keras_wgsef.groups.Member` of each variable.
+      rows: per member, the row (scope) it belongs to.
+      width: the row length ``M``.
+      shapes: per member, its variable's shape.
+
+    Example:
+      >>> from keras_wgsef.groups import Member
+      >>> mbs = (Member("d/kernel", -1, np.arange(2)), Member("d/bias", 0, np.arange(2)))
+      >>> group_sizes(mbs, np.array([0, 0]), 3, [(4, 2), (2,)]).tolist()
+      [[5.0, 5.0, 0.0]]
+    """
+    sizes = np.zeros((int(np.max(rows)) + 1, width))
+    for mb, row, shape in zip(members, rows, shapes):
+        index = np.asarray(mb.index).reshape(-1)
+        rank = len(shape)
+        per = 1 if mb.axis is None or rank == 1 else int(np.prod(shape)) // int(shape[mb.axis % rank])
+        np.add.at(sizes[int(row)], index, per)
+    return sizes
 
 
 def expand_scales(scales, shape, axis, index: np.ndarray):

@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from keras_wgsef import prox_ops
 from keras_wgsef.groups.scope import GroupScope
 from keras_wgsef.sparsity import scope_norms, top_k_support
 
-__all__ = ["ScopeState", "ScopeTable", "padded_norms", "prox_factors"]
+__all__ = ["ScopeState", "ScopeTable", "metric_scales", "padded_norms", "prox_factors"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,10 @@ class ScopeState:
         self.variables = list(variables)
         self.table = table
         self.row = int(row)
+        #: per variable, the inner optimizer's slots that give the prox its metric (empty tuples: Euclidean)
+        self.slots: list[tuple] = [() for _ in self.variables]
+        #: per variable, the inner optimizer's moving average (``use_ema=True``), scaled with it; else None
+        self.ema: list | None = None
 
     # ---------------------------------------------------------------- read
     @property
@@ -203,10 +207,13 @@ class ScopeState:
             att = np.asarray(self.attenuation, dtype=np.float64)
             undo = np.clip(1.0 / np.maximum(att, 1e-30), 1.0, undo_cap)
         factor = np.where(keep, undo, 0.0)
-        for var, mb in zip(self.variables, self.members):
+        for i, (var, mb) in enumerate(zip(self.variables, self.members)):
             x = np.asarray(keras.ops.convert_to_numpy(var))
             f = keras.ops.convert_to_numpy(prox_ops.expand_scales(factor, x.shape, mb.axis, mb.index))
             var.assign((x * f).astype(x.dtype))
+            if self.ema is not None:  # the moving average keeps the same support
+                avg = np.asarray(keras.ops.convert_to_numpy(self.ema[i]))
+                self.ema[i].assign((avg * f).astype(avg.dtype))
         self._set(self.table.mask, keep.astype("float32"))
         self._set(self.table.attenuation, 1.0)
         self._set(self.table.strength, 0.0)
@@ -231,7 +238,47 @@ def padded_norms(states: Sequence[ScopeState], values: Sequence[Sequence]):
     return ops.sqrt(ops.cast(sq, prox_ops.prox_dtype()))
 
 
-def prox_factors(states: Sequence[ScopeState], values: Sequence[Sequence], lr, ridge: bool) -> Any:
+def metric_scales(states: Sequence[ScopeState], slots: Sequence[Sequence[tuple]], inverse_step: Callable):
+    """The metric of the prox, one ``h_j`` per group of every scope, normalised to mean 1 per scope.
+
+    ``h_j`` is the mean over group j's entries of ``inverse_step(*slots)``, the inverse of the
+    inner optimizer's per-coordinate step scale (e.g. ``sqrt(v) + eps`` for Adam), divided by its
+    mean over the scope's groups. One segment sum for every scope
+    (:func:`keras_wgsef.prox_ops.padded_group_sums`); the group sizes are constants.
+
+    Args:
+      states: the scopes.
+      slots: per scope, per member, a tuple of the inner optimizer's slot values of its variable.
+      inverse_step: element-wise, the inverse step scale from those slots (up to a constant factor).
+
+    Returns:
+      ``(S, M)`` in ``prox_ops.prox_dtype()``: ``h_j / mean(h)`` on each scope's groups, 1 on the padding.
+    """
+    dt = prox_ops.prox_dtype()
+    sizes = [st.num_groups for st in states]
+    width = max(sizes)
+    rows = np.concatenate([np.full(len(st.members), r) for r, st in enumerate(states)])
+    members = [mb for st in states for mb in st.members]
+    shapes = [tuple(int(n) for n in v.shape) for st in states for v in st.variables]
+    counts = prox_ops.group_sizes(members, rows, width, shapes)
+    valid = np.arange(width)[None, :] < np.array(sizes)[:, None]
+    sums = prox_ops.padded_group_sums([t for per_scope in slots for t in per_scope], members, rows, width, inverse_step)
+    # the group means (0 on the padding); a tiny floor keeps a metric of exact zeros (epsilon = 0,
+    # a group that never had a gradient) finite: such a scope's groups all get 1, the Euclidean prox
+    inv_count = np.where(valid, 1.0 / np.maximum(counts, 1.0), 0.0)
+    tiny = float(np.finfo(np.float32).tiny)
+    means = ops.cast(sums, dt) * ops.convert_to_tensor(inv_count, dt) + ops.convert_to_tensor(valid * tiny, dt)
+    scope_mean = ops.sum(means, axis=1, keepdims=True) * ops.convert_to_tensor(1.0 / np.array(sizes)[:, None], dt)
+    return ops.where(ops.convert_to_tensor(valid), means / scope_mean, ops.ones_like(means))
+
+
+def prox_factors(
+    states: Sequence[ScopeState],
+    values: Sequence[Sequence],
+    lr,
+    ridge: bool,
+    metric: tuple[Sequence[Sequence[tuple]], Callable] | None = None,
+) -> Any:
     """The prox factors of every scope at once, each frozen mask applied.
 
     The group norms of all scopes form one ``(S, M)`` matrix (row ``s``: scope ``s``'s ``m_s``
@@ -242,11 +289,16 @@ def prox_factors(states: Sequence[ScopeState], values: Sequence[Sequence], lr, r
     the per-variable reductions grow with the variables. A scope whose strength is 0 (warm-up,
     fine-tuning) keeps factor 1 on its nonzero groups (then its mask).
 
+    With ``metric`` it is the prox in the diagonal metric ``sum_j h_j / (2 lr) ||x_j - z_j||^2``
+    (:func:`metric_scales`, ``h`` of mean 1 per scope), computed as the Euclidean prox of
+    ``sqrt(h_j) ||z_j||`` with weights ``d_j / h_j`` (:func:`keras_wgsef.prox.metric_prox_scales`).
+
     Args:
       states: the scopes.
       values: per scope, its variables' current values (tensors, member order).
       lr: the learning rate of this step (a scalar tensor; cast to ``prox_ops.prox_dtype()``).
       ridge: as in :func:`keras_wgsef.prox_ops.prox_scales`.
+      metric: optional ``(slots, inverse_step)`` as in :func:`metric_scales`; None: the Euclidean prox.
 
     Returns:
       ``(S, M)`` float32 factors, positive exactly on the groups left nonzero (0 on the padding);
@@ -263,9 +315,14 @@ def prox_factors(states: Sequence[ScopeState], values: Sequence[Sequence], lr, r
     def padded(row, m: int):
         return row if m == width else ops.pad(row, ((0, width - m),))
 
-    weights = np.ones((n, width))
+    weights_np = np.ones((n, width))
     for r, st in enumerate(states):
-        weights[r, : sizes[r]] = st.weights
+        weights_np[r, : sizes[r]] = st.weights
+    weights: Any = weights_np
+    if metric is not None:
+        h = metric_scales(states, *metric)
+        norms = norms * ops.sqrt(h)
+        weights = ops.convert_to_tensor(weights_np, dt) / h
     valid = np.arange(width)[None, :] < np.array(sizes)[:, None]
     steps = ops.cast(lr, dt) * ops.cast(prox_ops.read(table.strength), dt)
     protect = None
@@ -274,7 +331,7 @@ def prox_factors(states: Sequence[ScopeState], values: Sequence[Sequence], lr, r
         leads = [
             ops.zeros((width,), dt)
             if st.segments is None
-            else padded(prox_ops.segment_leaders(norms[r, :m], st.weights, st.segments), m)
+            else padded(prox_ops.segment_leaders(norms[r, :m], weights[r, :m], st.segments), m)
             for r, (st, m) in enumerate(zip(states, sizes))
         ]
         protect = ops.stack(leads)

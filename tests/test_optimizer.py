@@ -591,11 +591,6 @@ def test_scope_state_is_changed_only_through_checked_methods():
         opt.scope_named("c2")
 
 
-def test_use_ema_is_refused_with_the_reason():
-    with pytest.raises(ValueError, match=r"use_ema=True.*zeroed group would come back"):
-        kw.WGSEF(keras.optimizers.Adam(use_ema=True), k=2)
-
-
 def test_gradient_accumulation_proxes_only_when_the_inner_update_fires():
     m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(6, name="h"), keras.layers.Dense(1, name="out")])
     inner = keras.optimizers.SGD(0.1, gradient_accumulation_steps=2)
@@ -651,7 +646,8 @@ def test_a_backend_that_cannot_train_is_refused_with_the_alternatives(backend, m
 
 
 @pytest.mark.tensorflow_only
-def test_the_xla_compiled_prox_gives_the_same_training_as_the_plain_one():
+@pytest.mark.parametrize("metric", ["euclidean", "auto"])
+def test_the_xla_compiled_prox_gives_the_same_training_as_the_plain_one(metric):
     """``xla_prox=True``: the same prox-and-assign as one XLA cluster; the weights follow the plain path."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 8, 8, 3)).astype("float32")
@@ -662,7 +658,8 @@ def test_the_xla_compiled_prox_gives_the_same_training_as_the_plain_one():
         inp = keras.Input((8, 8, 3))
         h = keras.layers.Conv2D(8, 3, name="c")(inp)
         model = keras.Model(inp, keras.layers.Dense(3, name="head")(keras.layers.Flatten()(h)))
-        opt = kw.WGSEF(keras.optimizers.SGD(0.05), k=3, lam=2.0, groups=kw.make_groups(model), xla_prox=xla)
+        inner = keras.optimizers.SGD(0.05) if metric == "euclidean" else keras.optimizers.Adam(0.01)
+        opt = kw.WGSEF(inner, k=3, lam=2.0, groups=kw.make_groups(model), xla_prox=xla, metric=metric)
         model.compile(opt, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         model.fit(x, y, epochs=3, batch_size=16, verbose=0)
         weights[xla] = [keras.ops.convert_to_numpy(w) for w in model.weights]
@@ -772,3 +769,300 @@ def test_cells_and_wrappers_train_to_exactly_k_shrink_and_survive_save_and_load(
 def _own(state):
     """The variables the scope's members were made from (``make_groups`` ties each member to its variable)."""
     return [mb.variable() for mb in state.members]
+
+
+# ------------------------------------------------- the prox in the inner optimizer's metric
+def _metric_model(seed=3):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((5,))
+    h = keras.layers.Dense(9, name="a")(inp)
+    h = keras.layers.Dense(6, name="b")(h)
+    return keras.Model(inp, keras.layers.Dense(2, name="head")(h))
+
+
+def _twin(model):
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def _column_scaled_grads(model, seed=0):
+    """Gradients whose scale differs by output channel, so that the groups' second moments differ."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for v in model.trainable_variables:
+        scale = np.exp(rng.normal(scale=1.5, size=v.shape[-1]))
+        out.append((rng.normal(size=v.shape) * scale).astype("float32"))
+    return out
+
+
+def _group_means(scope, arrays):
+    """The mean of each group's entries, by hand (the members' group axis or element index)."""
+    total, count = np.zeros(scope.num_groups), np.zeros(scope.num_groups)
+    for mb in scope.members:
+        x = np.asarray(arrays[mb.path], np.float64)
+        if mb.axis is None:
+            np.add.at(total, mb.index.reshape(-1), x.reshape(-1))
+            np.add.at(count, mb.index.reshape(-1), 1.0)
+        else:
+            rows = np.moveaxis(x, mb.axis, 0).reshape(x.shape[mb.axis], -1)
+            np.add.at(total, mb.index, rows.sum(axis=1))
+            np.add.at(count, mb.index, rows.shape[1])
+    return total / count
+
+
+#: per optimizer: how to make it, and its inverse per-coordinate step scale from its slots (Keras 3's rules)
+METRIC_CASES = {
+    "adam": (
+        lambda: keras.optimizers.Adam(0.05),
+        lambda o, i, t: np.sqrt(ops.convert_to_numpy(o._velocities[i])) + o.epsilon,
+    ),
+    "adam_amsgrad": (
+        lambda: keras.optimizers.Adam(0.05, amsgrad=True),
+        lambda o, i, t: np.sqrt(ops.convert_to_numpy(o._velocity_hats[i])) + o.epsilon,
+    ),
+    "adamw": (
+        lambda: keras.optimizers.AdamW(0.05, weight_decay=0.1),
+        lambda o, i, t: np.sqrt(ops.convert_to_numpy(o._velocities[i])) + o.epsilon,
+    ),
+    "nadam": (
+        lambda: keras.optimizers.Nadam(0.05, epsilon=0.1),  # a large epsilon: its bias correction shows
+        lambda o, i, t: np.sqrt(ops.convert_to_numpy(o._velocities[i]) / (1 - o.beta_2**t)) + o.epsilon,
+    ),
+    "adamax": (
+        lambda: keras.optimizers.Adamax(0.05),
+        lambda o, i, t: ops.convert_to_numpy(o._u[i]) + o.epsilon,
+    ),
+    "rmsprop": (
+        lambda: keras.optimizers.RMSprop(0.05),
+        lambda o, i, t: np.sqrt(ops.convert_to_numpy(o._velocities[i]) + o.epsilon),
+    ),
+    "rmsprop_centered": (
+        lambda: keras.optimizers.RMSprop(0.05, centered=True, momentum=0.5),
+        lambda o, i, t: np.sqrt(
+            ops.convert_to_numpy(o._velocities[i]) - ops.convert_to_numpy(o._average_gradients[i]) ** 2 + o.epsilon
+        ),
+    ),
+    "adagrad": (
+        lambda: keras.optimizers.Adagrad(0.05),
+        lambda o, i, t: np.sqrt(ops.convert_to_numpy(o._accumulators[i]) + o.epsilon),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(METRIC_CASES))
+def test_metric_prox_is_the_numpy_metric_prox_after_the_inner_step(case):
+    """Inner step (a twin optimizer), then ``metric_prox_scales`` with h from its slots by hand, per scope."""
+    from keras_wgsef.sparsity import scope_norms
+
+    make, inverse_step = METRIC_CASES[case]
+    model = _metric_model()
+    twin_model = _twin(model)
+    lam = {"a": 1.0, "b": 3.0}
+    opt = kw.WGSEF(make(), k={"a": 3, "b": 2}, lam=lam, groups=kw.make_groups(model), metric="auto")
+    opt.build(model.trainable_variables)
+    twin = make()
+    twin.build(twin_model.trainable_variables)
+    grads = _column_scaled_grads(model)
+    for step in range(2):  # the second step: slots that have seen two gradients
+        twin.apply([ops.convert_to_tensor(g if step else 0.3 * g) for g in grads], twin_model.trainable_variables)
+        stepped = {v.path: ops.convert_to_numpy(v) for v in twin_model.trainable_variables}
+        opt.apply(grads if step else [0.3 * g for g in grads], model.trainable_variables)
+        after = {v.path: ops.convert_to_numpy(v) for v in model.trainable_variables}
+        lr, t = float(ops.convert_to_numpy(twin.learning_rate)), int(ops.convert_to_numpy(twin.iterations))
+        inv = {v.path: inverse_step(twin, twin._get_variable_index(v), t) for v in twin_model.trainable_variables}
+        differs = False
+        for state in opt.scopes:
+            h = _group_means(state.scope, inv)
+            h = h / h.mean()  # normalised over the scope's groups
+            norms = scope_norms(state.scope, stepped)
+            step_lam = lr * lam[state.name]
+            s = P.metric_prox_scales(norms, state.weights, h / lr, state.k, lam[state.name])
+            np.testing.assert_allclose(s, P.metric_prox_scales(norms, state.weights, h, state.k, step_lam), rtol=1e-9)
+            for mb in state.members:
+                expected = stepped[mb.path] * ops.convert_to_numpy(
+                    prox_ops.expand_scales(s, stepped[mb.path].shape, mb.axis, mb.index)
+                )
+                np.testing.assert_allclose(after[mb.path], expected, rtol=1e-4, atol=1e-6)
+            assert state.nonzero_count() == np.count_nonzero(s)
+            differs |= not np.allclose(s, P.prox_scales(norms, state.weights, state.k, step_lam), atol=1e-3)
+            for v in twin_model.trainable_variables:  # start the next step from the same weights
+                if v.path in after:
+                    v.assign(after[v.path])
+        assert differs  # the metric changed the prox (else this test could not tell them apart)
+
+
+@pytest.mark.parametrize("make", [lambda: keras.optimizers.SGD(0.1, momentum=0.9), lambda: keras.optimizers.Lion(1e-2)])
+def test_metric_auto_without_a_second_moment_is_the_euclidean_prox(make):
+    grads = _column_scaled_grads(_metric_model())
+    result = {}
+    for metric in ("auto", "euclidean"):
+        model = _metric_model()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # no warning: the Euclidean prox is their metric prox
+            opt = kw.WGSEF(make(), k=2, lam=2.0, groups=kw.make_groups(model), metric=metric)
+            for _ in range(3):
+                opt.apply(grads, model.trainable_variables)
+        result[metric] = [ops.convert_to_numpy(v) for v in model.trainable_variables]
+    assert opt._inverse_step is None
+    for a, b in zip(result["auto"], result["euclidean"]):
+        np.testing.assert_array_equal(a, b)
+
+
+class _TweakedAdam(keras.optimizers.Adam):
+    """An Adam whose update rule the metric cannot know (it overrides ``update_step``)."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        super().update_step(gradient, variable, learning_rate)
+
+
+def test_metric_auto_warns_once_for_an_unknown_optimizer_and_stays_euclidean():
+    grads = _column_scaled_grads(_metric_model())
+    result = {}
+    for metric in ("auto", "euclidean"):
+        model = _metric_model()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            opt = kw.WGSEF(_TweakedAdam(0.05), k=2, lam=2.0, groups=kw.make_groups(model), metric=metric)
+            for _ in range(2):
+                opt.apply(grads, model.trainable_variables)
+        ours = [str(w.message) for w in caught if "WGSEF" in str(w.message)]
+        if metric == "auto":
+            assert len(ours) == 1 and "_TweakedAdam" in ours[0] and "stays Euclidean" in ours[0]
+        else:
+            assert ours == []
+        result[metric] = [ops.convert_to_numpy(v) for v in model.trainable_variables]
+    for a, b in zip(result["auto"], result["euclidean"]):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match=r"metric must be one of \('auto', 'euclidean'\), got 'adam'"):
+        kw.WGSEF(keras.optimizers.Adam(), metric="adam")
+
+
+def test_metric_survives_config_and_save_load(tmp_path):
+    x = np.random.default_rng(0).normal(size=(32, 5)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(32, 2)).astype("float32")
+    model = _metric_model()
+    opt = kw.WGSEF(keras.optimizers.Adam(1e-2), k=3, lam=2.0, groups=kw.make_groups(model), metric="auto")
+    assert kw.WGSEF.from_config(opt.get_config()).metric == "auto"
+    assert opt.get_config()["metric"] == "auto"
+    model.compile(optimizer=opt, loss="mse")
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.optimizer.metric == "auto" and loaded.optimizer._inverse_step is not None
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0, shuffle=False)
+    loaded.fit(x, y, epochs=1, batch_size=8, verbose=0, shuffle=False)
+    for a, b in zip(model.trainable_variables, loaded.trainable_variables):
+        np.testing.assert_allclose(ops.convert_to_numpy(a), ops.convert_to_numpy(b), rtol=1e-5, atol=1e-6)
+
+
+def _frozen_steps(opt, model, steps, seed=1):
+    """Freezes every scope at its top k, then ``steps`` steps of nonzero gradients; returns the masks."""
+    for state in opt.scopes:
+        state.freeze(state.top_k_support())
+    for i in range(steps):
+        opt.apply(_column_scaled_grads(model, seed + i), model.trainable_variables)
+    return {state.name: state.mask.astype(bool) for state in opt.scopes}
+
+
+def _group_nonzero(state, arrays):
+    from keras_wgsef.sparsity import scope_norms
+
+    return scope_norms(state.scope, arrays) > 0
+
+
+@pytest.mark.parametrize("metric", ["auto", "euclidean"])
+def test_adamw_decay_keeps_frozen_groups_exactly_zero(metric):
+    model = _metric_model()
+    opt = kw.WGSEF(
+        keras.optimizers.AdamW(0.05, weight_decay=0.5), k=3, lam=1.0, groups=kw.make_groups(model), metric=metric
+    )
+    opt.apply(_column_scaled_grads(model), model.trainable_variables)
+    masks = _frozen_steps(opt, model, 4)
+    values = {v.path: ops.convert_to_numpy(v) for v in model.trainable_variables}
+    for state in opt.scopes:
+        np.testing.assert_array_equal(_group_nonzero(state, values), masks[state.name])
+        assert state.nonzero_count() == state.k == masks[state.name].sum()
+
+
+@pytest.mark.parametrize("metric", ["auto", "euclidean"])
+def test_ema_copies_follow_the_envelope_and_finalize_to_exactly_k_groups(metric):
+    """The moving averages are scaled with the weights: same support each step; swapped in at the end, k groups."""
+    model = _metric_model()
+    inner = keras.optimizers.AdamW(0.05, weight_decay=0.1, use_ema=True, ema_momentum=0.9)
+    opt = kw.WGSEF(inner, k=3, lam=3.0, groups=kw.make_groups(model), metric=metric)
+    for i in range(3):
+        opt.apply(_column_scaled_grads(model, i), model.trainable_variables)
+    for state in opt.scopes:  # before the freeze: the averages have the weights' support
+        averages = {mb.path: ops.convert_to_numpy(a) for mb, a in zip(state.members, state.ema)}
+        live = {mb.path: ops.convert_to_numpy(v) for mb, v in zip(state.members, state.variables)}
+        np.testing.assert_array_equal(_group_nonzero(state, averages), _group_nonzero(state, live))
+        assert _group_nonzero(state, live).sum() < state.num_groups  # the prox zeroed some
+    masks = _frozen_steps(opt, model, 3)
+    opt.finalize_variable_values(model.trainable_variables)  # what fit does at its end
+    values = {v.path: ops.convert_to_numpy(v) for v in model.trainable_variables}
+    for state in opt.scopes:
+        np.testing.assert_array_equal(_group_nonzero(state, values), masks[state.name])
+        assert masks[state.name].sum() == state.k == 3
+    assert kw.nonzero_groups(model, [s.scope for s in opt.scopes]) == {"a": 3, "b": 3}
+
+
+@pytest.mark.parametrize("metric", ["auto", "euclidean"])
+def test_gradient_accumulation_under_the_metric_prox(metric):
+    """The prox runs when the inner update fires (in between it is the identity), with the metric of that update."""
+    model = _metric_model()
+    ref = _twin(model)
+    opt = kw.WGSEF(
+        keras.optimizers.Adam(0.05, gradient_accumulation_steps=2),
+        k=3,
+        lam=6.0,
+        groups=kw.make_groups(model),
+        metric=metric,
+    )
+    ref_opt = kw.WGSEF(keras.optimizers.Adam(0.05), k=3, lam=6.0, groups=kw.make_groups(ref), metric=metric)
+    grads = _column_scaled_grads(model)
+    start = [ops.convert_to_numpy(v) for v in model.trainable_variables]
+    opt.apply(grads, model.trainable_variables)  # micro-step 1: nothing moves
+    for a, v in zip(start, model.trainable_variables):
+        np.testing.assert_array_equal(a, ops.convert_to_numpy(v))
+    assert all((s.attenuation == 1).all() for s in opt.scopes)
+    opt.apply(grads, model.trainable_variables)  # micro-step 2: the update fires, then the prox
+    ref_opt.apply(grads, ref.trainable_variables)
+    for a, b in zip(model.trainable_variables, ref.trainable_variables):
+        np.testing.assert_allclose(ops.convert_to_numpy(a), ops.convert_to_numpy(b), rtol=1e-5, atol=1e-7)
+    assert any(s.nonzero_count() < s.num_groups for s in opt.scopes)
+    masks = _frozen_steps(opt, model, 3)  # odd: the last micro-step only accumulates
+    values = {v.path: ops.convert_to_numpy(v) for v in model.trainable_variables}
+    for state in opt.scopes:
+        np.testing.assert_array_equal(_group_nonzero(state, values), masks[state.name])
+
+
+def test_an_inner_optimizer_keeps_its_attribute_variables():
+    """Nadam's running product is a variable in an attribute: it is among the saved (and JAX-stepped) variables."""
+    model = _metric_model()
+    opt = kw.WGSEF(keras.optimizers.Nadam(0.05), k=3, groups=kw.make_groups(model))
+    opt.build(model.trainable_variables)
+    assert any(v is opt.inner_optimizer._u_product for v in opt.variables)
+    opt.apply(_column_scaled_grads(model), model.trainable_variables)
+    assert float(ops.convert_to_numpy(opt.inner_optimizer._u_product)) < 1.0
+
+
+def test_batched_prox_takes_tensor_weights_in_full_precision(root_finding):
+    """The metric's weights ``d_j / h_j`` are tensors: the same factors as constant weights."""
+    rng = np.random.default_rng(4)
+    a = np.abs(rng.normal(size=(3, 7))) * np.exp(rng.normal(scale=2, size=(3, 7)))
+    d = np.exp(rng.normal(size=(3, 7)))
+    valid = np.arange(7)[None, :] < np.array([7, 5, 3])[:, None]
+    a = np.where(valid, a, 0.0)
+    dt = prox_ops.prox_dtype()
+    lam = ops.convert_to_tensor(np.array([0.3, 1.0, 0.05]), dt)
+    args = (np.array([2, 3, 1]), lam, valid)
+    const = prox_ops.batched_prox_scales(ops.convert_to_tensor(a, dt), d, *args, zero_padded=True)
+    tensor = prox_ops.batched_prox_scales(ops.convert_to_tensor(a, dt), ops.convert_to_tensor(d, dt), *args)
+    assert keras.backend.standardize_dtype(tensor.dtype) == dt
+    tol = 1e-12 if dt == "float64" else 1e-5
+    np.testing.assert_allclose(ops.convert_to_numpy(tensor), ops.convert_to_numpy(const), rtol=tol, atol=tol)
+    for r, m in enumerate([7, 5, 3]):
+        ref = P.prox_scales(a[r, :m], d[r, :m], int(args[0][r]), float(ops.convert_to_numpy(lam)[r]))
+        np.testing.assert_allclose(ops.convert_to_numpy(tensor)[r, :m], ref, rtol=max(tol, 1e-9), atol=max(tol, 1e-9))
