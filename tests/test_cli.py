@@ -480,3 +480,21 @@ def test_python_warnings_in_captured_output_reach_the_user_after_the_block():
             warnings.warn("hidden", UserWarning, stacklevel=1)
             warnings.warn("shown: a filter lets this module's deprecations through", DeprecationWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["shown: a filter lets this module's deprecations through"]
+
+
+def test_version_prints_every_tool_on_stdout_and_exits_0(capsys):
+    from importlib import metadata
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "keras-wgsef",
+        "keras",
+        "tensorflow",
+        "ai-edge-litert",
+        "tflite-micro",
+    ]
+    assert lines[1] == f"keras {metadata.version('keras')}" and out.err == ""

@@ -56,6 +56,41 @@ class ExportError(Exception):
         self.code = code
 
 
+#: the distributions whose versions ``--version`` prints (the report's figures depend on each)
+TOOLS = ("keras-wgsef", "keras", "tensorflow", "ai-edge-litert", "tflite-micro")
+
+
+def tool_versions() -> dict[str, str | None]:
+    """The installed version of each of :data:`TOOLS` (None when missing), read without importing them.
+
+    Example:
+        >>> v = tool_versions()
+        >>> list(v) == list(TOOLS) and v["keras-wgsef"] is not None
+        True
+    """
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in TOOLS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+class _Version(argparse.Action):
+    """``--version``: one ``name version`` line per tool (unwrapped, so scripts can parse it)."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        lines = [f"{name} {version or 'not installed'}" for name, version in tool_versions().items()]
+        print("\n".join(lines))
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``wgsef-export``."""
     p = argparse.ArgumentParser(
@@ -65,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 success, 2 bad input, 1 a failed step or an unexpected error (--debug shows the "
         "traceback), 130 interrupted (Ctrl-C or SIGTERM: nothing is written). After SIGKILL a hidden "
         "'.<out>.tmp-*' folder next to --out may remain: delete it.",
+    )
+    p.add_argument(
+        "--version", action=_Version, help="print the versions of keras-wgsef and the tools it runs, and exit"
     )
     p.add_argument("model", help="the trained model (.keras)")
     p.add_argument(
