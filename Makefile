@@ -34,7 +34,7 @@ lint: $(STAMP)
 
 # the prox, optimizer, controller, batchnorm and save/load tests on every Keras backend (torch also
 # runs the channel rules and shrink: ~1 minute; they passed under JAX too, in ~4 minutes)
-BACKEND_TESTS := tests/test_optimizer.py tests/test_callbacks.py tests/test_batchnorm.py
+BACKEND_TESTS := tests/test_optimizer.py tests/test_callbacks.py tests/test_batchnorm.py tests/test_every_layer_pipeline.py
 BACKEND_RUN    = WGSEF_CASE_FRACTION=0.1 $(PY) -m pytest -q -p no:cacheprovider -o addopts="-m 'not slow'" $(BACKEND_TESTS)
 
 # lint, type check, the suite (TensorFlow backend) with every docstring example
@@ -47,6 +47,8 @@ test: lint $(BACKENDS)
 
 test-slow: $(BACKENDS)
 	$(PY) -m pytest -q -p no:cacheprovider -m slow
+	KERAS_BACKEND=jax JAX_ENABLE_X64=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_every_layer_pipeline.py
+	KERAS_BACKEND=torch $(PY) -m pytest -q -p no:cacheprovider tests/test_every_layer_pipeline.py
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
