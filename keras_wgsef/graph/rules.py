@@ -245,7 +245,7 @@ def rule_for(layer: Any, path: str) -> ChannelRule:
       >>> rule_for(call, "einsum")
       Traceback (most recent call last):
       ...
-      keras_wgsef.graph.rule_base.UnsupportedLayerError: No channel rule for operation 'einsum' \
+      keras_wgsef.graph.rule_base.UnsupportedLayerError: No channel rule for operation 'einsum...' \
 (keras.src.ops.numpy.Einsum, a keras.ops call in the model graph) at 'einsum': ...
     """
     _ensure_builtin_rules()
