@@ -564,6 +564,7 @@ def text_model():
     return keras.Model(x, L.Dense(3, name="head")(L.GlobalAveragePooling1D()(h)))
 
 
+@pytest.mark.tensorflow_only  # string tensors: the torch and JAX backends cannot call the model at all
 def test_an_excluded_text_vectorization_shrinks_with_its_vocabulary_and_asks_for_strings():
     model = text_model()
     with pytest.raises(cr.UnsupportedLayerError, match="TextVectorization"):
