@@ -14,7 +14,11 @@ Methods (``--methods``):
   picked from the inner optimizer as a user gets it (SGD: ``ridge=False``, the prox-SGD recipe);
 * ``wgsef_metric``: the same with ``metric="auto"`` (the prox in the inner optimizer's own
   diagonal metric; adaptive optimizers only);
+* ``wgsef_fixed``: ``metric="auto"``, ``ridge=False`` and ``ReachK(preset="sgd")`` (the fixed-rate
+  prox of the SGD recipe, in the adaptive optimizer's metric);
 * ``thin``: the thin model at the same widths, from scratch.
+
+``--recipe adam=0.02`` overrides an optimizer's learning rate (its schedule stays).
 
 Rows go to ``optimizer_results.jsonl`` (resumable)::
 
@@ -66,7 +70,7 @@ def make_optimizer(name: str, total_steps: int):
 
 
 def key(row: dict) -> str:
-    return "|".join(str(row[k]) for k in ("task", "model", "opt", "method", "keep", "seed", "epochs"))
+    return "|".join(str(row[k]) for k in ("task", "model", "opt", "method", "keep", "seed", "epochs", "recipe"))
 
 
 def load_rows() -> list[dict]:
@@ -109,10 +113,12 @@ def train(model_name: str, opt: str, method: str, keep: float, seed: int, data) 
     else:
         model = builder(widths)
         extra = {"ridge": False} if opt == "sgd" else {}
-        if method == "wgsef_metric":
+        if method in ("wgsef_metric", "wgsef_fixed"):
             extra["metric"] = "auto"
+        if method == "wgsef_fixed":
+            extra["ridge"] = False
         optimizer = kw.WGSEF(make_optimizer(opt, steps), k=keep, groups=kw.make_groups(model), **extra)
-        callbacks.append(kw.callbacks.ReachK(verbose=0))
+        callbacks.append(kw.callbacks.ReachK(verbose=0, **({"preset": "sgd"} if method == "wgsef_fixed" else {})))
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     t0 = time.time()
     model.fit(x, y, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=callbacks)
@@ -133,7 +139,7 @@ def run(task: str, models, opts, methods, seeds) -> None:
     data = kw.datasets.load_mnist5k() if task == "mnist5k" else kw.datasets.load_mnist1d()
     done = {key(r) for r in load_rows()}
     for seed, model_name, opt, keep, method in itertools.product(seeds, models, opts, KEEPS, methods):
-        if method == "wgsef_metric" and opt in ("sgd", "lion"):
+        if method in ("wgsef_metric", "wgsef_fixed") and opt in ("sgd", "lion"):
             continue  # no second moment: the metric prox is the Euclidean one
         row = {
             "task": task,
@@ -163,7 +169,8 @@ def table(task: str = "mnist5k") -> str:
     rows = [r for r in load_rows() if r["task"] == task]
     cells: dict[tuple, list[float]] = {}
     for r in rows:
-        cells.setdefault((r["model"], r["keep"], r["opt"], r["method"]), []).append(100 * r["int8_acc"])
+        lr, schedule = r["recipe"]
+        cells.setdefault((r["model"], r["keep"], r["opt"], lr, schedule, r["method"]), []).append(100 * r["int8_acc"])
 
     def fmt(v):
         if not v:
@@ -171,11 +178,10 @@ def table(task: str = "mnist5k") -> str:
         se = np.std(v, ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
         return f"{np.mean(v):.2f} +- {se:.2f} ({len(v)})"
 
-    methods = ("wgsef", "wgsef_metric", "thin")
-    lines = ["| model | keep | optimizer | recipe | " + " | ".join(methods) + " |", "|---|---|---|---|---|---|---|"]
-    for model_name, keep, opt in sorted({c[:3] for c in cells}):
-        lr, schedule = RECIPES[opt]
-        vals = [fmt(cells.get((model_name, keep, opt, m), [])) for m in methods]
+    methods = ("wgsef", "wgsef_metric", "wgsef_fixed", "thin")
+    lines = ["| model | keep | optimizer | recipe | " + " | ".join(methods) + " |", "|---" * (4 + len(methods)) + "|"]
+    for model_name, keep, opt, lr, schedule in sorted({c[:5] for c in cells}):
+        vals = [fmt(cells.get((model_name, keep, opt, lr, schedule, m), [])) for m in methods]
         lines.append(f"| {model_name} | {round(100 * keep)} % | {opt} | {lr:g} {schedule} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
@@ -185,10 +191,18 @@ def main() -> None:
     ap.add_argument("--task", default="mnist5k", choices=["mnist5k", "mnist1d"])
     ap.add_argument("--models", nargs="+", default=["anchor", "resnet8", "dscnn"])
     ap.add_argument("--optimizers", nargs="+", default=["sgd", "adam", "adamw"], choices=sorted(RECIPES))
-    ap.add_argument("--methods", nargs="+", default=["wgsef", "thin"], choices=["wgsef", "wgsef_metric", "thin"])
+    ap.add_argument(
+        "--methods", nargs="+", default=["wgsef", "thin"], choices=["wgsef", "wgsef_metric", "wgsef_fixed", "thin"]
+    )
+    ap.add_argument(
+        "--recipe", nargs="*", default=[], metavar="OPT=LR", help="override a learning rate, e.g. adam=0.02"
+    )
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--report", action="store_true")
     a = ap.parse_args()
+    for item in a.recipe:
+        name, lr = item.split("=")
+        RECIPES[name] = (float(lr), RECIPES[name][1])
     if not a.report:
         run(a.task, a.models, a.optimizers, a.methods, a.seeds)
     print(table(a.task))
