@@ -57,11 +57,10 @@ def make_optimizer(name: str, lr: float, schedule: str, total_steps: int):
     rate = keras.optimizers.schedules.CosineDecay(lr, total_steps) if schedule == "cosine" else lr
     if name == "sgd":
         return keras.optimizers.SGD(rate, momentum=0.9)
-    if name == "adam":
-        return keras.optimizers.Adam(rate)
-    if name == "adamw":
-        return keras.optimizers.AdamW(rate)
-    raise ValueError(f"unknown optimizer {name!r}: use sgd, adam or adamw.")
+    classes = {"adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "nadam": "Nadam", "lion": "Lion"}
+    if name not in classes:
+        raise ValueError(f"unknown optimizer {name!r}: use sgd or one of {sorted(classes)}.")
+    return getattr(keras.optimizers, classes[name])(rate)
 
 
 def key(row: dict) -> str:

@@ -59,14 +59,10 @@ RECIPES = {
 
 
 def make_optimizer(name: str, total_steps: int):
-    import keras
+    """The optimizer ``name`` with its recipe (``adam_recipes.make_optimizer``)."""
+    from adam_recipes import make_optimizer as with_recipe
 
-    lr, schedule = RECIPES[name]
-    rate = keras.optimizers.schedules.CosineDecay(lr, total_steps) if schedule == "cosine" else lr
-    if name == "sgd":
-        return keras.optimizers.SGD(rate, momentum=0.9)
-    cls = {"adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "nadam": "Nadam", "lion": "Lion"}[name]
-    return getattr(keras.optimizers, cls)(rate)
+    return with_recipe(name, *RECIPES[name], total_steps)
 
 
 def key(row: dict) -> str:
