@@ -208,6 +208,7 @@ def test_tflm_samples_zero_means_no_tflm_accuracy(trained, digits, tmp_path):
     assert r.n_eval == 50 and r.accuracy_litert is not None
     assert "TFLM accuracy not measured (tflm_samples=0)" in r.notes
     assert "| int8 accuracy % (TFLM) | n/a |" in r.to_markdown()
+    assert r._repr_markdown_() == r.to_markdown()  # a notebook renders the table
     result = export(model, x[:200], eval_data=(x[1400:1450], y[1400:1450]), shrink=False, out=tmp_path / "o", **kw)
     assert result.report.accuracy_tflm is None and result.report.tflm_arena_bytes > 0
     assert Report.load(tmp_path / "o" / "report.json").accuracy_tflm is None

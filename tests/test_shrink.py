@@ -120,6 +120,9 @@ def test_anchor_cnn_to_4_8_16_exact_params_and_macs():
     assert report.plan.widths["batch_normalization_1"] == (32, 8)
     text = str(report)
     assert "conv2d_1" in text and "24394" in text and "141280" in text
+    md = report._repr_markdown_()  # what a notebook shows for a bare `report`
+    assert md.startswith("| layer | channels | params | MACs |\n|---|---|---|---|\n")
+    assert "| conv2d_1 | 32 -> 8 |" in md and "| **total** | | 24,394 -> 1,786 | 1,919,872 -> 141,280 |" in md
     assert_same_outputs(m, new, sample((28, 28, 1), seed=5))
 
 

@@ -165,6 +165,7 @@ class Report:
         return "\n".join(lines + [""] + [f"- {n}" for n in extra + self.notes]) + "\n"
 
     __str__ = to_markdown
+    _repr_markdown_ = to_markdown  # a notebook renders the table, not the dataclass repr
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""

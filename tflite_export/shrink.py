@@ -118,6 +118,28 @@ class ShrinkReport:
 
     __str__ = table
 
+    def to_markdown(self) -> str:
+        """The layers that changed as a Markdown table (channels, parameters, MACs), then the notes.
+
+        A notebook shows it for a bare ``report`` (``_repr_markdown_``).
+        """
+        lines = ["| layer | channels | params | MACs |", "|---|---|---|---|"]
+        for path, (b, a) in self.params.items():
+            if path == "total":
+                continue
+            wb, wa = self.plan.widths.get(path, (0, 0))
+            mb, ma = self.macs.get(path, (0, 0))
+            if (wb, mb, b) != (wa, ma, a):
+                lines.append(f"| {path} | {wb} -> {wa} | {b:,} -> {a:,} | {mb:,} -> {ma:,} |")
+        (pb, pa), (mb, ma) = self.params["total"], self.macs["total"]
+        lines.append(f"| **total** | | {pb:,} -> {pa:,} | {mb:,} -> {ma:,} |")
+        notes = [f"removed zero residual branches: {', '.join(self.dropped)}"] if self.dropped else []
+        notes += list(self.trimmed) + [f"kept {lab}: {why}" for lab, why in self.plan.not_removed]
+        notes.append(f"max abs output difference {self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g})")
+        return "\n".join([*lines, "", *(f"- {n}" for n in notes)]) + "\n"
+
+    _repr_markdown_ = to_markdown
+
 
 def plan_shrink(model: Any, *, multiple: int = 1, exclude: str | Iterable[str] | None = None) -> ShrinkPlan:
     """Finds the dead channels of ``model`` (see the module docstring); builds nothing.
