@@ -4,8 +4,8 @@ A keyword-spotting-style sequence model (Conv1D -> LSTM -> GRU -> Dense) and Mob
 hard-swish and hard-sigmoid are ``keras.ops`` calls in the Functional graph) train with
 ``WGSEF`` + ``ReachK`` to exactly k nonzero groups per scope, shrink to a model with the same
 outputs and fewer parameters, and convert to int8; the int8 model runs on LiteRT (and the sequence
-model on TFLite Micro) and agrees with the float model. MobileNetV3Large runs the same under
-``-m slow``.
+model on TFLite Micro) and agrees with the float model. The MobileNetV3 cases run under ``-m slow``
+(``make test-slow``); ``make test`` checks MobileNetV3Small's exact shrink in ``tests/test_ops_nodes.py``.
 """
 
 import keras
@@ -78,9 +78,8 @@ def test_keyword_spotting_conv1d_lstm_gru_trains_to_k_shrinks_and_runs_on_tflm()
     assert np.abs(raw_tflm.astype(np.int32) - raw_lite.reshape(8, -1).astype(np.int32)).max() <= 2
 
 
-@pytest.mark.parametrize(
-    "builder", [pytest.param("MobileNetV3Small"), pytest.param("MobileNetV3Large", marks=pytest.mark.slow)]
-)
+@pytest.mark.slow  # 25-40 s each; make test checks MobileNetV3Small's exact shrink (tests/test_ops_nodes.py)
+@pytest.mark.parametrize("builder", ["MobileNetV3Small", "MobileNetV3Large"])
 def test_mobilenet_v3_trains_to_k_shrinks_exactly_and_converts(builder):
     keras.utils.set_random_seed(0)
     model = getattr(keras.applications, builder)(
