@@ -97,22 +97,30 @@ class ShrinkReport:
     dropped: list[str] = dataclasses.field(default_factory=list)  # layers of zero residual branches
     trimmed: list[str] = dataclasses.field(default_factory=list)  # kernels without their zero borders
 
-    def table(self) -> str:
-        lines = [f"{'layer':36s} {'channels':>13s} {'params':>19s} {'MACs':>25s}"]
-        for path, (b, a) in self.params.items():
+    def _changed(self) -> list[tuple[str, tuple[int, int], tuple[int, int], tuple[int, int]]]:
+        """``(path, channels, params, MACs)`` (each before, after) of every layer that changed."""
+        rows = []
+        for path, params in self.params.items():
             if path == "total":
                 continue
-            wb, wa = self.plan.widths.get(path, (0, 0))
-            mb, ma = self.macs.get(path, (0, 0))
-            if (wb, mb, b) != (wa, ma, a):
-                lines.append(f"{path:36s} {wb:5d} -> {wa:5d} {b:8d} -> {a:8d} {mb:11d} -> {ma:11d}")
+            widths, macs = self.plan.widths.get(path, (0, 0)), self.macs.get(path, (0, 0))
+            if (widths[0], macs[0], params[0]) != (widths[1], macs[1], params[1]):
+                rows.append((path, widths, params, macs))
+        return rows
+
+    def _notes(self) -> list[str]:
+        """Removed branches, trimmed kernels and the channels kept, with their reasons."""
+        notes = [f"removed zero residual branches: {', '.join(self.dropped)}"] if self.dropped else []
+        return notes + list(self.trimmed) + [f"kept {lab}: {why}" for lab, why in self.plan.not_removed]
+
+    def table(self) -> str:
+        lines = [f"{'layer':36s} {'channels':>13s} {'params':>19s} {'MACs':>25s}"]
+        for path, (wb, wa), (b, a), (mb, ma) in self._changed():
+            lines.append(f"{path:36s} {wb:5d} -> {wa:5d} {b:8d} -> {a:8d} {mb:11d} -> {ma:11d}")
         pb, pa = self.params["total"]
         mb, ma = self.macs["total"]
         lines.append(f"{'total':36s} {'':13s} {pb:8d} -> {pa:8d} {mb:11d} -> {ma:11d}")
-        if self.dropped:
-            lines.append(f"  removed zero residual branches: {', '.join(self.dropped)}")
-        lines += [f"  {line}" for line in self.trimmed]
-        lines += [f"  kept {lab}: {why}" for lab, why in self.plan.not_removed]
+        lines += [f"  {note}" for note in self._notes()]
         lines.append(f"max |output difference| {self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g})")
         return "\n".join(lines)
 
@@ -124,18 +132,11 @@ class ShrinkReport:
         A notebook shows it for a bare ``report`` (``_repr_markdown_``).
         """
         lines = ["| layer | channels | params | MACs |", "|---|---|---|---|"]
-        for path, (b, a) in self.params.items():
-            if path == "total":
-                continue
-            wb, wa = self.plan.widths.get(path, (0, 0))
-            mb, ma = self.macs.get(path, (0, 0))
-            if (wb, mb, b) != (wa, ma, a):
-                lines.append(f"| {path} | {wb} -> {wa} | {b:,} -> {a:,} | {mb:,} -> {ma:,} |")
+        for path, (wb, wa), (b, a), (mb, ma) in self._changed():
+            lines.append(f"| {path} | {wb} -> {wa} | {b:,} -> {a:,} | {mb:,} -> {ma:,} |")
         (pb, pa), (mb, ma) = self.params["total"], self.macs["total"]
         lines.append(f"| **total** | | {pb:,} -> {pa:,} | {mb:,} -> {ma:,} |")
-        notes = [f"removed zero residual branches: {', '.join(self.dropped)}"] if self.dropped else []
-        notes += list(self.trimmed) + [f"kept {lab}: {why}" for lab, why in self.plan.not_removed]
-        notes.append(f"max abs output difference {self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g})")
+        notes = [*self._notes(), f"max abs output difference {self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g})"]
         return "\n".join([*lines, "", *(f"- {n}" for n in notes)]) + "\n"
 
     _repr_markdown_ = to_markdown
