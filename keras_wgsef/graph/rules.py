@@ -506,6 +506,17 @@ _ATTENTION = "attention is not analysed yet: its heads and the channels it reads
 _NO_CHANNELS = "it works on strings, token ids or foreign code, where channels have no meaning for pruning"
 
 
+#: element-wise merges of tensors that share channels: a ``keras.layers`` class and the
+#: ``keras.ops`` operation of the same name treat channels alike
+_MERGES: dict[str, Merge] = {
+    "Add": Merge("sum", drops="any"),
+    "Subtract": Merge("sum", drops="last"),
+    "Multiply": Merge("product"),
+    "Maximum": Merge("extremum"),
+    "Minimum": Merge("extremum"),
+}
+
+
 def _ensure_builtin_rules() -> None:
     if _BUILTIN_DONE:
         return
@@ -545,12 +556,8 @@ def _ensure_builtin_rules() -> None:
             "mean and variance of the others (not exact)"
         ),
         "SpectralNormalization": _spectral_factory,
-        "Add": Merge("sum", drops="any"),
-        "Subtract": Merge("sum", drops="last"),
+        **_MERGES,
         "Average": Merge("sum"),
-        "Maximum": Merge("extremum"),
-        "Minimum": Merge("extremum"),
-        "Multiply": Merge("product"),
         "Concatenate": lambda layer: Concat(int(layer.get_config().get("axis", -1))),
         "Flatten": lambda layer: Flatten() if _channels_last(layer.get_config()) else Opaque("channels_first Flatten"),
         "Reshape": Reshape(),
@@ -649,15 +656,7 @@ _UNARY_OPS = {
 
 def _operation_rules() -> dict[str, dict[str, RuleOrFactory]]:
     """The built-in rules of ``keras.ops`` operation classes, by module and class name."""
-    merges = {
-        "Add": Merge("sum", drops="any"),
-        "Subtract": Merge("sum", drops="last"),
-        "Multiply": Merge("product"),
-        "Divide": Merge("quotient"),
-        "TrueDivide": Merge("quotient"),
-        "Maximum": Merge("extremum"),
-        "Minimum": Merge("extremum"),
-    }
+    merges = {**_MERGES, "Divide": Merge("quotient"), "TrueDivide": Merge("quotient")}
     tables: dict[str, dict[str, RuleOrFactory]] = {
         m: {n: Elementwise() for n in ns.split()} for m, ns in _UNARY_OPS.items()
     }
