@@ -221,6 +221,13 @@ class ScopeState:
         self.k = int(keep.sum())
 
 
+def _layout(states: Sequence[ScopeState]) -> tuple[list, np.ndarray, int]:
+    """Every scope's members in order, the row (scope) of each, and the row width ``M`` (the largest ``m``)."""
+    members = [mb for st in states for mb in st.members]
+    rows = np.concatenate([np.full(len(st.members), r) for r, st in enumerate(states)])
+    return members, rows, max(st.num_groups for st in states)
+
+
 def padded_norms(states: Sequence[ScopeState], values: Sequence[Sequence]):
     """The group norms of every scope as one ``(S, M)`` matrix in ``prox_ops.prox_dtype()``.
 
@@ -231,9 +238,7 @@ def padded_norms(states: Sequence[ScopeState], values: Sequence[Sequence]):
       states: the scopes.
       values: per scope, its variables' current values (tensors, member order).
     """
-    width = max(st.num_groups for st in states)
-    rows = np.concatenate([np.full(len(st.members), r) for r, st in enumerate(states)])
-    members = [mb for st in states for mb in st.members]
+    members, rows, width = _layout(states)
     sq = prox_ops.padded_sq_norms([x for vals in values for x in vals], members, rows, width)
     return ops.sqrt(ops.cast(sq, prox_ops.prox_dtype()))
 
@@ -256,9 +261,7 @@ def metric_scales(states: Sequence[ScopeState], slots: Sequence[Sequence[tuple]]
     """
     dt = prox_ops.prox_dtype()
     sizes = [st.num_groups for st in states]
-    width = max(sizes)
-    rows = np.concatenate([np.full(len(st.members), r) for r, st in enumerate(states)])
-    members = [mb for st in states for mb in st.members]
+    members, rows, width = _layout(states)
     shapes = [tuple(int(n) for n in v.shape) for st in states for v in st.variables]
     counts = prox_ops.group_sizes(members, rows, width, shapes)
     valid = np.arange(width)[None, :] < np.array(sizes)[:, None]
