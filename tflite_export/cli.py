@@ -56,29 +56,6 @@ class ExportError(Exception):
         self.code = code
 
 
-#: the distributions whose versions ``--version`` prints (the report's figures depend on each)
-TOOLS = ("keras-wgsef", "keras", "tensorflow", "ai-edge-litert", "tflite-micro")
-
-
-def tool_versions() -> dict[str, str | None]:
-    """The installed version of each of :data:`TOOLS` (None when missing), read without importing them.
-
-    Example:
-        >>> v = tool_versions()
-        >>> list(v) == list(TOOLS) and v["keras-wgsef"] is not None
-        True
-    """
-    from importlib import metadata
-
-    out: dict[str, str | None] = {}
-    for name in TOOLS:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 class _Version(argparse.Action):
     """``--version``: one ``name version`` line per tool (unwrapped, so scripts can parse it)."""
 
@@ -86,6 +63,8 @@ class _Version(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from tflite_export.versions import tool_versions
+
         lines = [f"{name} {version or 'not installed'}" for name, version in tool_versions().items()]
         print("\n".join(lines))
         parser.exit()
@@ -426,10 +405,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # at run time only, before TF loads
     if "keras" not in sys.modules:  # its own process: convert on TensorFlow whatever the user trains on
         os.environ["KERAS_BACKEND"] = "tensorflow"
-    from tflite_export import INSTALL_EXPORT, missing_export_modules
+    from tflite_export import install_export_hint, missing_export_modules
 
     if missing_export_modules():
-        print(f"error: wgsef-export needs {', '.join(missing_export_modules())}: `{INSTALL_EXPORT}`.", file=sys.stderr)
+        print(
+            f"{PROG}: error: needs {', '.join(missing_export_modules())}, the `export` extra: {install_export_hint()}.",
+            file=sys.stderr,
+        )
         return 2
     from keras_wgsef.budget.plan import BudgetError
     from tflite_export.convert import CalibrationError, ConversionError
