@@ -713,7 +713,7 @@ class WGSEF(keras.optimizers.Optimizer):
     def load_own_variables(self, store) -> None:
         """Loads a checkpoint, including one written with per-scope optimizer state.
 
-        Until the :class:`ScopeTable` (keras-wgsef 0.2.0.dev0 up to commit ba8e910) each scope had
+        Checkpoints of early 0.2.0.dev0 builds, before the :class:`ScopeTable`, held for each scope
         its own four variables (``strength_i``, ``mask_i``, ``attenuation_i``, ``nonzero_i``); such
         a checkpoint is converted row by row, so its frozen masks and strengths survive (Keras
         itself would skip the whole optimizer state with a warning: the variable counts differ).

@@ -67,7 +67,7 @@ __all__ = ["SCHEMA_VERSION", "Report", "accuracy_applies", "class_accuracy", "co
 class Report:
     """Figures of one int8 model. Prints as a Markdown table; saves and loads as JSON.
 
-    Latencies are host figures (this machine's CPU through LiteRT), not MCU figures; the
+    Latencies are host figures (the host CPU through LiteRT), not MCU figures; the
     TFLM arena and instruction count are what to compare models by. ``budget`` holds the bounds
     of a budgeted export, their measured and predicted figures and the groups removed after
     measurement (:mod:`tflite_export.budget_fit`). ``rewrites`` lists the
