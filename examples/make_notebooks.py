@@ -6,7 +6,8 @@ papermill inject values after it), and ``# %% script-only`` a cell that only the
 command-line flags; jupytext reads the word as the cell's title). jupytext parses the cells; this
 module only arranges the notebook: the module docstring before the first cell (the script's help)
 and the script-only cells are left out, the first Markdown cell (the title and what the example
-shows) gets :data:`RUN_IT`, how to run it on Colab, and :data:`INSTALL_CELL` follows it.
+shows) gets :data:`RUN_IT`, how to run it on Colab, and :data:`INSTALL_CELL` follows it. Outputs
+stored in a notebook are kept while their cell's source is unchanged (:func:`keep_outputs`).
 
     python examples/make_notebooks.py           # (re)write examples/*.ipynb
     python examples/make_notebooks.py --check   # exit 1 if a notebook differs from its script
@@ -108,9 +109,25 @@ def notebook_of(script: Path) -> nbformat.NotebookNode:
     return nb
 
 
+def keep_outputs(nb: nbformat.NotebookNode, stored: Path) -> nbformat.NotebookNode:
+    """Copies the outputs of ``stored``'s code cells into ``nb``'s cells of the same id and source.
+
+    A notebook run and saved keeps its outputs (the docs render them) until its script changes the
+    cell; a changed cell loses them.
+    """
+    if not stored.exists():
+        return nb
+    old = {c.get("id"): c for c in nbformat.read(stored, as_version=4).cells if c.cell_type == "code"}
+    for cell in nb.cells:
+        prev = old.get(cell.get("id"))
+        if cell.cell_type == "code" and prev is not None and prev.source == cell.source:
+            cell.outputs, cell.execution_count = prev.outputs, prev.execution_count
+    return nb
+
+
 def render(script: Path) -> str:
-    """The notebook of ``script`` as the text of its ``.ipynb`` file."""
-    return nbformat.writes(notebook_of(script)) + "\n"
+    """The notebook of ``script`` as the text of its ``.ipynb`` file (with the stored outputs kept)."""
+    return nbformat.writes(keep_outputs(notebook_of(script), script.with_suffix(".ipynb"))) + "\n"
 
 
 def main() -> int:
