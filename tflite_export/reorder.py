@@ -17,6 +17,10 @@ computes exactly what it computed before, so the outputs are bit-identical.
   most ``max_states`` (100,000 by default). Above that limit it falls back to a greedy order (at
   each step the ready operator with the smallest peak while it runs, then the smallest live bytes
   after it, then the earliest in the original order) and ``OrderSearch.exact`` is False.
+* :func:`refine_order`: many orders share the smallest peak, and TFLM's greedy planner packs them
+  with more or fewer gaps. A local search (move one operator, keep the order valid and its peak not
+  above the starting one) lowers a given cost; :func:`reorder_for_arena` uses the planner's arena as
+  :func:`keras_wgsef.budget.hardware.plan_arena` lays it out (within a few dozen bytes of TFLM's).
 * :func:`reorder_for_arena`: reads a ``.tflite`` file, searches the order, and rewrites the operator
   list of subgraph 0 in place: the offsets of its vector are permuted and no other byte changes.
   A model whose order is already the best (a plain chain has a single order) comes back unchanged.
@@ -41,8 +45,12 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from keras_wgsef.budget.lowered import LoweredModel
 
 __all__ = [
     "DEFAULT_MAX_STATES",
@@ -53,6 +61,7 @@ __all__ = [
     "graph_of",
     "peak_bytes",
     "permute_operators",
+    "refine_order",
     "reorder_for_arena",
     "reorder_for_tflm",
 ]
@@ -269,6 +278,49 @@ def best_order(graph: TensorGraph, *, max_states: int = DEFAULT_MAX_STATES) -> O
     return OrderSearch(order, peak, exact)
 
 
+def refine_order(
+    graph: TensorGraph, order: Sequence[int], cost: Callable[[tuple[int, ...]], int], *, max_evals: int = 5000
+) -> tuple[int, ...]:
+    """A local search from ``order`` for a lower ``cost`` among the orders whose peak is not higher.
+
+    A move takes one operator to another position between its producers and its consumers; the
+    first move that lowers ``cost`` without raising :func:`peak_bytes` above ``order``'s is taken,
+    and the scan starts again, until no move helps or ``max_evals`` orders were tried.
+
+    Example:
+        >>> g = TensorGraph(((0,), (0,), (1, 2)), ((1,), (2,), (3,)), {0: 16, 1: 16, 2: 16, 3: 16}, (0,), (3,))
+        >>> refine_order(g, (0, 1, 2), cost=lambda o: o.index(1))   # prefer operator 1 early
+        (1, 0, 2)
+    """
+    preds = graph.predecessors()
+    succs = [sum(1 << w for w in range(graph.num_ops) if preds[w] >> v & 1) for v in range(graph.num_ops)]
+    best = tuple(order)
+    bound, best_cost, evals = peak_bytes(graph, best), cost(best), 1
+    improved = True
+    while improved and evals < max_evals:
+        improved = False
+        for i, v in enumerate(best):
+            rest = best[:i] + best[i + 1 :]
+            lo = max((k + 1 for k, u in enumerate(rest) if preds[v] >> u & 1), default=0)
+            hi = min((k for k, u in enumerate(rest) if succs[v] >> u & 1), default=len(rest))
+            for j in range(lo, hi + 1):  # v's new index: after its producers, before its consumers
+                if j == i:
+                    continue
+                cand = (*rest[:j], v, *rest[j:])
+                evals += 1
+                if peak_bytes(graph, cand) > bound:
+                    continue
+                c = cost(cand)
+                if c < best_cost:
+                    best, best_cost, improved = cand, c, True
+                    break
+                if evals >= max_evals:
+                    break
+            if improved or evals >= max_evals:
+                break
+    return best
+
+
 def graph_of(tflite: bytes | bytearray | str | os.PathLike) -> TensorGraph:
     """The :class:`TensorGraph` of a ``.tflite`` model's main subgraph, sizes rounded up to 16 bytes.
 
@@ -277,7 +329,10 @@ def graph_of(tflite: bytes | bytearray | str | os.PathLike) -> TensorGraph:
     """
     from tflite_export.flatbuffer import lowered_model
 
-    lm = lowered_model(tflite)
+    return _graph(lowered_model(tflite))
+
+
+def _graph(lm: LoweredModel) -> TensorGraph:
     return TensorGraph(
         op_inputs=tuple(tuple(op.inputs) for op in lm.ops),
         op_outputs=tuple(tuple(op.outputs) for op in lm.ops),
@@ -285,6 +340,14 @@ def graph_of(tflite: bytes | bytearray | str | os.PathLike) -> TensorGraph:
         inputs=tuple(lm.inputs),
         outputs=tuple(lm.outputs),
     )
+
+
+def _planned_arena(lm: LoweredModel, order: Sequence[int]) -> int:
+    """The arena TFLM's greedy planner lays out for the activations and scratch buffers in ``order``."""
+    from keras_wgsef.budget.hardware import plan_arena
+    from keras_wgsef.budget.lowered import LoweredModel
+
+    return plan_arena(LoweredModel(lm.tensors, [lm.ops[i] for i in order], lm.inputs, lm.outputs, lm.names))
 
 
 def permute_operators(tflite: bytes | bytearray | str | os.PathLike, order: Sequence[int]) -> bytes:
@@ -326,6 +389,9 @@ class ReorderReport:
     Attributes:
       peak_before: the peak of live activation bytes in the converter's order (16-byte rounded).
       peak_after: the peak in the order returned.
+      planned_before: the greedy planner's arena for the activations in the converter's order
+        (:func:`keras_wgsef.budget.hardware.plan_arena`; TFLM adds its fixed bookkeeping).
+      planned_after: the same in the order returned.
       order: the original index of each operator in the new order.
       changed: whether the operators were reordered.
       exact: whether the order is proven best (False: the greedy fallback above ``max_states``).
@@ -334,6 +400,8 @@ class ReorderReport:
 
     peak_before: int
     peak_after: int
+    planned_before: int
+    planned_after: int
     order: tuple[int, ...]
     changed: bool
     exact: bool = True
@@ -342,8 +410,11 @@ class ReorderReport:
     def __str__(self) -> str:
         if not self.changed:
             return f"operator order kept ({self.reason}); live activations peak {self.peak_before:,} bytes"
-        how = "best order" if self.exact else "greedy order (too many branches for the exact search)"
-        return f"operators reordered ({how}): live activations peak {self.peak_before:,} -> {self.peak_after:,} bytes"
+        how = "smallest peak" if self.exact else "greedy order (too many branches for the exact search)"
+        return (
+            f"operators reordered ({how}): live activations peak {self.peak_before:,} -> {self.peak_after:,} "
+            f"bytes, planned {self.planned_before:,} -> {self.planned_after:,} bytes"
+        )
 
 
 def _ordered_ops(tflite: bytes) -> list[str]:
@@ -364,12 +435,16 @@ def reorder_for_arena(
 ) -> tuple[bytes, ReorderReport]:
     """Reorders the operators of the main subgraph for the smallest peak of live activations.
 
+    :func:`best_order` finds the smallest peak; :func:`refine_order` then looks, among orders with
+    that peak, for one that TFLM's greedy planner packs into a smaller arena. The new order is taken
+    when its planned arena is smaller than the converter's order's, or equal with a smaller peak.
+
     Args:
       tflite: the model bytes or a path to a ``.tflite`` file.
       max_states: passed to :func:`best_order`.
 
     Returns:
-      ``(model bytes, ReorderReport)``; the input bytes themselves when no order has a smaller peak,
+      ``(model bytes, ReorderReport)``; the input bytes themselves when no order is better,
       or when the model has operators whose order matters beyond their tensors (resource variables,
       control flow, random number generators, custom operators, several subgraphs).
 
@@ -378,20 +453,24 @@ def reorder_for_arena(
         >>> same == tfl, rep.changed
         (True, False)
     """
-    from tflite_export.flatbuffer import read_tflite
+    from tflite_export.flatbuffer import lowered_model, read_tflite
 
     data = read_tflite(tflite)
-    graph = graph_of(data)
+    lm = lowered_model(data)
+    graph = _graph(lm)
     original = tuple(range(graph.num_ops))
-    base = peak_bytes(graph, original)
+    base, planned = peak_bytes(graph, original), _planned_arena(lm, original)
     ordered = _ordered_ops(data)
     if ordered:
         why = "its order matters beyond the tensors: " + ", ".join(ordered)
-        return data, ReorderReport(base, base, original, False, True, why)
+        return data, ReorderReport(base, base, planned, planned, original, False, True, why)
     found = best_order(graph, max_states=max_states)
-    if found.order == original:
-        return data, ReorderReport(base, base, original, False, found.exact, "no order has a smaller peak")
-    return permute_operators(data, found.order), ReorderReport(base, found.peak, found.order, True, found.exact)
+    order = refine_order(graph, found.order, lambda o: _planned_arena(lm, o))
+    peak, planned_after = peak_bytes(graph, order), _planned_arena(lm, order)
+    if (planned_after, peak) >= (planned, base):
+        why = "no order has a smaller planned arena or peak"
+        return data, ReorderReport(base, base, planned, planned, original, False, found.exact, why)
+    return permute_operators(data, order), ReorderReport(base, peak, planned, planned_after, order, True, found.exact)
 
 
 @dataclass
