@@ -57,6 +57,7 @@ __all__ = [
     "OrderSearch",
     "ReorderReport",
     "TensorGraph",
+    "TflmReorder",
     "best_order",
     "graph_of",
     "peak_bytes",
