@@ -37,7 +37,7 @@ LAYER_HEADER = ("layer", "width before", "width after", "params before", "params
 
 
 def layer_rows(shrink_report: Any) -> list[tuple[Any, ...]]:
-    """Per layer with weights or a changed width: widths, parameters and MACs before and after, then the total.
+    """Per layer with weights: widths, parameters and MACs before and after, then the total.
 
     Args:
       shrink_report: a :class:`tflite_export.ShrinkReport`.
@@ -47,9 +47,9 @@ def layer_rows(shrink_report: Any) -> list[tuple[Any, ...]]:
     for path, (pb, pa) in shrink_report.params.items():
         if path == "total":
             continue
+        if pb == 0:
+            continue  # no weights: activations, pooling, reshapes follow their producer's width
         wb, wa = widths.get(path, (None, None))
-        if pb == 0 and wb == wa:
-            continue  # no weights and nothing removed (activations, pooling, reshapes)
         mb, ma = shrink_report.macs.get(path, (0, 0))
         rows.append((path, wb, wa, pb, pa, mb, ma))
     (pb, pa), (mb, ma) = shrink_report.params["total"], shrink_report.macs["total"]
