@@ -14,6 +14,7 @@ from tflite_export.passes import (
     DEFAULT,
     SHRINK,
     Context,
+    GraphView,
     Pass,
     PassError,
     PassResult,
@@ -118,3 +119,29 @@ def test_a_plain_cnn_through_the_default_passes_is_rebuilt_at_most_twice(monkeyp
     run = run_passes(model, DEFAULT, Context(sample=x))
     assert run.changed == ["remove_dead_channels", "global_pool_as_average_pool"] and len(calls) == 2
     assert run.model.get_layer("conv2d_1").filters == 8 and run.max_abs_diff <= run.tolerance
+
+
+def test_the_budget_records_the_passes_it_prices_and_lowers_the_pooling_where_the_pass_rewrites_it():
+    import keras_wgsef as kw
+    from keras_wgsef.budget.lowering import lowering_template
+    from keras_wgsef.budget.plan import BudgetPlan
+
+    def pooled(masked):
+        x = keras.Input((6, 3))
+        h = L.Conv1D(4, 1, name="conv")(L.Masking(0.0, name="mask")(x) if masked else x)
+        return keras.Model(x, L.Dense(2, name="head")(L.GlobalAveragePooling1D(name="gap")(h)))
+
+    for masked, kind in ((False, "AVERAGE_POOL_2D"), (True, "MEAN")):
+        model = pooled(masked)
+        plans, kept = DEFAULT[3].plan(GraphView(model), Context())
+        assert (list(plans), len(kept)) == (([], 1) if masked else (["gap"], 0))
+        assert kind in lowering_template(model).lower(gap_as_avgpool=True).op_kinds
+    model = pooled(False)
+    scopes = kw.make_groups(model)
+    assert BudgetPlan(model, scopes, kw.Budget(macs=0.5)).passes == (
+        "remove_dead_channels",
+        "global_pool_as_average_pool",
+    )
+    assert BudgetPlan(model, scopes, kw.Budget(macs=0.5), gap_as_avgpool=False).passes == ("remove_dead_channels",)
+    with pytest.raises(ValueError, match="trim_kernel_borders"):
+        BudgetPlan(model, scopes, kw.Budget(macs=0.5), passes=("remove_dead_channels", "trim_kernel_borders"))
