@@ -42,67 +42,17 @@ Example (``model`` the doctest CNN, ending in ``GlobalAveragePooling2D(name="gap
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
+from keras_wgsef.budget.lowering import AVERAGE_POOLS as _GAP
+from keras_wgsef.budget.lowering import AveragePoolRewrite as _Plan
+from keras_wgsef.budget.lowering import average_pool_rewrites as _plan
 from tflite_export.passes.base import Context, GraphView, Pass, PassResult
 from tflite_export.passes.check import RewriteError
 from tflite_export.passes.config import insert_before, is_functional, layer_entry, model_configs, unique_name
 from tflite_export.passes.rebuild import rebuild
 
 __all__ = ["GlobalPoolAsAveragePool", "call_kwargs"]
-
-_GAP = {"GlobalAveragePooling2D": ("AveragePooling2D", 2), "GlobalAveragePooling1D": ("AveragePooling1D", 1)}
-
-
-@dataclasses.dataclass
-class _Plan:
-    path: str
-    kind: str  # the Global* class name
-    spatial: tuple[int, ...]
-    channels: int
-    keepdims: bool
-
-
-def _plan(g: Any) -> tuple[dict[str, _Plan], list[str]]:
-    """Which layers to rewrite (by path), and a line per candidate that stays."""
-    import keras
-
-    masked = any(
-        isinstance(layer, keras.layers.Masking) or getattr(layer, "mask_zero", False) for layer in g.layers.values()
-    )
-    shapes: dict[str, set[tuple]] = {}
-    mask_given: set[str] = set()  # called with a mask tensor (an explicit or propagated mask argument)
-    for node in g.nodes:
-        if type(node.layer).__name__ in _GAP and type(node.layer).__module__.startswith("keras"):
-            shapes.setdefault(node.path, set()).add(tuple(g.shapes[node.inputs[0]]))
-            if len(node.inputs) > 1:
-                mask_given.add(node.path)
-    plans, kept = {}, []
-    for path, seen in shapes.items():
-        layer = g.layers[path]
-        kind = type(layer).__name__
-        rank = _GAP[kind][1]
-        reason = ""
-        if len(seen) != 1:
-            reason = f"called on {len(seen)} different input shapes"
-        elif layer.data_format != "channels_last":
-            reason = f"data_format {layer.data_format}"
-        elif rank == 1 and masked:
-            reason = "the model has a masking layer (a masked average is not a plain one)"
-        elif path in mask_given:
-            reason = "it is called with a mask (a masked average is not a plain one)"
-        else:
-            shape = next(iter(seen))
-            dims = shape[1:]
-            if len(dims) != rank + 1 or not all(isinstance(d, int) and d > 0 for d in dims):
-                reason = f"input shape {shape} is not static"
-        if reason:
-            kept.append(f"kept {path} ({kind}): {reason}")
-            continue
-        dims = next(iter(seen))[1:]
-        plans[path] = _Plan(path, kind, tuple(int(d) for d in dims[:-1]), int(dims[-1]), bool(layer.keepdims))
-    return plans, kept
 
 
 def call_kwargs(kwargs: dict, path: str, kind: str, replacement: Any) -> dict:
