@@ -101,6 +101,8 @@ class Pass(abc.ABC):
 
     #: the pass's name in the pass lists, the notes, the errors and a budget's record of what it prices
     name: ClassVar[str]
+    #: what a user can do meanwhile when the pass fails (an export option), said in the error
+    way_out: ClassVar[str] = ""
 
     @abc.abstractmethod
     def plan(self, view: GraphView, ctx: Context) -> Any:

@@ -68,6 +68,7 @@ class DropZeroBranches(Pass):
     """Removes the inputs of merges that are exactly zero, and the layers only they read."""
 
     name = "drop_zero_branches"
+    way_out = "export with shrink=False (--no-shrink) to keep the layers as they are"
 
     def plan(self, view: GraphView, ctx: Context) -> dict[str, list[int]]:
         """Merge layer path -> the indices of its inputs that are zero and may go."""

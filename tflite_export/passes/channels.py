@@ -204,6 +204,7 @@ class RemoveDeadChannels(Pass):
     """Cuts the dead channels out of every layer (weights sliced, widths set in the configs)."""
 
     name = "remove_dead_channels"
+    way_out = "export with shrink=False (--no-shrink) to keep the layers as they are"
 
     def plan(self, view: GraphView, ctx: Context) -> ShrinkPlan:
         """The :class:`ShrinkPlan` of the view's model (on its cached channel analysis)."""
@@ -212,7 +213,7 @@ class RemoveDeadChannels(Pass):
         return _plan(view.analysis, int(ctx.multiple), ctx.exclude)
 
     def apply(self, model: Any, plan: ShrinkPlan, ctx: Context) -> PassResult:
-        if not any(before != after for before, after in plan.widths.values()) and not plan.dead:
+        if not plan.dead:  # no channel to remove: the same model
             return PassResult(model, False, [f"kept {lab}: {why}" for lab, why in plan.not_removed])
         a = plan.analysis
 

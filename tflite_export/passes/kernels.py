@@ -211,6 +211,7 @@ class TrimKernelBorders(Pass):
     """Cuts all-zero border rows and columns off convolution kernels (padding layers keep the outputs)."""
 
     name = "trim_kernel_borders"
+    way_out = "export with shrink=False (--no-shrink) to keep the layers as they are"
 
     def plan(self, view: GraphView, ctx: Context) -> tuple[dict[str, dict], list[str]]:
         """Per layer path the trimmed kernel and its padding, and a line per layer trimmed or kept."""

@@ -138,6 +138,7 @@ class GlobalPoolAsAveragePool(Pass):
     """Replaces each global average pooling by an average pooling over the whole map (``AVERAGE_POOL_2D``)."""
 
     name = "global_pool_as_average_pool"
+    way_out = "export with cheaper_ops=False (--keep-mean) to keep MEAN"
 
     def plan(self, view: GraphView, ctx: Context) -> tuple[dict[str, _Plan], list[str]]:
         """The layers to rewrite (by path), and a line per candidate left alone with the reason."""

@@ -66,6 +66,10 @@ def _after(before: Sequence[str]) -> str:
     return f"after {', '.join(before)}" if before else "the first pass"
 
 
+def _meanwhile(p: Pass) -> str:
+    return f" Meanwhile: {p.way_out}." if p.way_out else ""
+
+
 def run_passes(model: Any, passes: Sequence[Pass], ctx: Context | None = None) -> RunResult:
     """Runs ``passes`` on ``model`` in order; every change is checked against the outputs it must keep.
 
@@ -103,7 +107,8 @@ def run_passes(model: Any, passes: Sequence[Pass], ctx: Context | None = None) -
             raise
         except Exception as e:
             raise PassError(
-                f"pass {p.name!r} ({_after(names[:i])}) could not rebuild the model: {type(e).__name__}: {e}",
+                f"pass {p.name!r} ({_after(names[:i])}) could not rebuild the model: {type(e).__name__}: {e}."
+                + _meanwhile(p),
                 p.name,
                 tuple(names[:i]),
             ) from e
@@ -120,7 +125,7 @@ def run_passes(model: Any, passes: Sequence[Pass], ctx: Context | None = None) -
             raise PassError(
                 f"pass {p.name!r} ({_after(names[:i])}) made a model that differs from the original: "
                 f"max |difference| {diff:.3g} > tolerance {tol:.3g}. This is a bug or a layer rule that does "
-                "not hold; please report it with the model.",
+                "not hold; please report it with the model." + _meanwhile(p),
                 p.name,
                 tuple(names[:i]),
             )
