@@ -577,3 +577,18 @@ def test_without_tflite_micro_the_command_exports_and_names_the_micro_extra(file
 def test_negative_tflm_samples_is_bad_input(files, tmp_path, capsys):
     assert main(_fast_args(files, tmp_path / "build", "--tflm-samples", "-1")) == 2
     assert "--tflm-samples must be >= 0" in capsys.readouterr().err
+
+
+def test_no_reorder_keeps_the_converters_operator_order(files, tmp_path, monkeypatch):
+    import tflite_export.reorder as reorder
+
+    calls = []
+    real = reorder.reorder_for_tflm
+    monkeypatch.setattr(reorder, "reorder_for_tflm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    quiet = ("--no-arena", "--no-instructions", "--tflm-samples", "0", "--quiet")
+    assert main(_fast_args(files, tmp_path / "a", *quiet)) == 0
+    assert calls == [1]  # the default: the order search runs once on the exported model
+    assert main(_fast_args(files, tmp_path / "b", *quiet, "--no-reorder")) == 0
+    assert calls == [1]
+    # a straight CNN has one operator order: both files are the same bytes
+    assert (tmp_path / "a" / "model_int8.tflite").read_bytes() == (tmp_path / "b" / "model_int8.tflite").read_bytes()

@@ -12,6 +12,7 @@ The flow, one module per step (public API, one name per line)::
     measure, Report, compare    bytes, MACs, latency, TFLM figures, accuracy        measure.py
     class_accuracy              argmax accuracy (the one place it is computed)      measure.py
     tflm_min_arena, count_instructions   TFLite Micro arena and instruction count micro.py
+    reorder_for_arena           operator order with the smallest TFLM arena          reorder.py
     write_c_array               model_data.cc / model_data.h for a TFLM firmware    firmware.py
 
 Names are loaded on first use (PEP 562), so ``wgsef-export --help`` does not import TensorFlow.
@@ -59,6 +60,8 @@ _EXPORTS = {
     "count_instructions": "micro",
     "UnsupportedOpError": "micro",
     "write_c_array": "firmware",
+    "reorder_for_arena": "reorder",
+    "reorder_for_tflm": "reorder",
 }
 
 __all__ = sorted(_EXPORTS)

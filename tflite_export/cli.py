@@ -15,8 +15,9 @@ optimized TFLite Micro kernel; the report gives the instruction saving); ``--kee
 Output: the Markdown report on stdout, progress (one line per stage) on stderr; ``--json`` prints
 the report as one JSON object instead (``report.json``'s content: the figures, ``schema_version``
 and the versions of the tools in ``tools``). ``--version`` prints those versions. ``--no-latency``,
-``--no-arena``, ``--no-instructions`` and ``--tflm-samples N`` are :func:`tflite_export.export`'s
-``latency``, ``arena``, ``instructions`` and ``tflm_samples``. Without tflite-micro (the ``micro``
+``--no-arena``, ``--no-instructions``, ``--no-reorder`` and ``--tflm-samples N`` are
+:func:`tflite_export.export`'s ``latency``, ``arena``, ``instructions``, ``reorder_ops`` and
+``tflm_samples``. Without tflite-micro (the ``micro``
 extra) or valgrind the figures that need them are skipped, and a note on stderr says how to install them.
 
 Data files: ``--calibration`` is a ``.npy`` array or an ``.npz`` holding it under ``x`` (or
@@ -143,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-instructions", action="store_true", help="skip the valgrind instruction count")
     p.add_argument("--no-latency", action="store_true", help="skip the host latency runs on LiteRT")
     p.add_argument("--no-arena", action="store_true", help="skip the search for the smallest TFLite Micro arena")
+    p.add_argument(
+        "--no-reorder",
+        action="store_true",
+        help="keep the converter's operator order (default: the order with the smallest measured TFLM arena)",
+    )
     p.add_argument(
         "--tflm-samples",
         type=int,
@@ -376,6 +382,7 @@ def _export(args: argparse.Namespace) -> int:
         "instructions": False if args.no_instructions else "auto",
         "tflm_samples": args.tflm_samples,
         "cheaper_ops": not args.keep_mean,
+        "reorder_ops": not args.no_reorder,
         "verbose": 0 if args.quiet else 2,
     }
     baseline = None

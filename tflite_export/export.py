@@ -217,9 +217,10 @@ def export(
         report's ``budget`` says what was bounded, measured and removed). ``"auto"`` uses the plan
         of the model's ``WGSEF(budget=...)`` optimizer when it has one (binding it to ``model`` if it
         was saved and loaded); None skips the check.
-      reorder_ops: when the TFLM arena is measured or ``out`` written, run the operators in the order
-        with the smallest arena (:func:`tflite_export.reorder.reorder_for_tflm`; outputs bit-identical);
-        a note gives the measured arena of both orders.
+      reorder_ops: run the operators in the order with the smallest arena
+        (:func:`tflite_export.reorder.reorder_for_tflm`; outputs bit-identical; a chain has one
+        order and costs nothing); when the arena is measured, the new order is kept only if its
+        measured arena is not larger, and a note gives both.
       verbose: 0 silent; 1 a Keras progress bar with one step per stage (shrink, convert, LiteRT,
         arena search, TFLM accuracy, callgrind); 2 one line per stage on stderr (the command's).
 
@@ -276,7 +277,7 @@ def export(
         plain = to_tflite_int8(run.given[gap], calib, int8_io=int8_io, check=False)
     tflite = to_tflite_int8(exported, calib, int8_io=int8_io, check=False)
     reorder_notes: list[str] = []
-    if reorder_ops and (arena or out is not None):
+    if reorder_ops:
         from tflite_export.reorder import reorder_for_tflm
 
         reordered = reorder_for_tflm(tflite, measure_arena=arena)
