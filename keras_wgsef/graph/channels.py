@@ -62,7 +62,8 @@ class ChannelAnalysis:
         a producer's output and input channels, a carrier's channels).
       param_ids: member path (``"layer/path/weight"``, :func:`~keras_wgsef.graph.model_graph.member_names`)
         -> (axis, channel ids along it) for every weight indexed by channel.
-      pins: id -> reason the channel can never be removed (model input/output, opaque layer, ...).
+      pins: id -> why the channel can never be removed (:class:`~keras_wgsef.graph.rules.Pin`: its
+        :class:`~keras_wgsef.graph.rules.PinKind` and the reason in words).
     """
 
     graph: Graph
@@ -70,7 +71,7 @@ class ChannelAnalysis:
     tensor_ids: list[np.ndarray]
     channels: dict[str, cr.LayerChannels]
     parent: list[int]
-    pins: dict[int, str]
+    pins: dict[int, cr.Pin]
     param_ids: dict[str, tuple[int, np.ndarray]] = dataclasses.field(default_factory=dict)
 
     def own(self, path: str) -> cr.LayerChannels:
@@ -110,14 +111,24 @@ class ChannelAnalysis:
     def roots(self, ids: np.ndarray) -> np.ndarray:
         return np.array([self.find(int(i)) for i in ids], dtype=np.int64)
 
-    def pin(self, ids: np.ndarray, reason: str) -> None:
+    def pin(self, ids: np.ndarray, reason: str, kind: cr.PinKind = cr.PinKind.EXCLUDED) -> None:
+        """Marks channels that can never be removed (the first pin of a channel stays).
+
+        After the analysis it is the caller who pins (a producer the caller excludes), hence the
+        default kind; the rules pin through :class:`~keras_wgsef.graph.rules.ChannelBuilder`.
+        """
         for i in ids.tolist():
-            self.pins.setdefault(int(i), reason)
+            self.pins.setdefault(int(i), cr.Pin(kind, reason))
+
+    def unpin(self, kind: cr.PinKind) -> None:
+        """Drops every pin of one kind (e.g. the model outputs' pins, to group a head's channels)."""
+        self.pins = {i: p for i, p in self.pins.items() if p.kind is not kind}
 
     def pinned_roots(self) -> dict[int, str]:
+        """Class root -> the reason in words of one pin of the class, for every pinned class."""
         out: dict[int, str] = {}
-        for i, why in self.pins.items():
-            out.setdefault(self.find(i), why)
+        for i, p in self.pins.items():
+            out.setdefault(self.find(i), p.message)
         return out
 
     def keep_mask(self, dead: set[int]) -> cr.Keep:
@@ -137,14 +148,21 @@ def analyze(model: Any, *, exclude: str | Iterable[str] | None = None) -> Channe
     a = ChannelAnalysis(g, {}, [np.zeros(0, np.int64)] * len(g.shapes), {}, [], {})
     for t in g.inputs:
         a.tensor_ids[t] = a.new(int(g.shapes[t][-1]) if g.shapes[t] else 1)
-        a.pin(a.tensor_ids[t], "model input")
+        a.pin(a.tensor_ids[t], "model input", cr.PinKind.INPUT)
+    builder = _Builder(a)
     for node in g.nodes:
         rule = _resolve_rule(node, g, exclude)
         a.rules[node.path] = rule
-        ins = [a.tensor_ids[t] for t in node.inputs]
-        a.tensor_ids[node.outputs[0]] = rule.propagate(a, node, ins)
+        outs = rule.propagate(builder, node, [a.tensor_ids[t] for t in node.inputs])
+        if len(outs) != len(node.outputs):
+            raise ValueError(
+                f"layer {node.path!r}: its channel rule {type(rule).__name__} gave ids for {len(outs)} outputs; "
+                f"the call has {len(node.outputs)}. A rule's propagate returns one id array per output."
+            )
+        for t, ids in zip(node.outputs, outs):
+            a.tensor_ids[t] = ids
     for t in g.outputs:
-        a.pin(a.tensor_ids[t], "model output")
+        a.pin(a.tensor_ids[t], "model output", cr.PinKind.OUTPUT)
     for path, layer in g.layers.items():
         layer_rule, own = a.rules.get(path), a.channels.get(path)
         if layer_rule is None or own is None:
@@ -156,6 +174,28 @@ def analyze(model: Any, *, exclude: str | Iterable[str] | None = None) -> Channe
                 raise ValueError(f"{member[name]}: axis {ax} has {v[name].shape[ax]} entries, expected {len(ids)}.")
             a.param_ids[member[name]] = (ax, ids)
     return a
+
+
+class _Builder:
+    """The analysis as a rule sees it while it is built (:class:`~keras_wgsef.graph.rules.ChannelBuilder`)."""
+
+    def __init__(self, a: ChannelAnalysis) -> None:
+        self._a = a
+
+    def shape(self, tensor: int) -> tuple:
+        return tuple(self._a.graph.shapes[tensor])
+
+    def new(self, n: int) -> np.ndarray:
+        return self._a.new(n)
+
+    def union(self, a: np.ndarray, b: np.ndarray, where: str) -> None:
+        self._a.union(a, b, where)
+
+    def pin(self, ids: np.ndarray, kind: cr.PinKind, message: str) -> None:
+        self._a.pin(ids, message, kind)
+
+    def own(self, path: str) -> cr.LayerChannels:
+        return self._a.own(path)
 
 
 def _resolve_rule(node: Node, g: Graph, exclude: Any) -> cr.ChannelRule:

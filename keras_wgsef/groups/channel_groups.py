@@ -32,6 +32,7 @@ import numpy as np
 from keras_wgsef.graph.channels import ChannelAnalysis, analyze, zero_channels
 from keras_wgsef.graph.costs import count_macs
 from keras_wgsef.graph.model_graph import Graph, matches, weight_paths
+from keras_wgsef.graph.rules import Pin, PinKind
 from keras_wgsef.groups.scope import GroupScope, Member
 
 __all__ = ["channel_scopes", "mac_weights"]
@@ -82,14 +83,14 @@ def channel_scopes(
     heads = set(heads)
     # the head's channels are the model's outputs; other output channels may be grouped when the
     # caller asked for the head too (the exporter still keeps every output channel)
-    a.pins = {i: r for i, r in a.pins.items() if r != "model output"}
+    a.unpin(PinKind.OUTPUT)
     producers = list(a.out_ids)
     for path in producers:
         if path in heads:
-            a.pin(a.out_ids[path], f"{path} is a head (its channels are model outputs)")
+            a.pin(a.out_ids[path], f"{path} is a head (its channels are model outputs)", PinKind.HEAD)
     for path in producers:
         if (include is not None and not matches(include, path)) or matches(exclude, path):
-            a.pin(a.out_ids[path], f"producer {path} is not included")
+            a.pin(a.out_ids[path], f"producer {path} is not included", PinKind.EXCLUDED)
     pinned_now = set(a.pinned_roots())
     for path in producers:
         ids = a.out_ids[path]
@@ -187,7 +188,7 @@ def _pin_not_zero_invariant(a: ChannelAnalysis, params: list[tuple[str, int, np.
     if not reasons:
         return
     for r, why in reasons.items():
-        a.pins.setdefault(r, f"not zero-invariant: {why}")
+        a.pins.setdefault(r, Pin(PinKind.NOT_ZERO_INVARIANT, f"not zero-invariant: {why}"))
     producers = sorted({p for p, ids in a.out_ids.items() if set(a.roots(ids).tolist()) & set(reasons)})
     warnings.warn(
         f"channels of {producers} are left out of the groups: zeroing them would not remove them (an activation "
