@@ -8,18 +8,18 @@ BACKENDS := $(VENV)/.backends
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install lint test test-slow demo bench bench-compare dist clean
+.PHONY: install lint test test-slow demo bench bench-compare dist docs clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	@# a venv made before 0.2 had tensorflow-cpu: remove it, or it would overlay the full tensorflow
 	$(PY) -m pip uninstall --quiet --yes tensorflow-cpu 2>/dev/null || true
-	$(PY) -m pip install --quiet -e ".[all,test,lint]"
+	$(PY) -m pip install --quiet -e ".[all,test,lint,docs]"
 	touch $(STAMP)
 
-# the other Keras backends, for the tests only: torch 2.13.0 is the CPU wheel this machine keeps
-# on disk (PyPI has CUDA builds only, ~2.7 GB); jax[cpu] from PyPI
+# the other Keras backends, for the tests only: torch 2.13.0 (the CPU wheel; PyPI's default
+# builds carry CUDA, ~2.7 GB) and jax[cpu]
 $(BACKENDS): $(STAMP)
 	$(PY) -m pip install --quiet "torch==2.13.0" "jax[cpu]>=0.4.30"
 	touch $(BACKENDS)
@@ -37,10 +37,10 @@ lint: $(STAMP)
 BACKEND_TESTS := tests/test_optimizer.py tests/test_callbacks.py tests/test_batchnorm.py tests/test_every_layer_pipeline.py
 BACKEND_RUN    = WGSEF_CASE_FRACTION=0.1 $(PY) -m pytest -q -p no:cacheprovider -o addopts="-m 'not slow'" $(BACKEND_TESTS)
 
-# lint, type check, the suite (TensorFlow backend) with every docstring example
-# (--doctest-modules, see pyproject.toml), then the backend tests under JAX (x64 on: the
-# reference-precision checks; tests/test_backends.py covers x64 off) and torch
-test: lint $(BACKENDS)
+# lint, type check, the documentation site (warnings are errors), the suite (TensorFlow backend)
+# with every docstring example (--doctest-modules, see pyproject.toml), then the backend tests
+# under JAX (x64 on: the reference-precision checks; tests/test_backends.py covers x64 off) and torch
+test: lint docs $(BACKENDS)
 	$(PY) -m pytest -q -p no:cacheprovider
 	KERAS_BACKEND=jax JAX_ENABLE_X64=1 $(BACKEND_RUN)
 	KERAS_BACKEND=torch $(BACKEND_RUN) tests/test_layer_rules.py
@@ -67,5 +67,11 @@ dist: $(STAMP)
 	$(PY) -m build --outdir dist .
 	$(VENV)/bin/twine check --strict dist/*
 
+# the Sphinx site in docs/_build/html: the API reference from the docstrings, the layer-support
+# page from the channel-rule registry, the notebooks with their stored outputs (none executed);
+# every warning is an error
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache docs/_build docs/generated

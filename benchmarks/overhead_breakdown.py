@@ -17,18 +17,16 @@ jobs run). ``--profile ARM ...`` runs TensorFlow's profiler instead and prints h
 optimizer and the loss execute per step and their kernel time: on a small model the overhead is
 the number of ops (a few microseconds each, however small their tensors), not their size.
 
-Measured here on 2026-12-01 (2 cores, quiet, 400 cycles), after the ScopeTable and the
-interpolated root: plain +4.1 % wall / +3.6 % CPU, ones +2.6 % / +1.4 %, wgsef (XLA) +5.1 % /
-+2.3 %. Profile: the optimizer and the loss execute 137 ops per step with bare SGD, 170 with
-``ones`` and 260 with ``plain`` (314 before: per-scope state variables, a classified bracket, one
-sum per gradient). ``--against ba8e910``, three runs of 1000 cycles: this code +3.2 / +3.4 /
-+3.2 %, ba8e910 +3.8 / +4.2 / +5.1 % (CPU time +2.4 to +2.9 % for both).
+Measured on 2026-12-01 (2 cores, quiet, 400 cycles): plain +4.1 % wall / +3.6 % CPU, ones
++2.6 % / +1.4 %, wgsef (XLA) +5.1 % / +2.3 %. Profile: the optimizer and the loss execute 137 ops
+per step with bare SGD, 170 with ``ones`` and 260 with ``plain``. Three paired runs of 1000
+cycles: +3.2 / +3.4 / +3.2 % (CPU time +2.4 to +2.9 %).
 The XLA executable of ``wgsef`` spends ~0.4 ms in its ~100 thunks, no faster than the plain ops.
 
     .venv/bin/python benchmarks/overhead_breakdown.py                 # every arm
     .venv/bin/python benchmarks/overhead_breakdown.py bare wgsef      # a subset
     .venv/bin/python benchmarks/overhead_breakdown.py --profile bare ones plain
-    .venv/bin/python benchmarks/overhead_breakdown.py --against ba8e910   # this code vs a revision
+    .venv/bin/python benchmarks/overhead_breakdown.py --against REV   # this tree against a git revision
 """
 
 from __future__ import annotations

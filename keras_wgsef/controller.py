@@ -1,7 +1,7 @@
 """Controllers and loggers for WGSEF training: reach exactly k groups per scope, log the progress.
 
 The prox alone keeps *at least* k groups; exactly k needs enough strength, and strength that
-selects by itself also crushes the survivors (measured on the anchor task of the README: under
+selects by itself also crushes the survivors (measured on the anchor task of the benchmarks: under
 Adam the loss went back to chance for epochs). :class:`ReachK` therefore runs a schedule that worked on the anchor task:
 
 1. ``start_epoch`` epochs dense (penalty off);
@@ -98,7 +98,7 @@ class ReachK(keras.callbacks.Callback):
       verbose: 1 prints each freeze.
     """
 
-    #: Measured defaults per kind of inner optimizer (anchor task, 15 epochs; see README).
+    #: Measured defaults per kind of inner optimizer (the benchmarks' anchor task, 15 epochs).
     PRESETS = {
         "adaptive": {"project_fraction": 0.45, "initial": 1e-4, "growth": 0.01, "undo_shrink": 10.0},
         "sgd": {"project_fraction": 8 / 15, "initial": 0.03, "growth": 0.0, "undo_shrink": 1.0},

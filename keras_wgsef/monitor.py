@@ -138,7 +138,9 @@ def scalar_writer(log_dir: str) -> Any:
         return _TFWriter(log_dir)
     if importlib.util.find_spec("tensorboardX") is not None:
         return _TensorboardXWriter(log_dir)
+    from keras_wgsef._install import install_hint
+
     raise ImportError(
         "SparsityLogger(log_dir=...) writes TensorBoard logs with tf.summary or tensorboardX, and neither is "
-        "installed: `pip install 'keras-wgsef[tensorboard]'` (or drop log_dir)."
+        f"installed: the `tensorboard` extra, {install_hint('tensorboard')} (or drop log_dir)."
     )

@@ -3,7 +3,7 @@
 These are pure functions on float64 arrays, the reference for everything else in the library
 (the tensor version in :mod:`keras_wgsef.prox_ops` is tested against them).
 
-Notation (the paper, and the README's "The math"): ``x`` is split into disjoint groups ``G_1..G_m`` with
+Notation (the paper, and the docs' concepts page): ``x`` is split into disjoint groups ``G_1..G_m`` with
 weights ``d_j > 0`` (default: the group sizes). With ``w_j = sqrt(d_j) * ||x_{G_j}||``::
 
     WGSEF_k(x) = 1/2 * ||w||_(k)^2          (half the squared k-support norm of w)

@@ -1,4 +1,4 @@
-"""The anchor CNN of shared/design/anchors.md with Keras-default layer names, for the graph, cost and shrink tests."""
+"""The anchor CNN of the benchmarks with Keras-default layer names, for the graph, cost and shrink tests."""
 
 import keras
 

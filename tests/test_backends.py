@@ -1,4 +1,4 @@
-"""fit + ReachK reach exactly k on the JAX and torch backends too (issue 10), each in a fresh process.
+"""fit + ReachK reach exactly k on the JAX and torch backends too, each in a fresh process.
 
 The backend is fixed when Keras is imported, so each case runs a script with ``KERAS_BACKEND``
 set: ``fit`` with ``WGSEF`` + ``ReachK`` (exactly k), ``SparsityLogger(log_dir=...)``,

@@ -153,7 +153,7 @@ def test_block_groups_give_widths_in_fast_multiples_at_the_predicted_cost():
 
 
 def test_select_terminates_when_only_locked_groups_could_go():
-    """A trade locks the candidate's layer; if no other layer may shrink, the reduction stops (it used to spin)."""
+    """A trade locks the candidate's layer; if no other layer may shrink, the reduction stops rather than spin."""
     m = _two_convs()
     plan = BudgetPlan(m, kw.make_groups(m), kw.Budget(macs=0.5))
     plan.min_keep = {0: 8, 1: 1}  # c1 may not shrink at all

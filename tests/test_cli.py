@@ -498,3 +498,82 @@ def test_version_prints_every_tool_on_stdout_and_exits_0(capsys):
         "tflite-micro",
     ]
     assert lines[1] == f"keras {metadata.version('keras')}" and out.err == ""
+
+
+def _fast_args(files: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        str(files["cnn.keras"]),
+        "--calibration",
+        str(files["calib.npz"]),
+        "--eval",
+        str(files["eval.npz"]),
+        "--out",
+        str(out),
+        "--no-latency",
+        *extra,
+    ]
+
+
+def test_json_is_report_json_and_the_python_apis_report(files, tmp_path, capsys):
+    import json
+
+    from tflite_export import export
+    from tflite_export.versions import tool_versions
+
+    out = tmp_path / "build"
+    rc = main(_fast_args(files, out, "--json", "--no-arena", "--no-instructions", "--tflm-samples", "7"))
+    assert rc == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)  # stdout holds the one JSON object and nothing else
+    assert printed == json.loads((out / "report.json").read_text())
+    assert printed["schema_version"] == 1 and printed["tools"] == tool_versions()
+    assert printed["n_tflm"] == 7 and printed["accuracy_tflm"] is not None
+    assert printed["tflm_arena_bytes"] is None and printed["litert_xnnpack_median_us"] is None
+    assert printed["tflm_instructions"] is None and printed["latency_runs"] == 0
+    assert "[2/6] convert" in captured.err and "[5/6] TFLM accuracy" in captured.err
+
+    model = keras.saving.load_model(files["cnn.keras"])
+    calib, ev = np.load(files["calib.npz"]), np.load(files["eval.npz"])
+    api = export(
+        model,
+        calib["x"],
+        eval_data=(ev["x"], ev["y"]),
+        name="exported",
+        latency=False,
+        arena=False,
+        instructions=False,
+        tflm_samples=7,
+    ).report.to_dict()
+    assert set(api) == set(printed)
+    for key in ("file_bytes", "params", "macs", "ops", "accuracy_litert", "accuracy_tflm", "n_eval", "n_tflm",
+                "float_accuracy", "tflm_vs_litert_max_lsb", "tools", "schema_version"):  # fmt: skip
+        assert printed[key] == api[key], key
+
+
+def test_missing_valgrind_is_said_on_stderr_with_the_install_line(files, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "valgrind" else which(name, *a, **k))
+    out = tmp_path / "build"
+    assert main(_fast_args(files, out, "--no-arena", "--tflm-samples", "0", "--quiet")) == 0
+    err = capsys.readouterr().err
+    assert "instruction counts skipped: valgrind not found" in err and "apt-get install valgrind" in err
+    report = Report.load(out / "report.json")
+    assert report.tflm_instructions is None
+    assert any(n.startswith("instruction count skipped") and "apt-get install valgrind" in n for n in report.notes)
+
+
+def test_without_tflite_micro_the_command_exports_and_names_the_micro_extra(files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tflite_micro", None)
+    out = tmp_path / "build"
+    assert main(_fast_args(files, out, "--quiet")) == 0
+    err = capsys.readouterr().err
+    assert "not measured: arena, instructions, TFLM accuracy" in err and 'pip install ".[micro]"' in err
+    report = Report.load(out / "report.json")
+    assert report.tflm_arena_bytes is None and report.accuracy_tflm is None and report.accuracy_litert is not None
+
+
+def test_negative_tflm_samples_is_bad_input(files, tmp_path, capsys):
+    assert main(_fast_args(files, tmp_path / "build", "--tflm-samples", "-1")) == 2
+    assert "--tflm-samples must be >= 0" in capsys.readouterr().err

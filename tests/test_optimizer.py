@@ -393,9 +393,9 @@ def test_save_load_resume_identical(tmp_path):
 
 
 def test_a_checkpoint_with_per_scope_state_loads_into_the_table():
-    """A model saved by keras-wgsef at ba8e910 (four optimizer variables per scope) loads with its state.
+    """A model saved by an early 0.2.0.dev0 build (four optimizer variables per scope) loads with its state.
 
-    The fixture (tests/data, written by that revision) has two scopes of 8 and 5 groups: scope 0
+    The fixture (tests/data, written by that build) has two scopes of 8 and 5 groups: scope 0
     with strength 0.7 after prox steps (attenuated, 2 groups left), scope 1 frozen on groups {0, 2}.
     """
     import json

@@ -92,7 +92,7 @@ def _check_export(model, x, y, xt, yt, max_gap=0.03):
 
 
 def test_a_1d_conv_model_exports_end_to_end():
-    """The issue's model: [Conv1D(16, 3, same)/BatchNorm/ReLU] x4 -> GlobalAveragePooling1D -> Dense(10)."""
+    """A 1-D model: [Conv1D(16, 3, same)/BatchNorm/ReLU] x4 -> GlobalAveragePooling1D -> Dense(10)."""
     (x, y), (xt, yt) = kw.datasets.load_digits8x8()
     x, xt = x.reshape(-1, 64, 1), xt.reshape(-1, 64, 1)
     keras.utils.set_random_seed(0)

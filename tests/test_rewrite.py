@@ -265,7 +265,7 @@ def test_functional_1d_rewrite_drops_the_none_mask_argument():
     ):
         model = _conv1d_stack(keepdims=keepdims)
         node = next(lc for lc in model.get_config()["layers"] if lc["config"]["name"] == "gap")["inbound_nodes"][0]
-        assert node["kwargs"] == {"mask": None}  # what the rewrite used to pass on to AveragePooling1D
+        assert node["kwargs"] == {"mask": None}  # a kwarg the rewrite must not pass on to AveragePooling1D
         snap = _snapshot(model)
         fast, lines = cheaper_ops(model, x[:8])
         assert lines == [line] and _unchanged(model, snap)

@@ -59,9 +59,9 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-#: what the conversion, interpreter and microcontroller steps import, all from the ``export`` extra
-_EXPORT_EXTRA = ("tensorflow", "ai_edge_litert", "tflite_micro")
-INSTALL_EXPORT = "pip install 'keras-wgsef[export]'"
+#: what conversion and the interpreter import (the ``export`` extra); TFLite Micro is the ``micro``
+#: extra, optional: without it the TFLM figures are None, with a note (:func:`tflite_export.micro.micro_missing`)
+_EXPORT_EXTRA = ("tensorflow", "ai_edge_litert")
 #: the modules that need Keras only (the others convert, interpret or run on TFLite Micro)
 _KERAS_ONLY = {"shrink", "branches", "firmware"}
 
@@ -71,11 +71,18 @@ def missing_export_modules() -> list[str]:
     return [m for m in _EXPORT_EXTRA if importlib.util.find_spec(m) is None]
 
 
+def install_export_hint() -> str:
+    """The install line of the ``export`` extra, with where to run it (for error messages)."""
+    from keras_wgsef._install import install_hint  # here, not at import: keras_wgsef imports Keras
+
+    return install_hint("export")
+
+
 _missing = missing_export_modules()
 if _missing:
     warnings.warn(
         f"tflite_export: {', '.join(_missing)} not installed: shrink and plan_shrink work "
-        f"(Keras only); conversion, LiteRT and TFLite Micro need `{INSTALL_EXPORT}`.",
+        f"(Keras only); conversion and LiteRT need the `export` extra: {install_export_hint()}.",
         stacklevel=2,
     )
 
@@ -86,7 +93,10 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'tflite_export' has no attribute {name!r}")
     missing = [] if module in _KERAS_ONLY else missing_export_modules()
     if missing:
-        raise ImportError(f"tflite_export.{name} needs {', '.join(missing)}, not installed: `{INSTALL_EXPORT}`.")
+        raise ImportError(
+            f"tflite_export.{name} needs {', '.join(missing)}, not installed: the `export` extra, "
+            f"{install_export_hint()}."
+        )
     value = getattr(importlib.import_module(f"tflite_export.{module}"), name)
     globals()[name] = value
     return value

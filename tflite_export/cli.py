@@ -12,6 +12,13 @@ are exported as ``AVERAGE_POOL_2D`` over the whole map instead of ``MEAN`` (same
 optimized TFLite Micro kernel; the report gives the instruction saving); ``--keep-mean`` keeps
 ``MEAN``.
 
+Output: the Markdown report on stdout, progress (one line per stage) on stderr; ``--json`` prints
+the report as one JSON object instead (``report.json``'s content: the figures, ``schema_version``
+and the versions of the tools in ``tools``). ``--version`` prints those versions. ``--no-latency``,
+``--no-arena``, ``--no-instructions`` and ``--tflm-samples N`` are :func:`tflite_export.export`'s
+``latency``, ``arena``, ``instructions`` and ``tflm_samples``. Without tflite-micro (the ``micro``
+extra) or valgrind the figures that need them are skipped, and a note on stderr says how to install them.
+
 Data files: ``--calibration`` is a ``.npy`` array or an ``.npz`` holding it under ``x`` (or
 its only array), preprocessed exactly as for training; ``--eval`` is an ``.npz`` with ``x``
 and ``y``; ``--labels`` is a ``.npy`` of labels for the calibration samples (accuracy is
@@ -33,6 +40,7 @@ removed; after SIGKILL a hidden ``.<out>.tmp-*`` folder next to ``--out`` may re
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -56,29 +64,6 @@ class ExportError(Exception):
         self.code = code
 
 
-#: the distributions whose versions ``--version`` prints (the report's figures depend on each)
-TOOLS = ("keras-wgsef", "keras", "tensorflow", "ai-edge-litert", "tflite-micro")
-
-
-def tool_versions() -> dict[str, str | None]:
-    """The installed version of each of :data:`TOOLS` (None when missing), read without importing them.
-
-    Example:
-        >>> v = tool_versions()
-        >>> list(v) == list(TOOLS) and v["keras-wgsef"] is not None
-        True
-    """
-    from importlib import metadata
-
-    out: dict[str, str | None] = {}
-    for name in TOOLS:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 class _Version(argparse.Action):
     """``--version``: one ``name version`` line per tool (unwrapped, so scripts can parse it)."""
 
@@ -86,6 +71,8 @@ class _Version(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from tflite_export.versions import tool_versions
+
         lines = [f"{name} {version or 'not installed'}" for name, version in tool_versions().items()]
         print("\n".join(lines))
         parser.exit()
@@ -154,6 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
         "remove groups if a bound is broken, as tflite_export.export does; none: export without the check",
     )
     p.add_argument("--no-instructions", action="store_true", help="skip the valgrind instruction count")
+    p.add_argument("--no-latency", action="store_true", help="skip the host latency runs on LiteRT")
+    p.add_argument("--no-arena", action="store_true", help="skip the search for the smallest TFLite Micro arena")
+    p.add_argument(
+        "--tflm-samples",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="run at most N evaluation samples on TFLite Micro for its accuracy (default 1000; 0 skips it)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the report as one JSON object on stdout (the content of report.json) instead of the "
+        "Markdown report; progress stays on stderr",
+    )
     p.add_argument("--runs", type=int, default=100, help="timed LiteRT invokes per latency figure (default 100)")
     p.add_argument("--array-name", default="g_model", help="C identifier of the model array (default g_model)")
     p.add_argument(
@@ -340,6 +342,8 @@ def _export(args: argparse.Namespace) -> int:
 
     if args.multiple < 1 or args.calibration_samples < 1 or args.runs < 1:
         raise ExportError("--multiple, --calibration-samples and --runs must be >= 1")
+    if args.tflm_samples < 0:
+        raise ExportError(f"--tflm-samples must be >= 0 (0 skips the TFLite Micro accuracy), got {args.tflm_samples}")
     _check_model_file(args.model)  # cheap checks first: no TensorFlow import before them
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", args.array_name):
         raise ExportError(
@@ -362,19 +366,24 @@ def _export(args: argparse.Namespace) -> int:
         calib = calibration_samples(model, calib_raw, args.calibration_samples)
     except CalibrationError as exc:
         raise ExportError(str(exc)) from None
+    _say_what_is_skipped(args)
     common = {
         "eval_data": None if x_eval is None else (x_eval, y_eval),
         "int8_io": not args.float_io,
         "runs": args.runs,
+        "latency": not args.no_latency,
+        "arena": not args.no_arena,
         "instructions": False if args.no_instructions else "auto",
+        "tflm_samples": args.tflm_samples,
         "cheaper_ops": not args.keep_mean,
+        "verbose": 0 if args.quiet else 2,
     }
     baseline = None
     if variants == 2:
         with progress.step("converting and measuring the dense model (no shrink)"):
             baseline = export(model, calib, shrink=False, name="dense", budget=None, **common).report
     what = "exporting" if args.no_shrink else f"shrinking (multiple of {args.multiple}), exporting"
-    with progress.step(f"{what} and measuring (LiteRT, TFLM arena{'' if args.no_instructions else ', callgrind'})"):
+    with progress.step(f"{what} and measuring"):
         try:
             result = export(
                 model,
@@ -410,9 +419,33 @@ def _export(args: argparse.Namespace) -> int:
             baseline=baseline,
             array_name=args.array_name,
         )
-    if not args.quiet:
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    elif not args.quiet:
         print(text)
     return 0
+
+
+def _say_what_is_skipped(args: argparse.Namespace) -> None:
+    """Says on stderr, before the work starts, which requested figures cannot be measured here and why."""
+    import shutil
+
+    from keras_wgsef._install import VALGRIND_HINT
+    from tflite_export.micro import micro_missing
+
+    wanted = [what for what, off in (("arena", args.no_arena), ("instructions", args.no_instructions)) if not off]
+    if (args.eval or args.labels) and args.tflm_samples > 0:
+        wanted.append("TFLM accuracy")
+    why = micro_missing(f"not measured: {', '.join(wanted)}") if wanted else None
+    if why is not None:
+        print(f"{PROG}: note: {why}", file=sys.stderr, flush=True)
+    elif not args.no_instructions and shutil.which("valgrind") is None:
+        print(
+            f"{PROG}: note: instruction counts skipped: valgrind not found; {VALGRIND_HINT} to count them "
+            "(--no-instructions silences this)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,10 +459,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # at run time only, before TF loads
     if "keras" not in sys.modules:  # its own process: convert on TensorFlow whatever the user trains on
         os.environ["KERAS_BACKEND"] = "tensorflow"
-    from tflite_export import INSTALL_EXPORT, missing_export_modules
+    from tflite_export import install_export_hint, missing_export_modules
 
     if missing_export_modules():
-        print(f"error: wgsef-export needs {', '.join(missing_export_modules())}: `{INSTALL_EXPORT}`.", file=sys.stderr)
+        print(
+            f"{PROG}: error: needs {', '.join(missing_export_modules())}, the `export` extra: {install_export_hint()}.",
+            file=sys.stderr,
+        )
         return 2
     from keras_wgsef.budget.plan import BudgetError
     from tflite_export.convert import CalibrationError, ConversionError

@@ -23,8 +23,9 @@ import os
 import tempfile
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
-__all__ = ["capture_output"]
+__all__ = ["EXPORT_STAGES", "StageProgress", "capture_output"]
 
 
 @contextlib.contextmanager
@@ -86,3 +87,67 @@ def capture_output(enabled: bool = True) -> Iterator[io.StringIO]:
                     )
                 else:  # (an explicit module=None would drop the warning)
                     warnings.warn_explicit(message, w.category, w.filename, w.lineno, source=w.source)
+
+
+#: the stages of :func:`tflite_export.export`, in order: what ``verbose`` and the command's progress show
+EXPORT_STAGES = ("shrink", "convert", "LiteRT", "arena search", "TFLM accuracy", "callgrind")
+
+
+class StageProgress:
+    """Says which stage of a long export runs (``export(..., verbose=...)``, as Keras' ``fit`` does).
+
+    ``verbose=0`` is silent; ``1`` shows a Keras ``Progbar`` with one step per stage (the stage
+    that runs named after the bar); ``2`` writes one line per stage to ``stream`` (stderr), the
+    command line's progress. Stages that an export skips advance the bar without a line.
+
+    Example:
+      >>> import io
+      >>> out = io.StringIO()
+      >>> progress = StageProgress(2, stream=out)
+      >>> progress.start("convert"); progress.start("callgrind", "instructions under valgrind")
+      >>> print(out.getvalue(), end="")
+        [2/6] convert ...
+        [6/6] callgrind: instructions under valgrind ...
+    """
+
+    def __init__(self, verbose: int = 0, stages: tuple[str, ...] = EXPORT_STAGES, stream: Any = None) -> None:
+        if verbose not in (0, 1, 2):
+            raise ValueError(f"verbose must be 0 (silent), 1 (progress bar) or 2 (one line per stage), got {verbose!r}")
+        self.verbose, self.stages, self.stream = verbose, tuple(stages), stream
+        self.current = ""
+        self._bar: Any = None
+
+    def start(self, stage: str, detail: str = "") -> None:
+        """Marks the start of ``stage`` (one of :attr:`stages`), with an optional detail for the line."""
+        if stage not in self.stages:
+            raise ValueError(f"unknown stage {stage!r}; the stages are {', '.join(self.stages)}")
+        self.current = stage
+        step = self.stages.index(stage) + 1
+        if self.verbose == 2:
+            import sys
+
+            label = f"{stage}: {detail}" if detail else stage
+            print(f"  [{step}/{len(self.stages)}] {label} ...", file=self.stream or sys.stderr, flush=True)
+        elif self.verbose == 1:
+            self._progbar().update(step - 1)
+
+    def finish(self) -> None:
+        """Completes the bar (verbose 1)."""
+        if self.verbose == 1:
+            self.current = "done"
+            self._progbar().update(len(self.stages), finalize=True)
+
+    def _progbar(self) -> Any:
+        if self._bar is None:
+            import keras
+
+            owner = self
+
+            class _StageBar(keras.utils.Progbar):
+                """Names the running stage after the time per step."""
+
+                def _format_time(self, time_per_unit: float, unit_name: str) -> str:
+                    return super()._format_time(time_per_unit, unit_name) + f" - {owner.current}"
+
+            self._bar = _StageBar(len(self.stages), unit_name="stage")
+        return self._bar

@@ -61,6 +61,20 @@ class ExportResult:
     shrink_report: Any = None
     out: Path | None = None
 
+    def summary(self) -> str:
+        """Per layer the width, parameters and MACs before and after, then the firmware figures (text).
+
+        A notebook shows the same tables for a bare ``result`` (:func:`tflite_export.summary.export_summary`).
+        """
+        from tflite_export.summary import export_summary
+
+        return export_summary(self)
+
+    def _repr_markdown_(self) -> str:
+        from tflite_export.summary import export_summary
+
+        return export_summary(self, markdown=True)
+
 
 def check_output_folder(out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Raises :class:`OutputFolderError` unless ``out`` can receive an export; returns it resolved."""
@@ -160,6 +174,8 @@ def export(
     title: str | None = None,
     cheaper_ops: bool = True,
     budget: Any = "auto",
+    verbose: int = 0,
+    reorder_ops: bool = True,
 ) -> ExportResult:
     """Shrinks, converts to int8, checks and measures ``model``; optionally writes the artefacts.
 
@@ -192,6 +208,11 @@ def export(
         report's ``budget`` says what was bounded, measured and removed). ``"auto"`` uses the plan
         of the model's ``WGSEF(budget=...)`` optimizer when it has one (binding it to ``model`` if it
         was saved and loaded); None skips the check.
+      reorder_ops: when the TFLM arena is measured or ``out`` written, run the operators in the order
+        with the smallest arena (:func:`tflite_export.reorder.reorder_for_tflm`; outputs bit-identical);
+        a note gives the measured arena of both orders.
+      verbose: 0 silent; 1 a Keras progress bar with one step per stage (shrink, convert, LiteRT,
+        arena search, TFLM accuracy, callgrind); 2 one line per stage on stderr (the command's).
 
     Returns:
       an :class:`ExportResult`.
@@ -202,10 +223,12 @@ def export(
         what the plan predicts (pass ``budget=None``).
       tflite_export.ShrinkError, CalibrationError, ConversionError, UnsupportedOpError: a step failed.
     """
+    from tflite_export.console import StageProgress
     from tflite_export.convert import calibration_samples, to_tflite_int8
     from tflite_export.measure import measure
     from tflite_export.shrink import shrink as shrink_model
 
+    progress = StageProgress(verbose)
     if out is not None:
         check_output_folder(out, overwrite)
     calib = calibration_samples(model, representative, num_calibration)
@@ -213,6 +236,8 @@ def export(
     if x_eval is not None:
         x_eval = calibration_samples(model, x_eval)  # the same checks for the evaluation inputs
     plan = _budget_plan(model, budget)
+    if shrink:
+        progress.start("shrink", "the budget as measured, then dead channels" if plan else "removing dead channels")
     fit = None
     if plan is not None:
         if not shrink or multiple != 1 or cheaper_ops != plan.gap_as_avgpool:
@@ -227,6 +252,7 @@ def export(
     exported, shrink_report = model, None
     if shrink:
         exported, shrink_report = shrink_model(model, calib[:64], multiple=multiple, return_report=True)
+    progress.start("convert", "int8 TFLite, calibrated")
     rewrites: list[str] = []
     plain = None  # the int8 model without the operator rewrite, to measure the saving against
     if cheaper_ops:
@@ -237,6 +263,12 @@ def export(
             plain = to_tflite_int8(exported, calib, int8_io=int8_io, check=False)
         exported = fast
     tflite = to_tflite_int8(exported, calib, int8_io=int8_io, check=False)
+    reorder_notes: list[str] = []
+    if reorder_ops and (arena or out is not None):
+        from tflite_export.reorder import reorder_for_tflm
+
+        reordered = reorder_for_tflm(tflite, measure_arena=arena)
+        tflite, reorder_notes = reordered.tflite, reordered.notes
     report = measure(
         tflite,
         x_eval,
@@ -249,8 +281,10 @@ def export(
         tflm_samples=tflm_samples,
         float_model=exported,
         without_rewrite=plain,
+        progress=progress,
     )
     report.rewrites = rewrites
+    report.notes += reorder_notes
     if fit is not None:
         report.budget = fit.summary()
     if plain is not None:
@@ -278,6 +312,7 @@ def export(
                 array_name=array_name,
             )
         folder = Path(out).resolve()
+    progress.finish()
     return ExportResult(exported, tflite, report, shrink_report, folder)
 
 

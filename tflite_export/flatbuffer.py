@@ -92,9 +92,11 @@ def load_schema() -> ModuleType:
             return _schema_cache
         except ImportError as exc:  # try the next provider
             errors.append(f"{name}: {exc}")
+    from keras_wgsef._install import install_hint
+
     raise ImportError(
-        "cannot read .tflite files: no TFLite schema module found; install ai-edge-litert "
-        "(pip install ai-edge-litert). Tried: " + "; ".join(errors)
+        "cannot read .tflite files: no TFLite schema module found (ai-edge-litert, tflite-micro or tensorflow); "
+        f"install the `export` extra, {install_hint('export')}. Tried: " + "; ".join(errors)
     )
 
 

@@ -77,7 +77,7 @@ class Agreement:
 
     Attributes:
         n: number of samples compared.
-        max_abs_diff: largest |float output - dequantized int8 output|.
+        max_abs_diff: largest ``|float output - dequantized int8 output|``.
         mean_abs_diff: mean of the same.
         output_scale: the output tensor's quantization step (0 for float outputs).
         max_diff_steps: ``max_abs_diff / output_scale``: the error in output LSBs.

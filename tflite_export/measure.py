@@ -13,6 +13,9 @@
 * with labels: int8 accuracy on LiteRT and on TFLM, and how closely TFLM's outputs follow
   LiteRT's (in output LSBs; kernels may round differently by 1-2 LSB).
 
+The TFLM figures need the ``micro`` extra (tflite-micro, Linux x86_64) and instruction counts also
+valgrind; without them those figures are None and a note says which figure needs what.
+
 Arena sizes are measured on a 64-bit host; a 32-bit microcontroller build needs a little less
 for the interpreter's own structures, so they are safe upper bounds (add the usual margin).
 
@@ -32,38 +35,48 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from tflite_export.console import capture_output
+from keras_wgsef.tables import format_table
+from tflite_export.console import StageProgress, capture_output
 from tflite_export.flatbuffer import read_tflite, summarize
 from tflite_export.litert import compare_outputs, float_outputs, latency_us, run_litert
 from tflite_export.micro import (
     ArenaProbe,
     count_instructions_many,
+    micro_missing,
     run_tflm,
     tflm_interpreter,
     tflm_min_arena,
     working_arena,
 )
 from tflite_export.quantization import dequantized_output_scale, quantize
+from tflite_export.versions import tool_versions
 
-__all__ = ["Report", "accuracy_applies", "class_accuracy", "compare", "measure"]
+#: the version of the layout of :meth:`Report.to_dict` (``report.json``, ``wgsef-export --json``)
+SCHEMA_VERSION = 1
+
+__all__ = ["SCHEMA_VERSION", "Report", "accuracy_applies", "class_accuracy", "compare", "measure"]
 
 
 @dataclass
 class Report:
     """Figures of one int8 model. Prints as a Markdown table; saves and loads as JSON.
 
-    Latencies are host figures (this machine's CPU through LiteRT), not MCU figures; the
+    Latencies are host figures (the host CPU through LiteRT), not MCU figures; the
     TFLM arena and instruction count are what to compare models by. ``budget`` holds the bounds
     of a budgeted export, their measured and predicted figures and the groups removed after
     measurement (:mod:`tflite_export.budget_fit`). ``rewrites`` lists the
     cheaper-operator substitutions :func:`tflite_export.export` made (:mod:`tflite_export.rewrite`);
     ``tflm_instructions_without_rewrite`` is the instruction count of the same model converted
     without them (so the saving is ``tflm_instructions_without_rewrite - tflm_instructions``).
+    ``tools`` holds the versions of keras-wgsef, Keras, TensorFlow, LiteRT and tflite-micro that
+    measured it (:func:`tflite_export.versions.tool_versions`; None for one not installed), and
+    ``schema_version`` the layout of the JSON form.
     """
 
     name: str = "model"
@@ -99,6 +112,8 @@ class Report:
     int8_vs_float_argmax_agreement: float | None = None
     int8_vs_float_max_steps: float | None = None
     notes: list[str] = field(default_factory=list)
+    tools: dict[str, str | None] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
 
     _ROWS = (
         ("file_bytes", ".tflite bytes", "int"),
@@ -137,12 +152,13 @@ class Report:
 
     def to_markdown(self) -> str:
         """The report as a Markdown table (plus notes)."""
-        lines = [f"| {self.name} | value |", "|---|---|"]
-        for attr, label, kind in self._ROWS:
-            if attr == "tflm_instructions_without_rewrite" and self.tflm_instructions_without_rewrite is None:
-                continue  # only when something was rewritten (see tflite_export.rewrite)
-            lines.append(f"| {label} | {self._fmt(getattr(self, attr), kind)} |")
-        lines.append(f"| operators | {', '.join(self.ops)} |")
+        rows = [
+            (label, self._fmt(getattr(self, attr), kind))
+            for attr, label, kind in self._ROWS  # the count without the rewrite only when something was rewritten
+            if not (attr == "tflm_instructions_without_rewrite" and self.tflm_instructions_without_rewrite is None)
+        ]
+        rows.append(("operators", ", ".join(self.ops)))
+        lines = [format_table((self.name, "value"), rows, markdown=True)]
         extra = [
             f"host: {self.host}; latency over {self.latency_runs} runs after "
             f"{self.latency_warmup} warm-up, {self.num_threads} thread(s); "
@@ -194,14 +210,16 @@ def compare(a: Report, b: Report) -> str:
         >>> print(compare(a, b).splitlines()[2])
         | .tflite bytes | 1,000 | 400 | 0.400 |
     """
-    lines = [f"| metric | {a.name} | {b.name} | {b.name} / {a.name} |", "|---|---|---|---|"]
+    rows = []
     for attr, label, kind in Report._ROWS:
         va, vb = getattr(a, attr), getattr(b, attr)
         if va is None and vb is None:
             continue
         ratio = f"{vb / va:.3f}" if va and vb is not None and kind != "pct" else ""
-        lines.append(f"| {label} | {Report._fmt(va, kind)} | {Report._fmt(vb, kind)} | {ratio} |")
-    return "\n".join(lines) + "\n\nLatencies are host (LiteRT on this CPU) figures, not MCU figures.\n"
+        rows.append((label, Report._fmt(va, kind), Report._fmt(vb, kind), ratio))
+    header = ("metric", a.name, b.name, f"{b.name} / {a.name}")
+    note = "Latencies are host (LiteRT on this CPU) figures, not MCU figures."
+    return f"{format_table(header, rows, markdown=True)}\n\n{note}\n"
 
 
 def _labels(y: np.ndarray) -> np.ndarray:
@@ -274,6 +292,7 @@ def measure(
     lsb_tolerance: int = 2,
     float_model: Any = None,
     without_rewrite: bytes | None = None,
+    progress: StageProgress | None = None,
 ) -> Report:
     """Measure a ``.tflite`` model: size, MACs, host latency, TFLM arena and instructions.
 
@@ -285,9 +304,10 @@ def measure(
         name: the model's name in tables.
         runs, warmup: timed and warm-up invokes per LiteRT latency figure.
         num_threads: LiteRT threads.
-        latency, arena: measure these (both on by default).
-        instructions: ``True`` counts (error if valgrind is missing), ``"auto"`` counts when
-            valgrind is installed and notes the skip otherwise, ``False`` skips.
+        latency, arena: measure these (both on by default; the arena needs tflite-micro, the
+            ``micro`` extra: without it ``tflm_arena_bytes`` is None and a note says so).
+        instructions: ``True`` counts (error if valgrind or tflite-micro is missing), ``"auto"``
+            counts when both are installed and notes the skip otherwise, ``False`` skips.
         tflm_samples: at most this many samples run on TFLM (one invoke each); 0 skips the TFLM
             accuracy (``accuracy_tflm`` stays None and a note says so).
         lsb_tolerance: TFLM vs LiteRT output difference that is noted as acceptable.
@@ -296,6 +316,7 @@ def measure(
         without_rewrite: the same model converted without the operator rewrite
             (:mod:`tflite_export.rewrite`): its instruction count is taken in the same callgrind
             run and stored as ``tflm_instructions_without_rewrite``.
+        progress: reports the stages as they start (:class:`tflite_export.console.StageProgress`).
 
     Raises:
         UnsupportedOpError (tflite_export.micro): an operator has no TFLite Micro kernel.
@@ -313,7 +334,11 @@ def measure(
         output_type=summary.output_types[0], host=f"{platform.machine()} {platform.system()} "
         f"({os.cpu_count()} CPUs), LiteRT host figures, not MCU figures",
         latency_runs=runs if latency else 0, latency_warmup=warmup, num_threads=num_threads,
+        tools=tool_versions(),
     )  # fmt: skip
+    progress = progress or StageProgress(0)
+    no_micro = micro_missing()
+    skipped: list[str] = []  # the TFLM figures not measured because tflite-micro is missing
     if tflm_samples < 0:
         raise ValueError(f"measure: tflm_samples must be >= 0 (0: no TFLM accuracy), got {tflm_samples}")
     if x is not None:
@@ -321,6 +346,8 @@ def measure(
         if len(x) == 0:
             raise ValueError("measure: x is empty; pass at least one sample or None")
     sample = x[:1] if x is not None else np.zeros(summary.input_shapes[0], np.float32)
+    if latency or (x is not None and (y is not None or float_model is not None)):
+        progress.start("LiteRT", ("latency, " if latency else "") + "int8 outputs on the LiteRT interpreter")
     if latency:
         report.litert_xnnpack_median_us, report.litert_xnnpack_p90_us = latency_us(
             data, sample, "auto", runs, warmup, num_threads
@@ -328,16 +355,19 @@ def measure(
         report.litert_ref_median_us, report.litert_ref_p90_us = latency_us(
             data, sample, "ref", max(1, runs // 4), max(1, warmup // 4), num_threads
         )
+    if x is not None and (y is not None or float_model is not None):
+        with capture_output():
+            raw, real, out_details = run_litert(data, x, num_threads=num_threads)
     arena_size = None
-    if arena:
+    if no_micro is not None:
+        skipped += ["arena"] if arena else []
+    elif arena:
+        progress.start("arena search", "the smallest TFLite Micro arena (binary search)")
         arena_size, report.tflm_arena_reported = tflm_min_arena(data)
         report.tflm_arena_bytes = arena_size
     else:
         with ArenaProbe(data) as probe:  # still fail early on unsupported operators
             arena_size = working_arena(probe, data)
-    if x is not None and (y is not None or float_model is not None):
-        with capture_output():
-            raw, real, out_details = run_litert(data, x, num_threads=num_threads)
     no_accuracy = None if y is None else accuracy_applies(summary.output_shapes[0], y)
     if no_accuracy is not None:
         report.notes.append(f"accuracy not reported: {no_accuracy} (argmax accuracy would mean nothing)")
@@ -352,7 +382,10 @@ def measure(
         n = min(len(x), tflm_samples)
         if n == 0:
             report.notes.append("TFLM accuracy not measured (tflm_samples=0)")
+        elif no_micro is not None:
+            skipped.append("TFLM accuracy")
         else:
+            progress.start("TFLM accuracy", f"{n} samples, one invoke each")
             micro = run_tflm(data, x[:n], arena_size=arena_size).reshape(n, -1)
             report.n_tflm = n
             report.accuracy_tflm = class_accuracy(micro, labels[:n])
@@ -372,7 +405,12 @@ def measure(
         if y is not None:
             report.float_accuracy = class_accuracy(reference, y)
         report.record_agreement(compare_outputs(reference[:1000], real[:1000], out_details, data))
-    if instructions:
+    if instructions and no_micro is not None:
+        if instructions is True:
+            raise ImportError(micro_missing("instructions=True counts instructions on TFLite Micro"))
+        skipped.append("instructions")
+    elif instructions:
+        assert arena_size is not None  # found above whenever TFLite Micro is installed
         inp = summary.input_shapes[0]
         details = tflm_interpreter(data, arena_size).get_input_details(0)
         xq = quantize(np.asarray(sample).reshape(inp), details)
@@ -381,6 +419,8 @@ def measure(
             other = read_tflite(without_rewrite)
             items.append((other, xq, max(2 * arena_size, 64 * 1024, 10 * len(other))))
         try:
+            if shutil.which("valgrind") is not None:
+                progress.start("callgrind", f"instructions of {len(items)} inference(s) under valgrind, 10 s or more")
             counts = count_instructions_many(items)
             report.tflm_instructions = counts[0]
             if without_rewrite is not None:
@@ -391,4 +431,6 @@ def measure(
             report.notes.append(f"instruction count skipped: {exc}")
     else:
         report.notes.append("instruction count not requested")
+    if skipped:
+        report.notes.append(str(micro_missing(f"not measured: {', '.join(skipped)}")))
     return report

@@ -10,6 +10,10 @@
 Arena sizes are measured on a 64-bit host; a 32-bit microcontroller build needs a little less
 for the interpreter's own structures, so they are safe upper bounds (add the usual margin).
 
+TFLite Micro is the ``micro`` extra (Linux x86_64 wheels only): without it this module imports, and
+every function that runs TFLM raises an ImportError that names the extra (:func:`micro_missing`);
+:func:`tflite_export.measure` then reports the TFLM figures as None with a note.
+
 Example:
     >>> arena, reported = tflm_min_arena(tfl)
     >>> tflm_arena_fits(tfl, arena), tflm_arena_fits(tfl, arena - 16)
@@ -34,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_wgsef._install import VALGRIND_HINT, install_hint
 from tflite_export.console import capture_output
 from tflite_export.flatbuffer import read_tflite
 from tflite_export.quantization import quantize
@@ -43,6 +48,8 @@ __all__ = [
     "UnsupportedOpError",
     "count_instructions",
     "count_instructions_many",
+    "micro_missing",
+    "require_micro",
     "run_tflm",
     "tflm_arena_fits",
     "tflm_interpreter",
@@ -53,6 +60,30 @@ __all__ = [
 _MISSING_OP = re.compile(r"Didn't find op for builtin opcode '([A-Za-z0-9_]+)'")
 _ARENA_TOTAL = re.compile(r"Arena allocation total (\d+) bytes")
 _INVOKE_SYMBOL = "tflite::micro::MicroInterpreter::Invoke()"
+
+
+def micro_missing(figure: str = "TFLite Micro figures not measured") -> str | None:
+    """None when TFLite Micro imports, else ``figure`` (what is not measured) with why and the install line.
+
+    Example:
+        >>> micro_missing("the TFLM arena not measured") is None   # tflite-micro is installed here
+        True
+    """
+    try:
+        import tflite_micro  # noqa: F401
+    except ImportError:
+        return (
+            f"{figure}: TFLite Micro (tflite-micro) is not installed; it is the `micro` extra "
+            f"(Linux x86_64 wheels only), {install_hint('micro')}"
+        )
+    return None
+
+
+def require_micro(figure: str = "this needs TFLite Micro") -> None:
+    """Raises an ImportError naming the ``micro`` extra when TFLite Micro is not installed."""
+    why = micro_missing(figure)
+    if why is not None:
+        raise ImportError(why)
 
 
 class UnsupportedOpError(RuntimeError):
@@ -104,6 +135,7 @@ class ArenaProbe:
     """
 
     def __init__(self, tflite: bytes) -> None:
+        require_micro("the TFLite Micro arena search needs it")
         self._tmp = tempfile.TemporaryDirectory(prefix="wgsef-arena-")
         self._model = os.path.join(self._tmp.name, "model.tflite")
         with open(self._model, "wb") as f:
@@ -166,6 +198,7 @@ def tflm_arena_fits(tflite: bytes, arena_size: int) -> bool:
 
 def tflm_interpreter(tflite: bytes, arena_size: int) -> Any:
     """A TFLM interpreter in this process; only for arena sizes known to fit (see :class:`ArenaProbe`)."""
+    require_micro("a TFLite Micro interpreter needs it")
     from tflite_micro import runtime as tflm
 
     with capture_output() as captured:
@@ -290,6 +323,7 @@ def count_instructions_many(
         timeout: seconds before giving up.
 
     Raises:
+        ImportError: tflite-micro (the ``micro`` extra) is not installed.
         FileNotFoundError: valgrind is not installed.
         RuntimeError: the run failed or counted nothing.
 
@@ -297,11 +331,10 @@ def count_instructions_many(
         >>> count_instructions_many([(dense, xq, None), (thin, xq, None)])   # doctest: +SKIP
         [25229027, 9514857]
     """
+    require_micro("the TFLite Micro instruction count needs it")
     exe = shutil.which(valgrind)
     if exe is None:
-        raise FileNotFoundError(
-            f"{valgrind} not found: install valgrind (apt-get install valgrind) to count instructions"
-        )
+        raise FileNotFoundError(f"{valgrind} not found: {VALGRIND_HINT} to count instructions")
     with tempfile.TemporaryDirectory(prefix="wgsef-callgrind-") as tmp:
         jobs = []
         for i, (tflite, xq, arena) in enumerate(items):

@@ -35,6 +35,15 @@ Example:
   >>> keep = plan.select(np.linspace(1.0, 2.0, 48))       # rank: later groups are better
   >>> plan.predict(keep)["macs"], int(keep[:16].sum()), int(keep[16:].sum())
   (74930, 5, 25)
+  >>> print(plan.summary())                                 # which scope gets which width, which bound binds
+  scope  dense width  uniform width  min width
+  c1              16              7          5
+  c2              32             15         11
+  <BLANKLINE>
+  bound   limit    dense  uniform  floor  binds
+  macs   76,048  304,192   64,542  1,154    yes
+  <BLANKLINE>
+  uniform: ...
 """
 
 from __future__ import annotations
@@ -173,6 +182,39 @@ class BudgetPlan:
                     f"keeping one channel per layer: the smallest feasible {c} is {self.floor[c]:,} (dense "
                     f"{self.dense[c]:,}). Raise the bound to at least {self.floor[c]:,}, or group more layers."
                 )
+
+    # ------------------------------------------------------------ rendering
+    def summary(self, *, markdown: bool = False) -> str:
+        """Which width each scope gets and which bound binds, as two tables (text, or Markdown).
+
+        Per scope: its dense width (groups), the width of the uniformly thinner model that meets
+        the budget (:attr:`uniform`, whose total is ``k``) and the floor :meth:`select` keeps
+        (:attr:`min_keep`, "min width"). Per bound: the limit and the predicted figure of the dense,
+        the uniform and the floor model (:attr:`floor`, one group per scope), and which bound binds
+        (:meth:`binding`).
+
+        The module's example prints one.
+        """
+        from keras_wgsef.tables import format_table
+
+        scopes = [
+            (s.name, s.num_groups, int(self.uniform[self.segments == i].sum()), self.min_keep[i])
+            for i, s in enumerate(self.scopes)
+        ]
+        uniform = self.predict(self.uniform, tuple(self.bounds))
+        binding = self.binding()
+        bounds = [(c, b, self.dense[c], uniform[c], self.floor[c], c == binding) for c, b in self.bounds.items()]
+        return "\n\n".join(
+            [
+                format_table(("scope", "dense width", "uniform width", "min width"), scopes, markdown=markdown),
+                format_table(("bound", "limit", "dense", "uniform", "floor", "binds"), bounds, markdown=markdown),
+                f"uniform: every scope scaled by one fraction (k = {self.k} groups); floor: one group per scope; "
+                "min width: the fewest groups select() keeps per scope; binds: the bound that needs the largest cut",
+            ]
+        )
+
+    def _repr_markdown_(self) -> str:
+        return self.summary(markdown=True)
 
     # -------------------------------------------------------------- pricing
     def lowered(self, keep: np.ndarray) -> Any:

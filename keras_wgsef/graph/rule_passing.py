@@ -36,6 +36,8 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class Passthrough(ChannelRule):
+    """Channel ``c`` in is channel ``c`` out, no weights; ``zero_preserving``: whether ``f(0) = 0``."""
+
     zero_preserving: bool = True
     resize_key: str | None = None  # config key (a shape tuple) whose last entry is the channel width
 
@@ -146,6 +148,8 @@ class Elementwise(ChannelRule):
 
 @dataclasses.dataclass(frozen=True)
 class Concat(ChannelRule):
+    """Concatenation; along the channel axis the inputs' channels are stacked with offsets."""
+
     axis: int = -1
 
     def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:
@@ -162,6 +166,8 @@ class Concat(ChannelRule):
 
 @dataclasses.dataclass(frozen=True)
 class Flatten(ChannelRule):
+    """channels_last flattening: channel ``c`` of an ``(H, W, C)`` map sits at positions ``s*C + c``."""
+
     resize_key: str | None = None  # Reshape((n,)) used as a flatten: config key to update
 
     def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:
@@ -204,6 +210,8 @@ class Permute(ChannelRule):
 
 @dataclasses.dataclass(frozen=True)
 class Opaque(ChannelRule):
+    """Works, but its input and output channels are never removed; ``reason`` says why (reported)."""
+
     reason: str = "opaque layer"
 
     def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:

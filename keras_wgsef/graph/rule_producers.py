@@ -35,6 +35,8 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class Produce(ChannelRule):
+    """New channels from a kernel: output channel ``j`` is ``kernel[..., j]`` (``out_axis``) plus ``bias[j]``."""
+
     kernel: str = "kernel"
     out_axis: int = -1
     in_axis: int = -2
@@ -286,6 +288,8 @@ class Embed(ChannelRule):
 
 @dataclasses.dataclass(frozen=True)
 class Separable(ChannelRule):
+    """SeparableConv: the depthwise kernel carries input channels, the pointwise kernel makes the outputs."""
+
     depthwise: str = "depthwise_kernel"
     pointwise: str = "pointwise_kernel"
     bias: str | None = "bias"
