@@ -1,10 +1,12 @@
-"""Installing the project keeps the user's TensorFlow (issue 10), and the core needs no TensorFlow.
+"""The built wheel installs beside the user's TensorFlow, and the core needs no TensorFlow.
 
-Each test makes a fresh venv, installs what a user already has (Colab's full ``tensorflow``; or
-no TensorFlow at all, with PyTorch), then installs this checkout the way the README says, and
-checks what is there afterwards. They download from the package index (about 40 s for
-TensorFlow) and take 1-2 minutes each; the ends of the declared TensorFlow range run in the slow
-suite. Set ``WGSEF_SKIP_INSTALL_CHECKS=1`` to skip them offline.
+The wheel is built once per run (``python -m build --wheel`` on a copy of the checkout, as
+``make dist`` does). Each test makes a fresh venv, installs what a user already has (Colab's full
+``tensorflow``; or no TensorFlow at all, with PyTorch), then installs the wheel (or, in the slow
+suite, the clone with the install line every message quotes) and checks what is there afterwards
+and that it runs. They download from the package index (about 40 s for TensorFlow) and take 1-2
+minutes each; the ends of the declared TensorFlow range run in the slow suite. Set
+``WGSEF_SKIP_INSTALL_CHECKS=1`` to skip them offline.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from keras_wgsef._install import EXTRAS
+
 ROOT = Path(__file__).resolve().parents[1]
-#: the README's Colab line installs these extras (from a clone of the repository)
-COLAB_EXTRAS = "export,data,plots"
+#: a wheel beside a preinstalled TensorFlow, on any platform: conversion, LiteRT and the data (no TFLite Micro)
+WHEEL_EXTRAS = "export,data"
 #: distributions that install the ``tensorflow`` package folder
 TF_DISTRIBUTIONS = {
     "tensorflow",
@@ -55,8 +59,50 @@ PROBE = textwrap.dedent(
 
 def _clone(tmp_path: Path) -> Path:
     """A copy of the checkout, as a user's clone (pip builds in the source folder: not in ours)."""
-    junk = shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", ".hypothesis", "demo", "logs")
+    junk = shutil.ignore_patterns(
+        ".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".hypothesis", ".mypy_cache", ".ruff_cache",
+        "_build", "demo", "logs",
+    )  # fmt: skip
     return Path(shutil.copytree(ROOT, tmp_path / "keras-wgsef", ignore=junk))
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel built from a copy of this checkout, as ``make dist`` builds it."""
+    src = _clone(tmp_path_factory.mktemp("src"))
+    dist = tmp_path_factory.mktemp("dist")
+    proc = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(src)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (built,) = dist.glob("keras_wgsef-*.whl")
+    return built
+
+
+#: after the install: shrink and convert a small CNN, then export it without TFLite Micro
+SHRINK_AND_CONVERT = textwrap.dedent(
+    """
+    import keras, numpy as np
+    import tflite_export
+    from tflite_export import export, shrink, to_tflite_int8
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 1))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inp)
+    m = keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(h)))
+    k, b = m.get_layer("conv").get_weights()
+    k[..., 5:] = 0.0
+    b[5:] = 0.0
+    m.get_layer("conv").set_weights([k, b])
+    x = np.random.default_rng(0).random((16, 6, 6, 1), dtype=np.float32)
+    thin = shrink(m, x)
+    assert thin.get_layer("conv").filters == 5, thin.get_layer("conv").filters
+    assert to_tflite_int8(thin, x)[4:8] == b"TFL3"
+    r = export(m, x, eval_data=(x, np.arange(16) % 3), latency=False).report
+    assert r.accuracy_litert is not None and r.tflm_arena_bytes is None, r
+    assert any('pip install ".[micro]"' in n for n in r.notes), r.notes
+    print("ok")
+    """
+)
 
 
 def _venv(path: Path) -> Path:
@@ -75,43 +121,55 @@ def _probe(py: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _colab_like_install(tmp_path: Path, tf_version: str) -> None:
-    venv = tmp_path / f"tf{tf_version}"
+def _install_beside_tensorflow(tmp_path: Path, tf_version: str, target: str, extras: str) -> Path:
+    """A venv with the user's ``tensorflow==tf_version``, then ``target[extras]``: the TensorFlow is kept."""
+    py = _venv(tmp_path / f"tf{tf_version}")
+    _pip(py, f"tensorflow=={tf_version}")  # what the user had (Colab: the full tensorflow)
+    before = _probe(py)
+    assert before.get("tf_version") == tf_version, before
+    _pip(py, f"{target}[{extras}]")
+    after = _probe(py)
+    present = TF_DISTRIBUTIONS & set(after["distributions"])
+    assert present == {"tensorflow"}, f"exactly the user's tensorflow must be installed, found {present}"
+    assert "tf_error" not in after, after["tf_error"]
+    assert after["tf_version"] == tf_version and after["cuda_build"] == before["cuda_build"], (before, after)
+    return py
+
+
+def test_the_wheel_installs_beside_tensorflow_and_converts(tmp_path, wheel):
+    """Colab's TensorFlow today (2.20) and the wheel with [export,data]: TensorFlow kept, shrink and convert run."""
     try:
-        py = _venv(venv)
-        _pip(py, f"tensorflow=={tf_version}")  # what the user had (Colab: the full tensorflow)
-        before = _probe(py)
-        assert before.get("tf_version") == tf_version, before
-        _pip(py, f"{_clone(tmp_path)}[{COLAB_EXTRAS}]")  # the README's Colab line, from a clone
-        after = _probe(py)
-        present = TF_DISTRIBUTIONS & set(after["distributions"])
-        assert present == {"tensorflow"}, f"exactly the user's tensorflow must be installed, found {present}"
-        assert "tf_error" not in after, after["tf_error"]
-        assert after["tf_version"] == tf_version and after["cuda_build"] == before["cuda_build"], (before, after)
-        code = "import keras_wgsef, tflite_export, tflite_micro; from ai_edge_litert.interpreter import Interpreter"
-        subprocess.run([str(py), "-c", code], check=True, capture_output=True)
+        py = _install_beside_tensorflow(tmp_path, "2.20.0", str(wheel), WHEEL_EXTRAS)
+        names = set(_probe(py)["distributions"])
+        assert "tflite-micro" not in names and {"ai-edge-litert", "scikit-learn", "keras-wgsef"} <= names
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        proc = subprocess.run(
+            [str(py), "-c", SHRINK_AND_CONVERT], capture_output=True, text=True, env=env, cwd=tmp_path
+        )
+        assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-4000:]
     finally:
-        shutil.rmtree(venv, ignore_errors=True)  # 2 GB
-
-
-def test_colab_install_keeps_the_users_tensorflow(tmp_path):
-    """Colab's TensorFlow today (2.20): after the install it is the only one, the same, and imports."""
-    _colab_like_install(tmp_path, "2.20.0")
+        shutil.rmtree(tmp_path / "tf2.20.0", ignore_errors=True)  # 2 GB
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tf_version", ["2.19.1", "2.21.0"])
-def test_colab_install_keeps_the_users_tensorflow_at_both_ends_of_the_range(tmp_path, tf_version):
-    _colab_like_install(tmp_path, tf_version)
+@pytest.mark.parametrize("tf_version", ["2.19.1", "2.20.0", "2.21.0"])
+def test_the_install_line_from_a_clone_keeps_the_users_tensorflow(tmp_path, tf_version):
+    """The install line every message quotes (all of EXTRAS, TFLite Micro too), from a clone."""
+    try:
+        py = _install_beside_tensorflow(tmp_path, tf_version, str(_clone(tmp_path)), ",".join(EXTRAS))
+        code = "import keras_wgsef, tflite_export, tflite_micro; from ai_edge_litert.interpreter import Interpreter"
+        subprocess.run([str(py), "-c", code], check=True, capture_output=True)
+    finally:
+        shutil.rmtree(tmp_path / f"tf{tf_version}", ignore_errors=True)  # 2 GB
 
 
-def test_the_core_installs_and_trains_without_tensorflow(tmp_path):
-    """keras-wgsef with no extra: Keras and NumPy only; trains under torch; tflite_export names its extra."""
+def test_the_core_installs_and_trains_without_tensorflow(tmp_path, wheel):
+    """The wheel with no extra: Keras and NumPy only; trains under torch; tflite_export names its extra."""
     venv = tmp_path / "core"
     try:
         py = _venv(venv)
         _pip(py, "torch==2.13.0")  # the CPU wheel this machine keeps on disk (the index has CUDA builds)
-        _pip(py, str(_clone(tmp_path)))
+        _pip(py, str(wheel))
         names = set(_probe(py)["distributions"])
         assert not TF_DISTRIBUTIONS & names and "ai-edge-litert" not in names and "scikit-learn" not in names
         script = textwrap.dedent(
@@ -129,13 +187,13 @@ def test_the_core_installs_and_trains_without_tensorflow(tmp_path):
             with warnings.catch_warnings(record=True) as w:
                 warnings.simplefilter("always")
                 import tflite_export
-            assert any("keras-wgsef[export]" in str(x.message) for x in w), [str(x.message) for x in w]
+            assert any('pip install ".[export]"' in str(x.message) for x in w), [str(x.message) for x in w]
             from tflite_export import shrink  # pure Keras: works without TensorFlow
             assert shrink(m).get_layer("h").units == 4
             try:
                 tflite_export.to_tflite_int8
             except ImportError as e:
-                assert "keras-wgsef[export]" in str(e), e
+                assert 'pip install ".[export]"' in str(e), e
             else:
                 raise AssertionError("to_tflite_int8 imported without TensorFlow")
             print("ok")

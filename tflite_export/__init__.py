@@ -4,6 +4,7 @@ The flow, one module per step (public API, one name per line)::
 
     export, ExportResult        shrink -> int8 -> check -> measure -> artefacts  export.py
     shrink, plan_shrink         remove dead channels (a new model, outputs verified) shrink.py
+    run_passes, SHRINK, DEFAULT the model-to-model passes, their order, their check passes/
     drop_zero_branches          remove residual branches whose output is zero       branches.py
     cheaper_ops                 global average pooling -> AVERAGE_POOL_2D, not MEAN  rewrite.py
     to_tflite_int8              full-integer int8 conversion with calibration data convert.py
@@ -38,6 +39,10 @@ _EXPORTS = {
     "ShrinkPlan": "shrink",
     "ShrinkReport": "shrink",
     "drop_zero_branches": "branches",
+    "run_passes": "passes",
+    "PassError": "passes",
+    "SHRINK": "passes",
+    "DEFAULT": "passes",
     "cheaper_ops": "rewrite",
     "RewriteError": "rewrite",
     "to_tflite_int8": "convert",
@@ -63,7 +68,7 @@ __all__ = sorted(_EXPORTS)
 #: extra, optional: without it the TFLM figures are None, with a note (:func:`tflite_export.micro.micro_missing`)
 _EXPORT_EXTRA = ("tensorflow", "ai_edge_litert")
 #: the modules that need Keras only (the others convert, interpret or run on TFLite Micro)
-_KERAS_ONLY = {"shrink", "branches", "firmware"}
+_KERAS_ONLY = {"shrink", "branches", "passes", "firmware"}
 
 
 def missing_export_modules() -> list[str]:

@@ -106,14 +106,11 @@ def export_name_bytes(model: Any, representative: np.ndarray, *, cheaper_ops: bo
 
 
 def _export_model(model: Any, calibration: np.ndarray, cheaper: bool) -> tuple[Any, bytes]:
+    """The model :func:`tflite_export.export` would convert (its passes, checked) and its int8 flatbuffer."""
     from tflite_export.convert import to_tflite_int8
-    from tflite_export.shrink import shrink
+    from tflite_export.passes import Context, export_passes, run_passes
 
-    small = shrink(model, calibration[:16])
-    if cheaper:
-        from tflite_export.rewrite import cheaper_ops
-
-        small, _ = cheaper_ops(small, calibration[:16])
+    small = run_passes(model, export_passes(cheaper_ops=cheaper), Context(sample=calibration[:16])).model
     return small, to_tflite_int8(small, calibration, check=False)
 
 
@@ -131,8 +128,8 @@ def meet_budget(
       model: the trained Keras model (never modified).
       plan: the :class:`keras_wgsef.BudgetPlan` it was trained to (``optimizer.plan``).
       calibration: representative inputs for the int8 conversion.
-      cheaper_ops: export with :func:`tflite_export.rewrite.cheaper_ops` (must match
-        ``plan.gap_as_avgpool`` for the predictions to apply).
+      cheaper_ops: export with the pass ``global_pool_as_average_pool`` (must match
+        ``plan.passes`` for the predictions to apply).
       max_rounds: measurements before giving up.
 
     Raises:

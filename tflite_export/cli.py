@@ -396,12 +396,8 @@ def _export(args: argparse.Namespace) -> int:
             )
         except BudgetOptionsError as exc:
             raise ExportError(f"{exc} (on the command line: --budget none)") from None
-        except ShrinkError as exc:
-            raise ExportError(
-                f"shrink failed: {' '.join(str(exc).split())[:300]}; rerun with --no-shrink to export "
-                "the model as it is",
-                1,
-            ) from None
+        except ShrinkError as exc:  # a pass failed: the message names it and the option that skips it
+            raise ExportError(f"export failed: {' '.join(str(exc).split())[:400]}", 1) from None
     report = result.report
     if load_note:
         report.notes.append(load_note)

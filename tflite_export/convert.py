@@ -213,11 +213,11 @@ def to_tflite_int8(
 
     Weights and activations are int8 (biases int32); every operator must have an int8
     kernel (``TFLITE_BUILTINS_INT8``), so the result runs on TFLite Micro. The model is
-    not modified. Recurrent layers are converted unrolled over their static time steps
-    (:func:`tflite_export.rewrite.unroll_recurrent`: the same function, checked), and a model whose
+    not modified. The passes of :data:`tflite_export.passes.CONVERT` run first (recurrent layers
+    unrolled over their static time steps: the same function, checked), and a model whose
     dynamic-batch conversion leaves :data:`BATCH_DEPENDENT_OPS` (attention, recurrent state) is
-    converted with a fixed batch of one (:func:`tflite_export.rewrite.with_batch_one`), which
-    TFLite Micro runs.
+    converted after :data:`tflite_export.passes.BATCH_OF_ONE` (a fixed batch of one, checked),
+    which TFLite Micro runs.
 
     Args:
         model: a built single-input Keras 3 model.
@@ -250,11 +250,14 @@ def to_tflite_int8(
             "TensorFlow), or set KERAS_BACKEND=tensorflow before importing Keras."
         )
     samples = calibration_samples(model, representative, num_calibration)
-    from tflite_export.rewrite import unroll_recurrent
+    from tflite_export.passes import BATCH_OF_ONE, CONVERT, Context, run_passes
 
-    model, unrolled = unroll_recurrent(model, samples[:8])  # TensorList loops have no int8 kernel
-    for line in unrolled:
-        log.info("converted unrolled: %s", line)
+    ctx = Context(sample=samples[:8])
+    run = run_passes(model, CONVERT, ctx)  # TensorList loops have no int8 kernel
+    model = run.model
+    for name, result in run.results:
+        for line in result.notes:
+            log.info("converted after %s: %s", name, line)
 
     def representative_dataset() -> Iterator[list[np.ndarray]]:
         for i in range(len(samples)):
@@ -264,9 +267,7 @@ def to_tflite_int8(
     from tflite_export.flatbuffer import summarize
 
     if set(summarize(tflite).op_names) & BATCH_DEPENDENT_OPS:  # TFLM cannot run them on computed shapes
-        from tflite_export.rewrite import with_batch_one
-
-        tflite = _convert(with_batch_one(model), representative_dataset, int8_io, quiet)
+        tflite = _convert(run_passes(model, BATCH_OF_ONE, ctx).model, representative_dataset, int8_io, quiet)
         log.info("converted with a fixed batch of 1 (the dynamic batch left FILL / REDUCE_PROD operators)")
     if check:
         try:

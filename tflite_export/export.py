@@ -2,8 +2,9 @@
 
 ::
 
-    model --shrink--> thinner Keras model (outputs verified equal)
-          --cheaper_ops--> GlobalAveragePooling -> AveragePooling + Reshape (outputs verified equal)
+    model --passes--> the passes of tflite_export.passes.DEFAULT, each checked on the calibration data:
+                      shrink (zero branches, dead channels, zero kernel borders), global average
+                      pooling -> AveragePooling + Reshape, recurrent layers unrolled
           --to_tflite_int8--> full-integer .tflite (calibrated on ``representative``)
           --measure--> Report: bytes, MACs, TFLM arena and instructions, int8 and float accuracy
           --(out=...)--> model_int8.tflite, model_data.cc/.h, report.json, report.md
@@ -31,7 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["BudgetOptionsError", "ExportResult", "OutputFolderError", "atomic_folder", "check_output_folder", "export"]
+__all__ = [
+    "BudgetOptionsError",
+    "ExportResult",
+    "OutputFolderError",
+    "atomic_folder",
+    "check_output_folder",
+    "export",
+]
 
 
 class OutputFolderError(ValueError):
@@ -189,7 +197,8 @@ def export(
       out: a folder for ``model_int8.tflite``, ``model_data.cc/.h``, ``report.json``, ``report.md``
         (written atomically; must be empty or missing unless ``overwrite``).
       overwrite: replace a non-empty ``out``.
-      shrink: remove the dead channels first (:func:`tflite_export.shrink`); False exports as is.
+      shrink: run the passes of :data:`tflite_export.passes.SHRINK` (zero branches, dead channels,
+        zero kernel borders; :func:`tflite_export.shrink`); False exports the layers as they are.
       multiple: round kept channel counts up to a multiple of this when shrinking.
       num_calibration: use at most this many calibration samples.
       int8_io: int8 input and output tensors (False: float I/O with (de)quantize ops at the edges).
@@ -199,7 +208,7 @@ def export(
       baseline: a report to compare against in ``report.md`` (e.g. the dense model's).
       title: heading of ``report.md`` (default ``name``).
       cheaper_ops: replace operators by cheaper ones of the same function before conversion
-        (:func:`tflite_export.rewrite.cheaper_ops`: global average pooling -> ``AVERAGE_POOL_2D``
+        (the pass ``global_pool_as_average_pool``: global average pooling -> ``AVERAGE_POOL_2D``
         instead of ``MEAN``); ``report.rewrites`` lists them. When instructions are counted, the
         model without the rewrite is converted too and counted in the same callgrind run
         (``report.tflm_instructions_without_rewrite``), and the two int8 models' outputs compared.
@@ -220,13 +229,15 @@ def export(
     Raises:
       OutputFolderError: ``out`` cannot be used (checked before any work).
       BudgetOptionsError: a budget is checked, but ``shrink``, ``multiple`` or ``cheaper_ops`` differ from
-        what the plan predicts (pass ``budget=None``).
+        what the plan predicts (its ``passes``; pass ``budget=None``).
       tflite_export.ShrinkError, CalibrationError, ConversionError, UnsupportedOpError: a step failed.
     """
     from tflite_export.console import StageProgress
     from tflite_export.convert import calibration_samples, to_tflite_int8
     from tflite_export.measure import measure
-    from tflite_export.shrink import shrink as shrink_model
+    from tflite_export.passes import Context, export_passes, run_passes
+    from tflite_export.passes.pooling import GlobalPoolAsAveragePool
+    from tflite_export.shrink import shrink_report
 
     progress = StageProgress(verbose)
     if out is not None:
@@ -235,33 +246,34 @@ def export(
     x_eval, y_eval = eval_data if isinstance(eval_data, tuple) else (eval_data, None)
     if x_eval is not None:
         x_eval = calibration_samples(model, x_eval)  # the same checks for the evaluation inputs
+    passes = export_passes(shrink=shrink, cheaper_ops=cheaper_ops)
     plan = _budget_plan(model, budget)
     if shrink:
         progress.start("shrink", "the budget as measured, then dead channels" if plan else "removing dead channels")
     fit = None
     if plan is not None:
-        if not shrink or multiple != 1 or cheaper_ops != plan.gap_as_avgpool:
+        from keras_wgsef.budget.lowering import PRICED_PASSES
+
+        priced = tuple(p.name for p in passes if p.name in PRICED_PASSES)
+        if multiple != 1 or priced != plan.passes:
             raise BudgetOptionsError(
-                "a budget is met on the shrunk model with multiple=1 and the plan's operator lowering "
-                f"(cheaper_ops={plan.gap_as_avgpool}); pass budget=None to export without the budget check."
+                f"a budget is met on the model the plan prices: the passes {', '.join(plan.passes)} with multiple=1 "
+                f"(shrink=True, cheaper_ops={plan.gap_as_avgpool}); this export runs {', '.join(priced) or 'none'} "
+                f"with multiple={multiple}. Pass budget=None to export without the budget check."
             )
         from tflite_export.budget_fit import meet_budget
 
         fit = meet_budget(model, plan, calib, cheaper_ops=cheaper_ops)
         model = fit.model  # the trained model, or a copy with the groups the measurement removed
-    exported, shrink_report = model, None
-    if shrink:
-        exported, shrink_report = shrink_model(model, calib[:64], multiple=multiple, return_report=True)
+    run = run_passes(model, passes, Context(sample=calib[:64], multiple=multiple))
+    exported = run.model
+    report_of_shrink = shrink_report(run) if shrink else None
+    gap = GlobalPoolAsAveragePool.name
+    rewrites = run.notes(gap)
     progress.start("convert", "int8 TFLite, calibrated")
-    rewrites: list[str] = []
     plain = None  # the int8 model without the operator rewrite, to measure the saving against
-    if cheaper_ops:
-        from tflite_export.rewrite import cheaper_ops as rewrite_ops
-
-        fast, rewrites = rewrite_ops(exported, calib[:64])
-        if fast is not exported and instructions:
-            plain = to_tflite_int8(exported, calib, int8_io=int8_io, check=False)
-        exported = fast
+    if gap in run.changed and instructions:
+        plain = to_tflite_int8(run.given[gap], calib, int8_io=int8_io, check=False)
     tflite = to_tflite_int8(exported, calib, int8_io=int8_io, check=False)
     reorder_notes: list[str] = []
     if reorder_ops and (arena or out is not None):
@@ -307,13 +319,13 @@ def export(
                 tflite,
                 report,
                 title=title or name,
-                shrink_report=shrink_report,
+                shrink_report=report_of_shrink,
                 baseline=baseline,
                 array_name=array_name,
             )
         folder = Path(out).resolve()
     progress.finish()
-    return ExportResult(exported, tflite, report, shrink_report, folder)
+    return ExportResult(exported, tflite, report, report_of_shrink, folder)
 
 
 def _budget_plan(model: Any, budget: Any) -> Any:

@@ -17,9 +17,12 @@ are propagated through the graph from the weights alone:
 So a channel whose whole WGSEF group is zero is dead, and so is, e.g., a nonzero filter whose
 BatchNorm has ``gamma = beta = 0``. A zero filter with a nonzero bias (or BN beta) emits a constant:
 it is kept, and the report says where the constant is read (folding it into the next bias is exact
-only without zero padding, so it is not done). Removing dead channels changes no output; the new
-model is checked against the original on ``sample`` (or random normal input):
-``max |y_new - y| <= rtol * max(1, max |y|)``, else :class:`ShrinkError` is raised.
+only without zero padding, so it is not done). Removing dead channels changes no output.
+
+:func:`shrink` runs the passes of :data:`tflite_export.passes.SHRINK` (zero branches, dead channels,
+zero kernel borders) with :func:`tflite_export.passes.run_passes`, which checks every changed model
+on ``sample`` (or random normal input): ``max |y_new - y| <= rtol * max(1, max |y|)``, else a :class:`ShrinkError`
+(:class:`tflite_export.passes.PassError`, naming the pass) is raised.
 
 Example (``model`` a small CNN whose ``conv1`` feeds ``bn1``): zero half of conv1's filters, cut them out.
   >>> import keras
@@ -44,45 +47,23 @@ from typing import Any
 
 import numpy as np
 
-from keras_wgsef.graph.channels import ChannelAnalysis, analyze, zero_channels
 from keras_wgsef.graph.costs import count_macs, count_params
-from keras_wgsef.graph.model_graph import layer_variables, matches, weight_names
-from tflite_export.branches import drop_zero_branches
-from tflite_export.kernels import trim_zero_borders
-from tflite_export.rebuild import rebuild
+from tflite_export.passes import SHRINK, Context, RunResult, run_passes, without
+from tflite_export.passes.branches import DropZeroBranches
+from tflite_export.passes.channels import RemoveDeadChannels, ShrinkPlan, plan_shrink
+from tflite_export.passes.check import ShrinkError, difference, output_difference, predict, random_sample
+from tflite_export.passes.kernels import TrimKernelBorders
+from tflite_export.passes.rebuild import rebuild
 
-__all__ = ["ShrinkError", "ShrinkPlan", "ShrinkReport", "output_difference", "plan_shrink", "shrink"]
-
-
-class ShrinkError(RuntimeError):
-    """The shrunk model would differ from the original (or could not be built)."""
-
-
-@dataclasses.dataclass
-class ShrinkPlan:
-    """What :func:`shrink` removes: per layer the output channels kept, and what stays and why.
-
-    Attributes:
-      channels: layer path -> indices of the output channels that stay (every layer with an output).
-      widths: layer path -> (channels before, channels after).
-      not_removed: ``(channel label, reason)`` for channels that look prunable (some part is zero)
-        but stay.
-      analysis: the channel analysis the plan is based on.
-      dead: the dead channel classes (roots).
-    """
-
-    channels: dict[str, np.ndarray]
-    widths: dict[str, tuple[int, int]]
-    not_removed: list[tuple[str, str]]
-    analysis: ChannelAnalysis
-    dead: set[int]
-
-    def table(self) -> str:
-        rows = [f"{p:40s} {b:6d} -> {a:6d}" for p, (b, a) in self.widths.items() if b != a]
-        notes = [f"  kept {lab}: {why}" for lab, why in self.not_removed]
-        return "\n".join(["layer                                    channels", *rows, *notes])
-
-    __str__ = table
+__all__ = [
+    "ShrinkError",
+    "ShrinkPlan",
+    "ShrinkReport",
+    "output_difference",
+    "plan_shrink",
+    "shrink",
+    "shrink_report",
+]
 
 
 @dataclasses.dataclass
@@ -142,179 +123,6 @@ class ShrinkReport:
     _repr_markdown_ = to_markdown
 
 
-def plan_shrink(model: Any, *, multiple: int = 1, exclude: str | Iterable[str] | None = None) -> ShrinkPlan:
-    """Finds the dead channels of ``model`` (see the module docstring); builds nothing.
-
-    Args:
-      model: a built Sequential or Functional model.
-      multiple: round every kept producer width up to a multiple of this (4 or 8 for SIMD kernels),
-        keeping the largest-norm dead channels as padding; a producer keeps at least one channel.
-      exclude: regexes on layer paths: matching producers keep all channels; matching layers without
-        a channel rule are treated as opaque.
-    """
-    if int(multiple) < 1:
-        raise ValueError(f"multiple must be >= 1, got {multiple}.")
-    a = analyze(model, exclude=exclude)
-    g = a.graph
-    for path in a.out_ids:
-        if matches(exclude, path):
-            a.pin(a.out_ids[path], f"producer {path} is excluded")
-    zero = zero_channels(a)
-    pinned = a.pinned_roots()
-    nonzero_at: dict[int, str] = {}
-    seen: set[int] = set()
-    for node in g.nodes:
-        rule = a.rules[node.path]
-        for t in [node.inputs[i] for i in rule.read_inputs(len(node.inputs))]:
-            unread = rule.unread_inputs(_weights(node.layer), len(a.tensor_ids[t]))
-            for r, z, u in zip(a.roots(a.tensor_ids[t]).tolist(), zero[t].tolist(), unread.tolist()):
-                seen.add(r)
-                if not (z or u):
-                    nonzero_at.setdefault(r, f"nonzero where {node.path} ({type(node.layer).__name__}) reads it")
-    candidates: set[int] = set()
-    for node in g.nodes:
-        for t in node.outputs:
-            candidates |= {r for r, z in zip(a.roots(a.tensor_ids[t]).tolist(), zero[t].tolist()) if z}
-    for path, ids in a.out_ids.items():  # a zero filter (even with a nonzero bias) is worth a note
-        k = _output_kernel(a, path)
-        candidates |= {r for r, z in zip(a.roots(ids).tolist(), np.all(k == 0, axis=0).tolist()) if z}
-    dead = {r for r in seen if r not in pinned and r not in nonzero_at}
-    for path, own in a.channels.items():  # channels inside a layer (attention heads) its rule finds zero
-        if own.inner is not None:
-            z = a.rules[path].zero_inner(_weights(g.layers[path]), own)
-            if z is not None:
-                dead |= {r for r, zr in zip(a.roots(own.inner).tolist(), z.tolist()) if zr and r not in pinned}
-    kept = [(r, pinned.get(r) or nonzero_at.get(r, "")) for r in sorted(candidates - dead)]
-    dead, padded = _round_widths(a, dead, int(multiple))
-    kept += [(r, why) for r, why in padded]
-    keep: dict[str, np.ndarray] = {}
-    widths: dict[str, tuple[int, int]] = {}
-    for node in g.nodes:
-        ids = a.roots(a.tensor_ids[node.outputs[0]])
-        mask = np.array([r not in dead for r in ids.tolist()], bool)
-        keep.setdefault(node.path, np.flatnonzero(mask))
-        widths.setdefault(node.path, (len(ids), int(mask.sum())))
-    return ShrinkPlan(keep, widths, [(_label(a, r), why) for r, why in kept if why], a, dead)
-
-
-def _label(a: ChannelAnalysis, root: int) -> str:
-    for path, ids in a.out_ids.items():
-        for c, r in enumerate(a.roots(ids).tolist()):
-            if r == root:
-                return f"{path}:{c}"
-    return f"channel {root}"
-
-
-def _round_widths(a: ChannelAnalysis, dead: set[int], multiple: int) -> tuple[set[int], list[tuple[int, str]]]:
-    dead, padded = set(dead), []
-    changed = True
-    while changed:
-        changed = False
-        for path, ids in a.out_ids.items():
-            roots = a.roots(ids).tolist()
-            n_keep = sum(r not in dead for r in roots)
-            target = min(len(roots), max(multiple, -(-n_keep // multiple) * multiple))
-            if n_keep >= target:
-                continue
-            norms = np.sqrt((_output_kernel(a, path) ** 2).sum(0))
-            for c in sorted((c for c, r in enumerate(roots) if r in dead), key=lambda c: -norms[c]):
-                if n_keep >= target:
-                    break
-                if roots[c] in dead:
-                    dead.discard(roots[c])
-                    padded.append((roots[c], f"kept to round {path} up to a multiple of {multiple} (or at least 1)"))
-                    n_keep = sum(r not in dead for r in roots)
-                    changed = True
-    return dead, padded
-
-
-def _weights(layer: Any) -> dict[str, np.ndarray]:
-    import keras
-
-    return {k: np.asarray(keras.ops.convert_to_numpy(w)) for k, w in layer_variables(layer).items()}
-
-
-def _output_kernel(a: ChannelAnalysis, path: str) -> np.ndarray:
-    """The producer's kernel as a ``(-1, n_out)`` matrix (its rule says which weight and axis)."""
-    k = a.rules[path].output_kernel(_weights(a.graph.layers[path]))
-    if k is None:
-        raise TypeError(f"the rule of {path!r} ({type(a.rules[path]).__name__}) makes channels but names no kernel.")
-    return k
-
-
-def _sliced_weights(a: ChannelAnalysis, path: str, dead: set[int]) -> dict[str, np.ndarray] | None:
-    own = a.channels.get(path)
-    if own is None:
-        return None
-    return a.rules[path].slice_weights(_weights(a.graph.layers[path]), a.keep_mask(dead), own)
-
-
-def _edit_config(cfg: dict, prefix: str, plan: ShrinkPlan, nested_inputs: dict[str, list[int]]) -> None:
-    a = plan.analysis
-    cfg.pop("build_input_shape", None)
-    input_refs = [] if "input_layers" not in cfg else _refs(cfg["input_layers"])
-    for lc in cfg["layers"]:
-        lc.pop("build_config", None)
-        lc.pop("compile_config", None)
-        name = lc["config"]["name"]
-        path = prefix + name
-        if lc["class_name"] == "InputLayer":
-            if prefix:
-                idx = next((i for i, r in enumerate(input_refs) if r[0] == name), 0)
-                t = nested_inputs[prefix][idx]
-                width = int(a.keep_mask(plan.dead)(a.tensor_ids[t]).sum())
-                shape = list(lc["config"]["batch_shape"])
-                lc["config"]["batch_shape"] = [*shape[:-1], width]
-            continue
-        if "layers" in lc["config"]:
-            _edit_config(lc["config"], path + "/", plan, nested_inputs)
-            continue
-        rule = a.rules.get(path)
-        if path not in plan.channels or rule is None:
-            continue
-        before, kept = plan.widths[path]
-        rule.edit_config(lc["config"], kept, before)
-        if path in a.channels:
-            rule.edit_inner_config(
-                lc["config"], a.channels[path], a.keep_mask(plan.dead), _weights(a.graph.layers[path])
-            )
-
-
-def _refs(x: Any) -> list:
-    return [x] if isinstance(x, (list, tuple)) and len(x) == 3 and isinstance(x[0], str) else list(x)
-
-
-def _predict(model: Any, x: Any) -> list[np.ndarray]:
-    import keras
-
-    y = model(x, training=False)
-    y = y if isinstance(y, (list, tuple)) else [y]
-    return [np.asarray(keras.ops.convert_to_numpy(t), np.float64) for t in y]
-
-
-def output_difference(model: Any, new: Any, sample: Any = None, rtol: float = 1e-5) -> tuple[float, float, bool]:
-    """``(max |y_new - y|, tolerance, same)`` of two models on ``sample`` (the check of every rebuilt model).
-
-    ``sample`` None draws 4 random normal inputs (seed 0) of ``model``'s input shapes; the
-    tolerance is ``rtol * max(1, max |y|)``; ``same`` also requires equal output shapes.
-    """
-    if sample is None:
-        for t in model.inputs:
-            if str(t.dtype) == "string":
-                raise ValueError(
-                    f"model input {t.name!r} takes strings, so no random sample can be drawn for the output check; "
-                    "pass a sample of real inputs (shrink(model, sample) / output_difference(model, new, sample))."
-                )
-        rng = np.random.default_rng(0)
-        sample = [rng.standard_normal((4, *[int(s) for s in t.shape[1:]])).astype(np.float32) for t in model.inputs]
-        sample = sample[0] if len(sample) == 1 else sample
-    y0, y1 = _predict(model, sample), _predict(new, sample)
-    shapes_equal = len(y0) == len(y1) and all(p.shape == q.shape for p, q in zip(y0, y1))
-    diff = max(float(np.max(np.abs(p - q))) if p.size else 0.0 for p, q in zip(y0, y1)) if shapes_equal else np.inf
-    tol = rtol * max(1.0, max(float(np.max(np.abs(p))) if p.size else 0.0 for p in y0))
-    return diff, tol, bool(shapes_equal and diff <= tol)
-
-
 def shrink(
     model: Any,
     sample: Any = None,
@@ -343,7 +151,8 @@ def shrink(
       old shapes), or ``(model, report)`` with ``return_report=True``.
 
     Raises:
-      ShrinkError: if the rebuilt model's outputs differ beyond the tolerance.
+      ShrinkError: if the rebuilt model's outputs differ beyond the tolerance (a
+        :class:`tflite_export.passes.PassError` naming the pass).
       keras_wgsef.graph.rules.UnsupportedLayerError: a layer without a channel rule.
     """
 
@@ -362,40 +171,38 @@ def shrink(
             )
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             raise ValueError("shrink: the sample has NaN or inf values; pass finite inputs (or None for random ones).")
-    original = model
-    model, dropped = drop_zero_branches(model, exclude=exclude, rtol=rtol, sample=sample)  # Add(x, 0) = x
-    plan = plan_shrink(model, multiple=multiple, exclude=exclude)
-    a = plan.analysis
+    passes = SHRINK if trim_kernels else without(SHRINK, TrimKernelBorders.name)
+    run = run_passes(model, passes, Context(sample, rtol, exclude, int(multiple)))
     # The new model is returned uncompiled (rebuild drops the compile config): the training
     # optimizer's groups describe the old shapes (compile it again to fine-tune).
-
-    def sliced(path: str, old_layer: Any) -> list[np.ndarray] | None:
-        values = _sliced_weights(a, path, plan.dead)
-        return None if values is None else [values[name] for name in weight_names(old_layer)]
-
-    try:
-        new = rebuild(model, lambda config: _edit_config(config, "", plan, a.graph.submodel_inputs), sliced)
-    except Exception as e:
-        raise ShrinkError(f"could not rebuild the thinner model: {type(e).__name__}: {e}") from e
-    trimmed: list[str] = []
-    if trim_kernels:
-        new, trimmed = trim_zero_borders(new, sample, rtol=rtol)
-    diff, tol, same = output_difference(original, new, sample, rtol)
-    if not same:
-        raise ShrinkError(
-            f"the shrunk model differs from the original: max |difference| {diff:.3g} > tolerance {tol:.3g}. "
-            "This is a bug or a layer rule that does not hold; please report it with the model."
-        )
+    new = run.model if run.changed else rebuild(model, lambda config: None)  # a new model even when none changed
     if not return_report:
         return new
+    return new, shrink_report(run)
+
+
+def shrink_report(run: RunResult) -> ShrinkReport:
+    """The :class:`ShrinkReport` of a pass run that included ``remove_dead_channels``.
+
+    Raises:
+      ValueError: the run has no ``remove_dead_channels`` pass.
+    """
+    plan = run.plans.get(RemoveDeadChannels.name)
+    if plan is None:
+        raise ValueError(f"the run's passes {list(run.given)} do not include {RemoveDeadChannels.name!r}.")
+    original, new = run.original, run.model
+    diff, tol = run.max_abs_diff, run.tolerance
+    if not run.changed:  # no model was checked: the tolerance of the original's outputs
+        sample = run.ctx.sample if run.ctx.sample is not None else random_sample(original)
+        outputs = predict(original, sample)
+        diff, tol, _ = difference(outputs, outputs, run.ctx.rtol)
     p0, p1, m0, m1 = count_params(original), count_params(new), count_macs(original), count_macs(new)
-    report = ShrinkReport(
+    return ShrinkReport(
         plan,
         {k: (p0[k], p1.get(k, 0)) for k in p0},
         {k: (m0[k], m1.get(k, 0)) for k in m0},
         diff,
         tol,
-        dropped,
-        trimmed,
+        run.notes(DropZeroBranches.name),
+        run.notes(TrimKernelBorders.name),
     )
-    return new, report

@@ -19,8 +19,9 @@ BatchNormalization after one of those  folded (no operator); elsewhere ``MUL`` +
 ReLU, ReLU6 after a fusable operator   fused (no operator); elsewhere ``RELU`` / ``RELU6``
 Add, Multiply, Subtract, Concatenate   ``ADD``, ``MUL``, ``SUB``, ``CONCATENATION`` (ReLU fused into ADD/SUB/MUL)
 MaxPooling1D/2D, AveragePooling1D/2D   ``MAX_POOL_2D``, ``AVERAGE_POOL_2D``
-GlobalAveragePooling2D                 ``MEAN``; with ``gap_as_avgpool=True`` (what the exporter
-                                       emits: :func:`tflite_export.rewrite.cheaper_ops`)
+GlobalAveragePooling2D                 ``MEAN``; with ``gap_as_avgpool=True`` (what the exporter's
+                                       pass ``global_pool_as_average_pool`` emits, on the layers
+                                       :func:`average_pool_rewrites` names)
                                        ``AVERAGE_POOL_2D``, then ``SHAPE``, ``STRIDED_SLICE``,
                                        ``PACK`` (the dynamic batch) and ``RESHAPE``
 GlobalAveragePooling1D                 ``MEAN``; with ``gap_as_avgpool=True``: ``EXPAND_DIMS``,
@@ -68,7 +69,18 @@ from keras_wgsef.budget.lowered import LoweredModel, Op, Tensor
 from keras_wgsef.graph.model_graph import Graph, flatten_model
 from keras_wgsef.graph.rules import INFERENCE_IDENTITY
 
-__all__ = ["LoweringTemplate", "lowering_template"]
+__all__ = [
+    "AVERAGE_POOLS",
+    "PRICED_PASSES",
+    "AveragePoolRewrite",
+    "LoweringTemplate",
+    "average_pool_rewrites",
+    "lowering_template",
+]
+
+#: the exporter's passes (``tflite_export.passes``, by name) whose result the lowering prices: the
+#: kept widths, and global average pooling lowered as ``AVERAGE_POOL_2D`` (``gap_as_avgpool``)
+PRICED_PASSES = ("remove_dead_channels", "global_pool_as_average_pool")
 
 _FUSABLE = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL"}
 _IDENTITY = {*INFERENCE_IDENTITY, "InputLayer"}
@@ -211,6 +223,69 @@ def _cfg(layer: Any) -> dict[str, Any]:
         return {}
 
 
+#: the global average poolings the exporter lowers as an average pooling (the pass
+#: ``global_pool_as_average_pool``): class name -> (the pooling that replaces it, spatial rank)
+AVERAGE_POOLS = {"GlobalAveragePooling2D": ("AveragePooling2D", 2), "GlobalAveragePooling1D": ("AveragePooling1D", 1)}
+
+
+@dataclasses.dataclass
+class AveragePoolRewrite:
+    """A global average pooling the exporter replaces by an average pooling over the whole map."""
+
+    path: str
+    kind: str  # the Global* class name
+    spatial: tuple[int, ...]
+    channels: int
+    keepdims: bool
+
+
+def average_pool_rewrites(g: Graph) -> tuple[dict[str, AveragePoolRewrite], list[str]]:
+    """The global average poolings lowered as ``AVERAGE_POOL_2D`` (by path), and a line per one that stays.
+
+    The one decision of the exporter's pass ``global_pool_as_average_pool`` and of the lowering
+    with ``gap_as_avgpool=True``: a pooling stays ``MEAN`` when its input shape is not static or
+    differs between calls, it is ``channels_first``, or it averages under a mask.
+    """
+    import keras
+
+    masked = any(
+        isinstance(layer, keras.layers.Masking) or getattr(layer, "mask_zero", False) for layer in g.layers.values()
+    )
+    shapes: dict[str, set[tuple]] = {}
+    mask_given: set[str] = set()  # called with a mask tensor (an explicit or propagated mask argument)
+    for node in g.nodes:
+        if type(node.layer).__name__ in AVERAGE_POOLS and type(node.layer).__module__.startswith("keras"):
+            shapes.setdefault(node.path, set()).add(tuple(g.shapes[node.inputs[0]]))
+            if len(node.inputs) > 1:
+                mask_given.add(node.path)
+    plans, kept = {}, []
+    for path, seen in shapes.items():
+        layer = g.layers[path]
+        kind = type(layer).__name__
+        rank = AVERAGE_POOLS[kind][1]
+        reason = ""
+        if len(seen) != 1:
+            reason = f"called on {len(seen)} different input shapes"
+        elif layer.data_format != "channels_last":
+            reason = f"data_format {layer.data_format}"
+        elif rank == 1 and masked:
+            reason = "the model has a masking layer (a masked average is not a plain one)"
+        elif path in mask_given:
+            reason = "it is called with a mask (a masked average is not a plain one)"
+        else:
+            shape = next(iter(seen))
+            dims = shape[1:]
+            if len(dims) != rank + 1 or not all(isinstance(d, int) and d > 0 for d in dims):
+                reason = f"input shape {shape} is not static"
+        if reason:
+            kept.append(f"kept {path} ({kind}): {reason}")
+            continue
+        dims = next(iter(seen))[1:]
+        spatial = tuple(int(d) for d in dims[:-1])
+        plans[path] = AveragePoolRewrite(path, kind, spatial, int(dims[-1]), bool(layer.keepdims))
+    return plans, kept
+
+
 def lowering_template(model: Any, analysis: Any = None) -> LoweringTemplate:
     """Reads ``model`` (or its flat graph) into a :class:`LoweringTemplate`.
 
@@ -234,6 +309,7 @@ def lowering_template(model: Any, analysis: Any = None) -> LoweringTemplate:
     expanded: dict[tuple[int, int], int] = {}  # (tensor, axis) -> its EXPAND_DIMS output (one per pair)
     squeezes: dict[int, _OpSpec] = {}  # tensor -> the static RESHAPE that squeezes a 1-D operator's output into it
 
+    pool_rewrites = average_pool_rewrites(g)[0]  # exactly those the exporter's pass rewrites
     names: dict[int, str] = {t: n.path for n in g.nodes for t in n.outputs}
     for t in g.inputs:
         names.setdefault(t, f"input{t}")
@@ -326,7 +402,7 @@ def lowering_template(model: Any, analysis: Any = None) -> LoweringTemplate:
             spec.kind, spec.window = "MEAN", int(np.prod(spatial[node.inputs[0]]))
             rank = len(spatial[node.inputs[0]])  # the reduced axes: a scalar for one, a vector for more
             spec.constants = (_axis(1) if rank == 1 else ("INT32", (rank,), tuple(range(1, rank + 1))),)
-            spec.gap_alternative = True
+            spec.gap_alternative = node.path in pool_rewrites
         elif cls in ("GlobalMaxPooling2D", "GlobalMaxPooling1D"):
             spec.kind, spec.window = "REDUCE_MAX", int(np.prod(spatial[node.inputs[0]]))
         elif cls in ("Flatten", "Reshape"):

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from keras_wgsef.budget.budget import COSTS, Budget
-from keras_wgsef.budget.lowering import LoweringTemplate, lowering_template
+from keras_wgsef.budget.lowering import PRICED_PASSES, LoweringTemplate, lowering_template
 from keras_wgsef.graph.model_graph import flatten_model, weight_paths
 from keras_wgsef.groups.scope import GroupScope
 
@@ -74,7 +74,11 @@ class BudgetPlan:
         ``block``), in the order the optimizer merges them.
       budget: the bounds.
       gap_as_avgpool: price ``GlobalAveragePooling2D`` as ``AVERAGE_POOL_2D`` + ``RESHAPE`` (what
-        the exporter emits by default) instead of ``MEAN``.
+        the exporter emits by default) instead of ``MEAN``; the same as naming the pass
+        ``global_pool_as_average_pool`` in ``passes``.
+      passes: the exporter's passes the plan prices, by name (a subset of
+        :data:`~keras_wgsef.budget.lowering.PRICED_PASSES` with ``remove_dead_channels``); None:
+        from ``gap_as_avgpool``. The exporter checks that it runs exactly these.
       min_width: every layer keeps at least this fraction of the width the uniformly thinner
         model meeting the budget has (at least one channel); default ``budget.min_width``. A
         global ranking alone narrows the costliest layers (a stem at full resolution) to one
@@ -91,6 +95,7 @@ class BudgetPlan:
       uniform: the support of the widest uniformly thinner model meeting the bounds (each scope
         keeps its first ``floor(f * m_s)`` groups, the largest such ``f``).
       k: the envelope's group count, ``uniform.sum()``.
+      passes: the names of the exporter's passes the predictions price, in the exporter's order.
       min_keep: the fewest groups each scope keeps in :meth:`select`.
       segments: the scope index of every group.
 
@@ -108,13 +113,22 @@ class BudgetPlan:
         gap_as_avgpool: bool = True,
         min_width: float | None = None,
         name_bytes: int | None = None,
+        passes: Sequence[str] | None = None,
     ) -> None:
         if not isinstance(budget, Budget):
             raise TypeError(f"budget must be a keras_wgsef.Budget, got {type(budget).__name__}.")
         self.model = model
         self.name_bytes = None if name_bytes is None else int(name_bytes)
         self.budget = budget
-        self.gap_as_avgpool = bool(gap_as_avgpool)
+        if passes is None:
+            passes = PRICED_PASSES if gap_as_avgpool else PRICED_PASSES[:1]
+        unknown = [p for p in passes if p not in PRICED_PASSES]
+        if unknown or PRICED_PASSES[0] not in passes:
+            raise ValueError(
+                f"passes {list(passes)}: a budget prices {PRICED_PASSES[0]!r} and optionally "
+                f"{list(PRICED_PASSES[1:])}; pass a subset of {list(PRICED_PASSES)} with {PRICED_PASSES[0]!r}."
+            )
+        self.passes = tuple(p for p in PRICED_PASSES if p in passes)
         graph = flatten_model(model)
         self.template: LoweringTemplate = lowering_template(graph)
         self.scopes = list(scopes)
@@ -215,6 +229,11 @@ class BudgetPlan:
 
     def _repr_markdown_(self) -> str:
         return self.summary(markdown=True)
+
+    @property
+    def gap_as_avgpool(self) -> bool:
+        """Whether global average pooling is priced as ``AVERAGE_POOL_2D`` (``global_pool_as_average_pool``)."""
+        return PRICED_PASSES[1] in self.passes
 
     # -------------------------------------------------------------- pricing
     def lowered(self, keep: np.ndarray) -> Any:

@@ -1,10 +1,10 @@
 """Rebuild a Keras model from its edited config, weights copied by layer path (one way to do it).
 
-Every surgery of the exporter (:mod:`tflite_export.branches`, the recurrent unrolling of
-:mod:`tflite_export.rewrite`) makes a new model the same way: serialize the model, edit the
-Functional/Sequential config, deserialize it (the classes of the model's own layers given as
-custom objects), then copy each layer's weights by its path in the model (nested models
-included), and let preprocessing layers recompute their cached state.
+Every pass of :mod:`tflite_export.passes` makes its new model the same way: serialize the model,
+edit the Functional/Sequential config (with :mod:`tflite_export.passes.config`), deserialize it
+(the classes of the model's own layers given as custom objects), then copy each layer's weights
+by its path in the model (nested models included), and let preprocessing layers recompute their
+cached state. The pass runner checks the new model's outputs.
 
 Example (``model`` the doctest CNN; an edit that changes nothing gives an equal copy):
   >>> copy_ = rebuild(model, lambda config: None)
@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from keras_wgsef.graph.model_graph import flatten_model
+from tflite_export.passes.config import model_configs
 
-__all__ = ["rebuild", "rebuild_equal"]
+__all__ = ["rebuild"]
 
 
 def rebuild(
@@ -97,46 +98,11 @@ def _repair_round_trip(config: dict) -> None:
     ``RandomShear(0.2)`` stores ``x_factor=(-0.2, 0.2)``, which its constructor refuses (factors
     must lie in ``[0, 1]``); ``0.2`` builds the same layer.
     """
-    for lc in config.get("layers", []):
-        if "layers" in lc.get("config", {}):
-            _repair_round_trip(lc["config"])
-        if lc.get("class_name") == "RandomShear":
+    for cfg, _ in model_configs(config):
+        for lc in cfg.get("layers", []):
+            if lc.get("class_name") != "RandomShear":
+                continue
             for key in ("x_factor", "y_factor"):
                 value = lc["config"].get(key)
                 if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == -value[1]:
                     lc["config"][key] = abs(value[1])
-
-
-def rebuild_equal(
-    model: Any,
-    edit: Callable[[dict], None],
-    *,
-    what: str,
-    error: type[Exception],
-    weights: Callable[[str, Any], list[np.ndarray] | None] | None = None,
-    sample: Any = None,
-    rtol: float = 1e-5,
-) -> Any:
-    """:func:`rebuild`, then the check every surgery makes: the new model's outputs equal the old one's.
-
-    Args:
-      what: the surgery, for the messages ("the model without its zero branches").
-      error: the exception class to raise (the caller's own: ``ShrinkError``, ``RewriteError``).
-      sample, rtol: as in :func:`tflite_export.shrink.output_difference`.
-
-    Raises:
-      error: the model could not be rebuilt, or its outputs differ beyond the tolerance.
-    """
-    from tflite_export.shrink import output_difference
-
-    try:
-        new = rebuild(model, edit, weights)
-    except Exception as e:
-        raise error(f"could not rebuild {what}: {type(e).__name__}: {e}") from e
-    diff, tol, same = output_difference(model, new, sample, rtol)
-    if not same:
-        raise error(
-            f"{what} differs from the original: max |difference| {diff:.3g} > tolerance {tol:.3g}. "
-            "This is a bug; please report it with the model."
-        )
-    return new
