@@ -111,11 +111,10 @@ class ChannelAnalysis:
     def roots(self, ids: np.ndarray) -> np.ndarray:
         return np.array([self.find(int(i)) for i in ids], dtype=np.int64)
 
-    def pin(self, ids: np.ndarray, reason: str, kind: cr.PinKind = cr.PinKind.EXCLUDED) -> None:
-        """Marks channels that can never be removed (the first pin of a channel stays).
+    def pin(self, ids: np.ndarray, reason: str, kind: cr.PinKind) -> None:
+        """Marks channels that can never be removed, with the reason in words and its kind (the first pin stays).
 
-        After the analysis it is the caller who pins (a producer the caller excludes), hence the
-        default kind; the rules pin through :class:`~keras_wgsef.graph.rules.ChannelBuilder`.
+        The rules pin through :class:`~keras_wgsef.graph.rules.ChannelBuilder`.
         """
         for i in ids.tolist():
             self.pins.setdefault(int(i), cr.Pin(kind, reason))
