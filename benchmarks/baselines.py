@@ -26,8 +26,8 @@ from keras import ops
 
 from keras_wgsef import prox_ops
 from keras_wgsef.graph.model_graph import model_weights
+from keras_wgsef.groups.norms import scope_norms
 from keras_wgsef.groups.scope import GroupScope
-from keras_wgsef.sparsity import scope_norms
 
 __all__ = [
     "EpochTimer",

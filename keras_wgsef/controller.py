@@ -47,25 +47,14 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import keras
 import numpy as np
 
-from keras_wgsef.sparsity import find_wgsef
+from keras_wgsef.optimizer import find_wgsef
+from keras_wgsef.schedules import rewindable_schedule
 
-__all__ = ["ReachK", "sync_jax_state", "wgsef_of"]
-
-
-def wgsef_of(model: keras.Model) -> Any:
-    """The model's WGSEF optimizer; raises a clear error if it was compiled with another one."""
-    opt = find_wgsef(getattr(model, "optimizer", None))
-    if opt is None:
-        raise ValueError(
-            "this callback needs a model compiled with keras_wgsef.WGSEF(...) as its optimizer "
-            f"(found {type(getattr(model, 'optimizer', None)).__name__})."
-        )
-    return opt
+__all__ = ["ReachK", "sync_jax_state"]
 
 
 def sync_jax_state(model: keras.Model) -> None:
@@ -169,7 +158,7 @@ class ReachK(keras.callbacks.Callback):
             print(f"[ReachK] {self.resolved}")
 
     def on_train_begin(self, logs=None) -> None:
-        self.opt = wgsef_of(self.model)
+        self.opt = find_wgsef(self.model, required=True)
         self.steps = int(self.params.get("steps") or 0)
         if self.steps <= 0:
             raise ValueError(
@@ -206,7 +195,7 @@ class ReachK(keras.callbacks.Callback):
         if self.rewind:  # the schedule runs on the inner optimizer's steps: S = done + still to run
             epochs = int(self.params.get("epochs") or 1)
             inner_done = int(keras.ops.convert_to_numpy(opt.inner_optimizer.iterations))
-            self._schedule = opt.rewindable_schedule(inner_done + (epochs - epoch) * self.steps)
+            self._schedule = rewindable_schedule(opt, inner_done + (epochs - epoch) * self.steps)
         self._dense = False  # strengths not yet zeroed for the dense warm-up of this run
         self._resumed = True
 

@@ -14,8 +14,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_wgsef.controller import wgsef_of
-from keras_wgsef.sparsity import scope_tau
+from keras_wgsef.groups.norms import scope_tau
+from keras_wgsef.optimizer import find_wgsef
 
 __all__ = ["SparsityLogger"]
 
@@ -42,7 +42,7 @@ class SparsityLogger(keras.callbacks.Callback):
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         """``{scope: {nonzero, k, tau, lam}}`` for the current weights."""
-        opt = wgsef_of(self.model)
+        opt = find_wgsef(self.model, required=True)
         rows = {}
         for s in opt.scopes:
             norms = s.group_norms()
@@ -58,7 +58,7 @@ class SparsityLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None) -> None:
         rows = self.snapshot()
         self.history.append(rows)
-        skipped = wgsef_of(self.model).skipped_steps
+        skipped = find_wgsef(self.model, required=True).skipped_steps
         if logs is not None:
             logs["wgsef_nonzero"] = float(sum(r["nonzero"] for r in rows.values()))
             logs["wgsef_k"] = float(sum(r["k"] for r in rows.values()))

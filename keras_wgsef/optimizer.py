@@ -47,7 +47,7 @@ from __future__ import annotations
 import re
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import keras
 import numpy as np
@@ -57,12 +57,13 @@ from keras_wgsef import prox_ops
 from keras_wgsef.budget.budget import Budget
 from keras_wgsef.groups.default import groups_from_paths
 from keras_wgsef.groups.scope import GroupScope, match_variables, merge_scopes
+from keras_wgsef.legacy import envelope_from_kwargs, per_scope_state_as_table
 from keras_wgsef.scope_state import ScopeState, ScopeTable, prox_factors
 
 #: the Keras backends WGSEF trains on (each tested by `make test`)
 TRAINING_BACKENDS = ("tensorflow", "jax", "torch")
 
-__all__ = ["WGSEF", "KSpec", "ScopeState", "resolve_k"]
+__all__ = ["WGSEF", "KSpec", "ScopeState", "find_wgsef", "resolve_k"]
 
 KSpec = int | float | Mapping[str, int | float]
 
@@ -301,11 +302,7 @@ class WGSEF(keras.optimizers.Optimizer):
         metric: str = "euclidean",
         **kwargs: Any,
     ) -> None:
-        if "scope" in kwargs:  # the 0.1 name of ``envelope``
-            import warnings
-
-            warnings.warn("WGSEF(scope=...) is now WGSEF(envelope=...).", DeprecationWarning, stacklevel=2)
-            envelope = kwargs.pop("scope")
+        envelope = envelope_from_kwargs(kwargs, envelope)  # the 0.1 name ``scope``, with a warning
         if kwargs:
             raise ValueError(f"WGSEF does not take {sorted(kwargs)}; set them on the inner optimizer.")
         if not isinstance(inner_optimizer, keras.optimizers.Optimizer):
@@ -359,7 +356,6 @@ class WGSEF(keras.optimizers.Optimizer):
         self.budget = budget
         self.plan: Any = None  # the BudgetPlan, once bound to a model
         self.scopes: list[ScopeState] = []
-        self._rewound: Any = None  # the Rewound schedule of ReachK(rewind=True), made once
         self.xla_prox = bool(xla_prox)
         self.metric = metric
         self._inverse_step: Any = None  # the inner optimizer's metric, once built (None: Euclidean)
@@ -486,28 +482,14 @@ class WGSEF(keras.optimizers.Optimizer):
         """Steps skipped because a gradient was not finite (no inner step, no prox)."""
         return int(keras.ops.convert_to_numpy(self._skipped))
 
-    def rewindable_schedule(self, total_steps: int) -> Any:
-        """The inner optimizer's learning-rate schedule, wrapped once in a :class:`~keras_wgsef.schedules.Rewound`.
+    @property
+    def rewind_step(self) -> keras.Variable:
+        """The step of the last learning-rate rewind (0: none): an int32 optimizer variable, so checkpointed.
 
-        The wrapper's offset is this optimizer's ``rewind_step`` variable, so a checkpoint of the
-        optimizer (``BackupAndRestore``, ``save_weights``) keeps the step of the rewind; later calls
-        return the same schedule with ``total_steps`` updated (a compiled step keeps following it).
-        Returns None for a constant learning rate (nothing to rewind). Needs a built optimizer.
+        :func:`keras_wgsef.schedules.rewindable_schedule` makes it the offset of the inner
+        optimizer's :class:`~keras_wgsef.schedules.Rewound` schedule. Needs a built optimizer.
         """
-        from keras_wgsef.schedules import Rewound
-
-        if self._rewound is None:
-            config = self.inner_optimizer.get_config()["learning_rate"]  # the public getter evaluates it
-            if not isinstance(config, dict):
-                return None
-            base = keras.saving.deserialize_keras_object(config)
-            if isinstance(base, Rewound):
-                base = base.base
-            self._rewound = Rewound(base, total_steps, offset=self._rewind_step)
-            self.inner_optimizer.learning_rate = self._rewound
-        else:
-            self._rewound.total_steps = total_steps
-        return self._rewound
+        return self._rewind_step
 
     def scope_named(self, name: str) -> ScopeState:
         """The scope called ``name`` (raises with the known names)."""
@@ -711,44 +693,8 @@ class WGSEF(keras.optimizers.Optimizer):
 
     # --------------------------------------------------------------- loading
     def load_own_variables(self, store) -> None:
-        """Loads a checkpoint, including one written with per-scope optimizer state.
-
-        Checkpoints of early 0.2.0.dev0 builds, before the :class:`ScopeTable`, held for each scope
-        its own four variables (``strength_i``, ``mask_i``, ``attenuation_i``, ``nonzero_i``); such
-        a checkpoint is converted row by row, so its frozen masks and strengths survive (Keras
-        itself would skip the whole optimizer state with a warning: the variable counts differ).
-        """
-        super().load_own_variables(self._current_layout(store))
-
-    def _current_layout(self, store) -> Any:
-        """``store`` as this version lays it out: per-scope state becomes the table's rows."""
-        if not self.scopes:
-            return store
-        table, own, n = self.scopes[0].table, self.variables, len(self.scopes)
-        first = next(i for i, v in enumerate(own) if v is table.strength)
-        count = len(store.keys())
-        if count != len(own) + 4 * (n - 1) or np.ndim(store[str(first)]) != 0:
-            return store  # this version's layout (or a mismatch Keras reports)
-        old = [np.asarray(store[str(i)]) for i in range(count)]
-        per_scope = old[first : first + 4 * n]
-        mask = np.ones(tuple(table.mask.shape), "float32")
-        attenuation = np.ones_like(mask)
-        for r, state in enumerate(self.scopes):
-            saved_rows = ((mask, per_scope[4 * r + 1], "mask"), (attenuation, per_scope[4 * r + 2], "attenuation"))
-            for array, saved, what in saved_rows:
-                if saved.shape != (state.num_groups,):
-                    raise ValueError(
-                        f"the checkpoint's {what} of scope {r} has shape {saved.shape}, but scope {state.name!r} has "
-                        f"{state.num_groups} groups: it was saved from another model or other groups."
-                    )
-                array[r, : state.num_groups] = saved
-        rows = [
-            np.array([per_scope[4 * r] for r in range(n)], "float32"),
-            mask,
-            attenuation,
-            np.array([per_scope[4 * r + 3] for r in range(n)], "int32"),
-        ]
-        return {str(i): v for i, v in enumerate(old[:first] + rows + old[first + 4 * n :])}
+        """Loads a checkpoint, also one of a version that kept per-scope optimizer state (:mod:`keras_wgsef.legacy`)."""
+        super().load_own_variables(per_scope_state_as_table(store, self.scopes, self.variables))
 
     # ------------------------------------------------------------- forwarding
     @property
@@ -795,3 +741,47 @@ class WGSEF(keras.optimizers.Optimizer):
         if groups is not None:
             groups = [GroupScope.from_config(g) for g in groups]
         return cls(inner, groups=groups, **config)
+
+
+@overload
+def find_wgsef(obj: Any, required: Literal[True]) -> WGSEF: ...
+
+
+@overload
+def find_wgsef(obj: Any, required: bool = False) -> WGSEF | None: ...
+
+
+def find_wgsef(obj: Any, required: bool = False) -> WGSEF | None:
+    """The :class:`WGSEF` optimizer of a model (its compiled optimizer) or of an optimizer.
+
+    Looks inside the wrappers Keras puts around an optimizer (``LossScaleOptimizer`` under
+    ``mixed_float16``).
+
+    Args:
+      obj: a Keras model, an optimizer, or None.
+      required: raise instead of returning None when there is no WGSEF optimizer.
+
+    Raises:
+      ValueError: ``required`` and ``obj`` is neither a WGSEF optimizer nor a model compiled with one.
+
+    Example:
+      >>> import keras
+      >>> m = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, name="h"), keras.layers.Dense(1)])
+      >>> m.compile(optimizer=WGSEF(keras.optimizers.SGD(0.1), k=1), loss="mse")
+      >>> find_wgsef(m) is m.optimizer, find_wgsef(keras.optimizers.Adam())
+      (True, None)
+    """
+    opt = obj if isinstance(obj, keras.optimizers.Optimizer) else getattr(obj, "optimizer", None)
+    found = opt
+    for _ in range(4):  # a wrapper of a wrapper at most
+        if found is None or isinstance(found, WGSEF):
+            break
+        found = getattr(found, "inner_optimizer", None)
+    if isinstance(found, WGSEF):
+        return found
+    if required:
+        raise ValueError(
+            "this needs a model compiled with keras_wgsef.WGSEF(...) as its optimizer "
+            f"(found {type(opt).__name__}): compile it with optimizer=kw.WGSEF(inner_optimizer, ...)."
+        )
+    return None

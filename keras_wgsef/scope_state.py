@@ -26,8 +26,8 @@ import numpy as np
 from keras import ops
 
 from keras_wgsef import prox_ops
+from keras_wgsef.groups.norms import scope_norms, top_k_support
 from keras_wgsef.groups.scope import GroupScope
-from keras_wgsef.sparsity import scope_norms, top_k_support
 
 __all__ = ["ScopeState", "ScopeTable", "metric_scales", "padded_norms", "prox_factors"]
 

@@ -1,4 +1,7 @@
-"""Reading a model's group structure: group norms, ``tau``, supports and nonzero counts (NumPy).
+"""Reading a model's groups: their norms and nonzero counts, and zeroing chosen groups (NumPy).
+
+A top-layer report: it reads the model's variables (or the built optimizer's scopes) and uses
+the pure group math of :mod:`keras_wgsef.groups.norms`; nothing in the training core imports it.
 
 Example:
   >>> import keras
@@ -9,101 +12,24 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import keras
 import numpy as np
 
+from keras_wgsef.groups.make import make_groups
+from keras_wgsef.groups.norms import scope_norms
 from keras_wgsef.groups.scope import GroupScope, match_variables
-from keras_wgsef.prox import solve_alpha
+from keras_wgsef.optimizer import find_wgsef
 
 __all__ = [
-    "find_wgsef",
+    "find_wgsef",  # re-exported from keras_wgsef.optimizer, its home, for one release
     "group_norms",
     "model_scopes",
     "nonzero_groups",
-    "scope_norms",
-    "scope_tau",
-    "top_k_support",
     "zero_groups",
 ]
-
-
-def scope_norms(scope: GroupScope, values: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Group norms ``||x_{G_j}||`` of one scope (float64, length m) from ``{member path: array}``.
-
-    Example:
-      >>> from keras_wgsef.groups import Member
-      >>> s = GroupScope("d", (Member("d/kernel", -1, np.arange(2)),))
-      >>> scope_norms(s, {"d/kernel": np.array([[3.0, 0.0], [4.0, 1.0]])}).tolist()
-      [5.0, 1.0]
-    """
-    sq = np.zeros(scope.num_groups)
-    for mb in scope.members:
-        x = np.asarray(values[mb.path], dtype=np.float64) ** 2
-        if mb.axis is None:
-            np.add.at(sq, mb.index.reshape(-1), x.reshape(-1))
-        else:
-            ax = mb.axis % x.ndim
-            per_slice = x.sum(axis=tuple(i for i in range(x.ndim) if i != ax))
-            np.add.at(sq, mb.index, per_slice)
-    return np.sqrt(sq)
-
-
-def scope_tau(norms: np.ndarray, weights: np.ndarray, k: int) -> float:
-    """The level ``tau`` of the value function (0 when at most k groups are nonzero).
-
-    ``tau`` solves ``sum_j min(1, w_j / tau) = k`` with ``w_j = sqrt(d_j) ||x_j||``: groups with
-    ``w_j >= tau`` are under weight decay, the others under group-lasso pressure at level ``tau``.
-
-    Example:
-      >>> scope_tau(np.array([3.0, 1.0, 1.0]), np.ones(3), 2)   # 1 + 1/tau + 1/tau = 2
-      2.0
-    """
-    w = np.sqrt(np.asarray(weights, dtype=np.float64)) * np.asarray(norms, dtype=np.float64)
-    pos = w[w > 0]
-    if pos.size <= k:
-        return 0.0
-    return 1.0 / solve_alpha(pos, np.zeros_like(pos), k)
-
-
-def top_k_support(rank: np.ndarray, k: int, segments: np.ndarray | None = None) -> np.ndarray:
-    """Boolean mask of the k largest ``rank`` entries, keeping the best of every segment first.
-
-    With ``segments`` (a merged, global scope) each segment (layer) keeps its best group before
-    the rest is filled by global rank, so a global budget never removes a whole layer.
-
-    Example:
-      >>> top_k_support(np.array([5., 4., 3., 0.1]), 2, np.array([0, 0, 0, 1])).tolist()
-      [True, False, False, True]
-    """
-    keep = np.zeros(rank.size, dtype=bool)
-    if segments is not None:
-        ids = np.unique(segments)
-        if ids.size > k:
-            raise ValueError(
-                f"a global budget of k = {k} groups cannot keep one group in each of {ids.size} layers; raise k."
-            )
-        for sid in ids:
-            members = np.flatnonzero(segments == sid)
-            keep[members[np.argmax(rank[members])]] = True
-    rest = [j for j in np.argsort(-rank, kind="stable") if not keep[j]]
-    keep[rest[: k - int(keep.sum())]] = True
-    return keep
-
-
-def find_wgsef(optimizer: Any) -> Any:
-    """The WGSEF optimizer inside ``optimizer`` (also when Keras wrapped it in a LossScaleOptimizer), or None."""
-    from keras_wgsef.optimizer import WGSEF
-
-    seen = 0
-    while optimizer is not None and seen < 4:
-        if isinstance(optimizer, WGSEF):
-            return optimizer
-        optimizer = getattr(optimizer, "inner_optimizer", None)
-        seen += 1
-    return None
 
 
 def _variables(model: keras.Model, scopes: Sequence[GroupScope]) -> dict[str, Any]:
@@ -120,11 +46,9 @@ def model_scopes(model: keras.Model, groups: Sequence[GroupScope] | None = None)
     """The scopes to report on: given ones, the built WGSEF optimizer's, or ``make_groups(model)``."""
     if groups is not None:
         return list(groups)
-    opt = find_wgsef(getattr(model, "optimizer", None))
+    opt = find_wgsef(model)
     if opt is not None and opt.built:
         return [s.scope for s in opt.scopes]
-    from keras_wgsef.groups.make import make_groups
-
     return make_groups(model)
 
 

@@ -13,8 +13,9 @@ import keras_wgsef as kw
 import tflite_export as te
 from keras_wgsef.budget.plan import BudgetPlan
 from keras_wgsef.distill import Distiller
+from keras_wgsef.optimizer import find_wgsef
 from keras_wgsef.schedules import Rewound
-from keras_wgsef.sparsity import find_wgsef, group_norms
+from keras_wgsef.sparsity import group_norms
 
 L = keras.layers
 

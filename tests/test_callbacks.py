@@ -6,7 +6,7 @@ import pytest
 
 import keras_wgsef as kw
 from keras_wgsef.graph.model_graph import model_weights
-from keras_wgsef.sparsity import scope_norms, top_k_support
+from keras_wgsef.groups.norms import scope_norms, top_k_support
 
 
 def digits_model(seed=0):

@@ -259,3 +259,35 @@ def test_softmax_activation_pins_channels():
     h = L.Activation("softmax", name="sm")(L.Conv2D(3, 1, name="c")(x))
     m = keras.Model(x, L.Dense(2)(L.Flatten()(L.Conv2D(3, 1, name="d")(h))))
     assert [s.name for s in make_groups(m)] == ["d"]
+
+
+def test_pins_carry_their_kind_and_a_rule_returns_ids_per_output():
+    from keras_wgsef.graph.channels import analyze
+    from keras_wgsef.groups.channel_groups import channel_scopes
+
+    x = keras.Input((4, 4, 2))
+    h = L.Activation("softmax", name="sm")(L.Conv2D(3, 1, name="c")(x))
+    m = keras.Model(x, L.Dense(2, name="head")(L.Flatten()(L.Conv2D(3, 1, name="d")(h))))
+    a = analyze(m)
+    kinds = {p.kind for p in a.pins.values()}
+    assert kinds == {cr.PinKind.INPUT, cr.PinKind.OUTPUT, cr.PinKind.OPAQUE}
+    opaque = {i for i, p in a.pins.items() if p.kind is cr.PinKind.OPAQUE}
+    assert set(a.roots(a.out_ids["c"]).tolist()) <= {a.find(i) for i in opaque}  # read by the softmax
+    a.unpin(cr.PinKind.OUTPUT)
+    assert cr.PinKind.OUTPUT not in {p.kind for p in a.pins.values()} and len(a.pins) == 2 + 3 + 3
+    _, grouped = channel_scopes(a.graph, heads={"head"})
+    head = {i: p for i, p in grouped.pins.items() if p.kind is cr.PinKind.HEAD}
+    assert sorted(head) == a.out_ids["head"].tolist() and "head" in next(iter(head.values())).message
+
+    class TwoOutputs(cr.Passthrough):
+        def propagate(self, b, node, ins):
+            return [ins[0], ins[0]]
+
+    class Twice(keras.layers.Layer):
+        def call(self, x):
+            return x
+
+    cr.register_channel_rule(Twice, TwoOutputs())
+    y = keras.Input((3,))
+    with pytest.raises(ValueError, match="gave ids for 2 outputs; the call has 1"):
+        analyze(keras.Model(y, L.Dense(2)(Twice(name="tw")(y))))

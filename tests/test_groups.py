@@ -8,7 +8,7 @@ import keras_wgsef as kw
 from keras_wgsef.graph.model_graph import model_weights
 from keras_wgsef.groups import match_variables
 from keras_wgsef.groups.default import groups_from_paths
-from keras_wgsef.sparsity import scope_norms
+from keras_wgsef.groups.norms import scope_norms
 
 
 def cnn():

@@ -123,8 +123,8 @@ def test_padded_sq_norms_match_the_numpy_norms_of_every_scope():
     """One segment sum for every scope and member kind: groups along the last axis, another axis,
     a many-to-one index, element-wise groups and 1-D members, small (flattened) and large (reduced
     first), rows padded with exact zeros."""
+    from keras_wgsef.groups.norms import scope_norms
     from keras_wgsef.groups.scope import GroupScope, Member
-    from keras_wgsef.sparsity import scope_norms
 
     rng = np.random.default_rng(5)
     for _ in range(cases(20)):
@@ -285,7 +285,7 @@ def test_one_step_equals_inner_step_then_numpy_prox():
 
 def test_one_step_over_several_scopes_is_each_scopes_prox():
     """Scopes of 9, 5 and 3 groups share one table: live, strength 0 and frozen rows, one step."""
-    from keras_wgsef.sparsity import scope_norms
+    from keras_wgsef.groups.norms import scope_norms
 
     keras.utils.set_random_seed(2)
     inp = keras.Input((4,))
@@ -853,7 +853,7 @@ METRIC_CASES = {
 @pytest.mark.parametrize("case", sorted(METRIC_CASES))
 def test_metric_prox_is_the_numpy_metric_prox_after_the_inner_step(case):
     """Inner step (a twin optimizer), then ``metric_prox_scales`` with h from its slots by hand, per scope."""
-    from keras_wgsef.sparsity import scope_norms
+    from keras_wgsef.groups.norms import scope_norms
 
     make, inverse_step = METRIC_CASES[case]
     model = _metric_model()
@@ -967,7 +967,7 @@ def _frozen_steps(opt, model, steps, seed=1):
 
 
 def _group_nonzero(state, arrays):
-    from keras_wgsef.sparsity import scope_norms
+    from keras_wgsef.groups.norms import scope_norms
 
     return scope_norms(state.scope, arrays) > 0
 

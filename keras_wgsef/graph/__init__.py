@@ -4,7 +4,7 @@
   Functional model (nested models expanded) read from public Keras data;
 * :mod:`keras_wgsef.graph.rules`: the channel rule of every layer class (one registry);
 * :mod:`keras_wgsef.graph.channels`: the channel analysis: which channels must be removed together,
-  and the zero-invariant output-channel groups built from it;
+  and which are zero (the groups built from it live in :mod:`keras_wgsef.groups`);
 * :mod:`keras_wgsef.graph.costs`: MACs and parameters per layer.
 """
 

@@ -14,16 +14,27 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from keras_wgsef.graph.channels import ChannelAnalysis
     from keras_wgsef.graph.model_graph import Node
 
-__all__ = ["ChannelRule", "Keep", "LayerChannels", "UnsupportedLayerError", "act_zero", "value_at_zero", "where"]
+__all__ = [
+    "ChannelBuilder",
+    "ChannelRule",
+    "Keep",
+    "LayerChannels",
+    "Pin",
+    "PinKind",
+    "UnsupportedLayerError",
+    "act_zero",
+    "value_at_zero",
+    "where",
+]
 
 Keep = Callable[[np.ndarray], np.ndarray]  # channel ids -> bool mask of the ids that stay
 
@@ -48,6 +59,52 @@ class LayerChannels:
     inp: Any = None
     carry: Any = None
     inner: Any = None  # channels inside the layer, on no tensor (attention heads)
+
+
+class PinKind(enum.Enum):
+    """Why a channel can never be removed (what a pin's message explains in words)."""
+
+    INPUT = "input"  #: a model input's channel
+    OUTPUT = "output"  #: a model output's channel
+    HEAD = "head"  #: an output channel of a classifier head (its channels are the model's outputs)
+    OPAQUE = "opaque"  #: a layer's rule keeps it (an opaque layer, a broadcast, a mixing activation, token ids)
+    EXCLUDED = "excluded"  #: the caller excluded its producer (``include`` / ``exclude``)
+    NOT_ZERO_INVARIANT = "not zero-invariant"  #: zeroing its group would leave it nonzero where it is read
+
+
+@dataclasses.dataclass(frozen=True)
+class Pin:
+    """A channel that can never be removed: the kind of reason, and the reason in words for the user."""
+
+    kind: PinKind
+    message: str
+
+
+class ChannelBuilder(Protocol):
+    """What a rule sees of the channel analysis while it is built (:meth:`ChannelRule.propagate`).
+
+    Channel ids are ints; ``ids`` arguments are int arrays of them.
+    """
+
+    def shape(self, tensor: int) -> tuple:
+        """The shape of tensor ``tensor`` of the graph (batch axis first, as Keras gives it)."""
+        ...
+
+    def new(self, n: int) -> np.ndarray:
+        """``n`` new channel ids."""
+        ...
+
+    def union(self, a: np.ndarray, b: np.ndarray, where: str) -> None:
+        """Ties channel ``a[i]`` to ``b[i]``: they are removed together (``where`` names the layer in errors)."""
+        ...
+
+    def pin(self, ids: np.ndarray, kind: PinKind, message: str) -> None:
+        """Marks channels that can never be removed, with the kind of reason and the reason in words."""
+        ...
+
+    def own(self, path: str) -> LayerChannels:
+        """The ids layer ``path`` owns (empty on first use; the rule fills them once)."""
+        ...
 
 
 def where(node: Node) -> str:
@@ -81,8 +138,12 @@ class ChannelRule:
         """The rule for a call with these shapes (most rules do not depend on them)."""
         return self
 
-    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
-        """The channel ids of the output, from those of the inputs ``ins``."""
+    def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:
+        """The channel ids of each output of the call, from those of the inputs ``ins``.
+
+        New ids come from ``b.new``, ties from ``b.union``, channels that must stay from ``b.pin``;
+        the layer's own ids (its output, input, carried or inner channels) go in ``b.own(node.path)``.
+        """
         raise NotImplementedError(f"{type(self).__name__}.propagate")
 
     def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:

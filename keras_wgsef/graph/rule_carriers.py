@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from keras_wgsef.graph.channels import ChannelAnalysis
     from keras_wgsef.graph.model_graph import Node
 
-from keras_wgsef.graph.rule_base import ChannelRule, Keep, LayerChannels, act_zero, where
+from keras_wgsef.graph.rule_base import ChannelBuilder, ChannelRule, Keep, LayerChannels, act_zero, where
 from keras_wgsef.graph.rule_passing import Opaque
 
 __all__ = ["BatchNormCarry", "Carry", "DepthwiseCarry", "InstanceNormCarry", "NormalizationCarry", "RMSNormCarry"]
@@ -39,12 +38,12 @@ class Carry(ChannelRule):
             return Opaque(f"per-channel axis {self.channel_axis} is not the last axis")
         return self
 
-    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
-        own = a.own(node.path)
+    def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:
+        own = b.own(node.path)
         if own.carry is None:
-            own.carry = a.new(len(ins[0]))
-        a.union(ins[0], own.carry, where(node))
-        return own.carry
+            own.carry = b.new(len(ins[0]))
+        b.union(ins[0], own.carry, where(node))
+        return [own.carry]
 
     def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
         out = ins[0].copy()

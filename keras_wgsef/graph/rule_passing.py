@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from keras_wgsef.graph.channels import ChannelAnalysis
     from keras_wgsef.graph.model_graph import Node
 
-from keras_wgsef.graph.rule_base import ChannelRule, Keep, LayerChannels, value_at_zero, where
+from keras_wgsef.graph.rule_base import ChannelBuilder, ChannelRule, Keep, LayerChannels, PinKind, value_at_zero, where
 
 __all__ = [
     "Concat",
@@ -42,11 +41,11 @@ class Passthrough(ChannelRule):
     zero_preserving: bool = True
     resize_key: str | None = None  # config key (a shape tuple) whose last entry is the channel width
 
-    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
-        out_width = a.graph.shapes[node.outputs[0]][-1]
+    def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:
+        out_width = b.shape(node.outputs[0])[-1]
         if len(ins[0]) != out_width:
             raise ValueError(f"{where(node)}: a passthrough rule, but it changes the channel count.")
-        return ins[0]
+        return [ins[0]]
 
     def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
         return ins[0].copy() if self.zero_preserving else np.zeros(out_n, bool)
@@ -89,14 +88,14 @@ class Merge(ChannelRule):
             return []
         return candidates
 
-    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
-        out_width = a.graph.shapes[node.outputs[0]][-1]
+    def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:
+        out_width = b.shape(node.outputs[0])[-1]
         full = [ids for ids in ins if len(ids) == out_width]
         for ids in full[1:]:
-            a.union(full[0], ids, where(node))
+            b.union(full[0], ids, where(node))
         if len(full) < len(ins) and self.op not in ("product", "quotient"):
-            a.pin(full[0], f"{node.path}: a one-channel input is broadcast onto every channel")
-        return full[0]
+            b.pin(full[0], PinKind.OPAQUE, f"{node.path}: a one-channel input is broadcast onto every channel")
+        return [full[0]]
 
     def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
         full = [z for z in ins if len(z) == out_n]
@@ -153,12 +152,12 @@ class Concat(ChannelRule):
 
     axis: int = -1
 
-    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
-        if self.axis in (-1, len(a.graph.shapes[node.outputs[0]]) - 1):
-            return np.concatenate(ins)
+    def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:
+        if self.axis in (-1, len(b.shape(node.outputs[0])) - 1):
+            return [np.concatenate(ins)]
         for ids in ins[1:]:
-            a.union(ins[0], ids, where(node))
-        return ins[0]
+            b.union(ins[0], ids, where(node))
+        return [ins[0]]
 
     def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
         same = len(ins[0]) == out_n and len(ins) > 1 and sum(len(z) for z in ins) != out_n
@@ -171,10 +170,10 @@ class Flatten(ChannelRule):
 
     resize_key: str | None = None  # Reshape((n,)) used as a flatten: config key to update
 
-    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
-        in_shape = a.graph.shapes[node.inputs[0]]
+    def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:
+        in_shape = b.shape(node.inputs[0])
         reps = int(np.prod(in_shape[1:-1])) if len(in_shape) > 2 else 1
-        return np.tile(ins[0], reps)
+        return [np.tile(ins[0], reps)]
 
     def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
         return np.tile(ins[0], out_n // max(len(ins[0]), 1))
@@ -215,14 +214,14 @@ class Opaque(ChannelRule):
 
     reason: str = "opaque layer"
 
-    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
+    def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:
         what = f"{type(node.layer).__name__}: {self.reason}"
         for ids in ins:
-            a.pin(ids, f"read by {node.path} ({what})")
-        for t in node.outputs:
-            a.tensor_ids[t] = a.new(int(a.graph.shapes[t][-1]) if a.graph.shapes[t] else 1)
-            a.pin(a.tensor_ids[t], f"made by {node.path} ({what})")
-        return a.tensor_ids[node.outputs[0]]
+            b.pin(ids, PinKind.OPAQUE, f"read by {node.path} ({what})")
+        outs = [b.new(int(b.shape(t)[-1]) if b.shape(t) else 1) for t in node.outputs]
+        for ids in outs:
+            b.pin(ids, PinKind.OPAQUE, f"made by {node.path} ({what})")
+        return outs
 
     def slice_weights(self, v: dict[str, np.ndarray], keep: Keep, own: LayerChannels) -> dict[str, np.ndarray]:
         return v
@@ -248,10 +247,10 @@ class DotAttention(ChannelRule):
     reads_channels: ClassVar[bool] = True  # the scores read the query's channels together
     accepts_inputs: ClassVar[tuple[int, ...] | None] = (2, 3)  # masks would be more
 
-    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
+    def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:
         query, value = ins[0], ins[1]
-        a.union(query, ins[2] if len(ins) > 2 else value, where(node))
-        return value
+        b.union(query, ins[2] if len(ins) > 2 else value, where(node))
+        return [value]
 
     def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
         return ins[1].copy()
@@ -270,10 +269,10 @@ class AdditiveAttention(DotAttention):
     def read_inputs(self, n_inputs: int) -> tuple[int, ...]:
         return (0, 2) if n_inputs == 3 else (0, 1)
 
-    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
-        own = a.own(node.path)
+    def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:
+        own = b.own(node.path)
         own.carry = ins[0]  # the scale is indexed by the query/key channels
-        return super().propagate(a, node, ins)
+        return super().propagate(b, node, ins)
 
     def weight_slices(self, own: LayerChannels) -> list[tuple[str, int, np.ndarray]]:
         return [("scale", 0, own.carry)] if self.scale else []
@@ -304,11 +303,11 @@ class DotProduct(ChannelRule):
             return Opaque(f"Dot over axes {axes}, not the channel axis")
         return self
 
-    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
-        a.union(ins[0], ins[1], where(node))
-        out = a.new(int(a.graph.shapes[node.outputs[0]][-1] or 1))
-        a.pin(out, f"made by {node.path} (Dot: products summed over the channels)")
-        return out
+    def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:
+        b.union(ins[0], ins[1], where(node))
+        out = b.new(int(b.shape(node.outputs[0])[-1] or 1))
+        b.pin(out, PinKind.OPAQUE, f"made by {node.path} (Dot: products summed over the channels)")
+        return [out]
 
     def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
         return np.full(out_n, bool(np.all(ins[0] | ins[1])))

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from keras_wgsef.graph.channels import ChannelAnalysis
     from keras_wgsef.graph.model_graph import Node
 
-from keras_wgsef.graph.rule_base import ChannelRule, Keep, LayerChannels, act_zero, where
+from keras_wgsef.graph.model_graph import layer_variables
+from keras_wgsef.graph.rule_base import ChannelBuilder, ChannelRule, Keep, LayerChannels, PinKind, act_zero, where
 from keras_wgsef.graph.rule_passing import Opaque
 
 __all__ = [
@@ -47,20 +47,18 @@ class Produce(ChannelRule):
     reads_channels: ClassVar[bool] = True
 
     def _sizes(self, layer: Any) -> tuple[int, int]:
-        from keras_wgsef.graph.model_graph import layer_variables
-
         shape = layer_variables(layer)[self.kernel].shape
         return int(shape[self.out_axis]), int(shape[self.in_axis])
 
-    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
-        own = a.own(node.path)
+    def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:
+        own = b.own(node.path)
         if own.out is None:
             n_out, n_in = self._sizes(node.layer)
-            own.out, own.inp = a.new(n_out), a.new(n_in)
-        a.union(ins[0], own.inp, where(node))
+            own.out, own.inp = b.new(n_out), b.new(n_in)
+        b.union(ins[0], own.inp, where(node))
         if self.mixes_output:
-            a.pin(own.out, f"made by {node.path} (its activation mixes channels)")
-        return own.out
+            b.pin(own.out, PinKind.OPAQUE, f"made by {node.path} (its activation mixes channels)")
+        return [own.out]
 
     def _kernel_in_out(self, k: np.ndarray) -> np.ndarray:
         return np.moveaxis(k, [self.in_axis % k.ndim, self.out_axis % k.ndim], [-2, -1])
@@ -131,16 +129,14 @@ class RecurrentProduce(ChannelRule):
     def _w(self, v: dict[str, np.ndarray], name: str) -> np.ndarray:
         return v[self.prefix + name]
 
-    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
-        from keras_wgsef.graph.model_graph import layer_variables
-
-        own = a.own(node.path)
+    def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:
+        own = b.own(node.path)
         if own.out is None:
             v = layer_variables(node.layer)
             u, c = int(self._w(v, "recurrent_kernel").shape[-2]), int(self._w(v, "kernel").shape[-2])
-            own.out, own.inp = a.new(u), a.new(c)
-        a.union(ins[0], own.inp, where(node))
-        return own.out
+            own.out, own.inp = b.new(u), b.new(c)
+        b.union(ins[0], own.inp, where(node))
+        return [own.out]
 
     def _block(self, x: np.ndarray) -> np.ndarray:
         u = x.shape[-1] // self.gates
@@ -194,9 +190,9 @@ class BidirectionalProduce(ChannelRule):
     reads_channels: ClassVar[bool] = True
     accepts_inputs: ClassVar[tuple[int, ...] | None] = (1,)
 
-    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
-        out = self.forward.propagate(a, node, ins)  # one set of unit ids, read by both directions
-        return np.concatenate([out, out]) if self.concat else out
+    def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:
+        (out,) = self.forward.propagate(b, node, ins)  # one set of unit ids, read by both directions
+        return [np.concatenate([out, out]) if self.concat else out]
 
     def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
         u = out_n // 2 if self.concat else out_n
@@ -243,8 +239,8 @@ class Wrapped(ChannelRule):
         inner = self.inner.resolve(layer.layer, in_shape, out_shape)
         return inner if isinstance(inner, Opaque) else dataclasses.replace(self, inner=inner)
 
-    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
-        return self.inner.propagate(a, node, ins)
+    def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:
+        return self.inner.propagate(b, node, ins)
 
     def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
         return self.inner.zero(layer.layer, v, ins, out_n)
@@ -270,12 +266,12 @@ class Wrapped(ChannelRule):
 class Embed(ChannelRule):
     """Embedding: output dimension ``j`` is ``embeddings[:, j]``; the input holds token indices."""
 
-    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
-        own = a.own(node.path)
+    def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:
+        own = b.own(node.path)
         if own.out is None:
-            own.out = a.new(int(node.layer.output_dim))
-        a.pin(ins[0], f"read by {node.path} (Embedding) as token indices")
-        return own.out
+            own.out = b.new(int(node.layer.output_dim))
+        b.pin(ins[0], PinKind.OPAQUE, f"read by {node.path} (Embedding) as token indices")
+        return [own.out]
 
     def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
         return np.all(v["embeddings"] == 0, axis=0)
@@ -302,15 +298,13 @@ class Separable(ChannelRule):
 
     reads_channels: ClassVar[bool] = True
 
-    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
-        from keras_wgsef.graph.model_graph import layer_variables
-
-        own = a.own(node.path)
+    def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:
+        own = b.own(node.path)
         if own.out is None:
             v = layer_variables(node.layer)
-            own.out, own.inp = a.new(int(v[self.pointwise].shape[-1])), a.new(int(v[self.depthwise].shape[-2]))
-        a.union(ins[0], own.inp, where(node))
-        return own.out
+            own.out, own.inp = b.new(int(v[self.pointwise].shape[-1])), b.new(int(v[self.depthwise].shape[-2]))
+        b.union(ins[0], own.inp, where(node))
+        return [own.out]
 
     def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
         dw = v[self.depthwise]
@@ -373,16 +367,14 @@ class MultiHeadProduce(ChannelRule):
     same_inputs: ClassVar[bool] = True
     inner_name: ClassVar[str] = "heads"
 
-    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
-        from keras_wgsef.graph.model_graph import layer_variables
-
-        own = a.own(node.path)
+    def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:
+        own = b.own(node.path)
         if own.out is None:
             v = layer_variables(node.layer)
-            own.out = a.new(int(v["attention_output/kernel"].shape[-1]))
-            own.inp, own.inner = a.new(int(v["query/kernel"].shape[0])), a.new(int(v["query/kernel"].shape[1]))
-        a.union(ins[0], own.inp, where(node))
-        return own.out
+            own.out = b.new(int(v["attention_output/kernel"].shape[-1]))
+            own.inp, own.inner = b.new(int(v["query/kernel"].shape[0])), b.new(int(v["query/kernel"].shape[1]))
+        b.union(ins[0], own.inp, where(node))
+        return [own.out]
 
     def zero(self, layer: Any, v: dict[str, np.ndarray], ins: list[np.ndarray], out_n: int) -> np.ndarray:
         out = np.all(v["attention_output/kernel"].reshape(-1, out_n) == 0, axis=0)
@@ -474,16 +466,14 @@ class GroupQueryProduce(MultiHeadProduce):
 
     repeats: int = 1
 
-    def propagate(self, a: ChannelAnalysis, node: Node, ins: list[np.ndarray]) -> np.ndarray:
-        from keras_wgsef.graph.model_graph import layer_variables
-
-        own = a.own(node.path)
+    def propagate(self, b: ChannelBuilder, node: Node, ins: list[np.ndarray]) -> list[np.ndarray]:
+        own = b.own(node.path)
         if own.out is None:
             v = layer_variables(node.layer)
-            own.inp, own.inner = a.new(int(v["query/kernel"].shape[0])), a.new(int(v["key/kernel"].shape[1]))
+            own.inp, own.inner = b.new(int(v["query/kernel"].shape[0])), b.new(int(v["key/kernel"].shape[1]))
             own.out = own.inp
-        a.union(ins[0], own.inp, where(node))
-        return own.out
+        b.union(ins[0], own.inp, where(node))
+        return [own.out]
 
     def weight_slices(self, own: LayerChannels) -> list[tuple[str, int, np.ndarray]]:
         query_heads = np.repeat(own.inner, self.repeats)

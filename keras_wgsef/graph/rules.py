@@ -13,8 +13,9 @@ its layer, so adding a layer means adding one rule class (or one registry entry)
 
 * :meth:`ChannelRule.resolve` -- the rule for the shapes the layer is called with (a ``Reshape``
   keeps the channel axis or flattens it);
-* :meth:`ChannelRule.propagate` -- the channel ids of the output from those of the inputs (new
-  ids, shared ids, ids tied together with ``union``, or ids pinned with the reason);
+* :meth:`ChannelRule.propagate` -- the channel ids of each output from those of the inputs (new
+  ids, shared ids, ids tied together with ``union``, or ids pinned with a :class:`PinKind` and the
+  reason), through the narrow :class:`ChannelBuilder`, not the analysis itself;
 * :meth:`ChannelRule.weight_slices` -- which weight slices belong to a channel (its group);
 * :meth:`ChannelRule.zero` -- which output channels are provably zero for every input, from
   the weights and the zero channels of the inputs (zero-invariance);
@@ -76,9 +77,12 @@ from typing import Any
 import numpy as np
 
 from keras_wgsef.graph.model_graph import OperationCall, weight_names
+from keras_wgsef.graph.rule_base import ChannelBuilder as ChannelBuilder
 from keras_wgsef.graph.rule_base import ChannelRule as ChannelRule
 from keras_wgsef.graph.rule_base import Keep as Keep
 from keras_wgsef.graph.rule_base import LayerChannels as LayerChannels
+from keras_wgsef.graph.rule_base import Pin as Pin
+from keras_wgsef.graph.rule_base import PinKind as PinKind
 from keras_wgsef.graph.rule_base import UnsupportedLayerError as UnsupportedLayerError
 from keras_wgsef.graph.rule_base import value_at_zero as value_at_zero
 from keras_wgsef.graph.rule_carriers import BatchNormCarry as BatchNormCarry
@@ -117,6 +121,7 @@ __all__ = [
     "BatchNormCarry",
     "BidirectionalProduce",
     "Carry",
+    "ChannelBuilder",
     "ChannelRule",
     "Concat",
     "DepthwiseCarry",
@@ -137,6 +142,8 @@ __all__ = [
     "Opaque",
     "Passthrough",
     "Permute",
+    "Pin",
+    "PinKind",
     "Produce",
     "RMSNormCarry",
     "RecurrentProduce",

@@ -7,7 +7,7 @@ kind              one group is                                                  
 ================  =============================================================  ==========
 output_channel    a filter: its kernel slice, bias, the following BatchNorm's    yes
                   gamma/beta, depthwise slices that carry it, residual and
-                  concatenation partners (dependency-aware, see graph.channels)
+                  concatenation partners (dependency-aware, see channel_groups)
 block             ``block`` consecutive output channels (SIMD-friendly widths)   yes
 input_channel     one input channel's slice of the kernel (all filters)          yes [#]_
 filter_shape      one kernel position ``(*spatial, c)`` across all filters       borders [#]_
@@ -63,7 +63,10 @@ from typing import Any
 
 import numpy as np
 
+from keras_wgsef.graph.channels import analyze, droppable_inputs, dropped_layers, weight_values
 from keras_wgsef.graph.model_graph import Graph, flatten_model, head_layers, layer_variables, member_names, weight_paths
+from keras_wgsef.graph.rules import UnsupportedLayerError
+from keras_wgsef.groups.channel_groups import channel_scopes, mac_weights
 from keras_wgsef.groups.scope import GroupScope, Member
 
 __all__ = ["KINDS", "Weights", "make_groups", "removable_layers"]
@@ -151,8 +154,6 @@ def _layer_scopes(g: Graph, kind: str, include: str | None, exclude: str | None,
 def _warn_unremovable_layers(g: Graph, scopes: list[GroupScope]) -> None:
     import warnings
 
-    from keras_wgsef.graph.rules import UnsupportedLayerError
-
     try:
         removable, fixed = removable_layers(g, scopes)
     except UnsupportedLayerError as e:
@@ -174,8 +175,6 @@ def removable_layers(g: Graph, scopes: list[GroupScope]) -> tuple[list[str], lis
     branch (``tflite_export.shrink``); in a plain chain a zero layer would cut the network instead
     (its output is zero, or a constant from the next bias), so it cannot be removed.
     """
-    from keras_wgsef.graph.channels import analyze, droppable_inputs, dropped_layers, weight_values
-
     a = analyze(g)
     values = weight_values(a)
     removable: list[str] = []
@@ -227,8 +226,6 @@ def make_groups(
     g = flatten_model(model)
     heads = head_layers(g) if exclude_outputs else set()
     if kind in ("output_channel", "block"):
-        from keras_wgsef.graph.channels import channel_scopes, mac_weights
-
         scopes, analysis = channel_scopes(
             g, include=include, exclude=exclude, heads=heads, block=block if kind == "block" else 1
         )
