@@ -170,6 +170,21 @@ def _sliced_weights(a: ChannelAnalysis, path: str, dead: set[int]) -> dict[str, 
     return a.rules[path].slice_weights(_weights(a.graph.layers[path]), a.keep_mask(dead), own)
 
 
+def _slices_anything(a: ChannelAnalysis, dead: set[int]) -> bool:
+    """Whether some layer's weights get smaller: dead channels, or a rule's own trims with none
+    (e.g. ``MultiHeadAttention``'s key and value dimensions that are zero in every head)."""
+    if dead:
+        return True
+    for path in a.channels:
+        values = _sliced_weights(a, path, dead)
+        layer = a.graph.layers[path]
+        if values is not None and any(
+            values[name].shape != w.shape for name, w in zip(weight_names(layer), layer.get_weights())
+        ):
+            return True
+    return False
+
+
 def _edit_config(config: dict, plan: ShrinkPlan, nested_inputs: dict[str, list[int]]) -> None:
     """Sets the kept widths (and inner channels) in every layer config, nested models included."""
     a = plan.analysis
@@ -213,7 +228,7 @@ class RemoveDeadChannels(Pass):
         return _plan(view.analysis, int(ctx.multiple), ctx.exclude)
 
     def apply(self, model: Any, plan: ShrinkPlan, ctx: Context) -> PassResult:
-        if not plan.dead:  # no channel to remove: the same model
+        if not _slices_anything(plan.analysis, plan.dead):  # nothing to remove: the same model
             return PassResult(model, False, [f"kept {lab}: {why}" for lab, why in plan.not_removed])
         a = plan.analysis
 
