@@ -66,6 +66,9 @@ BATCH, LR = 64, 0.1
 BUDGETS = ("macs=0.5", "macs=0.25", "macs=0.125", "arena_bytes=0.5", "flash_bytes=0.5")
 BUDGETS += ("arena_bytes=0.35", "arena_bytes=0.25", "arena_bytes=0.2")
 METHODS = ("wgsef_budget", "thin", "thin_kd", "wgsef_layer", "l1")
+# the levers and controls (run with --methods): the budgeted run distilled from the teacher, and the
+# widths it found trained again from scratch, plain and distilled (the Liu et al. 2019 control)
+LEVERS = ("wgsef_budget_kd", "found", "found_kd")
 # (dense phase, budgeted phase)
 EPOCHS = {"anchor": (15, 15), "resnet8": (10, 10), "dscnn": (10, 10)}
 EPOCHS |= {"anchor1d": (20, 20), "resnet8_1d": (20, 20), "dscnn1d": (20, 20)}
@@ -154,6 +157,10 @@ def _unit(job: tuple) -> list[dict]:
         teacher, x[:64], cheaper_ops=cheaper
     )  # a trained model (untrained zero biases change names)
     rows = []
+    found: dict[tuple[str, str], list[int]] = {}  # (budget, method) -> the widths a budgeted run kept
+    for r in _rows(out):
+        if _key(r)[:2] == (task, model_name) and r["seed"] == seed and "found_widths" in r:
+            found[(r["budget"], r["method"])] = r["found_widths"]
     for btext in budgets:
         budget = _budget(btext)
         plan = kw.BudgetPlan(builder(), kw.make_groups(builder()), budget, name_bytes=names, gap_as_avgpool=cheaper)
@@ -165,13 +172,21 @@ def _unit(job: tuple) -> list[dict]:
             t1 = time.time()
             export_budget = None
             extra_s = teacher_s
-            if method in ("thin", "thin_kd"):
-                student = builder(widths)
+            found_widths = None
+            if method in ("thin", "thin_kd", "found", "found_kd"):
+                if method.startswith("found"):
+                    source = found.get((btext, "wgsef_budget_kd")) or found.get((btext, "wgsef_budget"))
+                    if source is None:
+                        print(f"skip {model_name} {btext} {method}: no budgeted run of seed {seed} yet", flush=True)
+                        continue
+                    student = builder(source)
+                else:
+                    student = builder(widths)
                 total = dense_epochs + epochs
-                trained = kw.Distiller(student, teacher) if method == "thin_kd" else student
+                trained = kw.Distiller(student, teacher) if method.endswith("_kd") else student
                 trained.compile(optimizer=sgd(total), loss=loss())
                 trained.fit(x, y, batch_size=BATCH, epochs=total, verbose=0)
-                extra_s = teacher_s if method == "thin_kd" else 0.0  # the teacher is part of that pipeline
+                extra_s = teacher_s if method.endswith("_kd") else 0.0  # the teacher is part of that pipeline
             elif method == "l1":
                 pruned = keras.models.clone_model(teacher)
                 pruned.set_weights(teacher.get_weights())
@@ -183,7 +198,7 @@ def _unit(job: tuple) -> list[dict]:
                 student = keras.models.clone_model(teacher)
                 student.set_weights(teacher.get_weights())
                 groups = kw.make_groups(student)
-                if method == "wgsef_budget":
+                if method.startswith("wgsef_budget"):
                     opt = kw.WGSEF(sgd(epochs), budget=budget, groups=groups, ridge=False)
                     # priced as exported: global average pooling as AVERAGE_POOL_2D, or MEAN with --keep-mean
                     opt.plan = kw.BudgetPlan(student, groups, budget, name_bytes=names, gap_as_avgpool=cheaper)
@@ -191,11 +206,16 @@ def _unit(job: tuple) -> list[dict]:
                 else:
                     ks = {f"^{re.escape(s.name)}$": w for s, w in zip(groups, widths)}
                     opt = kw.WGSEF(sgd(epochs), k=ks, groups=groups, ridge=False)
-                student.compile(optimizer=opt, loss=loss())
-                student.fit(
+                trained = kw.Distiller(student, teacher) if method.endswith("_kd") else student
+                trained.compile(optimizer=opt, loss=loss())
+                trained.fit(
                     x, y, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=[kw.callbacks.ReachK(0.0, verbose=0)]
                 )
-                export_budget = opt.plan if method == "wgsef_budget" else None
+                export_budget = opt.plan if method.startswith("wgsef_budget") else None
+                if export_budget is not None:
+                    kept = kw.nonzero_groups(student, groups)
+                    found_widths = [int(kept[s.name]) for s in groups]
+                    found[(btext, method)] = found_widths
             train_s = time.time() - t1 + extra_s
             kw.recalibrate_batchnorm(student, x)
             result = te.export(
@@ -219,6 +239,7 @@ def _unit(job: tuple) -> list[dict]:
                 "bounds": plan.bounds,
                 "dense": plan.dense,
                 "widths": [s.num_groups for s in kw.make_groups(result.model)],
+                **({"found_widths": found_widths} if found_widths is not None else {}),
                 "float_acc": r.float_accuracy,
                 "int8_acc": r.accuracy_litert,
                 "macs": r.macs,
