@@ -66,6 +66,9 @@ BATCH, LR = 64, 0.1
 BUDGETS = ("macs=0.5", "macs=0.25", "macs=0.125", "arena_bytes=0.5", "flash_bytes=0.5")
 BUDGETS += ("arena_bytes=0.35", "arena_bytes=0.25", "arena_bytes=0.2")
 METHODS = ("wgsef_budget", "thin", "thin_kd", "wgsef_layer", "l1")
+# the levers and controls (run with --methods): the budgeted run distilled from the teacher, and the
+# widths it found trained again from scratch, plain and distilled (the Liu et al. 2019 control)
+LEVERS = ("wgsef_budget_kd", "found", "found_kd")
 # (dense phase, budgeted phase)
 EPOCHS = {"anchor": (15, 15), "resnet8": (10, 10), "dscnn": (10, 10)}
 EPOCHS |= {"anchor1d": (20, 20), "resnet8_1d": (20, 20), "dscnn1d": (20, 20)}
@@ -154,6 +157,10 @@ def _unit(job: tuple) -> list[dict]:
         teacher, x[:64], cheaper_ops=cheaper
     )  # a trained model (untrained zero biases change names)
     rows = []
+    found: dict[tuple[str, str], list[int]] = {}  # (budget, method) -> the widths a budgeted run kept
+    for r in _rows(out):
+        if _key(r)[:2] == (task, model_name) and r["seed"] == seed and "found_widths" in r:
+            found[(r["budget"], r["method"])] = r["found_widths"]
     for btext in budgets:
         budget = _budget(btext)
         plan = kw.BudgetPlan(builder(), kw.make_groups(builder()), budget, name_bytes=names, gap_as_avgpool=cheaper)
@@ -165,13 +172,21 @@ def _unit(job: tuple) -> list[dict]:
             t1 = time.time()
             export_budget = None
             extra_s = teacher_s
-            if method in ("thin", "thin_kd"):
-                student = builder(widths)
+            found_widths = None
+            if method in ("thin", "thin_kd", "found", "found_kd"):
+                if method.startswith("found"):
+                    source = found.get((btext, "wgsef_budget_kd")) or found.get((btext, "wgsef_budget"))
+                    if source is None:
+                        print(f"skip {model_name} {btext} {method}: no budgeted run of seed {seed} yet", flush=True)
+                        continue
+                    student = builder(source)
+                else:
+                    student = builder(widths)
                 total = dense_epochs + epochs
-                trained = kw.Distiller(student, teacher) if method == "thin_kd" else student
+                trained = kw.Distiller(student, teacher) if method.endswith("_kd") else student
                 trained.compile(optimizer=sgd(total), loss=loss())
                 trained.fit(x, y, batch_size=BATCH, epochs=total, verbose=0)
-                extra_s = teacher_s if method == "thin_kd" else 0.0  # the teacher is part of that pipeline
+                extra_s = teacher_s if method.endswith("_kd") else 0.0  # the teacher is part of that pipeline
             elif method == "l1":
                 pruned = keras.models.clone_model(teacher)
                 pruned.set_weights(teacher.get_weights())
@@ -183,7 +198,7 @@ def _unit(job: tuple) -> list[dict]:
                 student = keras.models.clone_model(teacher)
                 student.set_weights(teacher.get_weights())
                 groups = kw.make_groups(student)
-                if method == "wgsef_budget":
+                if method.startswith("wgsef_budget"):
                     opt = kw.WGSEF(sgd(epochs), budget=budget, groups=groups, ridge=False)
                     # priced as exported: global average pooling as AVERAGE_POOL_2D, or MEAN with --keep-mean
                     opt.plan = kw.BudgetPlan(student, groups, budget, name_bytes=names, gap_as_avgpool=cheaper)
@@ -191,11 +206,16 @@ def _unit(job: tuple) -> list[dict]:
                 else:
                     ks = {f"^{re.escape(s.name)}$": w for s, w in zip(groups, widths)}
                     opt = kw.WGSEF(sgd(epochs), k=ks, groups=groups, ridge=False)
-                student.compile(optimizer=opt, loss=loss())
-                student.fit(
+                trained = kw.Distiller(student, teacher) if method.endswith("_kd") else student
+                trained.compile(optimizer=opt, loss=loss())
+                trained.fit(
                     x, y, batch_size=BATCH, epochs=epochs, verbose=0, callbacks=[kw.callbacks.ReachK(0.0, verbose=0)]
                 )
-                export_budget = opt.plan if method == "wgsef_budget" else None
+                export_budget = opt.plan if method.startswith("wgsef_budget") else None
+                if export_budget is not None:
+                    kept = kw.nonzero_groups(student, groups)
+                    found_widths = [int(kept[s.name]) for s in groups]
+                    found[(btext, method)] = found_widths
             train_s = time.time() - t1 + extra_s
             kw.recalibrate_batchnorm(student, x)
             result = te.export(
@@ -219,6 +239,7 @@ def _unit(job: tuple) -> list[dict]:
                 "bounds": plan.bounds,
                 "dense": plan.dense,
                 "widths": [s.num_groups for s in kw.make_groups(result.model)],
+                **({"found_widths": found_widths} if found_widths is not None else {}),
                 "float_acc": r.float_accuracy,
                 "int8_acc": r.accuracy_litert,
                 "macs": r.macs,
@@ -275,7 +296,7 @@ def report(task: str = "mnist5k") -> None:
                 "| train s | n |",
                 "|---|---|---|---|---|---|---|---|---|---|---|",
             ]
-            for m in METHODS:
+            for m in LABELS:
                 mr = [r for r in rs if r["method"] == m]
                 if not mr:
                     continue
@@ -290,7 +311,7 @@ def report(task: str = "mnist5k") -> None:
                 use = np.mean([r[cost] / bound for r in mr])
                 mean = {k: np.mean([r[k] for r in mr]) for k in ("macs", "flash_bytes", "arena_bytes", "instructions")}
                 lines.append(
-                    f"| {m} | {100 * fa:.2f} +- {100 * fse:.2f} | {100 * ia:.2f} +- {100 * ise:.2f} "
+                    f"| {LABELS[m]} | {100 * fa:.2f} +- {100 * fse:.2f} | {100 * ia:.2f} +- {100 * ise:.2f} "
                     f"| {mean['macs']:,.0f} | {mean['flash_bytes']:,.0f} | {mean['arena_bytes']:,.0f} "
                     f"| {mean['instructions']:,.0f} | {use:.3f} | {mr[0]['widths']} "
                     f"| {np.mean([r['train_seconds'] for r in mr]):.0f} | {len(mr)} |"
@@ -302,38 +323,68 @@ def report(task: str = "mnist5k") -> None:
     print("\n".join(lines))
 
 
+#: how the tables and plots name the methods
+LABELS = {
+    "wgsef_budget": "WGSEF, budget",
+    "wgsef_budget_kd": "WGSEF, budget + distillation",
+    "thin": "uniform, scratch",
+    "thin_kd": "uniform, distilled",
+    "found": "found widths, scratch",
+    "found_kd": "found widths, distilled",
+    "wgsef_layer": "WGSEF, uniform k",
+    "l1": "L1 pruning + fine-tune",
+}
+OURS = ("wgsef_budget", "wgsef_budget_kd")
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error, in percent."""
+    a = 100 * np.asarray(values, float)
+    return float(a.mean()), float(a.std(ddof=1) / np.sqrt(a.size)) if a.size > 1 else 0.0
+
+
 def headline(rows: list[dict], models=TASKS["mnist5k"]["models"], budgets=BUDGETS) -> list[str]:
-    """int8 test accuracy of budgeted WGSEF against both thin baselines, per model and budget (mean over seeds)."""
+    """int8 test accuracy of budgeted WGSEF against the uniform models and the found-widths control.
+
+    Per model and budget, mean +- standard error over the seeds; the gaps are to the better uniform
+    model (scratch or distilled) and to the found widths retrained with distillation.
+    """
     out = [
         "## Headline: int8 test accuracy % at equal measured cost (mean +- standard error over n seeds)",
         "",
-        "| model | budget | budgeted WGSEF (use of bound) | thin | thin distilled | best other | "
-        "WGSEF - best thin | n |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | budget | "
+        + " | ".join(LABELS[m] for m in (*OURS, "thin", "thin_kd", "found_kd"))
+        + " | best ours - best uniform | best ours - found widths | n |",
+        "|---" * 10 + "|",
     ]
     for model in models:
         for btext in budgets:
             rs = [r for r in rows if r["model"] == model and r["budget"] == btext]
-            acc = {m: [r["int8_acc"] for r in rs if r["method"] == m] for m in METHODS}
-            if not all(acc[m] for m in ("wgsef_budget", "thin", "thin_kd")):
+            acc = {m: [r["int8_acc"] for r in rs if r["method"] == m] for m in LABELS}
+            if not (acc["thin"] and acc["thin_kd"] and any(acc[m] for m in OURS)):
                 continue
+            stats = {m: _stats(v) for m, v in acc.items() if v}
             cost = btext.split("=")[0]
-            use = np.mean([r[cost] / r["budget_report"]["bounds"][cost] for r in rs if r["method"] == "wgsef_budget"])
-            mean = {m: 100 * float(np.mean(v)) for m, v in acc.items() if v}
-            se = {
-                m: 100 * float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0 for m, v in acc.items() if v
-            }
-            other = max((m for m in ("wgsef_layer", "l1") if m in mean), key=lambda m: mean[m])
-            gap = mean["wgsef_budget"] - max(mean["thin"], mean["thin_kd"])
-            pm = {m: f"{mean[m]:.2f} +- {se[m]:.2f}" for m in mean}
-            out.append(
-                f"| {model} | {btext} | {pm['wgsef_budget']} ({use:.3f}) | {pm['thin']} | "
-                f"{pm['thin_kd']} | {pm[other]} ({other}) | {gap:+.2f} | {len(acc['wgsef_budget'])} |"
-            )
+            cells = []
+            for m in (*OURS, "thin", "thin_kd", "found_kd"):
+                if m not in stats:
+                    cells.append("-")
+                    continue
+                text = f"{stats[m][0]:.2f} +- {stats[m][1]:.2f}"
+                if m in OURS:
+                    use = np.mean([r[cost] / r["bounds"][cost] for r in rs if r["method"] == m])
+                    text += f" (use {use:.3f})"
+                cells.append(text)
+            best = max(stats[m][0] for m in OURS if m in stats)
+            uniform = max(stats["thin"][0], stats["thin_kd"][0])
+            found = f"{best - stats['found_kd'][0]:+.2f}" if "found_kd" in stats else "-"
+            n = min(len(acc[m]) for m in (*OURS, "thin", "thin_kd") if acc[m])
+            out.append(f"| {model} | {btext} | " + " | ".join(cells) + f" | {best - uniform:+.2f} | {found} | {n} |")
     return out
 
 
 def _plots(rows: list[dict], models=TASKS["mnist5k"]["models"], suffix: str = "") -> None:
+    """Pareto plots: int8 accuracy against each measured cost, mean +- standard error per method and budget."""
     if os.environ.get("WGSEF_BUDGET_QUICK"):
         return
     import matplotlib
@@ -341,22 +392,54 @@ def _plots(rows: list[dict], models=TASKS["mnist5k"]["models"], suffix: str = ""
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = dict(zip(METHODS, "o^vsD"))
-    for cost in ("macs", "arena_bytes", "instructions"):
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-        for ax, model in zip(axes, models):
-            for m in METHODS:
-                pts = [(r[cost], r["int8_acc"]) for r in rows if r["model"] == model and r["method"] == m]
-                if pts:
-                    xs, ys = zip(*pts)
-                    ax.scatter(xs, np.array(ys) * 100, marker=markers[m], label=m, alpha=0.8)
+    style = {
+        "wgsef_budget": ("tab:red", "o"),
+        "wgsef_budget_kd": ("tab:orange", "D"),
+        "thin": ("0.25", "s"),
+        "thin_kd": ("0.45", "^"),
+        "found_kd": ("0.65", "v"),
+        "found": ("0.75", "<"),
+        "wgsef_layer": ("0.55", "P"),
+        "l1": ("0.8", "X"),
+    }
+    names = {
+        "macs": "MACs (flatbuffer)",
+        "arena_bytes": "TFLM arena bytes",
+        "instructions": "instructions per inference",
+    }
+    for cost, xlabel in names.items():
+        present = [m for m in LABELS if any(r["method"] == m for r in rows)]
+        if not present or not models:
+            continue
+        fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4.2), squeeze=False)
+        for ax, model in zip(axes[0], models):
+            for m in present:
+                pts = []
+                for btext in sorted({r["budget"] for r in rows if r["model"] == model}):
+                    rs = [r for r in rows if r["model"] == model and r["method"] == m and r["budget"] == btext]
+                    if rs:
+                        mean, se = _stats([r["int8_acc"] for r in rs])
+                        pts.append((np.mean([r[cost] for r in rs]), mean, se))
+                if not pts:
+                    continue
+                pts.sort()
+                xs, ys, es = (np.array(v) for v in zip(*pts))
+                color, marker = style[m]
+                ax.errorbar(
+                    xs, ys, yerr=es, color=color, marker=marker, linestyle="none", capsize=3,
+                    markersize=7 if m in OURS else 5, zorder=3 if m in OURS else 2, label=LABELS[m],
+                )  # fmt: skip
             ax.set_title(model)
-            ax.set_xlabel(f"measured {cost}")
-            ax.set_ylabel("int8 test accuracy %")
+            ax.set_xlabel(xlabel)
             ax.set_xscale("log")
-        axes[0].legend(fontsize=8)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("int8 test accuracy %")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
         fig.tight_layout()
-        fig.savefig(os.path.join(os.path.dirname(PAGE), f"budget_acc_vs_{cost}{suffix}.png"), dpi=90)  # beside the page
+        fig.savefig(
+            os.path.join(os.path.dirname(PAGE), f"budget_acc_vs_{cost}{suffix}.png"), dpi=90, bbox_inches="tight"
+        )
         plt.close(fig)
 
 
