@@ -39,7 +39,7 @@ import numpy as np
 OUT = os.path.join(HERE, "adam_recipes.jsonl")
 BATCH = 64
 N_FIT = 3200  # of the 4,000 training images; the last 800 are the validation split
-GRID_LR = (1e-3, 3e-3, 1e-2)
+GRID_LR = (1e-3, 3e-3, 1e-2, 2e-2)
 GRID_OPT = ("adam", "adamw")
 GRID_SCHEDULE = ("constant", "cosine")
 SGD_REFERENCE = ("sgd", 0.1, "cosine")
