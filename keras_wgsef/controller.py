@@ -72,21 +72,30 @@ def sync_jax_state(model: keras.Model) -> None:
 class ReachK(keras.callbacks.Callback):
     """Drives a WGSEF optimizer to exactly k groups per scope, then fine-tunes the survivors.
 
-    Unset knobs come from a preset chosen by the inner optimizer (``preset="auto"``), each the
-    recipe measured best on the anchor task:
+    Unset knobs come from a preset (``preset="auto"`` picks it from the optimizer), each the
+    recipe measured best on the benchmarks' anchor task:
 
-    * ``"adaptive"`` (Adam & co.): mild ramp from 1e-4 growing by e^0.01 per step, projection at
-      45 % of the epochs, kept groups de-biased up to 10x (Adam needs ~1000 steps to regrow a
-      crushed BatchNorm gamma);
-    * ``"sgd"``: a fixed strong prox (0.03 per step, no growth; use ``WGSEF(..., ridge=False)``),
-      scopes freeze as they reach k, projection of the rest at 8/15 of the epochs, no de-biasing
-      (undoing the shrink made the loss spike under SGD).
+    * ``"fixed"`` (``"sgd"`` is the same preset; ``"auto"`` picks it for ``WGSEF(...,
+      ridge=False)`` and for SGD): a fixed strong prox (0.03 per step, no growth)
+      on the groups the envelope drops, scopes freeze as they reach k, projection of the rest at
+      8/15 of the epochs, no de-biasing (undoing the shrink made the loss spike under SGD). With
+      SGD (0.1, cosine) and with Adam (2e-2, cosine, ``metric="auto"``) it matched or beat the
+      thin model trained the same way (``benchmarks/OPTIMIZERS.md``);
+    * ``"adaptive"`` (``"auto"`` picks it for ``WGSEF(..., ridge=True)`` under an adaptive
+      optimizer): a mild ramp from 1e-4 growing by e^0.01 per step, projection at 45 % of the
+      epochs, kept groups de-biased up to 10x, since the exact prox's ridge shrinks them too
+      (Adam needs ~1000 steps to regrow a crushed BatchNorm gamma).
+
+    Learning rate: the presets assume the inner optimizer trains the dense model well in the
+    epochs given. Adam's default 1e-3 under-trains small CNNs in 10-20 epochs (its training loss
+    ends 5-10x SGD's); 1e-2 to 2e-2 with cosine decay was best on the validation split of the
+    benchmarks (``benchmarks/adam_recipes.py``). The callback never changes the rate itself.
 
     Args:
       start_epoch: epochs trained dense before the penalty starts (may be fractional).
       project_epoch: epoch at which every scope not yet at k is projected to its top k and
         frozen (default from the preset). The rest is fine-tuning.
-      preset: ``"auto"``, ``"adaptive"`` or ``"sgd"``.
+      preset: ``"auto"``, ``"fixed"`` (alias ``"sgd"``) or ``"adaptive"``.
       initial: per-step ridge rate ``learning_rate * lam * mean(d_j)`` of the scope when the
         penalty starts (scale-free: the same for a scope of 3x3x1 filters and of 3x3x64 ones).
       growth: log-growth of the strength per step while a scope is behind the cubic schedule.
@@ -101,8 +110,10 @@ class ReachK(keras.callbacks.Callback):
     #: Measured defaults per kind of inner optimizer (the benchmarks' anchor task, 15 epochs).
     PRESETS = {
         "adaptive": {"project_fraction": 0.45, "initial": 1e-4, "growth": 0.01, "undo_shrink": 10.0},
-        "sgd": {"project_fraction": 8 / 15, "initial": 0.03, "growth": 0.0, "undo_shrink": 1.0},
+        "fixed": {"project_fraction": 8 / 15, "initial": 0.03, "growth": 0.0, "undo_shrink": 1.0},
     }
+    #: other names of the presets
+    ALIASES = {"sgd": "fixed"}
 
     def __init__(
         self,
@@ -116,8 +127,10 @@ class ReachK(keras.callbacks.Callback):
         verbose: int = 1,
     ) -> None:
         super().__init__()
-        if preset not in ("auto", *self.PRESETS):
-            raise ValueError(f"preset must be 'auto' or one of {sorted(self.PRESETS)}, got {preset!r}.")
+        if preset not in ("auto", *self.PRESETS, *self.ALIASES):
+            raise ValueError(
+                f"preset must be 'auto' or one of {sorted([*self.PRESETS, *self.ALIASES])}, got {preset!r}."
+            )
         if project_epoch is not None and project_epoch <= start_epoch:
             raise ValueError(f"project_epoch ({project_epoch}) must come after start_epoch ({start_epoch}).")
         if (initial is not None and not initial > 0) or (growth is not None and growth < 0):
@@ -137,9 +150,10 @@ class ReachK(keras.callbacks.Callback):
 
     def _resolve(self, opt, epochs: int) -> None:
         """Fills the unset knobs from the preset of the inner optimizer's kind."""
-        kind = self.preset
+        kind = self.ALIASES.get(self.preset, self.preset)
         if kind == "auto":
-            kind = "sgd" if isinstance(opt.inner_optimizer, keras.optimizers.SGD) else "adaptive"
+            sgd = isinstance(opt.inner_optimizer, keras.optimizers.SGD)
+            kind = "fixed" if sgd or not opt.ridge else "adaptive"
         p = self.PRESETS[kind]
         self._initial = self.initial if self.initial is not None else p["initial"]
         self._growth = self.growth if self.growth is not None else p["growth"]

@@ -16,8 +16,17 @@ one ``h_j`` per group, the group mean of ``q`` divided by its mean over the scop
 so a group whose coordinates take small steps needs a smaller norm to go. The exact metric prox
 with ``h' = c h`` and ``lam' = c lam`` is the same operator, so the normalisation only
 reparametrises the strength: ``lam_s`` keeps its meaning (a uniform ``h`` is the Euclidean prox)
-and the controllers' presets stay calibrated. ``metric="euclidean"`` (the default) is the
-Euclidean prox after any step, a heuristic after a preconditioned one.
+and the controllers' presets stay calibrated. ``metric="auto"`` is the default;
+``metric="euclidean"`` is the Euclidean prox after any step, a heuristic after a preconditioned
+one (on the benchmarks' anchor CNN at 25 % of the channels, Adam 2e-2 with cosine decay, it was
+2 points below the metric prox: ``benchmarks/OPTIMIZERS.md``).
+
+``ridge=True`` (the default) is the exact prox of ``WGSEF``: the groups the envelope keeps
+(``theta_j = 1``) are shrunk by the ridge factor ``1 / (1 + eta_t lam_s d_j)``. ``ridge=False``
+leaves them unshrunk, so the prox only acts on the groups on their way out; it allows the strong
+fixed-rate prox of :class:`~keras_wgsef.callbacks.ReachK`'s ``"fixed"`` preset, which
+``ReachK()`` then picks (with SGD at 0.1 or Adam at 2e-2, cosine decay, it matched or beat the
+thin model trained the same way: ``benchmarks/OPTIMIZERS.md``).
 
 The optimizer owns one :class:`keras_wgsef.scope_state.ScopeState` per scope (``opt.scopes``): its
 groups, ``k``, weights ``d_j`` and variables, and its row of four optimizer variables that
@@ -253,8 +262,10 @@ class WGSEF(keras.optimizers.Optimizer):
         (by ``||x_j|| / sqrt(d_j)``) is protected (ridge only) and the envelope decides the other
         ``k - layers`` (:func:`keras_wgsef.prox_ops.segment_leaders`); otherwise a layer whose
         channels all go disconnects the network. ``k`` must be at least the number of layers.
-      ridge: False leaves groups with ``theta = 1`` unshrunk (a heuristic that helps SGD); True is
-        the exact prox.
+      ridge: True (default) is the exact prox of ``lam_s * WGSEF``. False leaves groups with
+        ``theta = 1`` unshrunk: the kept groups are not penalised, the others are shrunk and
+        dropped as by the exact prox; :class:`~keras_wgsef.callbacks.ReachK` then uses its
+        fixed-rate preset (the recipe of the README's quickstart).
       include / exclude: regexes on variable paths used when ``groups`` is None.
       name: optimizer name.
       xla_prox: compile the prox-and-assign of each step as one XLA cluster (TensorFlow backend,
@@ -262,13 +273,13 @@ class WGSEF(keras.optimizers.Optimizer):
         by default: on a 2-core CPU the XLA executable runs its ~100 thunks no faster than
         TensorFlow runs the ~120 small operations of the plain prox (profiled:
         ``benchmarks/overhead_breakdown.py``); it may pay off on other hosts.
-      metric: ``"euclidean"`` (default): the prox of ``learning_rate * lam_s * WGSEF`` in the
-        Euclidean metric after any inner step. ``"auto"``: after Adam, AdamW, Nadam, Adamax,
+      metric: ``"auto"`` (default): after Adam, AdamW, Nadam, Adamax,
         RMSprop or Adagrad, the prox in the metric of their step (module docstring), read from the
         inner optimizer's second moments after its step, one per group, normalised to mean 1 per
         scope (one more segment sum per step); SGD and Lion step every coordinate alike, so theirs
         is the Euclidean prox. Another optimizer class (or a subclass with its own
-        ``update_step``) gets a warning and the Euclidean prox.
+        ``update_step``) gets a warning and the Euclidean prox. ``"euclidean"``: the prox of
+        ``learning_rate * lam_s * WGSEF`` in the Euclidean metric after any inner step.
 
     The inner optimizer's ``use_ema=True`` works: its moving averages are multiplied by the same
     prox factors as the weights (and zeroed with them by ``freeze``), so they keep the weights'
@@ -299,7 +310,7 @@ class WGSEF(keras.optimizers.Optimizer):
         exclude: str | None = None,
         name: str | None = None,
         xla_prox: bool = False,
-        metric: str = "euclidean",
+        metric: str = "auto",
         **kwargs: Any,
     ) -> None:
         envelope = envelope_from_kwargs(kwargs, envelope)  # the 0.1 name ``scope``, with a warning
@@ -740,6 +751,8 @@ class WGSEF(keras.optimizers.Optimizer):
         groups = config.pop("groups", None)
         if groups is not None:
             groups = [GroupScope.from_config(g) for g in groups]
+        # a model saved before these options existed trained with the defaults of its time
+        config.setdefault("metric", "euclidean")
         return cls(inner, groups=groups, **config)
 
 

@@ -46,7 +46,7 @@ def test_reachk_ends_with_exactly_k_and_learns(digits, inner, tmp_path):
     counts = kw.nonzero_groups(model)
     assert sorted(counts.values()) == [3, 5]
     assert hist.history["wgsef_nonzero"][-1] == 8.0 and hist.history["wgsef_k"][-1] == 8.0
-    assert ctl.resolved["preset"] == ("sgd" if inner == "sgd" else "adaptive")
+    assert ctl.resolved["preset"] == ("fixed" if inner == "sgd" else "adaptive")
     assert all(s.strength == 0.0 for s in opt.scopes)  # penalty off while fine-tuning
     kw.recalibrate_batchnorm(model, x)
     _, acc = model.evaluate(xt, yt, verbose=0)
@@ -99,6 +99,27 @@ def test_reachk_argument_checks():
         kw.callbacks.ReachK(preset="fast")
     with pytest.raises(ValueError, match="undo_shrink"):
         kw.callbacks.ReachK(undo_shrink=0.5)
+
+
+@pytest.mark.parametrize(
+    "inner, ridge, preset, expected",
+    [
+        ("adam", True, "auto", "adaptive"),  # the exact prox: the ramp with de-biasing
+        ("adam", False, "auto", "fixed"),  # kept groups unshrunk: the fixed-rate prox
+        ("sgd", True, "auto", "fixed"),
+        ("sgd", False, "auto", "fixed"),
+        ("adam", True, "sgd", "fixed"),  # the preset's other name
+        ("sgd", False, "adaptive", "adaptive"),  # an explicit preset wins
+    ],
+)
+def test_reachk_picks_its_preset_from_the_prox(inner, ridge, preset, expected):
+    model = digits_model()
+    base = keras.optimizers.Adam(2e-2) if inner == "adam" else keras.optimizers.SGD(0.1, momentum=0.9)
+    opt = kw.WGSEF(base, k=0.5, groups=kw.make_groups(model), ridge=ridge)
+    ctl = kw.callbacks.ReachK(preset=preset, verbose=0)
+    ctl._resolve(opt, 15)
+    assert ctl.resolved["preset"] == expected
+    assert ctl.resolved["initial"] == kw.callbacks.ReachK.PRESETS[expected]["initial"]
 
 
 def test_logger_reports_skipped_non_finite_steps(digits, capsys):

@@ -299,6 +299,7 @@ def test_one_step_over_several_scopes_is_each_scopes_prox():
         k={"a": 3, "b": 2, "c": 1},
         lam={"a": 40.0, "b": 0.0, "c": 2.0},
         groups=kw.make_groups(model),
+        ridge=True,  # the exact prox
     )
     opt.build(model.trainable_variables)
     a, b, c = opt.scopes
@@ -859,7 +860,7 @@ def test_metric_prox_is_the_numpy_metric_prox_after_the_inner_step(case):
     model = _metric_model()
     twin_model = _twin(model)
     lam = {"a": 1.0, "b": 3.0}
-    opt = kw.WGSEF(make(), k={"a": 3, "b": 2}, lam=lam, groups=kw.make_groups(model), metric="auto")
+    opt = kw.WGSEF(make(), k={"a": 3, "b": 2}, lam=lam, groups=kw.make_groups(model), metric="auto", ridge=True)
     opt.build(model.trainable_variables)
     twin = make()
     twin.build(twin_model.trainable_variables)
