@@ -59,6 +59,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import numpy as np
+from plotting import mean_se, pareto_figure
 
 OUT = os.path.join(HERE, "budget_results.jsonl")
 PAGE = os.path.join(HERE, "BUDGET_RESULTS.md")
@@ -337,12 +338,6 @@ LABELS = {
 OURS = ("wgsef_budget", "wgsef_budget_kd")
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error, in percent."""
-    a = 100 * np.asarray(values, float)
-    return float(a.mean()), float(a.std(ddof=1) / np.sqrt(a.size)) if a.size > 1 else 0.0
-
-
 def headline(rows: list[dict], models=TASKS["mnist5k"]["models"], budgets=BUDGETS) -> list[str]:
     """int8 test accuracy of budgeted WGSEF against the uniform models and the found-widths control.
 
@@ -363,7 +358,7 @@ def headline(rows: list[dict], models=TASKS["mnist5k"]["models"], budgets=BUDGET
             acc = {m: [r["int8_acc"] for r in rs if r["method"] == m] for m in LABELS}
             if not (acc["thin"] and acc["thin_kd"] and any(acc[m] for m in OURS)):
                 continue
-            stats = {m: _stats(v) for m, v in acc.items() if v}
+            stats = {m: mean_se(v) for m, v in acc.items() if v}
             cost = btext.split("=")[0]
             cells = []
             for m in (*OURS, "thin", "thin_kd", "found_kd"):
@@ -383,64 +378,49 @@ def headline(rows: list[dict], models=TASKS["mnist5k"]["models"], budgets=BUDGET
     return out
 
 
+STYLE = {
+    "wgsef_budget": ("tab:red", "o"),
+    "wgsef_budget_kd": ("tab:orange", "D"),
+    "thin": ("0.25", "s"),
+    "thin_kd": ("0.45", "^"),
+    "found_kd": ("0.65", "v"),
+    "found": ("0.75", "<"),
+    "wgsef_layer": ("0.55", "P"),
+    "l1": ("0.8", "X"),
+}
+"""Method -> (colour, marker) of the plots: ours in colour, the peers in grey."""
+
+
 def _plots(rows: list[dict], models=TASKS["mnist5k"]["models"], suffix: str = "") -> None:
     """Pareto plots: int8 accuracy against each measured cost, mean +- standard error per method and budget."""
-    if os.environ.get("WGSEF_BUDGET_QUICK"):
+    if os.environ.get("WGSEF_BUDGET_QUICK") or not rows or not models:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    style = {
-        "wgsef_budget": ("tab:red", "o"),
-        "wgsef_budget_kd": ("tab:orange", "D"),
-        "thin": ("0.25", "s"),
-        "thin_kd": ("0.45", "^"),
-        "found_kd": ("0.65", "v"),
-        "found": ("0.75", "<"),
-        "wgsef_layer": ("0.55", "P"),
-        "l1": ("0.8", "X"),
-    }
     names = {
         "macs": "MACs (flatbuffer)",
         "arena_bytes": "TFLM arena bytes",
         "instructions": "instructions per inference",
     }
     for cost, xlabel in names.items():
-        present = [m for m in LABELS if any(r["method"] == m for r in rows)]
-        if not present or not models:
-            continue
-        fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4.2), squeeze=False)
-        for ax, model in zip(axes[0], models):
-            for m in present:
-                pts = []
+        panels: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
+        for model in models:
+            series: dict[str, list[tuple[float, float, float]]] = {}
+            for m in LABELS:
                 for btext in sorted({r["budget"] for r in rows if r["model"] == model}):
                     rs = [r for r in rows if r["model"] == model and r["method"] == m and r["budget"] == btext]
                     if rs:
-                        mean, se = _stats([r["int8_acc"] for r in rs])
-                        pts.append((np.mean([r[cost] for r in rs]), mean, se))
-                if not pts:
-                    continue
-                pts.sort()
-                xs, ys, es = (np.array(v) for v in zip(*pts))
-                color, marker = style[m]
-                ax.errorbar(
-                    xs, ys, yerr=es, color=color, marker=marker, linestyle="none", capsize=3,
-                    markersize=7 if m in OURS else 5, zorder=3 if m in OURS else 2, label=LABELS[m],
-                )  # fmt: skip
-            ax.set_title(model)
-            ax.set_xlabel(xlabel)
-            ax.set_xscale("log")
-            ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel("int8 test accuracy %")
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-        fig.tight_layout()
-        fig.savefig(
-            os.path.join(os.path.dirname(PAGE), f"budget_acc_vs_{cost}{suffix}.png"), dpi=90, bbox_inches="tight"
+                        series.setdefault(m, []).append(
+                            (float(np.mean([r[cost] for r in rs])), *mean_se(r["int8_acc"] for r in rs))
+                        )
+            panels[model] = series
+        pareto_figure(
+            panels,
+            labels=LABELS,
+            style=STYLE,
+            ours=OURS,
+            xlabel=xlabel,
+            ylabel="int8 test accuracy %",
+            path=os.path.join(os.path.dirname(PAGE), f"budget_acc_vs_{cost}{suffix}.png"),
         )
-        plt.close(fig)
 
 
 def main() -> None:

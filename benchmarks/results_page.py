@@ -226,96 +226,113 @@ def verdicts(rows):
     return "\n".join(out)
 
 
-def plots(rows, outdir, models):
-    import matplotlib
+STYLE = {
+    "wgsef_sgd": ("tab:red", "o"),
+    "wgsef_global": ("tab:blue", "D"),
+    "wgsef_adam": ("tab:orange", "h"),
+    "dense": ("black", "*"),
+    "thin": ("0.3", "s"),
+    "control": ("0.45", "^"),
+    "group_lasso": ("0.6", "v"),
+    "l1": ("0.2", "X"),
+    "slimming": ("0.7", "<"),
+    "tfmot": ("0.55", "P"),
+}
+"""Method -> (colour, marker) of the plots: WGSEF in colour, every other method in grey."""
+COSTS = {
+    "macs": "MACs per inference (flatbuffer)",
+    "instr": "TFLM instructions per inference (callgrind)",
+}
+Y_FLOOR = 84.0
+"""Accuracy % below which a point is off-scale in the plots (collapsed runs; the tables have them)."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _cost(db, run, key):
+    if key == "macs":
+        return run["macs"]
+    return db.get("arch", {}).get(run["arch"], {}).get("tflm_instructions")
+
+
+def plots(db, outdir, models):
+    """``acc_vs_macs.png`` and ``acc_vs_instructions.png``: int8 accuracy against each cost, per model.
+
+    Every point is one method at one budget: the cost and the int8 test accuracy averaged over the
+    seeds, with the standard error of the accuracy.
+    """
+    from plotting import mean_se, pareto_figure
+
+    groups = defaultdict(list)
+    for r in db["runs"]:
+        groups[(r["model"], r["method"], r["keep"])].append(r)
     files = []
-    colors = {m: plt.cm.tab20(i * 2 % 20 + (i * 2 // 20)) for i, m in enumerate(ORDER)}
-    for xkey, xlabel, fname in (
-        ("macs", "MACs per inference (log)", "acc_vs_macs.png"),
-        ("instr", "TFLM instructions per inference (log, callgrind)", "acc_vs_instructions.png"),
-    ):
-        fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 5), squeeze=False)
-        for ax, model in zip(axes[0], models):
-            for method in ORDER:
-                ks = sorted(
-                    [k for k in rows if k[0] == model and k[1] == method and rows[k][xkey][0]], key=lambda k: k[2]
-                )
-                if not ks:
+    for key, xlabel in COSTS.items():
+        panels, ylims, titles = {}, {}, {}
+        for model in models:
+            series = defaultdict(list)
+            for (m, method, _), rs in sorted(groups.items()):
+                xs = [_cost(db, r, key) for r in rs]
+                if m != model or None in xs:
                     continue
-                xs = [rows[k][xkey][0] for k in ks]
-                ys = [100 * rows[k]["float"][0] for k in ks]
-                es = [100 * rows[k]["float"][1] for k in ks]
-                style = "-o" if method.startswith("wgsef") else ("s" if method == "dense" else "--^")
-                ax.errorbar(
-                    xs,
-                    ys,
-                    yerr=es,
-                    fmt=style,
-                    color=colors[method],
-                    label=LABELS[method].replace("**", ""),
-                    capsize=3,
-                    ms=5,
-                    lw=1.5 if method.startswith("wgsef") else 1,
-                )
-            ax.set_xscale("log")
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel("float test accuracy % (BN recalibrated)")
-            accs = [100 * r["float"][0] for k, r in rows.items() if k[0] == model]
-            low = [a for a in accs if a < 84]
-            ax.set_ylim(max(84.0, min(accs) - 1), max(accs) + 0.7)
-            title = MODEL_TEXT.get(model, model)
+                series[method].append((float(np.mean(xs)), *mean_se(r["int8_acc"] for r in rs)))
+            means = [p[1] for pts in series.values() for p in pts]
+            low = sum(y < Y_FLOOR for y in means)
+            panels[model], titles[model] = dict(series), MODEL_TEXT.get(model, model)
             if low:
-                title += f"\n({len(low)} point(s) below 84 % off-scale: collapsed runs, see the table)"
-            ax.set_title(title, fontsize=9)
-            ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=7, loc="lower right")
-        fig.tight_layout()
-        path = os.path.join(outdir, fname)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+                ylims[model] = (max(Y_FLOOR, min(means) - 1), max(means) + 0.7)
+                titles[model] += f"\n({low} point(s) below {Y_FLOOR:g} % off-scale: collapsed runs, see the table)"
+        fname = f"acc_vs_{'macs' if key == 'macs' else 'instructions'}.png"
+        pareto_figure(
+            panels,
+            labels={m: LABELS[m].replace("**", "") for m in [*WGSEFS, *(m for m in ORDER if m not in WGSEFS)]},
+            style=STYLE,
+            ours=WGSEFS,
+            xlabel=xlabel,
+            ylabel="int8 test accuracy % (LiteRT, mean ± s.e.)",
+            path=os.path.join(outdir, fname),
+            titles=titles,
+            ylims=ylims,
+            connect=True,
+            panel_width=5.5,
+            dpi=110,
+        )
         files.append(fname)
     return files
 
 
 def plot_widths(db, outdir, models):
+    """``kept_channels.png``: the channels each WGSEF variant keeps per scope, mean ± s.e. over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from models import BUILDERS
+    from plotting import legend_outside, save
 
-    fig, axes = plt.subplots(1, len(models), figsize=(7.5 * len(models), 5), squeeze=False)
+    series: list[tuple[str, float, str, str, str | None]] = [("dense", 1.0, "dense (full width)", "0.6", None)]
+    for keep, hatch in ((0.5, None), (0.25, "//")):
+        pct = round(100 * keep)
+        series.append(("wgsef_sgd", keep, f"WGSEF per-layer k, {pct} % (every per-layer method)", "tab:red", hatch))
+        series.append(("wgsef_global", keep, f"WGSEF global budget, MAC weights, {pct} %", "tab:blue", hatch))
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+    handles = {}
     for ax, model in zip(axes[0], models):
         full = BUILDERS[model][1]
-        series = [("dense", 1.0, "full width")]
-        for keep in (0.5, 0.25):
-            series.append(("wgsef_sgd", keep, f"per-layer k {round(100 * keep)} % (all per-layer methods)"))
-            series.append(("wgsef_global", keep, f"WGSEF global, MAC weights {round(100 * keep)} %"))
         bars = []
-        for j, (method, keep, label) in enumerate(series):
+        for method, keep, label, color, hatch in series:
             ws = [
                 r["widths"] for r in db["runs"] if r["model"] == model and r["method"] == method and r["keep"] == keep
             ]
             if ws:
                 arr = np.array(ws, float)
-                bars.append((label, arr.mean(0), arr.std(0), plt.cm.tab10(j % 10)))
+                se = arr.std(0, ddof=1) / np.sqrt(len(arr)) if len(arr) > 1 else np.zeros(arr.shape[1])
+                bars.append((label, arr.mean(0), se, color, hatch))
         n = len(bars)
         xs = np.arange(len(full))
-        for i, (label, m, sd, color) in enumerate(bars):
-            ax.bar(
-                xs + (i - (n - 1) / 2) * 0.8 / max(n, 1),
-                m,
-                0.8 / max(n, 1),
-                yerr=sd,
-                label=label,
-                capsize=2,
-                color=color,
-            )
-        ax.legend(fontsize=6)
+        for i, (label, m, se, color, hatch) in enumerate(bars):
+            handles[label] = ax.bar(
+                xs + (i - (n - 1) / 2) * 0.8 / max(n, 1), m, 0.8 / max(n, 1), yerr=se, label=label, capsize=2,
+                color=color, alpha=0.55 if hatch else 0.9, hatch=hatch, edgecolor="white" if not hatch else color,
+            )  # fmt: skip
         ax.set_xticks(xs)
         try:
             import keras_wgsef as kw
@@ -324,12 +341,12 @@ def plot_widths(db, outdir, models):
         except Exception:
             names = [f"scope {i + 1}" for i in range(len(full))]
         ax.set_xticklabels(names, fontsize=7, rotation=20)
-        ax.set_ylabel("kept channels (mean over seeds)")
-        ax.set_title(MODEL_TEXT.get(model, model))
+        ax.set_xlabel("channel scope")
+        ax.set_title(MODEL_TEXT.get(model, model), fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(os.path.join(outdir, "kept_channels.png"), dpi=110)
-    plt.close(fig)
+    axes[0][0].set_ylabel("kept channels (mean ± s.e. over seeds)")
+    legend_outside(fig, list(handles.values()), list(handles))
+    save(fig, os.path.join(outdir, "kept_channels.png"), dpi=110)
     return "kept_channels.png"
 
 
@@ -411,7 +428,7 @@ def write(db, outdir, quick=False):
     rows = aggregate(db)
     models = [m for m in ("anchor", "resnet8", "dscnn") if any(k[0] == m for k in rows)]
     meta = db.get("meta", {})
-    figs = plots(rows, outdir, models) if rows else []
+    figs = plots(db, outdir, models) if rows else []
     wfig = plot_widths(db, outdir, models) if rows else None
     tun = [t for t in db.get("tuning", []) if "value" in t]
     extra = (
