@@ -204,3 +204,28 @@ def test_the_core_installs_and_trains_without_tensorflow(tmp_path, wheel):
         assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-4000:]
     finally:
         shutil.rmtree(venv, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_the_readme_quickstart_runs_from_the_wheel(tmp_path, wheel):
+    """The README's first Python block, as written, in a venv with TensorFlow 2.20 and the wheel only."""
+    import re
+
+    from test_readme import quickstart
+
+    try:
+        py = _install_beside_tensorflow(tmp_path, "2.20.0", str(wheel), WHEEL_EXTRAS)
+        work = tmp_path / "user"  # no checkout on the path: the installed wheel is what runs
+        work.mkdir()
+        (work / "quickstart.py").write_text(quickstart())
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        env.pop("PYTHONPATH", None)
+        run = subprocess.run(
+            [str(py), "quickstart.py"], capture_output=True, text=True, env=env, cwd=work, timeout=3600
+        )
+        assert run.returncode == 0, run.stderr[-4000:]
+        assert "{'conv2d': 8, 'conv2d_1': 16, 'conv2d_2': 32}" in run.stdout, run.stdout[-3000:]
+        assert re.search(r"MACs / inference[\s|]+508,352", run.stdout), run.stdout[-3000:]
+        assert (work / "quickstart_model" / "model_int8.tflite").stat().st_size > 0
+    finally:
+        shutil.rmtree(tmp_path / "tf2.20.0", ignore_errors=True)  # 2 GB
