@@ -66,9 +66,12 @@ def widths(before: Any, after: Any = None, *, ax: Any = None) -> Any:
     if hasattr(before, "shrink_report"):
         if before.shrink_report is None:
             raise ValueError("this export was made with shrink=False: no widths before and after to plot")
-        from tflite_export.summary import layer_rows
-
-        pairs = {row[0]: (row[1], row[2]) for row in layer_rows(before.shrink_report) if row[1] is not None}
+        report = before.shrink_report  # read as data: keras_wgsef does not import tflite_export
+        pairs = {
+            path: (int(wb), int(wa))
+            for path, (wb, wa) in report.plan.widths.items()
+            if report.params.get(path, (0, 0))[0] > 0  # layers with weights, as the summary lists them
+        }
     else:
         if after is None:
             raise ValueError("widths(model, shrunk_model): pass the shrunk model too, or an ExportResult")
