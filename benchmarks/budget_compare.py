@@ -372,9 +372,13 @@ def headline(rows: list[dict], models=TASKS["mnist5k"]["models"], budgets=BUDGET
                 cells.append(text)
             best = max(stats[m][0] for m in OURS if m in stats)
             uniform = max(stats["thin"][0], stats["thin_kd"][0])
-            found = f"{best - stats['found_kd'][0]:+.2f}" if "found_kd" in stats else "-"
+            found = f"{round(best - stats['found_kd'][0], 2) + 0.0:+.2f}" if "found_kd" in stats else "-"
             n = min(len(acc[m]) for m in (*OURS, "thin", "thin_kd") if acc[m])
-            out.append(f"| {model} | {btext} | " + " | ".join(cells) + f" | {best - uniform:+.2f} | {found} | {n} |")
+            out.append(
+                f"| {model} | {btext} | "
+                + " | ".join(cells)
+                + f" | {round(best - uniform, 2) + 0.0:+.2f} | {found} | {n} |"
+            )
     return out
 
 
