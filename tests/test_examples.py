@@ -91,6 +91,7 @@ def test_notebooks_match_scripts():
         assert "script" in kinds and "markdown" in kinds
 
 
+@pytest.mark.slow  # the default suite runs the ds_cnn and custom_loop notebooks
 def test_resnet8_notebook(tmp_path, kernel_specs):
     """ResNet-8: residual-coupled scopes reach exactly k; the shrunk int8 model is smaller and accurate."""
     r = run_notebook("resnet8", tmp_path, kernel_specs, **SMALL)
@@ -131,6 +132,7 @@ def test_custom_loop_notebook(tmp_path, kernel_specs):
     assert shrunk["accuracy_litert"] > 0.7 and abs(shrunk["accuracy_litert"] - kept["accuracy_litert"]) < 0.05
 
 
+@pytest.mark.slow  # the default suite runs the ds_cnn and custom_loop notebooks
 def test_hardware_blocks_notebook(tmp_path, kernel_specs):
     """Blocks of 8 under one MAC-weighted budget: k blocks in all, widths multiples of 8, fewer instructions."""
     r = run_notebook("hardware_blocks", tmp_path, kernel_specs, **SMALL)

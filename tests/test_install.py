@@ -163,6 +163,7 @@ def test_the_install_line_from_a_clone_keeps_the_users_tensorflow(tmp_path, tf_v
         shutil.rmtree(tmp_path / f"tf{tf_version}", ignore_errors=True)  # 2 GB
 
 
+@pytest.mark.slow  # installs torch and trains: the default suite checks the wheel beside TensorFlow
 def test_the_core_installs_and_trains_without_tensorflow(tmp_path, wheel):
     """The wheel with no extra: Keras and NumPy only; trains under torch; tflite_export names its extra."""
     venv = tmp_path / "core"
