@@ -282,7 +282,22 @@ def report(task: str = "mnist5k") -> None:
         "the dense teacher where the method needs it.",
         "",
     ]
-    lines += [*headline(rows, models, budgets), ""]
+    if task == "mnist1d":
+        lines += [
+            "MNIST-1D (Greydanus 2020, `mnist1d` package): the published test accuracies on its default",
+            "4,000 / 1,000 split are 94 % for a CNN, 91 % for a GRU, 68 % for an MLP and 32 % for logistic",
+            "regression; the dense 1-D models here score 97-99 % on those 1,000 signals",
+            "(`float_acc_published` in the rows).",
+            "",
+        ]
+    hours = sum(r.get("wall_seconds", 0.0) for r in rows) / 3600
+    lines += [
+        f"These {len(rows)} runs took {hours:.1f} hours of wall time in all (one process, 2 cores shared with",
+        "other work; `wall_seconds` in each row: training, export and measurement).",
+        "",
+        *headline(rows, models, budgets),
+        "",
+    ]
     for model in models:
         for btext in budgets:
             rs = [r for r in rows if r["model"] == model and r["budget"] == btext]
