@@ -412,6 +412,7 @@ STYLE = {
 
 def _plots(rows: list[dict], models=TASKS["mnist5k"]["models"], suffix: str = "") -> None:
     """Pareto plots: int8 accuracy against each measured cost, mean +- standard error per method and budget."""
+    models = [m for m in models if any(r["model"] == m for r in rows)]  # a panel per model run
     if os.environ.get("WGSEF_BUDGET_QUICK") or not rows or not models:
         return
     names = {
